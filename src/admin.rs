@@ -1,0 +1,99 @@
+//! The admin listener (separate from the public one; loopback by default).
+//!
+//! * `GET /healthz`: 200 while the process serves.
+//! * `GET /readyz`: 200 once the configuration is loaded and the public
+//!   listener accepts connections; 503 with a JSON reason otherwise.
+//! * `GET /metrics`: Prometheus text exposition (see `metrics.rs`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::proxy::Shared;
+
+pub struct Admin {
+    pub shared: Arc<Shared>,
+}
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+impl Admin {
+    /// Ready when the public listener accepts a connection.
+    async fn ready(&self) -> Result<(), &'static str> {
+        let mut addr = self.shared.config.load().listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        match tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+            .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err("the public listener is not accepting connections"),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        if req.method != Method::GET {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "application/json",
+                br#"{"error":"method_not_allowed"}"#.to_vec(),
+            );
+        }
+        match req.uri.path() {
+            "/healthz" => reply(
+                StatusCode::OK,
+                "application/json",
+                br#"{"status":"ok"}"#.to_vec(),
+            ),
+            "/readyz" => match self.ready().await {
+                Ok(()) => reply(
+                    StatusCode::OK,
+                    "application/json",
+                    br#"{"status":"ready"}"#.to_vec(),
+                ),
+                Err(reason) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "application/json",
+                    serde_json::json!({"status": "not_ready", "reason": reason})
+                        .to_string()
+                        .into_bytes(),
+                ),
+            },
+            "/metrics" => {
+                let m = &self.shared.metrics;
+                m.replay_entries.set(self.shared.store.entry_count() as i64);
+                let evicted = self
+                    .shared
+                    .store
+                    .stats()
+                    .evicted_early
+                    .load(Ordering::Relaxed);
+                m.replay_evictions
+                    .inc_by(evicted.saturating_sub(m.replay_evictions.get()));
+                reply(StatusCode::OK, "text/plain; version=0.0.4", m.render())
+            }
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                "application/json",
+                br#"{"error":"not_found","message":"Try /healthz, /readyz or /metrics."}"#.to_vec(),
+            ),
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Reading the two or three fields persona-guard needs from a Persona event.
+//!
+//! Only `data.id`, `data.attributes.name` and `data.attributes.created-at` are
+//! decoded (borrowed where the JSON has no escapes); the rest of the document is
+//! skipped by the parser without building a tree. Values end up in HTTP headers,
+//! so they are checked to be short, printable and non-empty.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+/// Longest event id, type or created-at accepted (they become header values).
+pub const MAX_FIELD_LEN: usize = 256;
+
+/// The fields of a delivery that drive routing, replay protection and headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event<'a> {
+    pub id: Cow<'a, str>,
+    pub name: Cow<'a, str>,
+    pub created_at: Option<Cow<'a, str>>,
+}
+
+/// Why a verified body is not a usable event. Never carries body content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("the body is not a JSON object with a `data` member")]
+    NotJson,
+    #[error("data.id is missing, empty, too long or not printable")]
+    BadId,
+    #[error("data.attributes.name is missing, empty, too long or not printable")]
+    BadName,
+    #[error("data.attributes.created-at is too long or not printable")]
+    BadCreatedAt,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    data: Data<'a>,
+}
+
+// `#[serde(borrow)]` directly on a `Cow<str>` field borrows from the input when
+// the string has no escapes (inside an `Option` serde would always copy), so a
+// missing field is the empty string and is refused below.
+#[derive(Deserialize)]
+struct Data<'a> {
+    #[serde(borrow, default)]
+    id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    attributes: Attributes<'a>,
+}
+
+#[derive(Default, Deserialize)]
+struct Attributes<'a> {
+    #[serde(borrow, default)]
+    name: Cow<'a, str>,
+    #[serde(borrow, default, rename = "created-at")]
+    created_at: Option<Cow<'a, str>>,
+}
+
+fn header_safe(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_FIELD_LEN && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// Extracts the event fields from a (verified) body.
+pub fn parse(body: &[u8]) -> Result<Event<'_>, EventError> {
+    let env: Envelope<'_> = serde_json::from_slice(body).map_err(|_| EventError::NotJson)?;
+    let Data { id, attributes } = env.data;
+    if !header_safe(&id) {
+        return Err(EventError::BadId);
+    }
+    let Attributes { name, created_at } = attributes;
+    if !header_safe(&name) {
+        return Err(EventError::BadName);
+    }
+    let created_at = match created_at {
+        Some(c) if !header_safe(c.as_ref()) => return Err(EventError::BadCreatedAt),
+        other => other,
+    };
+    Ok(Event {
+        id,
+        name,
+        created_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_persona_event() {
+        let body = br#"{"data":{"type":"event","id":"evt_123","attributes":{"name":"inquiry.approved","created-at":"2026-11-26T10:00:00.000Z","payload":{"data":{"id":"inq_1","x":[1,2,{"y":null}]}}}}}"#;
+        let e = parse(body).unwrap();
+        assert_eq!(e.id, "evt_123");
+        assert_eq!(e.name, "inquiry.approved");
+        assert_eq!(e.created_at.as_deref(), Some("2026-11-26T10:00:00.000Z"));
+        assert!(matches!(e.id, Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn created_at_is_optional_and_escapes_are_decoded() {
+        let e = parse(br#"{"data":{"id":"evt_\u0031","attributes":{"name":"a.b"}}}"#).unwrap();
+        assert_eq!(e.id, "evt_1");
+        assert_eq!(e.created_at, None);
+    }
+
+    #[test]
+    fn rejects_what_cannot_be_used() {
+        assert_eq!(parse(b"not json"), Err(EventError::NotJson));
+        assert_eq!(parse(b"[]"), Err(EventError::NotJson));
+        assert_eq!(parse(br#"{"data":{}}"#), Err(EventError::BadId));
+        assert_eq!(parse(br#"{"data":{"id":""}}"#), Err(EventError::BadId));
+        assert_eq!(parse(br#"{"data":{"id":7}}"#), Err(EventError::NotJson));
+        assert_eq!(parse(br#"{"data":{"id":"e"}}"#), Err(EventError::BadName));
+        assert_eq!(
+            parse(br#"{"data":{"id":"e\n","attributes":{"name":"n"}}}"#),
+            Err(EventError::BadId)
+        );
+        assert_eq!(
+            parse(br#"{"data":{"id":"e","attributes":{"name":"n","created-at":"\r"}}}"#),
+            Err(EventError::BadCreatedAt)
+        );
+        let long = format!(
+            r#"{{"data":{{"id":"{}","attributes":{{"name":"n"}}}}}}"#,
+            "a".repeat(MAX_FIELD_LEN + 1)
+        );
+        assert_eq!(parse(long.as_bytes()), Err(EventError::BadId));
+        // Two ids would let the proxy and the app disagree on which one counts.
+        assert_eq!(
+            parse(br#"{"data":{"id":"a","id":"b","attributes":{"name":"n"}}}"#),
+            Err(EventError::NotJson)
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! persona-guard: a reverse proxy that admits only genuine, fresh, first-time
+//! Persona webhook deliveries. See `README.md` and `SPEC.md` for the contract.
+//!
+//! Module map: pure parts first ([`signature`], [`path`], [`event`],
+//! [`framing`], [`replay`], [`config`], [`outcome`]), then the pingora phases
+//! ([`proxy`]), the admin listener ([`admin`]), metrics ([`metrics`]) and the
+//! process wiring ([`server`]).
+
+pub mod admin;
+pub mod config;
+pub mod event;
+pub mod framing;
+pub mod metrics;
+pub mod outcome;
+pub mod path;
+pub mod proxy;
+pub mod replay;
+pub mod server;
+pub mod signature;

@@ -1,0 +1,115 @@
+//! `persona-guard run | check | sign`: a thin shell over the library.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use persona_guard::{config, server, signature};
+
+/// Exit code for an invalid configuration or usage (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "persona-guard",
+    version,
+    about = "Admits only genuine, fresh, first-time Persona webhook deliveries"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the given route file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate the route file and resolve every secret; exit 0 if all is well.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the Persona-Signature value (no header name) for a body.
+    Sign {
+        /// Environment variable holding the webhook secret.
+        #[arg(long)]
+        secret_env: String,
+        /// Unix seconds to sign with (default: now).
+        #[arg(long)]
+        timestamp: Option<i64>,
+        /// The body file, or `-` for standard input (the default).
+        file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => match config::load(&config) {
+            Ok(cfg) => {
+                server::init_logging(cfg.log_format);
+                server::run(&config, cfg);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("persona-guard: invalid configuration\n{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Check { config } => match config::load(&config) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok ({} route{}, every secret resolved)",
+                    config.display(),
+                    cfg.routes.len(),
+                    if cfg.routes.len() == 1 { "" } else { "s" }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Sign {
+            secret_env,
+            timestamp,
+            file,
+        } => {
+            let Some(secret) = std::env::var_os(&secret_env).filter(|s| !s.is_empty()) else {
+                eprintln!("persona-guard sign: environment variable `{secret_env}` is not set");
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let body = match file.as_deref() {
+                None => read_stdin(),
+                Some(p) if p.as_os_str() == "-" => read_stdin(),
+                Some(p) => std::fs::read(p),
+            };
+            let body = match body {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("persona-guard sign: cannot read the body: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let t = timestamp.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0)
+            });
+            println!("{}", signature::sign(secret.as_encoded_bytes(), t, &body));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn read_stdin() -> std::io::Result<Vec<u8>> {
+    let mut b = Vec::new();
+    std::io::stdin().read_to_end(&mut b)?;
+    Ok(b)
+}

@@ -1,0 +1,154 @@
+//! Every metric name and label persona-guard exports, in one place.
+//!
+//! A private `prometheus::Registry` (not the global default) so tests and
+//! several instances in one process never share counters.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::outcome::Outcome;
+
+/// The label used for requests under no route.
+pub const NO_ROUTE: &str = "(none)";
+
+pub struct Metrics {
+    registry: Registry,
+    /// `persona_guard_requests_total{route, outcome}`
+    pub requests: IntCounterVec,
+    /// `persona_guard_secret_matches_total{route, secret}`: which configured secret
+    /// (by position, never the value) verified a delivery.
+    pub secret_matches: IntCounterVec,
+    /// `persona_guard_upstream_duration_seconds{route, class}`
+    pub upstream_duration: HistogramVec,
+    /// `persona_guard_verify_duration_seconds{route}`: header parse + HMAC.
+    pub verify_duration: HistogramVec,
+    /// `persona_guard_replay_entries`
+    pub replay_entries: IntGauge,
+    /// `persona_guard_replay_evictions_total`: ids evicted for room before their ttl.
+    pub replay_evictions: IntCounter,
+    /// `persona_guard_config_reloads_total{result}`
+    pub reloads: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "persona_guard_requests_total",
+                "Requests by route and outcome.",
+            ),
+            &["route", "outcome"],
+        )
+        .expect("static metric definition");
+        let secret_matches = IntCounterVec::new(
+            Opts::new(
+                "persona_guard_secret_matches_total",
+                "Verified deliveries by the position of the secret that matched.",
+            ),
+            &["route", "secret"],
+        )
+        .expect("static metric definition");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "persona_guard_upstream_duration_seconds",
+                "Time from sending a verified delivery upstream to its response head.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["route", "class"],
+        )
+        .expect("static metric definition");
+        let verify_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "persona_guard_verify_duration_seconds",
+                "Time spent verifying a signature (parse and HMAC over the body).",
+            )
+            .buckets(vec![
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+            ]),
+            &["route"],
+        )
+        .expect("static metric definition");
+        let replay_entries = IntGauge::new(
+            "persona_guard_replay_entries",
+            "Event ids currently remembered (in flight or delivered).",
+        )
+        .expect("static metric definition");
+        let replay_evictions = IntCounter::new(
+            "persona_guard_replay_evictions_total",
+            "Event ids evicted for room before their ttl ran out (raise capacity if this moves).",
+        )
+        .expect("static metric definition");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "persona_guard_config_reloads_total",
+                "Configuration reloads by result.",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(secret_matches.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(verify_duration.clone()),
+            Box::new(replay_entries.clone()),
+            Box::new(replay_evictions.clone()),
+            Box::new(reloads.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            secret_matches,
+            upstream_duration,
+            verify_duration,
+            replay_entries,
+            replay_evictions,
+            reloads,
+        }
+    }
+
+    /// Pre-creates every outcome series of a route at 0, so rates work from the start.
+    pub fn register_route(&self, route: &str) {
+        for o in Outcome::ALL {
+            self.requests.with_label_values(&[route, o.code()]);
+        }
+    }
+
+    pub fn request(&self, route: &str, outcome: Outcome) {
+        self.requests
+            .with_label_values(&[route, outcome.code()])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `2xx`, `4xx`, ... for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

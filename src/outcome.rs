@@ -1,0 +1,176 @@
+//! Every way a request can end, in one enum: its HTTP status, the JSON `error`
+//! code, the metric label and the human message come from here, so they cannot
+//! drift apart.
+
+use http::StatusCode;
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A verified delivery went upstream (the upstream's status is returned).
+    Forwarded,
+    /// A request on a path under no route went upstream.
+    Passthrough,
+    MissingSignature,
+    MalformedSignature,
+    InvalidSignature,
+    TimestampOutOfTolerance,
+    BodyTooLarge,
+    BodyTimeout,
+    MethodNotAllowed,
+    InvalidEvent,
+    Ignored,
+    Duplicate,
+    DeliveryInProgress,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    /// Ambiguous framing (SPEC §2): refused, connection closed.
+    MalformedRequest,
+    /// A path that cannot be percent-decoded.
+    InvalidPath,
+    /// `unmatched = "deny"`.
+    NotFound,
+    /// The client went away or failed mid-request.
+    ClientError,
+}
+
+impl Outcome {
+    /// The label used in logs, metrics and the JSON `error` field.
+    pub fn code(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::Passthrough => "passthrough",
+            Outcome::MissingSignature => "missing_signature",
+            Outcome::MalformedSignature => "malformed_signature",
+            Outcome::InvalidSignature => "invalid_signature",
+            Outcome::TimestampOutOfTolerance => "timestamp_out_of_tolerance",
+            Outcome::BodyTooLarge => "body_too_large",
+            Outcome::BodyTimeout => "body_timeout",
+            Outcome::MethodNotAllowed => "method_not_allowed",
+            Outcome::InvalidEvent => "invalid_event",
+            Outcome::Ignored => "ignored",
+            Outcome::Duplicate => "duplicate",
+            Outcome::DeliveryInProgress => "delivery_in_progress",
+            Outcome::UpstreamUnavailable => "upstream_unavailable",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::MalformedRequest => "malformed_request",
+            Outcome::InvalidPath => "invalid_path",
+            Outcome::NotFound => "not_found",
+            Outcome::ClientError => "client_error",
+        }
+    }
+
+    /// The status persona-guard answers with itself (`None`: the upstream's).
+    pub fn status(self) -> Option<StatusCode> {
+        Some(match self {
+            Outcome::Forwarded | Outcome::Passthrough => return None,
+            Outcome::Ignored | Outcome::Duplicate => StatusCode::OK,
+            Outcome::MissingSignature
+            | Outcome::MalformedSignature
+            | Outcome::InvalidSignature
+            | Outcome::TimestampOutOfTolerance => StatusCode::UNAUTHORIZED,
+            Outcome::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Outcome::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Outcome::InvalidEvent | Outcome::MalformedRequest | Outcome::InvalidPath => {
+                StatusCode::BAD_REQUEST
+            }
+            Outcome::DeliveryInProgress => StatusCode::CONFLICT,
+            Outcome::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Outcome::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Outcome::NotFound => StatusCode::NOT_FOUND,
+            Outcome::ClientError => StatusCode::BAD_REQUEST,
+        })
+    }
+
+    /// One sentence for a human. Never includes request data.
+    pub fn message(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "The delivery was verified and forwarded.",
+            Outcome::Passthrough => "The request was forwarded.",
+            Outcome::MissingSignature => "The Persona-Signature header is missing.",
+            Outcome::MalformedSignature => "The Persona-Signature header cannot be parsed.",
+            Outcome::InvalidSignature => "No signature matches the body with a configured secret.",
+            Outcome::TimestampOutOfTolerance => {
+                "The signature timestamp is too far from the current time."
+            }
+            Outcome::BodyTooLarge => "The request body is larger than this route accepts.",
+            Outcome::BodyTimeout => "The request body did not arrive in time.",
+            Outcome::MethodNotAllowed => "Webhook routes accept POST only.",
+            Outcome::InvalidEvent => {
+                "The body is not a Persona event with data.id and data.attributes.name."
+            }
+            Outcome::Ignored => "The event type is not forwarded on this route.",
+            Outcome::Duplicate => "This event was already delivered.",
+            Outcome::DeliveryInProgress => {
+                "This event is being delivered by another request; retry later."
+            }
+            Outcome::UpstreamUnavailable => "The application cannot be reached.",
+            Outcome::UpstreamTimeout => "The application did not answer in time.",
+            Outcome::MalformedRequest => "The request framing is ambiguous and was refused.",
+            Outcome::InvalidPath => "The request path cannot be decoded.",
+            Outcome::NotFound => "No route matches this path.",
+            Outcome::ClientError => "The request could not be read.",
+        }
+    }
+
+    /// The body persona-guard answers with.
+    pub fn body(self) -> String {
+        match self {
+            Outcome::Ignored => r#"{"status":"ignored"}"#.to_string(),
+            Outcome::Duplicate => r#"{"status":"duplicate"}"#.to_string(),
+            _ => serde_json::json!({ "error": self.code(), "message": self.message() }).to_string(),
+        }
+    }
+
+    /// Every outcome, for pre-registering metric labels.
+    pub const ALL: [Outcome; 19] = [
+        Outcome::Forwarded,
+        Outcome::Passthrough,
+        Outcome::MissingSignature,
+        Outcome::MalformedSignature,
+        Outcome::InvalidSignature,
+        Outcome::TimestampOutOfTolerance,
+        Outcome::BodyTooLarge,
+        Outcome::BodyTimeout,
+        Outcome::MethodNotAllowed,
+        Outcome::InvalidEvent,
+        Outcome::Ignored,
+        Outcome::Duplicate,
+        Outcome::DeliveryInProgress,
+        Outcome::UpstreamUnavailable,
+        Outcome::UpstreamTimeout,
+        Outcome::MalformedRequest,
+        Outcome::InvalidPath,
+        Outcome::NotFound,
+        Outcome::ClientError,
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_are_json_with_code_and_message() {
+        for o in Outcome::ALL {
+            let v: serde_json::Value = serde_json::from_str(&o.body()).unwrap();
+            match o {
+                Outcome::Ignored => assert_eq!(v["status"], "ignored"),
+                Outcome::Duplicate => assert_eq!(v["status"], "duplicate"),
+                _ => {
+                    assert_eq!(v["error"], o.code());
+                    assert!(v["message"].as_str().unwrap().ends_with('.'));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn codes_are_unique() {
+        let mut codes: Vec<_> = Outcome::ALL.iter().map(|o| o.code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), Outcome::ALL.len());
+    }
+}

@@ -1,0 +1,649 @@
+//! The pingora phases: where every request is judged.
+//!
+//! Everything happens in `request_filter`, the only phase that runs before
+//! pingora picks and connects an upstream:
+//!
+//! 1. framing (raw HTTP/1 head) and the trusted-header strip, on every path;
+//! 2. path normalisation and route lookup;
+//! 3. on a webhook route: method, signature header, body size, the whole body
+//!    (bounded in size and time), signature and timestamp, event, allow-list,
+//!    replay claim; then the delivery is forwarded **by this module** through
+//!    pingora's connector and pool, the response streamed back, and the claim
+//!    settled (delivered on 2xx, released otherwise).
+//!
+//! Forwarding a verified delivery here, instead of handing it back to pingora,
+//! is deliberate: pingora can only re-send a body read in `request_filter`
+//! through its retry buffer, which holds 64 KiB and silently sends *no body*
+//! above that. Here the body is one `Bytes` of any size up to `max_body`.
+//!
+//! Paths under no route return `Ok(false)` and pingora proxies them as usual;
+//! `fail_to_proxy` turns its upstream errors into the JSON 502/504 answers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RETRY_AFTER};
+use http::{HeaderName, Method, StatusCode};
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::config::{self, Config, Route, TrustedHeaders, Unmatched, Upstream};
+use crate::event;
+use crate::framing;
+use crate::metrics::{self, Metrics};
+use crate::outcome::Outcome;
+use crate::path;
+use crate::replay::{self, Claim, MemoryStore};
+use crate::signature::{self, Verdict};
+
+/// Headers that describe one hop and are never forwarded as they are.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+];
+
+/// How long an idle upstream connection stays in the pool.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
+
+/// What lives for the whole process, across configuration reloads.
+pub struct Shared {
+    pub config: ArcSwap<Config>,
+    pub store: MemoryStore,
+    pub metrics: Metrics,
+    connector: Connector,
+}
+
+impl Shared {
+    pub fn new(config: Config, store: MemoryStore, metrics: Metrics, connector: Connector) -> Self {
+        for r in &config.routes {
+            metrics.register_route(&r.path);
+        }
+        metrics.register_route(metrics::NO_ROUTE);
+        Shared {
+            config: ArcSwap::from_pointee(config),
+            store,
+            metrics,
+            connector,
+        }
+    }
+}
+
+/// The proxy application.
+pub struct Guard {
+    pub shared: Arc<Shared>,
+}
+
+/// A replay claim that releases itself unless settled (client gone, task dropped).
+struct ClaimGuard {
+    shared: Arc<Shared>,
+    key: replay::Key,
+    token: u64,
+    settled: bool,
+}
+
+impl ClaimGuard {
+    fn commit(mut self, ttl: Duration) {
+        self.shared.store.commit(&self.key, ttl);
+        self.settled = true;
+    }
+    fn release(mut self) {
+        self.shared.store.release(&self.key, self.token);
+        self.settled = true;
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.shared.store.release(&self.key, self.token);
+        }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    started: Instant,
+    config: Option<Arc<Config>>,
+    route: Option<usize>,
+    outcome: Option<Outcome>,
+    /// The status sent to the client.
+    status: Option<u16>,
+    upstream_status: Option<u16>,
+    event_id: Option<String>,
+    event_type: Option<String>,
+}
+
+/// Why forwarding failed before a response head arrived.
+enum ForwardError {
+    Unavailable,
+    Timeout,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Removes every client-sent copy of the trusted headers: any case, `_` or `-`.
+fn strip_trusted(req: &mut RequestHeader, names: &TrustedHeaders) {
+    let targets = names.names();
+    let doomed: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| {
+            let canon = config::canonical_header(k);
+            targets.iter().any(|t| **t == canon)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        req.remove_header(&name);
+    }
+}
+
+fn peer_for(up: &Upstream) -> HttpPeer {
+    let mut peer = HttpPeer::new(up.address, false, String::new());
+    peer.options.connection_timeout = Some(up.connect_timeout);
+    peer.options.total_connection_timeout = Some(up.connect_timeout);
+    peer.options.read_timeout = Some(up.read_timeout);
+    peer.options.write_timeout = Some(up.read_timeout);
+    peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+    peer
+}
+
+fn classify(e: &Error) -> ForwardError {
+    match e.etype() {
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => ForwardError::Timeout,
+        _ => ForwardError::Unavailable,
+    }
+}
+
+/// Writes a JSON answer of persona-guard's own. `keepalive = false` closes the
+/// connection afterwards (used whenever the request body was not read).
+async fn respond(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    outcome: Outcome,
+    keepalive: bool,
+    retry_after: Option<u64>,
+) -> pingora::Result<bool> {
+    ctx.outcome = Some(outcome);
+    let status = outcome.status().unwrap_or(StatusCode::OK);
+    ctx.status = Some(status.as_u16());
+    let body = Bytes::from(outcome.body());
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(CONTENT_TYPE, "application/json")?;
+    resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+    if let Some(secs) = retry_after {
+        resp.insert_header(RETRY_AFTER, secs.to_string())?;
+    }
+    if !keepalive {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(true)
+}
+
+/// Reads the whole request body within `max_body` bytes and the `deadline`.
+async fn read_body(
+    session: &mut Session,
+    max_body: u64,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, Outcome> {
+    let mut buf = BytesMut::new();
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, session.read_request_body()).await {
+            Err(_) => return Err(Outcome::BodyTimeout),
+            Ok(Err(_)) => return Err(Outcome::ClientError),
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(c))) => c,
+        };
+        if (buf.len() + chunk.len()) as u64 > max_body {
+            return Err(Outcome::BodyTooLarge);
+        }
+        if buf.is_empty() {
+            buf.reserve(chunk.len());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+impl Guard {
+    /// Judges and, if genuine, forwards a request on a webhook route.
+    async fn webhook(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        cfg: &Config,
+        route: &Route,
+    ) -> pingora::Result<bool> {
+        // 1. method (the body is not read: close the connection after answering).
+        if session.req_header().method != Method::POST {
+            return respond(session, ctx, Outcome::MethodNotAllowed, false, None).await;
+        }
+        // 2. the signature header's presence and form, before any body byte.
+        let mut values = session
+            .req_header()
+            .headers
+            .get_all("persona-signature")
+            .iter();
+        let parsed = match (values.next(), values.next()) {
+            (None, _) => {
+                return respond(session, ctx, Outcome::MissingSignature, false, None).await;
+            }
+            (Some(_), Some(_)) => {
+                return respond(session, ctx, Outcome::MalformedSignature, false, None).await;
+            }
+            (Some(v), None) => match signature::parse(v.as_bytes()) {
+                Ok(p) => p,
+                Err(_) => {
+                    return respond(session, ctx, Outcome::MalformedSignature, false, None).await;
+                }
+            },
+        };
+        // 3. body size: a declared length over the limit is refused unread.
+        let declared = session
+            .req_header()
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > route.max_body) {
+            return respond(session, ctx, Outcome::BodyTooLarge, false, None).await;
+        }
+        if session.req_header().headers.contains_key(EXPECT) {
+            session.write_continue_response().await?;
+            session.req_header_mut().remove_header(&EXPECT);
+        }
+        let deadline = tokio::time::Instant::now() + cfg.body_timeout;
+        let body = match read_body(session, route.max_body, deadline).await {
+            Ok(b) => b,
+            Err(Outcome::ClientError) => {
+                ctx.outcome = Some(Outcome::ClientError);
+                session.set_keepalive(None);
+                return Ok(true);
+            }
+            Err(o) => return respond(session, ctx, o, false, None).await,
+        };
+
+        // 4. signature and timestamp.
+        let started = Instant::now();
+        let secrets: Vec<&[u8]> = route.secrets.iter().map(|s| s.expose()).collect();
+        let verdict = signature::verify(
+            &parsed,
+            &secrets,
+            &body,
+            unix_now(),
+            route.tolerance.as_secs() as i64,
+        );
+        self.shared
+            .metrics
+            .verify_duration
+            .with_label_values(&[&route.path])
+            .observe(started.elapsed().as_secs_f64());
+        match verdict {
+            Verdict::Invalid => {
+                return respond(session, ctx, Outcome::InvalidSignature, true, None).await;
+            }
+            Verdict::Stale => {
+                return respond(session, ctx, Outcome::TimestampOutOfTolerance, true, None).await;
+            }
+            Verdict::Valid { secret_index } => {
+                self.shared
+                    .metrics
+                    .secret_matches
+                    .with_label_values(&[&route.path, &secret_index.to_string()])
+                    .inc();
+            }
+        }
+
+        // 5. the event.
+        let ev = match event::parse(&body) {
+            Ok(ev) => ev,
+            Err(_) => return respond(session, ctx, Outcome::InvalidEvent, true, None).await,
+        };
+        ctx.event_id = Some(ev.id.to_string());
+        ctx.event_type = Some(ev.name.to_string());
+
+        // 6. the allow-list (an ignored event is not remembered).
+        if !route.allows(&ev.name) {
+            return respond(session, ctx, Outcome::Ignored, true, None).await;
+        }
+
+        // 7. the replay store.
+        let key = replay::key(&route.normalized, &ev.id);
+        let claim = match self.shared.store.claim(&key, cfg.replay.inflight_ttl) {
+            Claim::Claimed(token) => ClaimGuard {
+                shared: self.shared.clone(),
+                key,
+                token,
+                settled: false,
+            },
+            Claim::Duplicate => return respond(session, ctx, Outcome::Duplicate, true, None).await,
+            Claim::InFlight { retry_after } => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                return respond(
+                    session,
+                    ctx,
+                    Outcome::DeliveryInProgress,
+                    true,
+                    Some(secs.max(1)),
+                )
+                .await;
+            }
+        };
+
+        // 8. forward.
+        let mut req = session.req_header().clone();
+        for name in HOP_BY_HOP {
+            req.remove_header(name);
+        }
+        req.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+        req.insert_header(cfg.headers.event_type.clone(), ev.name.as_ref())?;
+        req.insert_header(cfg.headers.event_id.clone(), ev.id.as_ref())?;
+        if let Some(c) = &ev.created_at {
+            req.insert_header(cfg.headers.event_created_at.clone(), c.as_ref())?;
+        }
+        let peer = peer_for(&route.upstream);
+        let sent = Instant::now();
+        let upstream = match self.send(&peer, &req, &body).await {
+            Ok(u) => u,
+            Err(e) => {
+                claim.release();
+                let o = match e {
+                    ForwardError::Unavailable => Outcome::UpstreamUnavailable,
+                    ForwardError::Timeout => Outcome::UpstreamTimeout,
+                };
+                return respond(session, ctx, o, true, None).await;
+            }
+        };
+        let Some(head) = upstream.response_header().cloned() else {
+            claim.release();
+            return respond(session, ctx, Outcome::UpstreamUnavailable, true, None).await;
+        };
+        let status = head.status.as_u16();
+        self.shared
+            .metrics
+            .upstream_duration
+            .with_label_values(&[&route.path, metrics::status_class(status)])
+            .observe(sent.elapsed().as_secs_f64());
+        // The application has answered: settle the claim before anything can fail.
+        if head.status.is_success() {
+            claim.commit(cfg.replay.ttl);
+        } else {
+            claim.release();
+        }
+        ctx.outcome = Some(Outcome::Forwarded);
+        ctx.upstream_status = Some(status);
+        ctx.status = Some(status);
+        self.relay_response(session, upstream, head, &peer).await;
+        Ok(true)
+    }
+
+    /// Sends the request and reads the response head. A pooled connection that
+    /// turns out dead before any response byte is retried once on a new one.
+    async fn send(
+        &self,
+        peer: &HttpPeer,
+        req: &RequestHeader,
+        body: &Bytes,
+    ) -> Result<UpstreamSession, ForwardError> {
+        for attempt in 0..2 {
+            let (mut up, reused) = match self.shared.connector.get_http_session(peer).await {
+                Ok(s) => s,
+                Err(e) => return Err(classify(&e)),
+            };
+            up.set_read_timeout(peer.options.read_timeout);
+            up.set_write_timeout(peer.options.write_timeout);
+            match exchange(&mut up, req, body).await {
+                Ok(()) => return Ok(up),
+                Err(e) => {
+                    up.shutdown().await;
+                    let timeout = matches!(classify(&e), ForwardError::Timeout);
+                    if reused && attempt == 0 && !timeout {
+                        tracing::debug!("pooled upstream connection failed; retrying on a new one");
+                        continue;
+                    }
+                    return Err(classify(&e));
+                }
+            }
+        }
+        Err(ForwardError::Unavailable)
+    }
+
+    /// Streams the upstream response to the client and returns the connection to the pool.
+    async fn relay_response(
+        &self,
+        session: &mut Session,
+        mut up: UpstreamSession,
+        mut head: ResponseHeader,
+        peer: &HttpPeer,
+    ) {
+        for name in ["connection", "keep-alive", "proxy-connection", "upgrade"] {
+            head.remove_header(name);
+        }
+        let done = up.response_done();
+        if session
+            .write_response_header(Box::new(head), done)
+            .await
+            .is_err()
+        {
+            up.shutdown().await;
+            return;
+        }
+        loop {
+            match up.read_response_body().await {
+                Ok(Some(chunk)) => {
+                    if session
+                        .write_response_body(Some(chunk), false)
+                        .await
+                        .is_err()
+                    {
+                        up.shutdown().await;
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    // The head is already sent: all that is left is to cut the
+                    // connection so the client sees an incomplete response.
+                    up.shutdown().await;
+                    session.set_keepalive(None);
+                    return;
+                }
+            }
+        }
+        if session.write_response_body(None, true).await.is_err() {
+            session.set_keepalive(None);
+        }
+        if up.response_done() {
+            self.shared
+                .connector
+                .release_http_session(up, peer, Some(UPSTREAM_IDLE))
+                .await;
+        }
+    }
+}
+
+/// Writes the request head and body, then reads the final response head.
+async fn exchange(
+    up: &mut UpstreamSession,
+    req: &RequestHeader,
+    body: &Bytes,
+) -> pingora::Result<()> {
+    up.write_request_header(Box::new(req.clone())).await?;
+    up.write_request_body(body.clone(), true).await?;
+    up.finish_request_body().await?;
+    loop {
+        up.read_response_header().await?;
+        match up.response_header().map(|h| h.status.as_u16()) {
+            Some(100..=199) => continue,
+            _ => return Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Guard {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            config: None,
+            route: None,
+            outcome: None,
+            status: None,
+            upstream_status: None,
+            event_id: None,
+            event_type: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        let cfg = self.shared.config.load_full();
+        ctx.config = Some(cfg.clone());
+
+        // Framing: judged on the raw head, exactly as received.
+        if let Some(h1) = session.as_downstream().as_http1() {
+            if let Err(e) = framing::check(&h1.get_headers_raw_bytes()) {
+                tracing::debug!(reason = %e, "refusing ambiguous request framing");
+                return respond(session, ctx, Outcome::MalformedRequest, false, None).await;
+            }
+        }
+        strip_trusted(session.req_header_mut(), &cfg.headers);
+
+        let normalized = match path::normalize(session.req_header().raw_path()) {
+            Ok(p) => p,
+            Err(_) => return respond(session, ctx, Outcome::InvalidPath, false, None).await,
+        };
+        match cfg.route_for(&normalized) {
+            Some((i, route)) => {
+                ctx.route = Some(i);
+                self.webhook(session, ctx, &cfg, route).await
+            }
+            None if cfg.unmatched == Unmatched::Deny => {
+                respond(session, ctx, Outcome::NotFound, false, None).await
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let cfg = match &ctx.config {
+            Some(c) => c.clone(),
+            None => self.shared.config.load_full(),
+        };
+        Ok(Box::new(peer_for(&cfg.upstream)))
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        ctx.outcome = Some(Outcome::Passthrough);
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        ctx.status = ctx.upstream_status;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let outcome = match (e.esource(), e.etype()) {
+            (_, ErrorType::HTTPStatus(code)) => {
+                let code = *code;
+                if session.response_written().is_none() {
+                    let _ = session.respond_error(code).await;
+                }
+                ctx.status = Some(code);
+                return FailToProxy {
+                    error_code: code,
+                    can_reuse_downstream: false,
+                };
+            }
+            (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
+                Outcome::UpstreamTimeout
+            }
+            (ErrorSource::Upstream, _) => Outcome::UpstreamUnavailable,
+            (ErrorSource::Downstream, _) => Outcome::ClientError,
+            _ => Outcome::UpstreamUnavailable,
+        };
+        ctx.outcome = Some(outcome);
+        if outcome == Outcome::ClientError || session.response_written().is_some() {
+            // Nothing more can be said on this connection.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        let code = outcome.status().map(|s| s.as_u16()).unwrap_or(502);
+        let _ = respond(session, ctx, outcome, false, None).await;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        // `logging` below writes one line per request; pingora's own error line
+        // could quote request bytes.
+        true
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let outcome = ctx.outcome.unwrap_or(if e.is_some() {
+            Outcome::ClientError
+        } else {
+            Outcome::Passthrough
+        });
+        let route = match (&ctx.config, ctx.route) {
+            (Some(cfg), Some(i)) => cfg.routes.get(i).map(|r| r.path.as_str()),
+            _ => None,
+        };
+        self.shared
+            .metrics
+            .request(route.unwrap_or(metrics::NO_ROUTE), outcome);
+        let elapsed_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
+        match route {
+            Some(route) => tracing::info!(
+                route,
+                outcome = outcome.code(),
+                status = ctx.status,
+                upstream_status = ctx.upstream_status,
+                event_id = ctx.event_id.as_deref(),
+                event_type = ctx.event_type.as_deref(),
+                duration_ms = elapsed_ms,
+                "webhook"
+            ),
+            None => tracing::debug!(
+                outcome = outcome.code(),
+                status = ctx.status,
+                duration_ms = elapsed_ms,
+                "passthrough"
+            ),
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! Replay memory: which event ids are being delivered or were delivered.
+//!
+//! The state machine per (route, event id), shared by every store:
+//!
+//! ```text
+//!   absent --claim--> in flight(token) --commit--> delivered (for `ttl`)
+//!                        |   \--release(token)--> absent
+//!                        \--inflight_ttl passes--> absent
+//! ```
+//!
+//! * `claim` is atomic: of two concurrent claims of one id exactly one wins.
+//! * `commit` is called only after the upstream answered 2xx.
+//! * `release` removes only the caller's own in-flight mark, never another
+//!   request's claim nor a delivered mark.
+//!
+//! The memory store keeps entries in a bounded `moka` cache. Its admission
+//! policy is set to LRU on purpose: moka's default (TinyLFU) may refuse to admit
+//! a new key when the cache is full, which here would let a replay through.
+//! With LRU a new id is always remembered; at capacity the least recently used
+//! entry (in practice the oldest delivered id) is evicted, and that eviction is
+//! counted so operators can size `capacity` (delivery rate x `ttl`).
+//! Expiry is decided on the store's own [`Clock`], so tests can drive time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use moka::ops::compute::Op;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
+use sha2::{Digest, Sha256};
+
+/// A fixed-size key: the first 16 bytes of SHA-256(len(route), route, event id).
+pub type Key = [u8; 16];
+
+/// Derives the store key of an event id on a route.
+pub fn key(route: &[u8], event_id: &str) -> Key {
+    let mut h = Sha256::new();
+    h.update((route.len() as u64).to_le_bytes());
+    h.update(route);
+    h.update(event_id.as_bytes());
+    let digest = h.finalize();
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&digest[..16]);
+    k
+}
+
+/// The outcome of a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This request owns the delivery; settle it with `commit` or `release`.
+    Claimed(u64),
+    /// Already delivered within `ttl`.
+    Duplicate,
+    /// Another request is delivering it; its mark expires in `retry_after` at most.
+    InFlight { retry_after: Duration },
+}
+
+/// Time as the store sees it.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Duration;
+}
+
+/// The real monotonic clock.
+pub struct SystemClock(Instant);
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock(Instant::now())
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    InFlight(u64),
+    Delivered,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    state: State,
+    /// Clock time after which the entry no longer counts.
+    expires_at: Duration,
+    /// Lifetime given to moka for eviction.
+    lifetime: Duration,
+}
+
+struct Lifetime;
+
+impl moka::Expiry<Key, Entry> for Lifetime {
+    fn expire_after_create(&self, _: &Key, v: &Entry, _: Instant) -> Option<Duration> {
+        Some(v.lifetime)
+    }
+    fn expire_after_update(
+        &self,
+        _: &Key,
+        v: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.lifetime)
+    }
+}
+
+/// Counters the metrics module reads.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Entries evicted for room before they expired.
+    pub evicted_early: AtomicU64,
+}
+
+/// The in-memory store (one process).
+pub struct MemoryStore {
+    cache: Cache<Key, Entry>,
+    clock: Arc<dyn Clock>,
+    next_token: AtomicU64,
+    stats: Arc<StoreStats>,
+}
+
+impl MemoryStore {
+    /// A store remembering at most `capacity` ids.
+    pub fn new(capacity: u64, clock: Arc<dyn Clock>) -> Self {
+        let stats = Arc::new(StoreStats::default());
+        let listener_stats = stats.clone();
+        let cache = Cache::builder()
+            .max_capacity(capacity)
+            .eviction_policy(EvictionPolicy::lru())
+            .expire_after(Lifetime)
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    listener_stats.evicted_early.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build();
+        MemoryStore {
+            cache,
+            clock,
+            next_token: AtomicU64::new(1),
+            stats,
+        }
+    }
+
+    pub fn stats(&self) -> Arc<StoreStats> {
+        self.stats.clone()
+    }
+
+    /// Entries currently held (approximate: moka settles counts lazily).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Runs moka's pending maintenance (eviction); tests call it for exact counts.
+    pub fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
+    }
+
+    /// Atomically claims `key` for one delivery lasting at most `inflight_ttl`.
+    pub fn claim(&self, key: &Key, inflight_ttl: Duration) -> Claim {
+        let now = self.clock.now();
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let mut outcome = Claim::Claimed(token);
+        self.cache.entry(*key).and_compute_with(|existing| {
+            match existing.map(|e| e.into_value()) {
+                Some(e) if e.expires_at > now => {
+                    outcome = match e.state {
+                        State::Delivered => Claim::Duplicate,
+                        State::InFlight(_) => Claim::InFlight {
+                            retry_after: e.expires_at - now,
+                        },
+                    };
+                    Op::Nop
+                }
+                _ => Op::Put(Entry {
+                    state: State::InFlight(token),
+                    expires_at: now + inflight_ttl,
+                    lifetime: inflight_ttl,
+                }),
+            }
+        });
+        outcome
+    }
+
+    /// Marks `key` delivered for `ttl` (the upstream answered 2xx).
+    pub fn commit(&self, key: &Key, ttl: Duration) {
+        let now = self.clock.now();
+        self.cache.insert(
+            *key,
+            Entry {
+                state: State::Delivered,
+                expires_at: now + ttl,
+                lifetime: ttl,
+            },
+        );
+    }
+
+    /// Forgets `key` if, and only if, it is still this `token`'s in-flight mark.
+    pub fn release(&self, key: &Key, token: u64) {
+        self.cache
+            .entry(*key)
+            .and_compute_with(|existing| match existing {
+                Some(e) if e.value().state == State::InFlight(token) => Op::Remove,
+                _ => Op::Nop,
+            });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct ManualClock(Mutex<Duration>);
+    impl ManualClock {
+        fn advance(&self, d: Duration) {
+            *self.0.lock().unwrap() += d;
+        }
+    }
+    impl Clock for ManualClock {
+        fn now(&self) -> Duration {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    const INFLIGHT: Duration = Duration::from_secs(60);
+    const TTL: Duration = Duration::from_secs(900);
+
+    fn store() -> (MemoryStore, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::default());
+        (MemoryStore::new(1000, clock.clone()), clock)
+    }
+
+    fn claimed(c: Claim) -> u64 {
+        match c {
+            Claim::Claimed(t) => t,
+            other => panic!("expected a claim, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn key_depends_on_route_and_id() {
+        assert_ne!(key(b"/a", "evt_1"), key(b"/b", "evt_1"));
+        assert_ne!(key(b"/a", "evt_1"), key(b"/a", "evt_2"));
+        assert_ne!(key(b"/a", "b\0c"), key(b"/a\0b", "c"));
+        assert_eq!(key(b"/a", "evt_1"), key(b"/a", "evt_1"));
+    }
+
+    #[test]
+    fn claim_commit_then_duplicate_until_ttl() {
+        let (s, clock) = store();
+        let k = key(b"/r", "evt_1");
+        claimed(s.claim(&k, INFLIGHT));
+        s.commit(&k, TTL);
+        assert_eq!(s.claim(&k, INFLIGHT), Claim::Duplicate);
+        clock.advance(TTL - Duration::from_millis(1));
+        assert_eq!(s.claim(&k, INFLIGHT), Claim::Duplicate);
+        clock.advance(Duration::from_millis(1));
+        claimed(s.claim(&k, INFLIGHT));
+    }
+
+    #[test]
+    fn in_flight_blocks_others_and_tells_how_long() {
+        let (s, clock) = store();
+        let k = key(b"/r", "evt_1");
+        claimed(s.claim(&k, INFLIGHT));
+        clock.advance(Duration::from_secs(20));
+        assert_eq!(
+            s.claim(&k, INFLIGHT),
+            Claim::InFlight {
+                retry_after: Duration::from_secs(40)
+            }
+        );
+    }
+
+    #[test]
+    fn release_forgets_so_a_retry_is_admitted() {
+        let (s, _) = store();
+        let k = key(b"/r", "evt_1");
+        let t = claimed(s.claim(&k, INFLIGHT));
+        s.release(&k, t);
+        claimed(s.claim(&k, INFLIGHT));
+    }
+
+    #[test]
+    fn inflight_mark_expires_on_its_own() {
+        let (s, clock) = store();
+        let k = key(b"/r", "evt_1");
+        claimed(s.claim(&k, INFLIGHT));
+        clock.advance(INFLIGHT);
+        claimed(s.claim(&k, INFLIGHT));
+    }
+
+    #[test]
+    fn late_release_never_removes_another_claim_or_a_delivery() {
+        let (s, clock) = store();
+        let k = key(b"/r", "evt_1");
+        let old = claimed(s.claim(&k, INFLIGHT));
+        clock.advance(INFLIGHT);
+        let new = claimed(s.claim(&k, INFLIGHT));
+        s.release(&k, old);
+        assert!(matches!(s.claim(&k, INFLIGHT), Claim::InFlight { .. }));
+        s.commit(&k, TTL);
+        s.release(&k, new);
+        assert_eq!(s.claim(&k, INFLIGHT), Claim::Duplicate);
+    }
+
+    #[test]
+    fn concurrent_claims_admit_exactly_one() {
+        let s = Arc::new(MemoryStore::new(1000, Arc::new(SystemClock::default())));
+        for round in 0..50 {
+            let k = key(b"/r", &format!("evt_{round}"));
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let s = s.clone();
+                    std::thread::spawn(move || s.claim(&k, INFLIGHT))
+                })
+                .collect();
+            let wins = handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .filter(|c| matches!(c, Claim::Claimed(_)))
+                .count();
+            assert_eq!(wins, 1, "round {round}");
+        }
+    }
+
+    #[test]
+    fn at_capacity_new_ids_are_always_remembered() {
+        let capacity = 100;
+        let s = MemoryStore::new(capacity, Arc::new(SystemClock::default()));
+        // Fill well past capacity; with TinyLFU many of these would never be admitted.
+        for i in 0..(capacity * 3) {
+            let k = key(b"/r", &format!("evt_{i}"));
+            claimed(s.claim(&k, INFLIGHT));
+            s.commit(&k, TTL);
+            s.run_pending_tasks();
+            // The id just delivered must be refused as a replay, even at capacity.
+            assert_eq!(s.claim(&k, INFLIGHT), Claim::Duplicate, "id {i}");
+        }
+        s.run_pending_tasks();
+        assert!(s.entry_count() <= capacity);
+        assert!(s.stats().evicted_early.load(Ordering::Relaxed) >= capacity);
+    }
+}

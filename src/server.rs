@@ -1,0 +1,161 @@
+//! Process wiring: logging, the pingora server with the proxy and admin
+//! services, SIGHUP reload.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pingora::connectors::ConnectorOptions;
+use pingora::connectors::http::Connector;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
+use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::prelude::*;
+
+use crate::admin::Admin;
+use crate::config::{self, Config, LogFormat};
+use crate::metrics::Metrics;
+use crate::proxy::{Guard, Shared};
+use crate::replay::{MemoryStore, SystemClock};
+
+/// Installs the log subscriber. `RUST_LOG` filters (default `info`); pingora's
+/// own events are capped at `warn` whatever `RUST_LOG` says, because its debug
+/// lines can quote raw request heads (and so signatures).
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let cap = filter_fn(|meta| {
+        !meta.target().starts_with("pingora") || *meta.level() <= tracing::Level::WARN
+    });
+    let registry = tracing_subscriber::registry().with(filter).with(cap);
+    let result = match format {
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    if result.is_err() {
+        eprintln!("persona-guard: a log subscriber was already installed");
+    }
+}
+
+/// Serves until SIGTERM/SIGINT. Returns after the graceful shutdown.
+pub fn run(config_path: &Path, cfg: Config) {
+    let mut conf = ServerConf {
+        threads: cfg.threads,
+        grace_period_seconds: Some(cfg.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    conf.upstream_keepalive_pool_size = 128;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
+        &server.configuration,
+    )));
+    let store = MemoryStore::new(cfg.replay.capacity, Arc::new(SystemClock::default()));
+    let listen = cfg.listen;
+    let admin_addr = cfg.admin;
+    let routes: Vec<String> = cfg.routes.iter().map(|r| r.path.clone()).collect();
+    let upstream = cfg.upstream.address;
+    let shared = Arc::new(Shared::new(cfg, store, Metrics::new(), connector));
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Guard {
+            shared: shared.clone(),
+        },
+        "persona-guard",
+    );
+    proxy.add_tcp(&listen.to_string());
+    let mut admin = Service::new(
+        "admin".to_string(),
+        Admin {
+            shared: shared.clone(),
+        },
+    );
+    admin.add_tcp(&admin_addr.to_string());
+    server.add_service(proxy);
+    server.add_service(admin);
+
+    spawn_reloader(config_path.to_path_buf(), shared);
+    tracing::info!(
+        listen = %listen,
+        admin = %admin_addr,
+        upstream = %upstream,
+        routes = ?routes,
+        "persona-guard starting"
+    );
+    server.run(RunArgs::default());
+    tracing::info!("persona-guard stopped");
+}
+
+/// Re-reads the route file and every secret on SIGHUP. An invalid file leaves
+/// the running configuration in place; the replay memory is never touched.
+fn spawn_reloader(path: PathBuf, shared: Arc<Shared>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the reload thread: {e}; SIGHUP will not reload");
+            return;
+        }
+    };
+    // Register the handler now, before the thread runs, so an early SIGHUP
+    // never falls through to the default action (terminating the process).
+    let mut hup = match runtime
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGHUP: {e}");
+            return;
+        }
+    };
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            while hup.recv().await.is_some() {
+                reload(&path, &shared);
+            }
+        })
+    });
+}
+
+fn reload(path: &Path, shared: &Shared) {
+    let current = shared.config.load_full();
+    match config::load(path) {
+        Ok(new) => {
+            if new.listen != current.listen || new.admin != current.admin {
+                tracing::warn!(
+                    "listen and admin addresses change only on restart; keeping the bound ones"
+                );
+            }
+            for r in &new.routes {
+                shared.metrics.register_route(&r.path);
+            }
+            let routes: Vec<&str> = new.routes.iter().map(|r| r.path.as_str()).collect();
+            tracing::info!(?routes, "configuration reloaded");
+            shared.config.store(Arc::new(Config {
+                listen: current.listen,
+                admin: current.admin,
+                threads: current.threads,
+                ..new
+            }));
+            shared.metrics.reloads.with_label_values(&["ok"]).inc();
+        }
+        Err(e) => {
+            tracing::error!("reload refused, the running configuration stays: {e}");
+            shared.metrics.reloads.with_label_values(&["error"]).inc();
+        }
+    }
+}
