@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod echo;
 pub mod event;
 pub mod framing;
 pub mod metrics;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use persona_guard::{config, server, signature};
+use persona_guard::{config, echo, server, signature};
 
 /// Exit code for an invalid configuration or usage (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -44,6 +44,11 @@ enum Command {
         /// The body file, or `-` for standard input (the default).
         file: Option<PathBuf>,
     },
+    /// Run a tiny upstream that answers 200 and prints what it received (for trying it out).
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -75,6 +80,11 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Echo { listen } => {
+            server::init_logging(config::LogFormat::Text);
+            echo::run(&listen);
+            ExitCode::SUCCESS
+        }
         Command::Sign {
             secret_env,
             timestamp,
