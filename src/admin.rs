@@ -32,6 +32,9 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
 impl Admin {
     /// Ready when the public listener accepts a connection.
     async fn ready(&self) -> Result<(), &'static str> {
+        if self.shared.draining.load(Ordering::SeqCst) {
+            return Err("shutting down");
+        }
         let mut addr = self.shared.config.load().listen;
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());

@@ -20,6 +20,7 @@
 //! `fail_to_proxy` turns its upstream errors into the JSON 502/504 answers.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -65,6 +66,10 @@ pub struct Shared {
     pub store: MemoryStore,
     pub metrics: Metrics,
     connector: Connector,
+    /// Requests being handled now (for the SIGTERM drain).
+    pub inflight: AtomicUsize,
+    /// Set on SIGTERM: readiness turns 503.
+    pub draining: AtomicBool,
 }
 
 impl Shared {
@@ -78,7 +83,25 @@ impl Shared {
             store,
             metrics,
             connector,
+            inflight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
         }
+    }
+}
+
+/// Counts a request as in flight for as long as it lives.
+struct InflightGuard(Arc<Shared>);
+
+impl InflightGuard {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.inflight.fetch_add(1, Ordering::SeqCst);
+        InflightGuard(shared.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -116,6 +139,7 @@ impl Drop for ClaimGuard {
 
 /// Per-request state.
 pub struct Ctx {
+    _inflight: InflightGuard,
     started: Instant,
     config: Option<Arc<Config>>,
     route: Option<usize>,
@@ -507,6 +531,7 @@ impl ProxyHttp for Guard {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            _inflight: InflightGuard::new(&self.shared),
             started: Instant::now(),
             config: None,
             route: None,

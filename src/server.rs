@@ -3,11 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use pingora::connectors::ConnectorOptions;
 use pingora::connectors::http::Connector;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::prelude::*;
@@ -86,7 +88,7 @@ pub fn run(config_path: &Path, cfg: Config) {
     server.add_service(proxy);
     server.add_service(admin);
 
-    spawn_reloader(config_path.to_path_buf(), shared);
+    spawn_reloader(config_path.to_path_buf(), shared.clone());
     tracing::info!(
         listen = %listen,
         admin = %admin_addr,
@@ -94,8 +96,52 @@ pub fn run(config_path: &Path, cfg: Config) {
         routes = ?routes,
         "persona-guard starting"
     );
-    server.run(RunArgs::default());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Drain { shared }),
+    });
     tracing::info!("persona-guard stopped");
+}
+
+/// SIGTERM: pingora closes the listeners and waits out `grace_period`; this
+/// watcher also exits as soon as no request is in flight, so a drained proxy
+/// does not sit idle for the whole grace period. SIGINT stops at once.
+struct Drain {
+    shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for Drain {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot listen for SIGTERM/SIGINT");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping now");
+                ShutdownSignal::FastShutdown
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: no new connections; draining in-flight requests");
+                self.shared.draining.store(true, Ordering::SeqCst);
+                let shared = self.shared.clone();
+                std::thread::spawn(move || {
+                    // Let pingora close the listeners first.
+                    std::thread::sleep(Duration::from_millis(200));
+                    while shared.inflight.load(Ordering::SeqCst) > 0 {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    tracing::info!("drained: exiting");
+                    std::process::exit(0);
+                });
+                ShutdownSignal::GracefulTerminate
+            }
+        }
+    }
 }
 
 /// Re-reads the route file and every secret on SIGHUP. An invalid file leaves
