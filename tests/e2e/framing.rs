@@ -1,0 +1,148 @@
+//! SPEC §2, last paragraph: ambiguous framing is refused with 400 and the
+//! connection is closed; nothing ambiguous is forwarded.
+
+use std::time::Duration;
+
+use crate::common::*;
+
+fn assert_refused(name: &str, raw: &[u8]) {
+    let up = Upstream::start();
+    let p = proxy().upstream(&up).start();
+    let mut c = p.client();
+    c.send(raw);
+    let resp = c
+        .try_read_response()
+        .unwrap_or_else(|e| panic!("{name}: expected a 400 response, got {e}"));
+    assert_eq!(
+        resp.status,
+        400,
+        "{name}: {} {:?} {}",
+        resp.status,
+        resp.headers,
+        resp.text()
+    );
+    assert!(
+        c.closed_within(Duration::from_secs(5)),
+        "{name}: connection should be closed"
+    );
+    // Nothing reached the upstream, now or a moment later.
+    std::thread::sleep(Duration::from_millis(200));
+    up.assert_nothing_seen(name);
+}
+
+fn raw(head_lines: &str, body: &str) -> Vec<u8> {
+    format!("POST /app/submit HTTP/1.1\r\nHost: e2e.test\r\n{head_lines}\r\n{body}").into_bytes()
+}
+
+#[test]
+fn content_length_and_transfer_encoding_together_is_400() {
+    assert_refused(
+        "CL then TE",
+        &raw(
+            "Content-Length: 6\r\nTransfer-Encoding: chunked\r\n",
+            "0\r\n\r\nG",
+        ),
+    );
+    assert_refused(
+        "TE then CL",
+        &raw(
+            "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+            "8\r\nSMUGGLED\r\n0\r\n\r\n",
+        ),
+    );
+}
+
+#[test]
+fn content_length_and_transfer_encoding_on_webhook_route_is_400() {
+    let up = Upstream::start();
+    let p = proxy().upstream(&up).start();
+    let body = event_body(&event_id(), "inquiry.approved");
+    let sig = sign(p.secret(), now(), &body);
+    let mut req = format!(
+        "POST {ROUTE} HTTP/1.1\r\nHost: e2e\r\nPersona-Signature: {sig}\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    let mut c = p.client();
+    c.send(&req);
+    let resp = c.try_read_response().expect("a 400 response");
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(
+        c.closed_within(Duration::from_secs(5)),
+        "connection should be closed"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    up.assert_nothing_seen("CL+TE on the route");
+}
+
+#[test]
+fn two_different_content_lengths_is_400() {
+    assert_refused(
+        "conflicting CL",
+        &raw("Content-Length: 5\r\nContent-Length: 6\r\n", "hello!"),
+    );
+}
+
+#[test]
+fn repeated_content_length_is_400() {
+    assert_refused(
+        "repeated identical CL",
+        &raw("Content-Length: 5\r\nContent-Length: 5\r\n", "hello"),
+    );
+    assert_refused("CL list", &raw("Content-Length: 5, 5\r\n", "hello"));
+}
+
+#[test]
+fn transfer_encoding_other_than_chunked_is_400() {
+    assert_refused(
+        "gzip, chunked",
+        &raw(
+            "Transfer-Encoding: gzip, chunked\r\n",
+            "5\r\nhello\r\n0\r\n\r\n",
+        ),
+    );
+    assert_refused(
+        "two TE headers",
+        &raw(
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n",
+            "5\r\nhello\r\n0\r\n\r\n",
+        ),
+    );
+}
+
+#[test]
+fn white_space_before_colon_is_400() {
+    assert_refused(
+        "space before colon (TE)",
+        &raw(
+            "Transfer-Encoding : chunked\r\nContent-Length: 5\r\n",
+            "hello",
+        ),
+    );
+    assert_refused(
+        "space before colon (benign header)",
+        &raw("X-Test : 1\r\nContent-Length: 5\r\n", "hello"),
+    );
+}
+
+#[test]
+fn obsolete_line_folding_is_400() {
+    assert_refused(
+        "obs-fold",
+        &raw("X-Test: a\r\n  folded\r\nContent-Length: 5\r\n", "hello"),
+    );
+}
+
+#[test]
+fn bare_cr_lf_or_nul_in_header_is_400() {
+    assert_refused(
+        "bare CR",
+        &raw("X-Test: a\rb\r\nContent-Length: 5\r\n", "hello"),
+    );
+    assert_refused(
+        "NUL",
+        &raw("X-Test: a\0b\r\nContent-Length: 5\r\n", "hello"),
+    );
+    assert_refused("bare LF", &raw("X-Test: a\nContent-Length: 5\r\n", "hello"));
+}

@@ -1,0 +1,12 @@
+//! Black-box end-to-end tests of the `persona-guard` binary (see SPEC.md).
+//!
+//! Each test starts its own recording upstream and its own proxy process on
+//! free ports, so tests are independent and run in parallel.
+
+mod cli;
+mod common;
+mod framing;
+mod ops;
+mod passthrough;
+mod paths;
+mod webhook;
