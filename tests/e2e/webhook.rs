@@ -839,3 +839,72 @@ fn delivered_event_is_forgotten_after_ttl() {
         first.elapsed()
     );
 }
+
+/// Delivers until the answer is no longer 409 (the other request's claim is settled).
+fn deliver_after_inflight(p: &Proxy, body: &[u8]) -> Response {
+    let end = Instant::now() + W;
+    loop {
+        let r = p.deliver(body);
+        if r.status != 409 || Instant::now() >= end {
+            return r;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn client_gone_mid_delivery_and_app_failing_releases_the_claim() {
+    let up = Upstream::start();
+    up.set_status(500);
+    up.set_delay(Duration::from_millis(800));
+    let p = proxy().upstream(&up).start();
+    let id = event_id();
+    let body = event_body(&id, "inquiry.approved");
+    {
+        let mut c = p.client();
+        c.send(&delivery(ROUTE, &sign(p.secret(), now(), &body), &body));
+        // The client hangs up while the app is still working on it.
+    }
+    assert_eq!(up.wait_for_requests(1, W).len(), 1);
+    up.set_delay(Duration::ZERO);
+    up.set_status(200);
+    let r = deliver_after_inflight(&p, &body);
+    assert_eq!(r.status, 200, "the retry must be forwarded: {}", r.text());
+    assert_eq!(up.wait_for_requests(2, W).len(), 2);
+}
+
+#[test]
+fn client_gone_mid_delivery_but_app_accepting_marks_it_delivered() {
+    let up = Upstream::start();
+    up.set_delay(Duration::from_millis(800));
+    let p = proxy().upstream(&up).start();
+    let id = event_id();
+    let body = event_body(&id, "inquiry.approved");
+    {
+        let mut c = p.client();
+        c.send(&delivery(ROUTE, &sign(p.secret(), now(), &body), &body));
+    }
+    assert_eq!(up.wait_for_requests(1, W).len(), 1);
+    // The app answered 2xx, so Persona's retry is a duplicate: the app has it once.
+    let r = deliver_after_inflight(&p, &body);
+    r.assert_status_json(200, "duplicate");
+    assert_eq!(up.count(), 1);
+}
+
+#[test]
+fn client_gone_mid_body_forwards_nothing_and_claims_nothing() {
+    let up = Upstream::start();
+    let p = proxy().upstream(&up).start();
+    let id = event_id();
+    let body = event_body(&id, "inquiry.approved");
+    let full = delivery(ROUTE, &sign(p.secret(), now(), &body), &body);
+    {
+        let mut c = p.client();
+        c.send(&full[..full.len() - body.len() / 2]);
+    }
+    thread::sleep(Duration::from_millis(200));
+    up.assert_nothing_seen("a delivery whose body never completed");
+    let r = p.deliver(&body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.wait_for_requests(1, W)[0].body, body);
+}
