@@ -81,6 +81,7 @@ impl ServeHttp for Admin {
             },
             "/metrics" => {
                 let m = &self.shared.metrics;
+                self.shared.store.run_pending_tasks();
                 m.replay_entries.set(self.shared.store.entry_count() as i64);
                 let evicted = self
                     .shared

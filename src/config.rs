@@ -34,6 +34,8 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
 /// Whole-body deadline on a webhook route: a client trickling its body is cut off.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle keep-alive client connection is kept open.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// SIGTERM grace period: in-flight requests may finish within it.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 pub const DEFAULT_EVENT_TYPE_HEADER: &str = "X-Persona-Event-Type";
@@ -83,6 +85,7 @@ struct RawServer {
     threads: Option<usize>,
     grace_period: Option<String>,
     body_timeout: Option<String>,
+    idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,6 +245,7 @@ pub struct Config {
     pub threads: usize,
     pub grace_period: Duration,
     pub body_timeout: Duration,
+    pub idle_timeout: Duration,
     pub upstream: Upstream,
     pub replay: Replay,
     pub headers: TrustedHeaders,
@@ -516,6 +520,14 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
         DEFAULT_BODY_TIMEOUT,
     );
 
+    let idle_timeout = c.duration(
+        "server.idle_timeout",
+        raw.server.idle_timeout.as_deref(),
+        DEFAULT_IDLE_TIMEOUT,
+    );
+    if idle_timeout < Duration::from_secs(1) {
+        c.problem("server.idle_timeout", "must be at least 1s");
+    }
     let upstream = Upstream {
         address: c.address(
             "upstream.address",
@@ -758,6 +770,7 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
         threads,
         grace_period,
         body_timeout,
+        idle_timeout,
         upstream,
         replay: Replay {
             store,

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub verify_duration: HistogramVec,
     /// `persona_guard_replay_entries`
     pub replay_entries: IntGauge,
+    /// `persona_guard_replay_insertions_total`: ids claimed (admitted as in flight).
+    pub replay_insertions: IntCounter,
     /// `persona_guard_replay_evictions_total`: ids evicted for room before their ttl.
     pub replay_evictions: IntCounter,
     /// `persona_guard_config_reloads_total{result}`
@@ -78,6 +80,11 @@ impl Metrics {
             "Event ids currently remembered (in flight or delivered).",
         )
         .expect("static metric definition");
+        let replay_insertions = IntCounter::new(
+            "persona_guard_replay_insertions_total",
+            "Event ids admitted into the replay memory (claimed for delivery).",
+        )
+        .expect("static metric definition");
         let replay_evictions = IntCounter::new(
             "persona_guard_replay_evictions_total",
             "Event ids evicted for room before their ttl ran out (raise capacity if this moves).",
@@ -97,6 +104,7 @@ impl Metrics {
             Box::new(upstream_duration.clone()),
             Box::new(verify_duration.clone()),
             Box::new(replay_entries.clone()),
+            Box::new(replay_insertions.clone()),
             Box::new(replay_evictions.clone()),
             Box::new(reloads.clone()),
         ] {
@@ -109,6 +117,7 @@ impl Metrics {
             upstream_duration,
             verify_duration,
             replay_entries,
+            replay_insertions,
             replay_evictions,
             reloads,
         }
@@ -117,7 +126,22 @@ impl Metrics {
     /// Pre-creates every outcome series of a route at 0, so rates work from the start.
     pub fn register_route(&self, route: &str) {
         for o in Outcome::ALL {
-            self.requests.with_label_values(&[route, o.code()]);
+            if !matches!(
+                o,
+                Outcome::Passthrough
+                    | Outcome::NotFound
+                    | Outcome::MalformedRequest
+                    | Outcome::InvalidPath
+            ) {
+                self.requests.with_label_values(&[route, o.code()]);
+            }
+        }
+    }
+
+    /// Pre-creates the outcome series of requests under no route.
+    pub fn register_no_route(&self) {
+        for o in Outcome::ALL.into_iter().filter(|o| o.applies_off_route()) {
+            self.requests.with_label_values(&[NO_ROUTE, o.code()]);
         }
     }
 

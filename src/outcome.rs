@@ -114,6 +114,20 @@ impl Outcome {
         }
     }
 
+    /// Whether a request under no route can end this way.
+    pub fn applies_off_route(self) -> bool {
+        matches!(
+            self,
+            Outcome::Passthrough
+                | Outcome::MalformedRequest
+                | Outcome::InvalidPath
+                | Outcome::NotFound
+                | Outcome::UpstreamUnavailable
+                | Outcome::UpstreamTimeout
+                | Outcome::ClientError
+        )
+    }
+
     /// The body persona-guard answers with.
     pub fn body(self) -> String {
         match self {

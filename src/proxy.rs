@@ -77,7 +77,7 @@ impl Shared {
         for r in &config.routes {
             metrics.register_route(&r.path);
         }
-        metrics.register_route(metrics::NO_ROUTE);
+        metrics.register_no_route();
         Shared {
             config: ArcSwap::from_pointee(config),
             store,
@@ -355,12 +355,15 @@ impl Guard {
         // 7. the replay store.
         let key = replay::key(&route.normalized, &ev.id);
         let claim = match self.shared.store.claim(&key, cfg.replay.inflight_ttl) {
-            Claim::Claimed(token) => ClaimGuard {
-                shared: self.shared.clone(),
-                key,
-                token,
-                settled: false,
-            },
+            Claim::Claimed(token) => {
+                self.shared.metrics.replay_insertions.inc();
+                ClaimGuard {
+                    shared: self.shared.clone(),
+                    key,
+                    token,
+                    settled: false,
+                }
+            }
             Claim::Duplicate => return respond(session, ctx, Outcome::Duplicate, true, None).await,
             Claim::InFlight { retry_after } => {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
@@ -555,6 +558,11 @@ impl ProxyHttp for Guard {
             }
         }
         strip_trusted(session.req_header_mut(), &cfg.headers);
+        // Bound the wait for this connection's next request (pingora's default
+        // keeps an HTTP/1.1 connection open forever). Only where keep-alive is on.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(cfg.idle_timeout.as_secs().max(1)));
+        }
 
         let normalized = match path::normalize(session.req_header().raw_path()) {
             Ok(p) => p,

@@ -861,6 +861,8 @@ pub struct ProxyBuilder {
     pub secrets: Vec<String>,
     pub route_path: String,
     pub extra_toml: String,
+    /// Top-level keys, written before any table.
+    pub top_toml: String,
     pub env: Vec<(String, String)>,
 }
 
@@ -878,6 +880,7 @@ pub fn proxy() -> ProxyBuilder {
         secrets: vec![secret()],
         route_path: ROUTE.into(),
         extra_toml: String::new(),
+        top_toml: String::new(),
         env: Vec::new(),
     }
 }
@@ -931,6 +934,10 @@ impl ProxyBuilder {
         self.extra_toml.push_str(v);
         self
     }
+    pub fn top_toml(mut self, v: &str) -> Self {
+        self.top_toml.push_str(v);
+        self
+    }
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
         self
@@ -949,7 +956,7 @@ impl ProxyBuilder {
             .upstream
             .map(|a| a.to_string())
             .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
-        let mut s = String::new();
+        let mut s = self.top_toml.clone();
         if let Some(u) = &self.unmatched {
             s.push_str(&format!("unmatched = \"{u}\"\n"));
         }
@@ -1133,6 +1140,34 @@ impl Proxy {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends a signal (e.g. "HUP") to this child, by its own PID.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid().to_string();
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status();
+        assert!(st.is_ok_and(|s| s.success()), "kill -{sig} {pid}");
+    }
+
+    /// The admin /metrics text.
+    pub fn metrics(&self) -> String {
+        one_shot(self.admin, &request("GET", "/metrics", &[], b"")).text()
+    }
+
+    /// The value of one metric sample (`name{labels}` exactly as exported), 0 if absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
     }
 
     /// Sends SIGTERM to this child (by its PID) and waits for it to exit.
