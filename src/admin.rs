@@ -101,3 +101,54 @@ impl ServeHttp for Admin {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, Env};
+    use crate::metrics::Metrics;
+    use crate::replay::{MemoryStore, SystemClock};
+    use pingora::connectors::http::Connector;
+
+    struct NoEnv;
+    impl Env for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    fn admin_for(listen: std::net::SocketAddr) -> Admin {
+        let text = format!(
+            "[listen]\naddress = \"{listen}\"\n[admin]\naddress = \"127.0.0.1:1\"\n\
+             [[route]]\npath = \"/h\"\nsecrets = [\"s\"]\n"
+        );
+        let cfg = config::from_str(&text, &NoEnv).unwrap();
+        let store = MemoryStore::new(10, Arc::new(SystemClock::default()));
+        Admin {
+            shared: Arc::new(Shared::new(
+                cfg,
+                store,
+                Metrics::new(),
+                Connector::new(None),
+            )),
+        }
+    }
+
+    #[tokio::test]
+    async fn ready_only_while_the_public_listener_accepts_and_not_draining() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admin = admin_for(addr);
+        assert_eq!(admin.ready().await, Ok(()));
+
+        admin.shared.draining.store(true, Ordering::SeqCst);
+        assert_eq!(admin.ready().await, Err("shutting down"));
+        admin.shared.draining.store(false, Ordering::SeqCst);
+
+        drop(listener);
+        assert_eq!(
+            admin.ready().await,
+            Err("the public listener is not accepting connections")
+        );
+    }
+}
