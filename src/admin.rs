@@ -35,6 +35,9 @@ impl Admin {
         if self.shared.draining.load(Ordering::SeqCst) {
             return Err("shutting down");
         }
+        if self.shared.store.ready().await.is_err() {
+            return Err("the replay store (redis) does not answer");
+        }
         let mut addr = self.shared.config.load().listen;
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -81,16 +84,13 @@ impl ServeHttp for Admin {
             },
             "/metrics" => {
                 let m = &self.shared.metrics;
-                self.shared.store.run_pending_tasks();
-                m.replay_entries.set(self.shared.store.entry_count() as i64);
-                let evicted = self
-                    .shared
-                    .store
-                    .stats()
-                    .evicted_early
-                    .load(Ordering::Relaxed);
-                m.replay_evictions
-                    .inc_by(evicted.saturating_sub(m.replay_evictions.get()));
+                if let Some(store) = self.shared.store.memory() {
+                    store.run_pending_tasks();
+                    m.replay_entries.set(store.entry_count() as i64);
+                    let evicted = store.stats().evicted_early.load(Ordering::Relaxed);
+                    m.replay_evictions
+                        .inc_by(evicted.saturating_sub(m.replay_evictions.get()));
+                }
                 reply(StatusCode::OK, "text/plain; version=0.0.4", m.render())
             }
             _ => reply(
@@ -107,7 +107,7 @@ mod tests {
     use super::*;
     use crate::config::{self, Env};
     use crate::metrics::Metrics;
-    use crate::replay::{MemoryStore, SystemClock};
+    use crate::replay::{MemoryStore, Store, SystemClock};
     use pingora::connectors::http::Connector;
 
     struct NoEnv;
@@ -123,7 +123,7 @@ mod tests {
              [[route]]\npath = \"/h\"\nsecrets = [\"s\"]\n"
         );
         let cfg = config::from_str(&text, &NoEnv).unwrap();
-        let store = MemoryStore::new(10, Arc::new(SystemClock::default()));
+        let store = Store::Memory(MemoryStore::new(10, Arc::new(SystemClock::default())));
         Admin {
             shared: Arc::new(Shared::new(
                 cfg,

@@ -30,6 +30,8 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_CAPACITY: u64 = 1_000_000;
 pub const DEFAULT_INFLIGHT_TTL: Duration = Duration::from_secs(60);
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+pub const DEFAULT_KEY_PREFIX: &str = "persona-guard:";
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
 /// Whole-body deadline on a webhook route: a client trickling its body is cut off.
@@ -103,6 +105,9 @@ struct RawReplay {
     ttl: Option<String>,
     capacity: Option<u64>,
     redis_url: Option<String>,
+    redis_password: Option<String>,
+    redis_timeout: Option<String>,
+    key_prefix: Option<String>,
     on_store_error: Option<String>,
     inflight_ttl: Option<String>,
 }
@@ -143,9 +148,39 @@ pub enum LogFormat {
 }
 
 /// The replay store backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
     Memory,
+    Redis(RedisSettings),
+}
+
+/// Where and how to reach Redis. `Debug` never shows the URL (it may hold a password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub url: String,
+    pub password: Option<Secret>,
+    pub key_prefix: String,
+    /// Bounds connecting and every command.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &"<redacted>")
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// What a webhook route does when the Redis store cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// 503 `replay_store_unavailable`, nothing forwarded (Persona retries later).
+    Reject,
+    /// Forward without replay protection.
+    Allow,
 }
 
 /// A webhook secret. Its bytes never appear in `Debug` output.
@@ -193,6 +228,7 @@ pub struct Upstream {
 #[derive(Debug, Clone)]
 pub struct Replay {
     pub store: StoreKind,
+    pub on_store_error: OnStoreError,
     pub ttl: Duration,
     pub capacity: u64,
     pub inflight_ttl: Duration,
@@ -547,13 +583,67 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
     };
 
     let store = match raw.replay.store.as_deref() {
-        None | Some("memory") => StoreKind::Memory,
-        Some("redis") => {
-            c.problem(
-                "replay.store",
-                "the \"redis\" store is not available in this version; use \"memory\"",
-            );
+        None | Some("memory") => {
+            for (key, set) in [
+                ("replay.redis_url", raw.replay.redis_url.is_some()),
+                ("replay.redis_password", raw.replay.redis_password.is_some()),
+                ("replay.redis_timeout", raw.replay.redis_timeout.is_some()),
+                ("replay.key_prefix", raw.replay.key_prefix.is_some()),
+                ("replay.on_store_error", raw.replay.on_store_error.is_some()),
+            ] {
+                if set {
+                    c.problem(key, "only applies to store = \"redis\"");
+                }
+            }
             StoreKind::Memory
+        }
+        Some("redis") => {
+            let url = match raw.replay.redis_url.as_deref() {
+                None => {
+                    c.problem(
+                        "replay.redis_url",
+                        "is required with store = \"redis\", e.g. \"redis://127.0.0.1:6379/0\"",
+                    );
+                    String::new()
+                }
+                Some(u) if !(u.starts_with("redis://") || u.starts_with("rediss://")) => {
+                    c.problem(
+                        "replay.redis_url",
+                        "must start with redis:// or rediss:// (the URL is not repeated here: it may hold a password)",
+                    );
+                    String::new()
+                }
+                Some(u) => {
+                    if redis::Client::open(u).is_err() {
+                        c.problem(
+                            "replay.redis_url",
+                            "is not a valid Redis URL (the URL is not repeated here: it may hold a password)",
+                        );
+                    }
+                    u.to_string()
+                }
+            };
+            let password = raw.replay.redis_password.as_deref().and_then(|spec| {
+                resolve_secret(spec, base, env)
+                    .map_err(|msg| c.problem("replay.redis_password", msg))
+                    .ok()
+            });
+            let timeout = c.duration(
+                "replay.redis_timeout",
+                raw.replay.redis_timeout.as_deref(),
+                DEFAULT_REDIS_TIMEOUT,
+            );
+            let key_prefix = raw
+                .replay
+                .key_prefix
+                .clone()
+                .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string());
+            StoreKind::Redis(RedisSettings {
+                url,
+                password,
+                key_prefix,
+                timeout,
+            })
         }
         Some(other) => {
             c.problem(
@@ -563,14 +653,17 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
             StoreKind::Memory
         }
     };
-    if store == StoreKind::Memory {
-        if raw.replay.redis_url.is_some() {
-            c.problem("replay.redis_url", "only applies to store = \"redis\"");
+    let on_store_error = match raw.replay.on_store_error.as_deref() {
+        None | Some("reject") => OnStoreError::Reject,
+        Some("allow") => OnStoreError::Allow,
+        Some(other) => {
+            c.problem(
+                "replay.on_store_error",
+                format!("`{other}` is not one of \"reject\", \"allow\""),
+            );
+            OnStoreError::Reject
         }
-        if raw.replay.on_store_error.is_some() {
-            c.problem("replay.on_store_error", "only applies to store = \"redis\"");
-        }
-    }
+    };
     let ttl = c.duration("replay.ttl", raw.replay.ttl.as_deref(), DEFAULT_TTL);
     let capacity = match raw.replay.capacity {
         Some(0) => {
@@ -647,13 +740,13 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
                 }
             },
         };
-        if let Some((_, j)) = seen_paths.iter().find(|(n, _)| *n == normalized) {
-            if r.path.is_some() {
-                c.problem(
-                    k("path"),
-                    format!("the same path as route[{j}]; merge the two routes"),
-                );
-            }
+        if let Some((_, j)) = seen_paths.iter().find(|(n, _)| *n == normalized)
+            && r.path.is_some()
+        {
+            c.problem(
+                k("path"),
+                format!("the same path as route[{j}]; merge the two routes"),
+            );
         }
         seen_paths.push((normalized.clone(), i));
 
@@ -736,18 +829,18 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
         });
     }
 
-    if let Some(max_tol) = routes.iter().map(|r| r.tolerance).max() {
-        if ttl < max_tol * 2 {
-            c.problem(
-                "replay.ttl",
-                format!(
-                    "{} is less than twice the largest route tolerance ({}); set ttl to at least {}",
-                    humantime::format_duration(ttl),
-                    humantime::format_duration(max_tol),
-                    humantime::format_duration(max_tol * 2)
-                ),
-            );
-        }
+    if let Some(max_tol) = routes.iter().map(|r| r.tolerance).max()
+        && ttl < max_tol * 2
+    {
+        c.problem(
+            "replay.ttl",
+            format!(
+                "{} is less than twice the largest route tolerance ({}); set ttl to at least {}",
+                humantime::format_duration(ttl),
+                humantime::format_duration(max_tol),
+                humantime::format_duration(max_tol * 2)
+            ),
+        );
     }
     if inflight_ttl < upstream.connect_timeout + upstream.read_timeout {
         c.problem(
@@ -774,6 +867,7 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
         upstream,
         replay: Replay {
             store,
+            on_store_error,
             ttl,
             capacity,
             inflight_ttl,
@@ -922,6 +1016,45 @@ secrets = ["x"]
 tolerance = "5m"
 "#;
         assert!(from_str(text, &env()).is_ok());
+    }
+
+    #[test]
+    fn redis_store_settings_are_validated_and_the_url_never_echoed() {
+        let text = r#"
+[replay]
+store = "redis"
+redis_url = "redis://:hunter2@127.0.0.1:6379/0"
+redis_password = "env:SECRET"
+on_store_error = "allow"
+redis_timeout = "250ms"
+[[route]]
+path = "/a"
+secrets = ["x"]
+"#;
+        let c = from_str(text, &env()).unwrap();
+        assert_eq!(c.replay.on_store_error, OnStoreError::Allow);
+        let StoreKind::Redis(r) = &c.replay.store else {
+            panic!("redis expected")
+        };
+        assert_eq!(r.timeout, Duration::from_millis(250));
+        assert_eq!(r.key_prefix, DEFAULT_KEY_PREFIX);
+        assert_eq!(r.password.as_ref().unwrap().expose(), b"wbhsec_abc");
+        assert!(!format!("{c:?}").contains("hunter2"));
+
+        let bad = text
+            .replace("redis://:hunter2@", "http://:hunter2@")
+            .replace("allow", "sometimes");
+        let problems = from_str(&bad, &env()).unwrap_err();
+        assert_eq!(
+            keys(&problems),
+            vec!["replay.redis_url", "replay.on_store_error"]
+        );
+        assert!(problems.iter().all(|p| !p.message.contains("hunter2")));
+
+        let memory_with_redis_keys =
+            "[replay]\nredis_url = \"redis://x\"\n[[route]]\npath = \"/a\"\nsecrets = [\"x\"]\n";
+        let problems = from_str(memory_with_redis_keys, &env()).unwrap_err();
+        assert_eq!(keys(&problems), vec!["replay.redis_url"]);
     }
 
     #[test]

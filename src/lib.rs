@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod path;
 pub mod proxy;
+pub mod redis_store;
 pub mod replay;
 pub mod server;
 pub mod signature;

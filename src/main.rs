@@ -57,8 +57,10 @@ fn main() -> ExitCode {
         Command::Run { config } => match config::load(&config) {
             Ok(cfg) => {
                 server::init_logging(cfg.log_format);
-                server::run(&config, cfg);
-                ExitCode::SUCCESS
+                match server::run(&config, cfg) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(_) => ExitCode::FAILURE,
+                }
             }
             Err(e) => {
                 eprintln!("persona-guard: invalid configuration\n{e}");

@@ -32,6 +32,11 @@ pub struct Metrics {
     pub replay_evictions: IntCounter,
     /// `persona_guard_config_reloads_total{result}`
     pub reloads: IntCounterVec,
+    /// `persona_guard_replay_store_errors_total{op}`: failed claim/commit/release.
+    pub replay_store_errors: IntCounterVec,
+    /// `persona_guard_replay_fail_open_total`: deliveries forwarded without replay
+    /// protection because the store failed and `on_store_error = "allow"`.
+    pub replay_fail_open: IntCounter,
 }
 
 impl Metrics {
@@ -98,6 +103,22 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric definition");
+        let replay_store_errors = IntCounterVec::new(
+            Opts::new(
+                "persona_guard_replay_store_errors_total",
+                "Replay store operations that failed, by operation.",
+            ),
+            &["op"],
+        )
+        .expect("static metric definition");
+        for op in ["claim", "commit", "release"] {
+            replay_store_errors.with_label_values(&[op]);
+        }
+        let replay_fail_open = IntCounter::new(
+            "persona_guard_replay_fail_open_total",
+            "Deliveries forwarded without replay protection because the store failed.",
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(secret_matches.clone()),
@@ -107,6 +128,8 @@ impl Metrics {
             Box::new(replay_insertions.clone()),
             Box::new(replay_evictions.clone()),
             Box::new(reloads.clone()),
+            Box::new(replay_store_errors.clone()),
+            Box::new(replay_fail_open.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -120,6 +143,8 @@ impl Metrics {
             replay_insertions,
             replay_evictions,
             reloads,
+            replay_store_errors,
+            replay_fail_open,
         }
     }
 

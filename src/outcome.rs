@@ -24,6 +24,8 @@ pub enum Outcome {
     DeliveryInProgress,
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// The Redis store cannot answer and `on_store_error = "reject"`.
+    ReplayStoreUnavailable,
     /// Ambiguous framing (SPEC §2): refused, connection closed.
     MalformedRequest,
     /// A path that cannot be percent-decoded.
@@ -53,6 +55,7 @@ impl Outcome {
             Outcome::DeliveryInProgress => "delivery_in_progress",
             Outcome::UpstreamUnavailable => "upstream_unavailable",
             Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::ReplayStoreUnavailable => "replay_store_unavailable",
             Outcome::MalformedRequest => "malformed_request",
             Outcome::InvalidPath => "invalid_path",
             Outcome::NotFound => "not_found",
@@ -78,6 +81,7 @@ impl Outcome {
             Outcome::DeliveryInProgress => StatusCode::CONFLICT,
             Outcome::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Outcome::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Outcome::ReplayStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Outcome::NotFound => StatusCode::NOT_FOUND,
             Outcome::ClientError => StatusCode::BAD_REQUEST,
         })
@@ -107,6 +111,7 @@ impl Outcome {
             }
             Outcome::UpstreamUnavailable => "The application cannot be reached.",
             Outcome::UpstreamTimeout => "The application did not answer in time.",
+            Outcome::ReplayStoreUnavailable => "The replay store cannot be reached; retry later.",
             Outcome::MalformedRequest => "The request framing is ambiguous and was refused.",
             Outcome::InvalidPath => "The request path cannot be decoded.",
             Outcome::NotFound => "No route matches this path.",
@@ -138,7 +143,7 @@ impl Outcome {
     }
 
     /// Every outcome, for pre-registering metric labels.
-    pub const ALL: [Outcome; 19] = [
+    pub const ALL: [Outcome; 20] = [
         Outcome::Forwarded,
         Outcome::Passthrough,
         Outcome::MissingSignature,
@@ -154,6 +159,7 @@ impl Outcome {
         Outcome::DeliveryInProgress,
         Outcome::UpstreamUnavailable,
         Outcome::UpstreamTimeout,
+        Outcome::ReplayStoreUnavailable,
         Outcome::MalformedRequest,
         Outcome::InvalidPath,
         Outcome::NotFound,

@@ -35,13 +35,13 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::config::{self, Config, Route, TrustedHeaders, Unmatched, Upstream};
+use crate::config::{self, Config, OnStoreError, Route, TrustedHeaders, Unmatched, Upstream};
 use crate::event;
 use crate::framing;
 use crate::metrics::{self, Metrics};
 use crate::outcome::Outcome;
 use crate::path;
-use crate::replay::{self, Claim, MemoryStore};
+use crate::replay::{Claim, Store};
 use crate::signature::{self, Verdict};
 
 /// Headers that describe one hop and are never forwarded as they are.
@@ -63,7 +63,7 @@ const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 /// What lives for the whole process, across configuration reloads.
 pub struct Shared {
     pub config: ArcSwap<Config>,
-    pub store: MemoryStore,
+    pub store: Store,
     pub metrics: Metrics,
     connector: Connector,
     /// Requests being handled now (for the SIGTERM drain).
@@ -73,7 +73,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, store: MemoryStore, metrics: Metrics, connector: Connector) -> Self {
+    pub fn new(config: Config, store: Store, metrics: Metrics, connector: Connector) -> Self {
         for r in &config.routes {
             metrics.register_route(&r.path);
         }
@@ -113,27 +113,74 @@ pub struct Guard {
 /// A replay claim that releases itself unless settled (client gone, task dropped).
 struct ClaimGuard {
     shared: Arc<Shared>,
-    key: replay::Key,
+    route: Vec<u8>,
+    event_id: String,
     token: u64,
     settled: bool,
 }
 
 impl ClaimGuard {
-    fn commit(mut self, ttl: Duration) {
-        self.shared.store.commit(&self.key, ttl);
+    /// Marks the id delivered. A store failure here is logged and counted: the
+    /// in-flight mark then expires after `inflight_ttl`.
+    async fn commit(mut self, ttl: Duration) {
         self.settled = true;
+        if let Err(e) = self
+            .shared
+            .store
+            .commit(&self.route, &self.event_id, ttl)
+            .await
+        {
+            self.shared.store_error("commit", &e);
+        }
     }
-    fn release(mut self) {
-        self.shared.store.release(&self.key, self.token);
+
+    async fn release(mut self) {
         self.settled = true;
+        if let Err(e) = self
+            .shared
+            .store
+            .release(&self.route, &self.event_id, self.token)
+            .await
+        {
+            self.shared.store_error("release", &e);
+        }
     }
 }
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
-        if !self.settled {
-            self.shared.store.release(&self.key, self.token);
+        if self.settled {
+            return;
         }
+        let (route, id, token) = (
+            std::mem::take(&mut self.route),
+            std::mem::take(&mut self.event_id),
+            self.token,
+        );
+        match &self.shared.store {
+            Store::Memory(m) => m.release(&crate::replay::key(&route, &id), token),
+            Store::Redis(_) => {
+                // Dropped mid-delivery (the task was cancelled): release in the background.
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    let shared = self.shared.clone();
+                    handle.spawn(async move {
+                        if let Err(e) = shared.store.release(&route, &id, token).await {
+                            shared.store_error("release", &e);
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn store_error(&self, op: &'static str, e: &crate::replay::StoreError) {
+        self.metrics
+            .replay_store_errors
+            .with_label_values(&[op])
+            .inc();
+        tracing::warn!(op, error = %e, "replay store error");
     }
 }
 
@@ -353,19 +400,44 @@ impl Guard {
         }
 
         // 7. the replay store.
-        let key = replay::key(&route.normalized, &ev.id);
-        let claim = match self.shared.store.claim(&key, cfg.replay.inflight_ttl) {
-            Claim::Claimed(token) => {
+        let claimed = self
+            .shared
+            .store
+            .claim(&route.normalized, &ev.id, cfg.replay.inflight_ttl)
+            .await;
+        let claim = match claimed {
+            Ok(Claim::Claimed(token)) => {
                 self.shared.metrics.replay_insertions.inc();
-                ClaimGuard {
+                Some(ClaimGuard {
                     shared: self.shared.clone(),
-                    key,
+                    route: route.normalized.clone(),
+                    event_id: ev.id.to_string(),
                     token,
                     settled: false,
+                })
+            }
+            Err(e) => {
+                self.shared.store_error("claim", &e);
+                match cfg.replay.on_store_error {
+                    OnStoreError::Reject => {
+                        return respond(session, ctx, Outcome::ReplayStoreUnavailable, true, None)
+                            .await;
+                    }
+                    OnStoreError::Allow => {
+                        tracing::warn!(
+                            route = route.path.as_str(),
+                            event_id = ev.id.as_ref(),
+                            "replay store unavailable: forwarding WITHOUT replay protection (on_store_error = \"allow\")"
+                        );
+                        self.shared.metrics.replay_fail_open.inc();
+                        None
+                    }
                 }
             }
-            Claim::Duplicate => return respond(session, ctx, Outcome::Duplicate, true, None).await,
-            Claim::InFlight { retry_after } => {
+            Ok(Claim::Duplicate) => {
+                return respond(session, ctx, Outcome::Duplicate, true, None).await;
+            }
+            Ok(Claim::InFlight { retry_after }) => {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 return respond(
                     session,
@@ -394,7 +466,9 @@ impl Guard {
         let upstream = match self.send(&peer, &req, &body).await {
             Ok(u) => u,
             Err(e) => {
-                claim.release();
+                if let Some(c) = claim {
+                    c.release().await;
+                }
                 let o = match e {
                     ForwardError::Unavailable => Outcome::UpstreamUnavailable,
                     ForwardError::Timeout => Outcome::UpstreamTimeout,
@@ -403,7 +477,9 @@ impl Guard {
             }
         };
         let Some(head) = upstream.response_header().cloned() else {
-            claim.release();
+            if let Some(c) = claim {
+                c.release().await;
+            }
             return respond(session, ctx, Outcome::UpstreamUnavailable, true, None).await;
         };
         let status = head.status.as_u16();
@@ -413,10 +489,12 @@ impl Guard {
             .with_label_values(&[&route.path, metrics::status_class(status)])
             .observe(sent.elapsed().as_secs_f64());
         // The application has answered: settle the claim before anything can fail.
-        if head.status.is_success() {
-            claim.commit(cfg.replay.ttl);
-        } else {
-            claim.release();
+        if let Some(c) = claim {
+            if head.status.is_success() {
+                c.commit(cfg.replay.ttl).await;
+            } else {
+                c.release().await;
+            }
         }
         ctx.outcome = Some(Outcome::Forwarded);
         ctx.upstream_status = Some(status);
@@ -551,11 +629,11 @@ impl ProxyHttp for Guard {
         ctx.config = Some(cfg.clone());
 
         // Framing: judged on the raw head, exactly as received.
-        if let Some(h1) = session.as_downstream().as_http1() {
-            if let Err(e) = framing::check(&h1.get_headers_raw_bytes()) {
-                tracing::debug!(reason = %e, "refusing ambiguous request framing");
-                return respond(session, ctx, Outcome::MalformedRequest, false, None).await;
-            }
+        if let Some(h1) = session.as_downstream().as_http1()
+            && let Err(e) = framing::check(&h1.get_headers_raw_bytes())
+        {
+            tracing::debug!(reason = %e, "refusing ambiguous request framing");
+            return respond(session, ctx, Outcome::MalformedRequest, false, None).await;
         }
         strip_trusted(session.req_header_mut(), &cfg.headers);
         // Bound the wait for this connection's next request (pingora's default

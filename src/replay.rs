@@ -30,6 +30,8 @@ use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use sha2::{Digest, Sha256};
 
+use crate::redis_store::{RedisStore, RedisStoreError};
+
 /// A fixed-size key: the first 16 bytes of SHA-256(len(route), route, event id).
 pub type Key = [u8; 16];
 
@@ -207,6 +209,82 @@ impl MemoryStore {
                 Some(e) if e.value().state == State::InFlight(token) => Op::Remove,
                 _ => Op::Nop,
             });
+    }
+}
+
+/// A replay store failure (only the Redis store can fail).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct StoreError(#[from] pub RedisStoreError);
+
+/// The configured store.
+pub enum Store {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+impl Store {
+    /// Atomically claims the event id on the route.
+    pub async fn claim(
+        &self,
+        route: &[u8],
+        event_id: &str,
+        inflight_ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.claim(&key(route, event_id), inflight_ttl)),
+            Store::Redis(r) => Ok(r
+                .claim(route, event_id, rand::random(), inflight_ttl)
+                .await?),
+        }
+    }
+
+    /// Marks the event id delivered for `ttl`.
+    pub async fn commit(
+        &self,
+        route: &[u8],
+        event_id: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.commit(&key(route, event_id), ttl);
+                Ok(())
+            }
+            Store::Redis(r) => Ok(r.commit(route, event_id, ttl).await?),
+        }
+    }
+
+    /// Forgets the event id if it is still this token's claim.
+    pub async fn release(
+        &self,
+        route: &[u8],
+        event_id: &str,
+        token: u64,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.release(&key(route, event_id), token);
+                Ok(())
+            }
+            Store::Redis(r) => Ok(r.release(route, event_id, token).await?),
+        }
+    }
+
+    /// Whether the store can answer now.
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(r) => Ok(r.ping().await?),
+        }
+    }
+
+    /// The memory store, for its local statistics.
+    pub fn memory(&self) -> Option<&MemoryStore> {
+        match self {
+            Store::Memory(m) => Some(m),
+            Store::Redis(_) => None,
+        }
     }
 }
 

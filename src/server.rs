@@ -15,10 +15,12 @@ use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::prelude::*;
 
 use crate::admin::Admin;
+use crate::config::StoreKind;
 use crate::config::{self, Config, LogFormat};
 use crate::metrics::Metrics;
 use crate::proxy::{Guard, Shared};
-use crate::replay::{MemoryStore, SystemClock};
+use crate::redis_store::RedisStore;
+use crate::replay::{MemoryStore, Store, SystemClock};
 
 /// Installs the log subscriber. `RUST_LOG` filters (default `info`); pingora's
 /// own events are capped at `warn` whatever `RUST_LOG` says, because its debug
@@ -48,8 +50,26 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
+fn build_store(cfg: &Config) -> Result<Store, String> {
+    Ok(match &cfg.replay.store {
+        StoreKind::Memory => Store::Memory(MemoryStore::new(
+            cfg.replay.capacity,
+            Arc::new(SystemClock::default()),
+        )),
+        StoreKind::Redis(r) => Store::Redis(
+            RedisStore::new(
+                &r.url,
+                r.password.as_ref().map(|p| p.expose()),
+                &r.key_prefix,
+                r.timeout,
+            )
+            .map_err(|e| format!("replay store: {e}"))?,
+        ),
+    })
+}
+
 /// Serves until SIGTERM/SIGINT. Returns after the graceful shutdown.
-pub fn run(config_path: &Path, cfg: Config) {
+pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     let mut conf = ServerConf {
         threads: cfg.threads,
         grace_period_seconds: Some(cfg.grace_period.as_secs()),
@@ -63,7 +83,13 @@ pub fn run(config_path: &Path, cfg: Config) {
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
-    let store = MemoryStore::new(cfg.replay.capacity, Arc::new(SystemClock::default()));
+    let store = match build_store(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Err(e);
+        }
+    };
     let listen = cfg.listen;
     let admin_addr = cfg.admin;
     let routes: Vec<String> = cfg.routes.iter().map(|r| r.path.clone()).collect();
@@ -100,6 +126,7 @@ pub fn run(config_path: &Path, cfg: Config) {
         shutdown_signal: Box::new(Drain { shared }),
     });
     tracing::info!("persona-guard stopped");
+    Ok(())
 }
 
 /// SIGTERM: pingora closes the listeners and waits out `grace_period`; this

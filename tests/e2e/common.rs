@@ -79,7 +79,7 @@ pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// sequence, so that neither the upstreams (bound on port 0) nor client
 /// sockets of parallel tests can take a port between its choice and the
 /// proxy's bind. Falls back to an ephemeral port.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     const LOW: u64 = 20_000;
     const SPAN: u64 = 12_000;
@@ -863,6 +863,9 @@ pub struct ProxyBuilder {
     pub extra_toml: String,
     /// Top-level keys, written before any table.
     pub top_toml: String,
+    /// Extra lines in the [replay] table.
+    pub replay_toml: String,
+    pub redis_url: Option<String>,
     pub env: Vec<(String, String)>,
 }
 
@@ -881,6 +884,8 @@ pub fn proxy() -> ProxyBuilder {
         route_path: ROUTE.into(),
         extra_toml: String::new(),
         top_toml: String::new(),
+        replay_toml: String::new(),
+        redis_url: None,
         env: Vec::new(),
     }
 }
@@ -934,6 +939,15 @@ impl ProxyBuilder {
         self.extra_toml.push_str(v);
         self
     }
+    /// Use the Redis replay store at `url`.
+    pub fn redis(mut self, url: &str) -> Self {
+        self.redis_url = Some(url.into());
+        self
+    }
+    pub fn replay_toml(mut self, v: &str) -> Self {
+        self.replay_toml.push_str(v);
+        self
+    }
     pub fn top_toml(mut self, v: &str) -> Self {
         self.top_toml.push_str(v);
         self
@@ -963,9 +977,15 @@ impl ProxyBuilder {
         s.push_str(&format!(
             "\n[listen]\naddress = \"127.0.0.1:{listen}\"\n\n[admin]\naddress = \"127.0.0.1:{admin}\"\n\n\
              [upstream]\naddress = \"{upstream}\"\nconnect_timeout = \"{}\"\nread_timeout = \"{}\"\n\n\
-             [replay]\nstore = \"memory\"\nttl = \"{}\"\ncapacity = {}\n\n",
+             [replay]\nttl = \"{}\"\ncapacity = {}\n",
             self.connect_timeout, self.read_timeout, self.ttl, self.capacity
         ));
+        match &self.redis_url {
+            Some(url) => s.push_str(&format!("store = \"redis\"\nredis_url = \"{url}\"\n")),
+            None => s.push_str("store = \"memory\"\n"),
+        }
+        s.push_str(&self.replay_toml);
+        s.push('\n');
         let secrets: Vec<String> = (0..self.secrets.len())
             .map(|i| format!("\"env:{}\"", Self::secret_env_name(i)))
             .collect();

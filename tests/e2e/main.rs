@@ -10,4 +10,5 @@ mod operations;
 mod ops;
 mod passthrough;
 mod paths;
+mod redis;
 mod webhook;

@@ -1,0 +1,286 @@
+//! The Redis replay store: two persona-guard processes sharing one real
+//! `redis-server` (started here on a free loopback port, persistence off).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+const W: Duration = Duration::from_secs(10);
+
+/// A real redis-server child process, stopped by its own PID.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = RedisServer {
+            port: free_port(),
+            child: None,
+            dir,
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Starts (again) on the same port.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}). The Redis tests need it: \
+                     `apt-get install redis-server` (scripts/test.sh installs it)"
+                )
+            });
+        self.child = Some(child);
+        assert!(
+            wait_until(W, || self.ping()),
+            "redis-server did not answer PING on port {}",
+            self.port
+        );
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert!(
+            wait_until(W, || !self.ping()),
+            "redis still answers after stop"
+        );
+    }
+
+    /// A raw RESP command; returns the reply bytes.
+    pub fn command(&self, args: &[&str]) -> Option<Vec<u8>> {
+        let mut s = TcpStream::connect_timeout(&self.addr(), Duration::from_millis(300)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).ok()?;
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).ok()?;
+        Some(buf[..n].to_vec())
+    }
+
+    pub fn ping(&self) -> bool {
+        self.command(&["PING"])
+            .is_some_and(|r| r.starts_with(b"+PONG"))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn pair(up: &Upstream, redis: &RedisServer, extra_replay: &str) -> (Proxy, Proxy) {
+    let secret = secret();
+    let make = || {
+        proxy()
+            .upstream(up)
+            .secrets(vec![secret.clone()])
+            .redis(&redis.url())
+            .replay_toml(extra_replay)
+            .start()
+    };
+    (make(), make())
+}
+
+fn readyz(p: &Proxy) -> u16 {
+    one_shot(p.admin, &request("GET", "/readyz", &[], b"")).status
+}
+
+#[test]
+fn delivered_through_a_replayed_through_b_is_a_duplicate() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let (a, b) = pair(&up, &redis, "");
+    let body = event_body(&event_id(), "inquiry.approved");
+    assert_eq!(a.deliver(&body).status, 200);
+    b.deliver(&body).assert_status_json(200, "duplicate");
+    assert_eq!(up.count(), 1, "the app saw it once");
+    // The mark lives in Redis, readable by operators.
+    let keys = redis.command(&["KEYS", "persona-guard:*"]).unwrap();
+    assert!(String::from_utf8_lossy(&keys).contains("/webhooks/persona:evt_"));
+    assert_eq!(readyz(&a), 200);
+}
+
+#[test]
+fn concurrent_identical_deliveries_over_two_replicas_forward_once() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    up.set_delay(Duration::from_millis(500));
+    let (a, b) = pair(&up, &redis, "");
+    let body = Arc::new(event_body(&event_id(), "inquiry.approved"));
+    let secret = a.secret().to_string();
+    let targets = [a.listen, b.listen];
+    let handles: Vec<_> = (0..10)
+        .map(|i| {
+            let body = body.clone();
+            let secret = secret.clone();
+            let target = targets[i % 2];
+            thread::spawn(move || {
+                let raw = delivery(ROUTE, &sign(&secret, now(), &body), &body);
+                one_shot(target, &raw)
+            })
+        })
+        .collect();
+    let answers: Vec<Response> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let forwarded = answers
+        .iter()
+        .filter(|r| r.status == 200 && r.error_code().is_none() && r.body == DEFAULT_UPSTREAM_BODY)
+        .count();
+    assert_eq!(
+        forwarded,
+        1,
+        "{:?}",
+        answers
+            .iter()
+            .map(|r| (r.status, r.text()))
+            .collect::<Vec<_>>()
+    );
+    for r in &answers {
+        assert!(
+            r.body == DEFAULT_UPSTREAM_BODY
+                || r.error_code().as_deref() == Some("delivery_in_progress")
+                || r.text().contains("duplicate"),
+            "{} {}",
+            r.status,
+            r.text()
+        );
+    }
+    assert_eq!(up.count(), 1);
+}
+
+#[test]
+fn upstream_failure_through_a_then_retry_through_b_is_forwarded() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let (a, b) = pair(&up, &redis, "");
+    let body = event_body(&event_id(), "inquiry.approved");
+    up.set_status(500);
+    assert_eq!(a.deliver(&body).status, 500);
+    up.set_status(200);
+    assert_eq!(b.deliver(&body).status, 200);
+    a.deliver(&body).assert_status_json(200, "duplicate");
+    assert_eq!(up.count(), 2);
+}
+
+#[test]
+fn redis_down_fails_closed_then_recovers_without_restart() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start();
+    let (a, _b) = pair(&up, &redis, "redis_timeout = \"300ms\"\n");
+    assert_eq!(
+        a.deliver(&event_body(&event_id(), "inquiry.approved"))
+            .status,
+        200
+    );
+
+    redis.stop();
+    let body = event_body(&event_id(), "inquiry.approved");
+    a.deliver(&body)
+        .assert_error(503, "replay_store_unavailable");
+    assert_eq!(up.count(), 1, "nothing forwarded while the store is down");
+    assert_eq!(readyz(&a), 503);
+    // Passthrough traffic does not depend on the store.
+    assert_eq!(a.post("/health-of-app", &[], b"").status, 200);
+    assert!(
+        a.metric("persona_guard_replay_store_errors_total{op=\"claim\"}") >= 1.0,
+        "{}",
+        a.metrics()
+    );
+
+    redis.restart();
+    let end = Instant::now() + W;
+    let r = loop {
+        let r = a.deliver(&body);
+        if r.status != 503 || Instant::now() >= end {
+            break r;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(r.status, 200, "after Redis came back: {}", r.text());
+    assert!(wait_until(W, || readyz(&a) == 200));
+    a.deliver(&body).assert_status_json(200, "duplicate");
+}
+
+#[test]
+fn fail_open_forwards_while_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start();
+    let (a, _b) = pair(
+        &up,
+        &redis,
+        "redis_timeout = \"300ms\"\non_store_error = \"allow\"\n",
+    );
+    redis.stop();
+    let body = event_body(&event_id(), "inquiry.approved");
+    assert_eq!(a.deliver(&body).status, 200);
+    // No replay protection while it is down: the same delivery goes through again.
+    assert_eq!(a.deliver(&body).status, 200);
+    assert_eq!(up.count(), 2);
+    assert_eq!(a.metric("persona_guard_replay_fail_open_total"), 2.0);
+    assert!(a.stderr().contains("WITHOUT replay protection"));
+}
+
+#[test]
+fn delivered_mark_expires_after_ttl() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let secret = secret();
+    let mk = || {
+        proxy()
+            .upstream(&up)
+            .secrets(vec![secret.clone()])
+            .redis(&redis.url())
+            .tolerance("1s")
+            .ttl("2s")
+            .start()
+    };
+    let (a, b) = (mk(), mk());
+    let id = event_id();
+    let body = event_body(&id, "inquiry.approved");
+    assert_eq!(a.deliver(&body).status, 200);
+    b.deliver(&body).assert_status_json(200, "duplicate");
+    let key = format!("persona-guard:/webhooks/persona:{id}");
+    let pttl = String::from_utf8(redis.command(&["PTTL", &key]).unwrap()).unwrap();
+    let ms: i64 = pttl.trim_start_matches(':').trim().parse().unwrap();
+    assert!((1..=2000).contains(&ms), "PTTL {ms}");
+    assert!(wait_until(W, || redis
+        .command(&["EXISTS", &key])
+        .unwrap()
+        .starts_with(b":0")));
+    assert_eq!(b.deliver(&body).status, 200, "forgotten after ttl");
+    assert_eq!(up.count(), 2);
+}
