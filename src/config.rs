@@ -73,6 +73,14 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawListen {
     address: Option<String>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<String>,
+    key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +104,11 @@ struct RawUpstream {
     address: Option<String>,
     connect_timeout: Option<String>,
     read_timeout: Option<String>,
+    tls: Option<bool>,
+    sni: Option<String>,
+    verify: Option<bool>,
+    ca_file: Option<String>,
+    host_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,8 +234,34 @@ impl EventPattern {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub address: SocketAddr,
+    /// The address as written, without scheme (`app.internal:8443`): the
+    /// `Host` value for `host_header = "upstream"`.
+    pub authority: String,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// TLS to the upstream (`https://` or `tls = true`).
+    pub tls: bool,
+    /// Server name sent and verified (default: the host of the address).
+    pub sni: String,
+    /// Verify the upstream certificate and name (default true).
+    pub verify: bool,
+    pub host_header: HostHeader,
+}
+
+/// Which `Host` the upstream sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostHeader {
+    /// The client's `Host` (default).
+    Keep,
+    /// The upstream's own authority.
+    Upstream,
+}
+
+/// Certificate and key (PEM files) of the public TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -277,7 +316,11 @@ pub struct Config {
     pub unmatched: Unmatched,
     pub log_format: LogFormat,
     pub listen: SocketAddr,
+    /// TLS on the public listener (HTTP/1.1 and HTTP/2 by ALPN).
+    pub listen_tls: Option<ListenTls>,
     pub admin: SocketAddr,
+    /// CA bundle (PEM) trusted for upstream TLS instead of the system roots.
+    pub upstream_ca_file: Option<PathBuf>,
     pub threads: usize,
     pub grace_period: Duration,
     pub body_timeout: Duration,
@@ -429,6 +472,60 @@ impl Check {
         }
     }
 
+    /// `[http[s]://]host:port` plus the TLS options of `raw`.
+    fn upstream(
+        &mut self,
+        key: &str,
+        value: &str,
+        raw: &RawUpstream,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+        host_header: HostHeader,
+    ) -> Upstream {
+        let (scheme_tls, rest) = if let Some(r) = value.strip_prefix("https://") {
+            (Some(true), r)
+        } else if let Some(r) = value.strip_prefix("http://") {
+            (Some(false), r)
+        } else {
+            (None, value)
+        };
+        let rest = rest.trim_end_matches('/');
+        let tls = match (scheme_tls, raw.tls) {
+            (Some(a), Some(b)) if a != b => {
+                self.problem(key, "the scheme and `tls` disagree; keep one");
+                a
+            }
+            (Some(a), _) => a,
+            (None, Some(b)) => b,
+            (None, None) => false,
+        };
+        let has_port = rest
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !rest.ends_with(']');
+        let authority = if has_port || scheme_tls.is_none() {
+            rest.to_string()
+        } else {
+            format!("{rest}:{}", if tls { 443 } else { 80 })
+        };
+        let address = self.address(key, Some(&authority), DEFAULT_UPSTREAM);
+        let host = authority
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+            .unwrap_or(&authority)
+            .to_string();
+        Upstream {
+            address,
+            authority,
+            connect_timeout,
+            read_timeout,
+            tls,
+            sni: raw.sni.clone().unwrap_or(host),
+            verify: raw.verify.unwrap_or(true),
+            host_header,
+        }
+    }
+
     fn header_name(&mut self, key: &str, value: Option<&str>, default: &str) -> HeaderName {
         let v = value.unwrap_or(default);
         match HeaderName::from_bytes(v.as_bytes()) {
@@ -564,23 +661,59 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
     if idle_timeout < Duration::from_secs(1) {
         c.problem("server.idle_timeout", "must be at least 1s");
     }
-    let upstream = Upstream {
-        address: c.address(
-            "upstream.address",
-            raw.upstream.address.as_deref(),
-            DEFAULT_UPSTREAM,
-        ),
-        connect_timeout: c.duration(
-            "upstream.connect_timeout",
-            raw.upstream.connect_timeout.as_deref(),
-            DEFAULT_CONNECT_TIMEOUT,
-        ),
-        read_timeout: c.duration(
-            "upstream.read_timeout",
-            raw.upstream.read_timeout.as_deref(),
-            DEFAULT_READ_TIMEOUT,
-        ),
+    let connect_timeout = c.duration(
+        "upstream.connect_timeout",
+        raw.upstream.connect_timeout.as_deref(),
+        DEFAULT_CONNECT_TIMEOUT,
+    );
+    let read_timeout = c.duration(
+        "upstream.read_timeout",
+        raw.upstream.read_timeout.as_deref(),
+        DEFAULT_READ_TIMEOUT,
+    );
+    let host_header = match raw.upstream.host_header.as_deref() {
+        None | Some("keep") => HostHeader::Keep,
+        Some("upstream") => HostHeader::Upstream,
+        Some(other) => {
+            c.problem(
+                "upstream.host_header",
+                format!("`{other}` is not one of \"keep\", \"upstream\""),
+            );
+            HostHeader::Keep
+        }
     };
+    let upstream = c.upstream(
+        "upstream.address",
+        raw.upstream.address.as_deref().unwrap_or(DEFAULT_UPSTREAM),
+        &raw.upstream,
+        connect_timeout,
+        read_timeout,
+        host_header,
+    );
+    let upstream_ca_file = raw.upstream.ca_file.as_deref().map(|p| {
+        let path = base.join(p);
+        if let Err(e) = std::fs::read(&path) {
+            c.problem(
+                "upstream.ca_file",
+                format!("cannot read `{}`: {e}", path.display()),
+            );
+        }
+        path
+    });
+    let listen_tls = raw.listen.tls.as_ref().and_then(|t| {
+        let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
+            c.problem("listen.tls", "needs both cert and key (PEM file paths)");
+            return None;
+        };
+        let tls = ListenTls {
+            cert: base.join(cert),
+            key: base.join(key),
+        };
+        if let Err(e) = crate::tls::load_certified_key(&tls) {
+            c.problem("listen.tls", e);
+        }
+        Some(tls)
+    });
 
     let store = match raw.replay.store.as_deref() {
         None | Some("memory") => {
@@ -811,12 +944,16 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
                 })
                 .collect()
         });
-        let route_upstream = Upstream {
-            address: match r.upstream.as_deref() {
-                None => upstream.address,
-                Some(v) => c.address(&k("upstream"), Some(v), DEFAULT_UPSTREAM),
-            },
-            ..upstream.clone()
+        let route_upstream = match r.upstream.as_deref() {
+            None => upstream.clone(),
+            Some(v) => c.upstream(
+                &k("upstream"),
+                v,
+                &RawUpstream::default(),
+                connect_timeout,
+                read_timeout,
+                host_header,
+            ),
         };
         routes.push(Route {
             path: path_str,
@@ -859,7 +996,9 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
         unmatched,
         log_format,
         listen,
+        listen_tls,
         admin,
+        upstream_ca_file,
         threads,
         grace_period,
         body_timeout,

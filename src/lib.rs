@@ -19,3 +19,4 @@ pub mod redis_store;
 pub mod replay;
 pub mod server;
 pub mod signature;
+pub mod tls;

@@ -229,7 +229,9 @@ fn strip_trusted(req: &mut RequestHeader, names: &TrustedHeaders) {
 }
 
 fn peer_for(up: &Upstream) -> HttpPeer {
-    let mut peer = HttpPeer::new(up.address, false, String::new());
+    let mut peer = HttpPeer::new(up.address, up.tls, up.sni.clone());
+    peer.options.verify_cert = up.verify;
+    peer.options.verify_hostname = up.verify;
     peer.options.connection_timeout = Some(up.connect_timeout);
     peer.options.total_connection_timeout = Some(up.connect_timeout);
     peer.options.read_timeout = Some(up.read_timeout);
@@ -451,10 +453,7 @@ impl Guard {
         };
 
         // 8. forward.
-        let mut req = session.req_header().clone();
-        for name in HOP_BY_HOP {
-            req.remove_header(name);
-        }
+        let mut req = upstream_h1_request(session.req_header(), &route.upstream)?;
         req.insert_header(CONTENT_LENGTH, body.len().to_string())?;
         req.insert_header(cfg.headers.event_type.clone(), ev.name.as_ref())?;
         req.insert_header(cfg.headers.event_id.clone(), ev.id.as_ref())?;
@@ -588,6 +587,54 @@ impl Guard {
     }
 }
 
+/// The request head as the HTTP/1.1 upstream gets it: hop-by-hop headers
+/// removed, origin-form target, `Host` per the upstream's `host_header` policy
+/// (an HTTP/2 client's `:authority` becomes `Host`).
+fn upstream_h1_request(client: &RequestHeader, up: &Upstream) -> pingora::Result<RequestHeader> {
+    let mut req = client.clone();
+    for name in HOP_BY_HOP {
+        req.remove_header(name);
+    }
+    let authority = client.uri.authority().map(|a| a.as_str().to_string());
+    if req.version != http::Version::HTTP_11 {
+        req.set_version(http::Version::HTTP_11);
+    }
+    if client.uri.scheme().is_some() || client.uri.authority().is_some() {
+        let pq = client
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".to_string());
+        let uri: http::Uri = pq
+            .parse()
+            .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "request target"))?;
+        req.set_uri(uri);
+    }
+    set_host(&mut req, up, authority.as_deref())?;
+    Ok(req)
+}
+
+/// Applies the `host_header` policy; fills `Host` from an HTTP/2 `:authority`.
+fn set_host(
+    req: &mut RequestHeader,
+    up: &Upstream,
+    authority: Option<&str>,
+) -> pingora::Result<()> {
+    match up.host_header {
+        config::HostHeader::Upstream => {
+            req.insert_header(http::header::HOST, up.authority.as_str())?;
+        }
+        config::HostHeader::Keep => {
+            if !req.headers.contains_key(http::header::HOST)
+                && let Some(a) = authority
+            {
+                req.insert_header(http::header::HOST, a)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes the request head and body, then reads the final response head.
 async fn exchange(
     up: &mut UpstreamSession,
@@ -668,6 +715,20 @@ impl ProxyHttp for Guard {
             None => self.shared.config.load_full(),
         };
         Ok(Box::new(peer_for(&cfg.upstream)))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        if let Some(cfg) = &ctx.config
+            && cfg.upstream.host_header == config::HostHeader::Upstream
+        {
+            set_host(upstream_request, &cfg.upstream, None)?;
+        }
+        Ok(())
     }
 
     async fn upstream_response_filter(

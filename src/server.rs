@@ -21,6 +21,8 @@ use crate::metrics::Metrics;
 use crate::proxy::{Guard, Shared};
 use crate::redis_store::RedisStore;
 use crate::replay::{MemoryStore, Store, SystemClock};
+use crate::tls::ReloadableCert;
+use pingora::listeners::tls::TlsSettings;
 
 /// Installs the log subscriber. `RUST_LOG` filters (default `info`); pingora's
 /// own events are capped at `warn` whatever `RUST_LOG` says, because its debug
@@ -72,6 +74,10 @@ fn build_store(cfg: &Config) -> Result<Store, String> {
 pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     let mut conf = ServerConf {
         threads: cfg.threads,
+        ca_file: cfg
+            .upstream_ca_file
+            .as_ref()
+            .map(|p| p.display().to_string()),
         grace_period_seconds: Some(cfg.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
@@ -91,6 +97,7 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
         }
     };
     let listen = cfg.listen;
+    let cfg_tls = cfg.listen_tls.clone();
     let admin_addr = cfg.admin;
     let routes: Vec<String> = cfg.routes.iter().map(|r| r.path.clone()).collect();
     let upstream = cfg.upstream.address;
@@ -103,7 +110,25 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
         },
         "persona-guard",
     );
-    proxy.add_tcp(&listen.to_string());
+    let cert = match &cfg_tls {
+        Some(tls) => {
+            let key = crate::tls::load_certified_key(tls).map_err(|e| {
+                tracing::error!("listen.tls: {e}");
+                e
+            })?;
+            let cert = Arc::new(ReloadableCert::new(key));
+            let mut settings =
+                TlsSettings::intermediate("", "").map_err(|e| format!("listen.tls: {e}"))?;
+            settings.set_cert_resolver(cert.clone());
+            settings.enable_h2();
+            proxy.add_tls_with_settings(&listen.to_string(), None, settings);
+            Some(cert)
+        }
+        None => {
+            proxy.add_tcp(&listen.to_string());
+            None
+        }
+    };
     let mut admin = Service::new(
         "admin".to_string(),
         Admin {
@@ -114,7 +139,7 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     server.add_service(proxy);
     server.add_service(admin);
 
-    spawn_reloader(config_path.to_path_buf(), shared.clone());
+    spawn_reloader(config_path.to_path_buf(), shared.clone(), cert);
     tracing::info!(
         listen = %listen,
         admin = %admin_addr,
@@ -173,7 +198,7 @@ impl ShutdownSignalWatch for Drain {
 
 /// Re-reads the route file and every secret on SIGHUP. An invalid file leaves
 /// the running configuration in place; the replay memory is never touched.
-fn spawn_reloader(path: PathBuf, shared: Arc<Shared>) {
+fn spawn_reloader(path: PathBuf, shared: Arc<Shared>, cert: Option<Arc<ReloadableCert>>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -198,16 +223,30 @@ fn spawn_reloader(path: PathBuf, shared: Arc<Shared>) {
     std::thread::spawn(move || {
         runtime.block_on(async move {
             while hup.recv().await.is_some() {
-                reload(&path, &shared);
+                reload(&path, &shared, cert.as_deref());
             }
         })
     });
 }
 
-fn reload(path: &Path, shared: &Shared) {
+fn reload(path: &Path, shared: &Shared, cert: Option<&ReloadableCert>) {
     let current = shared.config.load_full();
     match config::load(path) {
         Ok(new) => {
+            match (cert, &new.listen_tls) {
+                (Some(cert), Some(tls)) => {
+                    if let Err(e) = cert.reload(tls) {
+                        tracing::error!(
+                            "reload refused, the running configuration stays: listen.tls: {e}"
+                        );
+                        shared.metrics.reloads.with_label_values(&["error"]).inc();
+                        return;
+                    }
+                    tracing::info!("TLS certificate reloaded");
+                }
+                (None, None) => {}
+                _ => tracing::warn!("turning TLS on or off on the listener needs a restart"),
+            }
             if new.listen != current.listen || new.admin != current.admin {
                 tracing::warn!(
                     "listen and admin addresses change only on restart; keeping the bound ones"
@@ -220,7 +259,9 @@ fn reload(path: &Path, shared: &Shared) {
             tracing::info!(?routes, "configuration reloaded");
             shared.config.store(Arc::new(Config {
                 listen: current.listen,
+                listen_tls: current.listen_tls.clone(),
                 admin: current.admin,
+                upstream_ca_file: current.upstream_ca_file.clone(),
                 threads: current.threads,
                 ..new
             }));

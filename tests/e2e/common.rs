@@ -865,6 +865,12 @@ pub struct ProxyBuilder {
     pub top_toml: String,
     /// Extra lines in the [replay] table.
     pub replay_toml: String,
+    /// Extra lines in the [listen] table.
+    pub listen_toml: String,
+    /// Extra lines in the [upstream] table.
+    pub upstream_toml: String,
+    /// The upstream address exactly as written (e.g. with https://).
+    pub upstream_literal: Option<String>,
     pub redis_url: Option<String>,
     pub env: Vec<(String, String)>,
 }
@@ -885,6 +891,9 @@ pub fn proxy() -> ProxyBuilder {
         extra_toml: String::new(),
         top_toml: String::new(),
         replay_toml: String::new(),
+        listen_toml: String::new(),
+        upstream_toml: String::new(),
+        upstream_literal: None,
         redis_url: None,
         env: Vec::new(),
     }
@@ -944,6 +953,18 @@ impl ProxyBuilder {
         self.redis_url = Some(url.into());
         self
     }
+    pub fn listen_toml(mut self, v: &str) -> Self {
+        self.listen_toml.push_str(v);
+        self
+    }
+    pub fn upstream_toml(mut self, v: &str) -> Self {
+        self.upstream_toml.push_str(v);
+        self
+    }
+    pub fn upstream_literal(mut self, v: &str) -> Self {
+        self.upstream_literal = Some(v.into());
+        self
+    }
     pub fn replay_toml(mut self, v: &str) -> Self {
         self.replay_toml.push_str(v);
         self
@@ -966,19 +987,25 @@ impl ProxyBuilder {
     }
 
     pub fn toml(&self, listen: u16, admin: u16) -> String {
-        let upstream = self
-            .upstream
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
+        let upstream = self.upstream_literal.clone().unwrap_or_else(|| {
+            self.upstream
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()))
+        });
         let mut s = self.top_toml.clone();
         if let Some(u) = &self.unmatched {
             s.push_str(&format!("unmatched = \"{u}\"\n"));
         }
         s.push_str(&format!(
-            "\n[listen]\naddress = \"127.0.0.1:{listen}\"\n\n[admin]\naddress = \"127.0.0.1:{admin}\"\n\n\
-             [upstream]\naddress = \"{upstream}\"\nconnect_timeout = \"{}\"\nread_timeout = \"{}\"\n\n\
+            "\n[listen]\naddress = \"127.0.0.1:{listen}\"\n{}\n[admin]\naddress = \"127.0.0.1:{admin}\"\n\n\
+             [upstream]\naddress = \"{upstream}\"\nconnect_timeout = \"{}\"\nread_timeout = \"{}\"\n{}\n\
              [replay]\nttl = \"{}\"\ncapacity = {}\n",
-            self.connect_timeout, self.read_timeout, self.ttl, self.capacity
+            self.listen_toml,
+            self.connect_timeout,
+            self.read_timeout,
+            self.upstream_toml,
+            self.ttl,
+            self.capacity
         ));
         match &self.redis_url {
             Some(url) => s.push_str(&format!("store = \"redis\"\nredis_url = \"{url}\"\n")),

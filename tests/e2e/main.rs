@@ -11,4 +11,5 @@ mod ops;
 mod passthrough;
 mod paths;
 mod redis;
+mod tls;
 mod webhook;
