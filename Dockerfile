@@ -1,20 +1,23 @@
-# syntax=docker/dockerfile:1
-# Build: the same steps as scripts/test.sh (cmake for pingora's zlib-ng).
+# persona-guard image: build with the same setup script and cargo flags as CI,
+# run on distroless (glibc, CA certificates, no shell) as a non-root user.
+#
+#   docker build -t persona-guard:0.1.0 .
+#   docker run -p 8080:8080 -e PERSONA_WEBHOOK_SECRET=... persona-guard:0.1.0
+
 FROM rust:1.95-bookworm AS build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake \
- && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+COPY scripts/setup.sh scripts/setup.sh
+RUN bash scripts/setup.sh --build && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN cargo build --release --locked \
+RUN cargo build --release --locked --bin persona-guard \
  && strip target/release/persona-guard
 
-# Run: distroless with glibc, non-root.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/persona-guard /usr/local/bin/persona-guard
-COPY config/persona-guard.toml /etc/persona-guard/persona-guard.toml
-USER nonroot:nonroot
+COPY config/persona-guard.toml /etc/persona-guard/config/persona-guard.toml
+# distroless's "nonroot" user.
+USER 65532:65532
 EXPOSE 8080 9090
 ENTRYPOINT ["/usr/local/bin/persona-guard"]
-CMD ["run", "--config", "/etc/persona-guard/persona-guard.toml"]
+CMD ["run", "--config", "/etc/persona-guard/config/persona-guard.toml"]

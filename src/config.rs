@@ -1197,6 +1197,61 @@ secrets = ["x"]
     }
 
     #[test]
+    fn upstream_addresses_schemes_and_tls_options() {
+        let text = r#"
+[upstream]
+address = "https://localhost:8443"
+ca_file = "Cargo.toml"
+host_header = "upstream"
+[[route]]
+path = "/a"
+secrets = ["x"]
+upstream = "http://127.0.0.1"
+[[route]]
+path = "/b"
+secrets = ["x"]
+upstream = "https://127.0.0.1"
+"#;
+        let c = from_str(text, &env()).unwrap();
+        assert!(c.upstream.tls);
+        assert_eq!(c.upstream.sni, "localhost");
+        assert_eq!(c.upstream.address.port(), 8443);
+        assert_eq!(c.upstream.authority, "localhost:8443");
+        assert_eq!(c.upstream.host_header, HostHeader::Upstream);
+        assert!(c.upstream.verify);
+        assert!(c.upstream_ca_file.is_some());
+        let a = &c.routes[0].upstream;
+        assert!(!a.tls);
+        assert_eq!(a.address, "127.0.0.1:80".parse().unwrap());
+        let b = &c.routes[1].upstream;
+        assert!(b.tls);
+        assert_eq!(b.address, "127.0.0.1:443".parse().unwrap());
+
+        let bad = r#"
+[listen]
+tls = { cert = "/nonexistent/cert.pem" }
+[upstream]
+address = "http://127.0.0.1:3000"
+tls = true
+ca_file = "/nonexistent/ca.pem"
+host_header = "client"
+[[route]]
+path = "/a"
+secrets = ["x"]
+"#;
+        let problems = from_str(bad, &env()).unwrap_err();
+        assert_eq!(
+            keys(&problems),
+            vec![
+                "upstream.host_header",
+                "upstream.address",
+                "upstream.ca_file",
+                "listen.tls"
+            ]
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let problems = from_str(
             "[[route]]\npath = \"/a\"\nsecrets = [\"x\"]\ntolerence = \"5m\"\n",
