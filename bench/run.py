@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""The load benchmark: persona-guard's real release binary against nginx in the
+same run, on 127.0.0.1 only, bounded in time. See README "Performance".
+
+Rows (every one driven by examples/loadgen.rs, ~4 KiB bodies):
+  direct        the upstream (nginx answering 200) hit directly: the limit
+  nginx         nginx proxy_pass with upstream keep-alive: the yardstick
+  pg-pass       persona-guard, passthrough path
+  nginx-signed  nginx proxy_pass of signed deliveries (it does not verify)
+  pg-signed     persona-guard, signed deliveries verified and forwarded
+Modes: closed loop with 64 connections (throughput), then fixed 500 and 5000 req/s
+(latency, measured from the scheduled send time).
+CPU per request is the proxy processes' user+system time from /proc over the
+closed-loop run divided by the requests served. The load generator is pinned to
+CPU 0, proxies and upstream to CPU 1.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target/release/persona-guard")
+LOADGEN = os.path.join(ROOT, "target/release/examples/loadgen")
+SECS = int(os.environ.get("BENCH_SECONDS", "8"))
+CONNS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
+TCK = os.sysconf("SC_CLK_TCK")
+SECRET = "wbhsec_bench_secret"
+WORK = tempfile.mkdtemp(prefix="pg-bench.")
+procs = []
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port):
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"bench: nothing listens on {port}")
+
+
+def start(args, cpu, **kw):
+    p = subprocess.Popen(["taskset", "-c", str(cpu)] + args, stdout=subprocess.DEVNULL,
+                         stderr=kw.pop("stderr", subprocess.DEVNULL), **kw)
+    procs.append(p)
+    return p
+
+
+def family(pid):
+    """pid and its children (nginx master + workers)."""
+    out = [pid]
+    try:
+        kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+        out += [int(k) for k in kids]
+    except OSError:
+        pass
+    return out
+
+
+def cpu_seconds(pid):
+    total = 0.0
+    for p in family(pid):
+        try:
+            f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            total += (int(f[11]) + int(f[12])) / TCK
+        except OSError:
+            pass
+    return total
+
+
+def peak_rss_kib(pid):
+    total = 0
+    for p in family(pid):
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("VmHWM"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def nginx(name, port, body):
+    conf = os.path.join(WORK, f"{name}.conf")
+    open(conf, "w").write(f"""
+worker_processes 1;
+daemon off;
+pid {WORK}/{name}.pid;
+error_log {WORK}/{name}.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_buffer_size 2m;
+  client_max_body_size 2m;
+  keepalive_requests 1000000;
+  {body}
+}}
+""")
+    p = start(["nginx", "-c", conf, "-p", WORK], 1)
+    wait_port(port)
+    return p
+
+
+def loadgen(port, mode, path, rate=0, secs=SECS, conns=CONNS):
+    args = [LOADGEN, "--target", f"127.0.0.1:{port}", "--mode", mode, "--path", path,
+            "--connections", str(conns), "--duration", f"{secs}s", "--rate", str(rate)]
+    out = subprocess.run(["taskset", "-c", "0"] + args, capture_output=True, text=True,
+                         env=dict(os.environ, PERSONA_WEBHOOK_SECRET=SECRET), check=True)
+    return json.loads(out.stdout)
+
+
+def measure(name, port, pid, mode, path):
+    loadgen(port, mode, path, secs=2)  # warm up pools and caches
+    before = cpu_seconds(pid) if pid else 0
+    closed = loadgen(port, mode, path)
+    after = cpu_seconds(pid) if pid else 0
+    row = {
+        "name": name,
+        "rps": closed["rps"],
+        "p50": closed["p50_us"],
+        "p99": closed["p99_us"],
+        "ok": closed["ok"],
+        "requests": closed["requests"],
+        "cpu_us": (after - before) * 1e6 / max(closed["requests"], 1) if pid else None,
+        "rss_kib": peak_rss_kib(pid) if pid else None,
+    }
+    for rate in (500, 5000):
+        r = loadgen(port, mode, path, rate=rate, secs=max(SECS // 2, 3))
+        row[f"p99@{rate}"] = r["p99_us"]
+        row[f"rps@{rate}"] = r["rps"]
+    return row
+
+
+def main():
+    if not shutil.which("nginx"):
+        sys.exit("bench: nginx is missing (apt-get install nginx-light)")
+    up, ngx, ngx_signed, pg = free_port(), free_port(), free_port(), free_port()
+    nginx("upstream", up, f"server {{ listen 127.0.0.1:{up}; location / {{ return 200 'ok'; }} }}")
+    proxy_block = f"""
+  upstream app {{ server 127.0.0.1:{up}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{{port}};
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}"""
+    nx = nginx("nginx", ngx, proxy_block.replace("{port}", str(ngx)))
+    cfg = os.path.join(WORK, "pg.toml")
+    open(cfg, "w").write(f"""
+[listen]
+address = "127.0.0.1:{pg}"
+[admin]
+address = "127.0.0.1:{free_port()}"
+[server]
+threads = 1
+[upstream]
+address = "127.0.0.1:{up}"
+[[route]]
+path = "/webhooks/persona"
+secrets = ["env:PERSONA_WEBHOOK_SECRET"]
+""")
+    pgp = start([BIN, "run", "--config", cfg], 1,
+                env=dict(os.environ, PERSONA_WEBHOOK_SECRET=SECRET, RUST_LOG="warn"))
+    wait_port(pg)
+    idle_rss = peak_rss_kib(pgp.pid)
+
+    rows = [
+        measure("direct", up, None, "plain", "/x"),
+        measure("nginx", ngx, nx.pid, "plain", "/x"),
+        measure("pg-pass", pg, pgp.pid, "plain", "/x"),
+        measure("nginx-signed", ngx, nx.pid, "signed", "/webhooks/persona"),
+        measure("pg-signed", pg, pgp.pid, "signed", "/webhooks/persona"),
+    ]
+    by = {r["name"]: r for r in rows}
+    print(f"persona-guard bench: {SECS}s closed loop x {CONNS} connections, then 500 and 5000 req/s;"
+          f" ~4 KiB bodies; loadgen on CPU 0, proxy + upstream on CPU 1; nginx 1 worker, persona-guard 1 thread")
+    print(f"{'row':<13}{'req/s':>9}{'p50 us':>9}{'p99 us':>9}{'p99@500':>9}{'p99@5k':>9}{'rps@5k':>8}"
+          f"{'cpu us/req':>11}{'peak RSS':>10}{'x direct':>9}{'x nginx':>8}")
+    for r in rows:
+        base = by["nginx-signed"] if r["name"].endswith("signed") else by["nginx"]
+        cpu = f"{r['cpu_us']:.1f}" if r["cpu_us"] is not None else "-"
+        rss = f"{r['rss_kib'] / 1024:.1f}M" if r["rss_kib"] else "-"
+        print(f"{r['name']:<13}{r['rps']:>9.0f}{r['p50']:>9}{r['p99']:>9}{r['p99@500']:>9}{r['p99@5000']:>9}"
+              f"{r['rps@5000']:>8.0f}{cpu:>11}{rss:>10}{r['rps'] / by['direct']['rps']:>9.2f}"
+              f"{r['rps'] / base['rps']:>8.2f}")
+    s, n, p, npl = by["pg-signed"], by["nginx-signed"], by["pg-pass"], by["nginx"]
+    print("targets (ratios of this run):")
+    print(f"  signed CPU/req vs nginx proxy_pass of the same body: {s['cpu_us'] / n['cpu_us']:.2f}x (target <= 1.0)")
+    print(f"  signed throughput vs nginx plain: {s['rps'] / npl['rps']:.2f}x (target >= 1.0)")
+    print(f"  passthrough CPU/req vs nginx: {p['cpu_us'] / npl['cpu_us']:.2f}x (target <= 0.8)")
+    print(f"  p99 at 5000 req/s, signed vs nginx: {s['p99@5000'] / n['p99@5000']:.2f}x (target <= 1.2)")
+    print(f"  idle RSS: {idle_rss / 1024:.1f} MiB (target <= 16)")
+    bad = [r["name"] for r in rows if r["ok"] != r["requests"]]
+    if bad:
+        print(f"  non-2xx answers in: {bad}")
+
+
+try:
+    main()
+finally:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    shutil.rmtree(WORK, ignore_errors=True)
