@@ -214,13 +214,19 @@ fn unix_now() -> i64 {
 /// Removes every client-sent copy of the trusted headers: any case, `_` or `-`.
 fn strip_trusted(req: &mut RequestHeader, names: &TrustedHeaders) {
     let targets = names.names();
+    // Header names arrive lower-cased; compare with `_` read as `-`, no allocation
+    // on the common path where nothing matches.
+    let same = |k: &HeaderName, t: &HeaderName| {
+        let (k, t) = (k.as_str().as_bytes(), t.as_str().as_bytes());
+        k.len() == t.len()
+            && k.iter()
+                .zip(t)
+                .all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
+    };
     let doomed: Vec<HeaderName> = req
         .headers
         .keys()
-        .filter(|k| {
-            let canon = config::canonical_header(k);
-            targets.iter().any(|t| **t == canon)
-        })
+        .filter(|k| targets.iter().any(|t| same(k, t)))
         .cloned()
         .collect();
     for name in doomed {
