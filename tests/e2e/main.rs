@@ -11,5 +11,6 @@ mod ops;
 mod passthrough;
 mod paths;
 mod redis;
+mod soak;
 mod tls;
 mod webhook;
