@@ -146,3 +146,90 @@ fn bare_cr_lf_or_nul_in_header_is_400() {
     );
     assert_refused("bare LF", &raw("X-Test: a\nContent-Length: 5\r\n", "hello"));
 }
+
+#[test]
+fn obfuscated_transfer_encodings_are_400() {
+    for (name, te) in [
+        (
+            "chunked, identity",
+            "Transfer-Encoding: chunked, identity\r\n",
+        ),
+        ("identity", "Transfer-Encoding: identity\r\n"),
+        (
+            "chunked twice",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        ),
+        ("x-chunked", "Transfer-Encoding: x-chunked\r\n"),
+    ] {
+        assert_refused(name, &raw(te, "0\r\n\r\n"));
+    }
+}
+
+#[test]
+fn too_many_headers_is_refused() {
+    let many: String = (0..300).map(|i| format!("X-H{i}: v\r\n")).collect();
+    assert_refused("300 headers", &raw(&many, ""));
+}
+
+#[test]
+fn oversized_head_is_refused_and_forwards_nothing() {
+    let up = Upstream::start();
+    let p = proxy().upstream(&up).start();
+    let mut c = p.client();
+    let big = format!("X-Big: {}\r\n", "a".repeat(1_100_000));
+    // The proxy may answer and close before the whole head is written.
+    let _ = c.try_send(&raw(&big, ""));
+    match c.try_read_response() {
+        Ok(r) => assert_eq!(r.status, 400, "{}", r.text()),
+        Err(_) => assert!(c.closed_within(Duration::from_secs(5))),
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    up.assert_nothing_seen("an oversized head");
+}
+
+#[test]
+fn pipelined_requests_after_the_first_are_never_forwarded_unjudged() {
+    // pingora (pipelining off) answers the first request and closes the
+    // connection when more bytes arrived behind it; the client resends the rest.
+    let up = Upstream::start();
+    let p = proxy().upstream(&up).start();
+    let mut c = p.client();
+    let mut pipeline = request("GET", "/first", &[], b"");
+    pipeline.extend(request("POST", ROUTE, &[], b"{\"unsigned\":true}"));
+    pipeline.extend(request("GET", "/after", &[], b""));
+    c.send(&pipeline);
+    assert_eq!(c.read_response().status, 200);
+    assert!(c.closed_within(Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(200));
+    let seen: Vec<String> = up.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(
+        seen,
+        vec!["/first".to_string()],
+        "the upstream saw {seen:?}"
+    );
+}
+
+#[test]
+fn a_request_smuggled_behind_a_verified_body_is_not_forwarded() {
+    // A genuine delivery followed, in the same write, by bytes that try to start
+    // a second request: the proxy frames by Content-Length, forwards exactly the
+    // delivery, and does not pass the tail on.
+    let up = Upstream::start();
+    let p = proxy().upstream(&up).start();
+    let body = event_body(&event_id(), "inquiry.approved");
+    let mut bytes = delivery(ROUTE, &sign(p.secret(), now(), &body), &body);
+    bytes.extend(request("POST", "/app/admin", &[], b"{\"smuggled\":true}"));
+    let mut c = p.client();
+    c.send(&bytes);
+    assert_eq!(c.read_response().status, 200);
+    let recs = up.wait_for_requests(1, Duration::from_secs(5));
+    assert!(c.closed_within(Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        up.count(),
+        1,
+        "{:?}",
+        up.requests().iter().map(|r| &r.target).collect::<Vec<_>>()
+    );
+    assert_eq!(recs[0].body, body);
+}
