@@ -445,4 +445,105 @@ mod tests {
         assert!(s.entry_count() <= capacity);
         assert!(s.stats().evicted_early.load(Ordering::Relaxed) >= capacity);
     }
+
+    mod model {
+        //! The store against a reference model under any interleaving of
+        //! claim / commit / release / time passing (proptest).
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::HashMap;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Claim(u8),
+            Commit(u8),
+            Release(u8),
+            /// Release with a stale token (a late release of an older claim).
+            StaleRelease(u8),
+            Advance(u16),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0u8..4).prop_map(Op::Claim),
+                (0u8..4).prop_map(Op::Commit),
+                (0u8..4).prop_map(Op::Release),
+                (0u8..4).prop_map(Op::StaleRelease),
+                (1u16..2000).prop_map(Op::Advance),
+            ]
+        }
+
+        #[derive(Clone, Copy, Debug)]
+        enum M {
+            InFlight(u64, Duration),
+            Delivered(Duration),
+        }
+
+        proptest! {
+            #[test]
+            fn matches_the_reference_and_never_admits_twice_within_ttl(ops in prop::collection::vec(op(), 1..200)) {
+                let inflight = Duration::from_millis(1500);
+                let ttl = Duration::from_millis(4000);
+                let clock = Arc::new(ManualClock::default());
+                let store = MemoryStore::new(1000, clock.clone());
+                let mut model: HashMap<u8, M> = HashMap::new();
+                // The token each id was last claimed with (ours to commit/release).
+                let mut tokens: HashMap<u8, u64> = HashMap::new();
+                let mut old_tokens: HashMap<u8, u64> = HashMap::new();
+                let mut delivered_at: HashMap<u8, Duration> = HashMap::new();
+                for op in ops {
+                    let now = clock.now();
+                    match op {
+                        Op::Advance(ms) => clock.advance(Duration::from_millis(ms as u64)),
+                        Op::Claim(id) => {
+                            let got = store.claim(&key(b"/r", &id.to_string()), inflight);
+                            let want = match model.get(&id) {
+                                Some(M::Delivered(exp)) if *exp > now => Some(Claim::Duplicate),
+                                Some(M::InFlight(_, exp)) if *exp > now => Some(Claim::InFlight { retry_after: *exp - now }),
+                                _ => None,
+                            };
+                            match (want, got) {
+                                (None, Claim::Claimed(t)) => {
+                                    // Never admitted twice within ttl of a delivery.
+                                    if let Some(at) = delivered_at.get(&id) {
+                                        prop_assert!(now >= *at + ttl, "re-admitted {id} {now:?} after delivery at {at:?}");
+                                    }
+                                    if let Some(old) = tokens.insert(id, t) {
+                                        old_tokens.insert(id, old);
+                                    }
+                                    model.insert(id, M::InFlight(t, now + inflight));
+                                }
+                                (Some(w), g) => prop_assert_eq!(w, g),
+                                (None, g) => prop_assert!(false, "expected a claim of {id}, got {g:?}"),
+                            }
+                        }
+                        Op::Commit(id) => {
+                            // Only a request holding a live claim commits.
+                            if let (Some(M::InFlight(t, exp)), Some(mine)) = (model.get(&id).copied(), tokens.get(&id))
+                                && t == *mine && exp > now
+                            {
+                                store.commit(&key(b"/r", &id.to_string()), ttl);
+                                model.insert(id, M::Delivered(now + ttl));
+                                delivered_at.insert(id, now);
+                            }
+                        }
+                        Op::Release(id) | Op::StaleRelease(id) => {
+                            let token = match op {
+                                Op::Release(_) => tokens.get(&id).copied(),
+                                _ => old_tokens.get(&id).copied(),
+                            };
+                            if let Some(t) = token {
+                                store.release(&key(b"/r", &id.to_string()), t);
+                                if let Some(M::InFlight(mt, _)) = model.get(&id)
+                                    && *mt == t
+                                {
+                                    model.remove(&id);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
