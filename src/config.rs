@@ -405,9 +405,16 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
     })
 }
 
-/// Where `env:` secrets come from (the process environment, or a map in tests).
+/// What the loader reads from the outside world: `env:` secrets and name
+/// resolution (the process environment and the system resolver, or fakes in
+/// tests and fuzzing).
 pub trait Env {
     fn var(&self, name: &str) -> Option<String>;
+
+    /// `host:port` or `ip:port` to one socket address.
+    fn resolve(&self, addr: &str) -> Result<SocketAddr, String> {
+        resolve(addr)
+    }
 }
 
 /// The process environment.
@@ -431,16 +438,34 @@ pub fn from_str(text: &str, env: &dyn Env) -> Result<Config, Vec<Problem>> {
 }
 
 /// Collects problems while converting fields.
-struct Check {
+struct Check<'e> {
     problems: Vec<Problem>,
+    env: &'e dyn Env,
 }
 
-impl Check {
+impl Check<'_> {
     fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
             key: key.into(),
             message: message.into(),
         });
+    }
+
+    /// One of a fixed set of words (`"forward"`, `"deny"`, ...).
+    fn choice<T: Copy>(
+        &mut self,
+        key: &str,
+        value: Option<&str>,
+        options: &[(&str, T)],
+        default: T,
+    ) -> T {
+        let Some(v) = value else { return default };
+        if let Some((_, t)) = options.iter().find(|(name, _)| *name == v) {
+            return *t;
+        }
+        let names: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        self.problem(key, format!("`{v}` is not one of {}", names.join(", ")));
+        default
     }
 
     fn duration(&mut self, key: &str, value: Option<&str>, default: Duration) -> Duration {
@@ -463,7 +488,7 @@ impl Check {
 
     fn address(&mut self, key: &str, value: Option<&str>, default: &str) -> SocketAddr {
         let v = value.unwrap_or(default);
-        match resolve(v) {
+        match self.env.resolve(v) {
             Ok(a) => a,
             Err(msg) => {
                 self.problem(key, msg);
@@ -595,30 +620,21 @@ fn resolve_secret(spec: &str, base: &Path, env: &dyn Env) -> Result<Secret, Stri
 fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Problem>> {
     let mut c = Check {
         problems: Vec::new(),
+        env,
     };
 
-    let unmatched = match raw.unmatched.as_deref() {
-        None | Some("forward") => Unmatched::Forward,
-        Some("deny") => Unmatched::Deny,
-        Some(other) => {
-            c.problem(
-                "unmatched",
-                format!("`{other}` is not one of \"forward\", \"deny\""),
-            );
-            Unmatched::Forward
-        }
-    };
-    let log_format = match raw.log_format.as_deref() {
-        None | Some("text") => LogFormat::Text,
-        Some("json") => LogFormat::Json,
-        Some(other) => {
-            c.problem(
-                "log_format",
-                format!("`{other}` is not one of \"text\", \"json\""),
-            );
-            LogFormat::Text
-        }
-    };
+    let unmatched = c.choice(
+        "unmatched",
+        raw.unmatched.as_deref(),
+        &[("forward", Unmatched::Forward), ("deny", Unmatched::Deny)],
+        Unmatched::Forward,
+    );
+    let log_format = c.choice(
+        "log_format",
+        raw.log_format.as_deref(),
+        &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        LogFormat::Text,
+    );
     let listen = c.address(
         "listen.address",
         raw.listen.address.as_deref(),
@@ -671,17 +687,15 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
         raw.upstream.read_timeout.as_deref(),
         DEFAULT_READ_TIMEOUT,
     );
-    let host_header = match raw.upstream.host_header.as_deref() {
-        None | Some("keep") => HostHeader::Keep,
-        Some("upstream") => HostHeader::Upstream,
-        Some(other) => {
-            c.problem(
-                "upstream.host_header",
-                format!("`{other}` is not one of \"keep\", \"upstream\""),
-            );
-            HostHeader::Keep
-        }
-    };
+    let host_header = c.choice(
+        "upstream.host_header",
+        raw.upstream.host_header.as_deref(),
+        &[
+            ("keep", HostHeader::Keep),
+            ("upstream", HostHeader::Upstream),
+        ],
+        HostHeader::Keep,
+    );
     let upstream = c.upstream(
         "upstream.address",
         raw.upstream.address.as_deref().unwrap_or(DEFAULT_UPSTREAM),
@@ -786,17 +800,15 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
             StoreKind::Memory
         }
     };
-    let on_store_error = match raw.replay.on_store_error.as_deref() {
-        None | Some("reject") => OnStoreError::Reject,
-        Some("allow") => OnStoreError::Allow,
-        Some(other) => {
-            c.problem(
-                "replay.on_store_error",
-                format!("`{other}` is not one of \"reject\", \"allow\""),
-            );
-            OnStoreError::Reject
-        }
-    };
+    let on_store_error = c.choice(
+        "replay.on_store_error",
+        raw.replay.on_store_error.as_deref(),
+        &[
+            ("reject", OnStoreError::Reject),
+            ("allow", OnStoreError::Allow),
+        ],
+        OnStoreError::Reject,
+    );
     let ttl = c.duration("replay.ttl", raw.replay.ttl.as_deref(), DEFAULT_TTL);
     let capacity = match raw.replay.capacity {
         Some(0) => {
