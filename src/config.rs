@@ -36,6 +36,8 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
 /// Whole-body deadline on a webhook route: a client trickling its body is cut off.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Each read of a new connection's request head must arrive within this.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle keep-alive client connection is kept open.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// SIGTERM grace period: in-flight requests may finish within it.
@@ -96,6 +98,7 @@ struct RawServer {
     grace_period: Option<String>,
     body_timeout: Option<String>,
     idle_timeout: Option<String>,
+    header_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -325,6 +328,8 @@ pub struct Config {
     pub grace_period: Duration,
     pub body_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Bounds each read while a request head arrives on a new connection.
+    pub header_timeout: Duration,
     pub upstream: Upstream,
     pub replay: Replay,
     pub headers: TrustedHeaders,
@@ -674,6 +679,11 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
         raw.server.idle_timeout.as_deref(),
         DEFAULT_IDLE_TIMEOUT,
     );
+    let header_timeout = c.duration(
+        "server.header_timeout",
+        raw.server.header_timeout.as_deref(),
+        DEFAULT_HEADER_TIMEOUT,
+    );
     if idle_timeout < Duration::from_secs(1) {
         c.problem("server.idle_timeout", "must be at least 1s");
     }
@@ -1015,6 +1025,7 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
         grace_period,
         body_timeout,
         idle_timeout,
+        header_timeout,
         upstream,
         replay: Replay {
             store,

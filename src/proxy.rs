@@ -61,6 +61,9 @@ const HOP_BY_HOP: [&str; 9] = [
 /// Bodies up to this size are sent in the same write as the request head.
 const COALESCE_LIMIT: usize = 64 * 1024;
 
+/// Per-read bound on request bodies (pingora's default).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long an idle upstream connection stays in the pool.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 
@@ -187,6 +190,9 @@ impl Shared {
         tracing::warn!(op, error = %e, "replay store error");
     }
 }
+
+/// Carried from one request to the next on a keep-alive connection.
+struct ReusedConnection;
 
 /// Per-request state.
 pub struct Ctx {
@@ -750,6 +756,9 @@ impl ProxyHttp for Guard {
             return respond(session, ctx, Outcome::MalformedRequest, false, None).await;
         }
         strip_trusted(session.req_header_mut(), &cfg.headers);
+        // The head is in: body reads get pingora's usual per-read bound back
+        // (the webhook body also has its whole-body deadline).
+        session.set_read_timeout(Some(BODY_READ_TIMEOUT));
         // Bound the wait for this connection's next request (pingora's default
         // keeps an HTTP/1.1 connection open forever). Only where keep-alive is on.
         if session.get_keepalive().is_some() {
@@ -844,6 +853,16 @@ impl ProxyHttp for Guard {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        // Marks the next request on this connection as a keep-alive reuse, so
+        // the head-timeout wrapper (server.rs) leaves its idle wait alone.
+        Some(Box::new(ReusedConnection))
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {

@@ -22,7 +22,11 @@ use crate::proxy::{Guard, Shared};
 use crate::redis_store::RedisStore;
 use crate::replay::{MemoryStore, Store, SystemClock};
 use crate::tls::ReloadableCert;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::http::v2::server::H2Options;
+use pingora::server::ShutdownWatch;
 
 /// Installs the log subscriber. `RUST_LOG` filters (default `info`); pingora's
 /// own events are capped at `warn` whatever `RUST_LOG` says, because its debug
@@ -98,17 +102,24 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     };
     let listen = cfg.listen;
     let cfg_tls = cfg.listen_tls.clone();
+    let header_timeout = cfg.header_timeout;
     let admin_addr = cfg.admin;
     let routes: Vec<String> = cfg.routes.iter().map(|r| r.path.clone()).collect();
     let upstream = cfg.upstream.address;
     let shared = Arc::new(Shared::new(cfg, store, Metrics::new(), connector));
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let app = pingora::proxy::http_proxy(
         &server.configuration,
         Guard {
             shared: shared.clone(),
         },
-        "persona-guard",
+    );
+    let mut proxy = Service::new(
+        "persona-guard".to_string(),
+        HeaderTimeout {
+            inner: Arc::new(app),
+            timeout: header_timeout,
+        },
     );
     let cert = match &cfg_tls {
         Some(tls) => {
@@ -152,6 +163,52 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     });
     tracing::info!("persona-guard stopped");
     Ok(())
+}
+
+/// Bounds each read of a new connection's first request head (pingora's own
+/// default is 60 s and cannot be configured); the webhook body has its own
+/// whole-body deadline and keep-alive waits use `idle_timeout`. A thin wrapper
+/// around pingora's proxy app, since pingora has no hook before the head is read.
+struct HeaderTimeout<A> {
+    inner: Arc<A>,
+    timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl<A> HttpServerApp for HeaderTimeout<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        // A reused keep-alive connection carries the marker the proxy persisted
+        // (`Guard::persist_connection_context`): its wait is `idle_timeout`.
+        let reused = session.take_connection_user_context().is_some();
+        if !reused {
+            session.set_read_timeout(Some(self.timeout));
+            // pingora applies its keep-alive wait (60 s) to each read of the
+            // head, so that is the bound to tighten.
+            if session.get_keepalive().is_some() {
+                session.set_keepalive(Some(self.timeout.as_secs().max(1)));
+            }
+        }
+        self.inner.process_new_http(session, shutdown).await
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.inner.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
 }
 
 /// SIGTERM: pingora closes the listeners and waits out `grace_period`; this

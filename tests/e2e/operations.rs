@@ -297,3 +297,47 @@ fn json_logs_carry_the_request_fields() {
     assert!(line["duration_ms"].as_f64().is_some());
     assert!(line["timestamp"].as_str().is_some());
 }
+
+#[test]
+fn a_stalled_request_head_is_cut_off_after_header_timeout() {
+    let up = Upstream::start();
+    let p = proxy()
+        .upstream(&up)
+        .extra_toml("[server]\nheader_timeout = \"1s\"\n")
+        .start();
+    let mut c = p.client();
+    c.send(b"POST /webhooks/persona HTTP/1.1\r\nHost: e2e.test\r\nPersona-Signa");
+    let started = Instant::now();
+    assert!(
+        c.closed_within(Duration::from_secs(5)),
+        "a stalled head keeps its connection"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    up.assert_nothing_seen("a stalled head");
+    // Bodies are not held to the head's timeout: a passthrough body pausing
+    // longer than header_timeout still arrives.
+    let mut c = p.client();
+    c.send(b"POST /upload HTTP/1.1\r\nHost: e2e.test\r\nContent-Length: 4\r\n\r\nab");
+    thread::sleep(Duration::from_millis(1500));
+    c.send(b"cd");
+    assert_eq!(c.read_response().status, 200);
+    assert_eq!(up.wait_for_requests(1, W)[0].body, b"abcd");
+}
+
+#[test]
+fn a_keepalive_connection_waits_idle_timeout_not_header_timeout() {
+    let up = Upstream::start();
+    let p = proxy()
+        .upstream(&up)
+        .extra_toml("[server]\nheader_timeout = \"1s\"\nidle_timeout = \"4s\"\n")
+        .start();
+    let mut c = p.client();
+    assert_eq!(c.request(&request("GET", "/one", &[], b"")).status, 200);
+    thread::sleep(Duration::from_millis(1800));
+    assert_eq!(c.request(&request("GET", "/two", &[], b"")).status, 200);
+    assert_eq!(up.count(), 2);
+}
