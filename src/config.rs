@@ -379,6 +379,23 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// A one-line description of a TOML syntax error, with its line, that never
+/// quotes the file (it may hold literal secrets).
+fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
+    let mut message = e.message().trim().to_string();
+    if message.is_empty() {
+        message = "invalid TOML (a control character or malformed syntax)".to_string();
+    }
+    if let Some(span) = e.span() {
+        let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+        message.push_str(&format!(" (line {line})"));
+    }
+    Problem {
+        key: "(syntax)".into(),
+        message,
+    }
+}
+
 /// Reads, parses and validates a route file, resolving every secret.
 pub fn load(file: &Path) -> Result<Config, ConfigError> {
     let fail = |key: &str, message: String| ConfigError {
@@ -390,17 +407,9 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
     };
     let text = std::fs::read_to_string(file)
         .map_err(|e| fail("(file)", format!("cannot read the file: {e}")))?;
-    let raw: RawConfig = toml::from_str(&text).map_err(|e| {
-        // toml's message names the key and the line; keep it on one line.
-        let msg = e.message().to_string();
-        let at = e
-            .span()
-            .map(|s| {
-                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                format!(" (line {line})")
-            })
-            .unwrap_or_default();
-        fail("(syntax)", format!("{msg}{at}"))
+    let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        problems: vec![syntax_problem(&text, &e)],
     })?;
     validate(raw, file.parent().unwrap_or(Path::new(".")), &EnvSource).map_err(|problems| {
         ConfigError {
@@ -433,12 +442,7 @@ impl Env for EnvSource {
 
 /// Parses TOML text and validates it (for tests and callers with text in hand).
 pub fn from_str(text: &str, env: &dyn Env) -> Result<Config, Vec<Problem>> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        vec![Problem {
-            key: "(syntax)".into(),
-            message: e.message().to_string(),
-        }]
-    })?;
+    let raw: RawConfig = toml::from_str(text).map_err(|e| vec![syntax_problem(text, &e)])?;
     validate(raw, Path::new("."), env)
 }
 
@@ -1346,5 +1350,28 @@ events = ["inquiry.*", "verification.passed"]
         assert!(!r.allows("verification.failed"));
         assert_eq!(c.route_for(b"/hooks/other").unwrap().0, 0);
         assert!(c.route_for(b"/other").is_none());
+    }
+}
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    struct NoEnv;
+    impl Env for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    /// Found by the `config_load` fuzz target: a control character in a comment
+    /// made toml report an error with an empty message.
+    #[test]
+    fn a_syntax_error_always_says_something() {
+        let text = "# a comment with a control byte \u{8}\u{0} here\n[[route]]\npath = \"/a\"\nsecrets = [\"x\"]\n";
+        let p = from_str(text, &NoEnv).unwrap_err();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].key, "(syntax)");
+        assert!(!p[0].message.is_empty(), "{p:?}");
+        assert!(p[0].message.contains("line 1"), "{p:?}");
     }
 }
