@@ -316,5 +316,31 @@ mod tests {
             let b = b.unwrap_or_default();
             prop_assert_eq!(is_within(&a, ROUTE), is_within(&b, ROUTE));
         }
+
+        /// A path whose decoded segments never spell the route is never
+        /// mapped into it, however it is encoded.
+        #[test]
+        fn prop_outside_paths_never_map_in(
+            segs in proptest::collection::vec("[a-z0-9_.-]{1,10}", 0..6),
+            encode in any::<u64>(),
+        ) {
+            let plain: String = segs.iter().map(|s| format!("/{s}")).collect();
+            let n = normalize(plain.as_bytes()).unwrap_or_default();
+            prop_assume!(!is_within(&n, ROUTE));
+            // Percent-encode some bytes (including `/`-free ones): same decision.
+            let encoded: String = plain
+                .bytes()
+                .enumerate()
+                .map(|(i, b)| {
+                    if b != b'/' && encode >> (i % 64) & 1 == 1 {
+                        format!("%{b:02X}")
+                    } else {
+                        (b as char).to_string()
+                    }
+                })
+                .collect();
+            let m = normalize(encoded.as_bytes()).unwrap_or_default();
+            prop_assert!(!is_within(&m, ROUTE), "{encoded} maps into the route");
+        }
     }
 }
