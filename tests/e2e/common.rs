@@ -207,6 +207,19 @@ pub fn chunked_head(method: &str, target: &str, headers: &[(&str, &str)]) -> Vec
 }
 
 /// Chunk-encodes `body` in chunks of `chunk` bytes, with the terminating chunk.
+/// The head of a delivery to the route, signed now, whose body follows chunked.
+pub fn signed_chunked_head(secret: &str, body: &[u8]) -> Vec<u8> {
+    let sig = sign(secret, now(), body);
+    chunked_head(
+        "POST",
+        ROUTE,
+        &[
+            ("Content-Type", "application/json"),
+            ("Persona-Signature", &sig),
+        ],
+    )
+}
+
 pub fn chunk_encode(body: &[u8], chunk: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / chunk * 8 + 8);
     for piece in body.chunks(chunk) {

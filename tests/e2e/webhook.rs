@@ -265,15 +265,7 @@ fn chunked_body_over_max_body_is_413() {
     let up = Upstream::start();
     let p = proxy().upstream(&up).max_body("64KiB").start();
     let body = big_event_body(&event_id(), "inquiry.approved", 300 * 1024);
-    let sig = sign(p.secret(), now(), &body);
-    let head = chunked_head(
-        "POST",
-        ROUTE,
-        &[
-            ("Content-Type", "application/json"),
-            ("Persona-Signature", &sig),
-        ],
-    );
+    let head = signed_chunked_head(p.secret(), &body);
     let mut c = p.client();
     let resp = c
         .send_streaming(&head, chunk_encode(&body, 8 * 1024), 8 * 1024 + 8)
@@ -633,15 +625,7 @@ fn large_chunked_body_arrives_identical() {
     let p = proxy().upstream(&up).max_body("1MiB").start();
     let id = event_id();
     let body = big_event_body(&id, "document.created", 900 * 1024);
-    let sig = sign(p.secret(), now(), &body);
-    let head = chunked_head(
-        "POST",
-        ROUTE,
-        &[
-            ("Content-Type", "application/json"),
-            ("Persona-Signature", &sig),
-        ],
-    );
+    let head = signed_chunked_head(p.secret(), &body);
     let mut c = p.client();
     let resp = c
         .send_streaming(&head, chunk_encode(&body, 7919), 32 * 1024)
