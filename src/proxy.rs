@@ -315,6 +315,22 @@ async fn read_body(
     Ok(buf.freeze())
 }
 
+/// Ends a request whose body could not be read: a client that went away gets
+/// nothing more; a body too large or too slow gets its answer. Either way the
+/// connection closes, since the rest of the body is unread.
+async fn body_refused(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    outcome: Outcome,
+) -> pingora::Result<bool> {
+    if outcome == Outcome::ClientError {
+        ctx.outcome = Some(Outcome::ClientError);
+        session.set_keepalive(None);
+        return Ok(true);
+    }
+    respond(session, ctx, outcome, false, None).await
+}
+
 impl Guard {
     /// Judges and, if genuine, forwards a request on a webhook route.
     async fn webhook(
@@ -365,12 +381,7 @@ impl Guard {
         let deadline = tokio::time::Instant::now() + cfg.body_timeout;
         let body = match read_body(session, route.max_body, deadline).await {
             Ok(b) => b,
-            Err(Outcome::ClientError) => {
-                ctx.outcome = Some(Outcome::ClientError);
-                session.set_keepalive(None);
-                return Ok(true);
-            }
-            Err(o) => return respond(session, ctx, o, false, None).await,
+            Err(o) => return body_refused(session, ctx, o).await,
         };
 
         // 4. signature and timestamp.
@@ -518,6 +529,49 @@ impl Guard {
         Ok(true)
     }
 
+    /// Forwards a small HTTP/1.1 passthrough request the way a delivery is
+    /// forwarded: the body (if any) read whole, head and body in one write, the
+    /// response streamed back. On loopback this halves the writes per request
+    /// against pingora's streaming path (head, body pieces and response each
+    /// in their own write). Returns `Ok(false)`, leaving the request to
+    /// pingora's streaming proxy, for everything else: HTTP/2 clients, other
+    /// HTTP versions, `HEAD`/`CONNECT`, upgrades, `Expect`, chunked bodies and
+    /// bodies over [`COALESCE_LIMIT`].
+    async fn passthrough(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        cfg: &Config,
+    ) -> pingora::Result<bool> {
+        if !small_h1_request(session) {
+            return Ok(false);
+        }
+        let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+        let body = match read_body(session, COALESCE_LIMIT as u64, deadline).await {
+            Ok(b) => b,
+            Err(o) => return body_refused(session, ctx, o).await,
+        };
+        let req = upstream_h1_request(session.req_header(), &cfg.upstream)?;
+        let peer = peer_for(&cfg.upstream);
+        let upstream = match self.send(&peer, &req, &body).await {
+            Ok(u) => u,
+            Err(ForwardError::Unavailable) => {
+                return respond(session, ctx, Outcome::UpstreamUnavailable, true, None).await;
+            }
+            Err(ForwardError::Timeout) => {
+                return respond(session, ctx, Outcome::UpstreamTimeout, true, None).await;
+            }
+        };
+        let Some(head) = upstream.response_header().cloned() else {
+            return respond(session, ctx, Outcome::UpstreamUnavailable, true, None).await;
+        };
+        ctx.outcome = Some(Outcome::Passthrough);
+        ctx.upstream_status = Some(head.status.as_u16());
+        ctx.status = ctx.upstream_status;
+        self.relay_response(session, upstream, head, &peer).await;
+        Ok(true)
+    }
+
     /// Sends the request and reads the response head. A pooled connection that
     /// turns out dead before any response byte is retried once on a new one.
     async fn send(
@@ -613,6 +667,38 @@ impl Guard {
                 .release_http_session(up, peer, Some(UPSTREAM_IDLE))
                 .await;
         }
+    }
+}
+
+/// Whether a passthrough request can take the buffered path: an HTTP/1.1
+/// client, a method whose response framing is ordinary, no upgrade or
+/// `Expect`, and no body or a `Content-Length` body within [`COALESCE_LIMIT`].
+/// Framing was already judged (`framing::check`): one valid length at most.
+fn small_h1_request(session: &Session) -> bool {
+    if session.as_downstream().as_http1().is_none() {
+        return false;
+    }
+    let req = session.req_header();
+    if req.version != http::Version::HTTP_11
+        || req.method == Method::HEAD
+        || req.method == Method::CONNECT
+    {
+        return false;
+    }
+    let h = &req.headers;
+    if h.contains_key(http::header::TRANSFER_ENCODING)
+        || h.contains_key(http::header::UPGRADE)
+        || h.contains_key(EXPECT)
+    {
+        return false;
+    }
+    match h.get(CONTENT_LENGTH) {
+        None => true,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .is_some_and(|n| n <= COALESCE_LIMIT),
     }
 }
 
@@ -777,7 +863,7 @@ impl ProxyHttp for Guard {
             None if cfg.unmatched == Unmatched::Deny => {
                 respond(session, ctx, Outcome::NotFound, false, None).await
             }
-            None => Ok(false),
+            None => self.passthrough(session, ctx, &cfg).await,
         }
     }
 

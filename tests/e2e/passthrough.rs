@@ -123,3 +123,81 @@ fn passthrough_slow_upstream_is_504() {
         started.elapsed()
     );
 }
+
+/// Small passthrough requests take the buffered path (one write upstream),
+/// large, chunked and HTTP/1.0 ones pingora's streaming path: on one keep-alive
+/// connection, mixed with a delivery, every body arrives byte-identical, in order.
+#[test]
+fn buffered_and_streaming_passthrough_share_a_keepalive_connection() {
+    let up = Upstream::start();
+    let p = proxy().upstream(&up).start();
+    let limit = 64 * 1024;
+    let pattern = |n: usize| -> Vec<u8> { (0..n).map(|i| b'a' + (i % 26) as u8).collect() };
+    let bodies: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"small".to_vec(),
+        pattern(limit),
+        pattern(limit + 1),
+        pattern(300 * 1024),
+    ];
+    let mut c = p.client();
+    let r = c.request(&request("GET", "/app/0", &[], &bodies[0]));
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (i, body) in bodies.iter().enumerate().skip(1) {
+        let r = c.request(&request("POST", &format!("/app/{i}"), &[], body));
+        assert_eq!(r.status, 200, "body {i}: {}", r.text());
+    }
+    let mut raw = chunked_head("POST", "/app/chunked", &[]);
+    raw.extend_from_slice(&chunk_encode(&pattern(5000), 777));
+    assert_eq!(c.request(&raw).status, 200);
+    let id = event_id();
+    let event = event_body(&id, "inquiry.approved");
+    let sig = sign(p.secret(), now(), &event);
+    let r = c.request(&delivery(ROUTE, &sig, &event));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c.request(&request("DELETE", "/app/last", &[], b""));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let recs = up.wait_for_requests(bodies.len() + 3, W);
+    for (i, body) in bodies.iter().enumerate() {
+        assert_eq!(recs[i].target, format!("/app/{i}"));
+        assert_eq!(recs[i].body.len(), body.len(), "body {i}");
+        assert!(recs[i].body == *body, "body {i} differs");
+    }
+    let n = bodies.len();
+    assert_eq!(recs[n].target, "/app/chunked");
+    assert_eq!(recs[n].body, pattern(5000));
+    assert_eq!(recs[n + 1].body, event);
+    assert_eq!(recs[n + 1].header(TRUSTED_ID), Some(id.as_str()));
+    assert_eq!(
+        (recs[n + 2].method.as_str(), recs[n + 2].target.as_str()),
+        ("DELETE", "/app/last")
+    );
+
+    // HTTP/1.0 (streaming path): answered, then the connection closes.
+    let r = one_shot(p.listen, b"GET /app/old HTTP/1.0\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.wait_for_requests(n + 4, W)[n + 3].target, "/app/old");
+}
+
+/// The buffered path keeps pingora's answers to a broken upstream: a
+/// connection refused mid-way through a keep-alive session is a 502, and the
+/// next request on the same client connection succeeds once the app is back.
+#[test]
+fn buffered_passthrough_survives_an_upstream_restart() {
+    let mut up = Upstream::start();
+    let p = proxy().upstream(&up).connect_timeout("1s").start();
+    let mut c = p.client();
+    assert_eq!(
+        c.request(&request("POST", "/app/a", &[], b"one")).status,
+        200
+    );
+    up.stop();
+    let r = c.request(&request("POST", "/app/b", &[], b"two"));
+    r.assert_error(502, "upstream_unavailable");
+    up.restart();
+    let r = c.request(&request("POST", "/app/c", &[], b"three"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let recs = up.wait_for_requests(1, W);
+    assert_eq!(recs.last().unwrap().body, b"three");
+}
