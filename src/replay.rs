@@ -78,26 +78,43 @@ impl Clock for SystemClock {
     }
 }
 
+/// One remembered id in 16 bytes (moka adds its own per-entry bookkeeping).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    InFlight(u64),
-    Delivered,
-}
-
-#[derive(Debug, Clone, Copy)]
 struct Entry {
-    state: State,
-    /// Clock time after which the entry no longer counts.
-    expires_at: Duration,
-    /// Lifetime given to moka for eviction.
-    lifetime: Duration,
+    /// The in-flight claim's token, or [`DELIVERED`].
+    token: u64,
+    /// Clock time, in nanoseconds, after which the entry no longer counts.
+    expires_ns: u64,
 }
 
-struct Lifetime;
+/// The token of a delivered entry (claim tokens start at 1).
+const DELIVERED: u64 = 0;
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Entry {
+    fn new(token: u64, now: Duration, lifetime: Duration) -> Self {
+        Entry {
+            token,
+            expires_ns: nanos(now).saturating_add(nanos(lifetime)),
+        }
+    }
+
+    /// Time left at `now` (zero once expired).
+    fn left(&self, now: Duration) -> Duration {
+        Duration::from_nanos(self.expires_ns.saturating_sub(nanos(now)))
+    }
+}
+
+/// moka drops an entry once its own lifetime has passed; the lifetime is read
+/// off the entry against the store's clock, so moka and `claim` agree.
+struct Lifetime(Arc<dyn Clock>);
 
 impl moka::Expiry<Key, Entry> for Lifetime {
     fn expire_after_create(&self, _: &Key, v: &Entry, _: Instant) -> Option<Duration> {
-        Some(v.lifetime)
+        Some(v.left(self.0.now()))
     }
     fn expire_after_update(
         &self,
@@ -106,7 +123,7 @@ impl moka::Expiry<Key, Entry> for Lifetime {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(v.lifetime)
+        Some(v.left(self.0.now()))
     }
 }
 
@@ -153,7 +170,7 @@ impl MemoryStore {
         let cache = Cache::builder()
             .max_capacity(capacity)
             .eviction_policy(EvictionPolicy::lru())
-            .expire_after(Lifetime)
+            .expire_after(Lifetime(clock.clone()))
             .eviction_listener(move |_k, _v, cause| {
                 if cause == moka::notification::RemovalCause::Size {
                     listener_stats.evicted_early.fetch_add(1, Ordering::Relaxed);
@@ -189,20 +206,16 @@ impl MemoryStore {
         let mut outcome = Claim::Claimed(token);
         self.cache.entry(*key).and_compute_with(|existing| {
             match existing.map(|e| e.into_value()) {
-                Some(e) if e.expires_at > now => {
-                    outcome = match e.state {
-                        State::Delivered => Claim::Duplicate,
-                        State::InFlight(_) => Claim::InFlight {
-                            retry_after: e.expires_at - now,
+                Some(e) if !e.left(now).is_zero() => {
+                    outcome = match e.token {
+                        DELIVERED => Claim::Duplicate,
+                        _ => Claim::InFlight {
+                            retry_after: e.left(now),
                         },
                     };
                     Op::Nop
                 }
-                _ => Op::Put(Entry {
-                    state: State::InFlight(token),
-                    expires_at: now + inflight_ttl,
-                    lifetime: inflight_ttl,
-                }),
+                _ => Op::Put(Entry::new(token, now, inflight_ttl)),
             }
         });
         outcome
@@ -211,14 +224,7 @@ impl MemoryStore {
     /// Marks `key` delivered for `ttl` (the upstream answered 2xx).
     pub fn commit(&self, key: &Key, ttl: Duration) {
         let now = self.clock.now();
-        self.cache.insert(
-            *key,
-            Entry {
-                state: State::Delivered,
-                expires_at: now + ttl,
-                lifetime: ttl,
-            },
-        );
+        self.cache.insert(*key, Entry::new(DELIVERED, now, ttl));
     }
 
     /// Forgets `key` if, and only if, it is still this `token`'s in-flight mark.
@@ -226,7 +232,7 @@ impl MemoryStore {
         self.cache
             .entry(*key)
             .and_compute_with(|existing| match existing {
-                Some(e) if e.value().state == State::InFlight(token) => Op::Remove,
+                Some(e) if token != DELIVERED && e.value().token == token => Op::Remove,
                 _ => Op::Nop,
             });
     }
