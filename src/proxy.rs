@@ -386,10 +386,9 @@ impl Guard {
 
         // 4. signature and timestamp.
         let started = Instant::now();
-        let secrets: Vec<&[u8]> = route.secrets.iter().map(|s| s.expose()).collect();
         let verdict = signature::verify(
             &parsed,
-            &secrets,
+            &route.secrets,
             &body,
             unix_now(),
             route.tolerance.as_secs() as i64,

@@ -161,9 +161,9 @@ pub enum Verdict {
 /// AND |now - t| <= tolerance_secs (exactly tolerance away is still fresh). Constant-time comparison (subtle).
 /// `secrets` are raw key bytes. Compute each HMAC once per (set, secret), not per v1.
 /// When several secrets verify fresh sets, the lowest secret index is reported.
-pub fn verify(
+pub fn verify<S: AsRef<[u8]>>(
     header: &SignatureHeader,
-    secrets: &[&[u8]],
+    secrets: &[S],
     body: &[u8],
     now: i64,
     tolerance_secs: i64,
@@ -171,7 +171,7 @@ pub fn verify(
     let mut stale = false;
     for (secret_index, secret) in secrets.iter().enumerate() {
         for set in &header.sets {
-            let Some(expected) = hmac_of(secret, set.timestamp, body) else {
+            let Some(expected) = hmac_of(secret.as_ref(), set.timestamp, body) else {
                 continue;
             };
             let matched = set

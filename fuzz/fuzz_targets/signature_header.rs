@@ -11,6 +11,6 @@ fuzz_target!(|data: &[u8]| {
         assert!(parsed.sets.len() <= signature::MAX_SETS);
         let total: usize = parsed.sets.iter().map(|s| s.signatures.len()).sum();
         assert!(total <= signature::MAX_SIGNATURES);
-        let _ = signature::verify(&parsed, &[b"wbhsec_fuzz", b"second"], body, 1_700_000_000, 300);
+        let _ = signature::verify(&parsed, &[&b"wbhsec_fuzz"[..], &b"second"[..]], body, 1_700_000_000, 300);
     }
 });
