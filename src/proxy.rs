@@ -488,7 +488,8 @@ impl Guard {
         }
         let peer = peer_for(&route.upstream);
         let sent = Instant::now();
-        let upstream = match self.send(&peer, &req, &body).await {
+        let mut interim = Vec::new();
+        let upstream = match self.send(&peer, &req, &body, &mut interim).await {
             Ok(u) => u,
             Err(e) => {
                 if let Some(c) = claim {
@@ -524,7 +525,8 @@ impl Guard {
         ctx.outcome = Some(Outcome::Forwarded);
         ctx.upstream_status = Some(status);
         ctx.status = Some(status);
-        self.relay_response(session, upstream, head, &peer).await;
+        self.relay_response(session, upstream, interim, head, &peer)
+            .await;
         Ok(true)
     }
 
@@ -552,7 +554,8 @@ impl Guard {
         };
         let req = upstream_h1_request(session.req_header(), &cfg.upstream)?;
         let peer = peer_for(&cfg.upstream);
-        let upstream = match self.send(&peer, &req, &body).await {
+        let mut interim = Vec::new();
+        let upstream = match self.send(&peer, &req, &body, &mut interim).await {
             Ok(u) => u,
             Err(ForwardError::Unavailable) => {
                 return respond(session, ctx, Outcome::UpstreamUnavailable, true, None).await;
@@ -567,7 +570,8 @@ impl Guard {
         ctx.outcome = Some(Outcome::Passthrough);
         ctx.upstream_status = Some(head.status.as_u16());
         ctx.status = ctx.upstream_status;
-        self.relay_response(session, upstream, head, &peer).await;
+        self.relay_response(session, upstream, interim, head, &peer)
+            .await;
         Ok(true)
     }
 
@@ -578,6 +582,7 @@ impl Guard {
         peer: &HttpPeer,
         req: &RequestHeader,
         body: &Bytes,
+        interim: &mut Vec<ResponseHeader>,
     ) -> Result<UpstreamSession, ForwardError> {
         for attempt in 0..2 {
             let (up, reused) = match self.shared.connector.get_http_session(peer).await {
@@ -585,13 +590,13 @@ impl Guard {
                 Err(e) => return Err(classify(&e)),
             };
             let result = match up {
-                UpstreamSession::H1(h1) => exchange_h1(h1, req, body, peer)
+                UpstreamSession::H1(h1) => exchange_h1(h1, req, body, peer, interim)
                     .await
                     .map(UpstreamSession::H1),
                 mut other => {
                     other.set_read_timeout(peer.options.read_timeout);
                     other.set_write_timeout(peer.options.write_timeout);
-                    match exchange(&mut other, req, body).await {
+                    match exchange(&mut other, req, body, interim).await {
                         Ok(()) => Ok(other),
                         Err(e) => {
                             other.shutdown().await;
@@ -604,7 +609,7 @@ impl Guard {
                 Ok(up) => return Ok(up),
                 Err(e) => {
                     let timeout = matches!(classify(&e), ForwardError::Timeout);
-                    if reused && attempt == 0 && !timeout {
+                    if reused && attempt == 0 && !timeout && interim.is_empty() {
                         tracing::debug!("pooled upstream connection failed; retrying on a new one");
                         continue;
                     }
@@ -620,20 +625,23 @@ impl Guard {
         &self,
         session: &mut Session,
         mut up: UpstreamSession,
-        mut head: ResponseHeader,
+        interim: Vec<ResponseHeader>,
+        head: ResponseHeader,
         peer: &HttpPeer,
     ) {
-        for name in ["connection", "keep-alive", "proxy-connection", "upgrade"] {
-            head.remove_header(name);
-        }
+        // Interim (1xx) heads first, then the final one.
         let done = up.response_done();
-        if session
-            .write_response_header(Box::new(head), done)
-            .await
-            .is_err()
-        {
-            up.shutdown().await;
-            return;
+        let heads = interim.into_iter().map(|h| (h, false));
+        for (mut h, end) in heads.chain(std::iter::once((head, done))) {
+            strip_response_hop_by_hop(&mut h);
+            if session
+                .write_response_header(Box::new(h), end)
+                .await
+                .is_err()
+            {
+                up.shutdown().await;
+                return;
+            }
         }
         loop {
             match up.read_response_body().await {
@@ -757,6 +765,7 @@ async fn exchange_h1(
     req: &RequestHeader,
     body: &Bytes,
     peer: &HttpPeer,
+    interim: &mut Vec<ResponseHeader>,
 ) -> pingora::Result<Http1Session> {
     use tokio::io::AsyncWriteExt;
     let mut head = http_req_header_to_wire(req)
@@ -787,9 +796,26 @@ async fn exchange_h1(
     h1.write_timeout = peer.options.write_timeout;
     loop {
         h1.read_response().await?;
-        if !matches!(h1.get_status().map(|s| s.as_u16()), Some(100..=199)) {
-            return Ok(h1);
+        match h1.resp_header() {
+            Some(h) if h.status.is_informational() => keep_interim(interim, h),
+            _ => return Ok(h1),
         }
+    }
+}
+
+/// Removes the headers that describe the app's connection, not the answer.
+fn strip_response_hop_by_hop(head: &mut ResponseHeader) {
+    for name in ["connection", "keep-alive", "proxy-connection", "upgrade"] {
+        head.remove_header(name);
+    }
+}
+
+/// Keeps an interim (1xx) answer to pass on before the final one, as a proxy
+/// must (RFC 9110 §15.2); `101` is never expected here (upgrades are not
+/// taken on this path) and is dropped.
+fn keep_interim(interim: &mut Vec<ResponseHeader>, head: &ResponseHeader) {
+    if head.status != StatusCode::SWITCHING_PROTOCOLS && interim.len() < 8 {
+        interim.push(head.clone());
     }
 }
 
@@ -798,14 +824,15 @@ async fn exchange(
     up: &mut UpstreamSession,
     req: &RequestHeader,
     body: &Bytes,
+    interim: &mut Vec<ResponseHeader>,
 ) -> pingora::Result<()> {
     up.write_request_header(Box::new(req.clone())).await?;
     up.write_request_body(body.clone(), true).await?;
     up.finish_request_body().await?;
     loop {
         up.read_response_header().await?;
-        match up.response_header().map(|h| h.status.as_u16()) {
-            Some(100..=199) => continue,
+        match up.response_header() {
+            Some(h) if h.status.is_informational() => keep_interim(interim, h),
             _ => return Ok(()),
         }
     }

@@ -201,3 +201,182 @@ fn buffered_passthrough_survives_an_upstream_restart() {
     let recs = up.wait_for_requests(1, W);
     assert_eq!(recs.last().unwrap().body, b"three");
 }
+
+/// What the scripted upstream was sent: each request's head and body.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// An upstream that answers each request with the next of a list of raw
+/// responses, on keep-alive connections, and records what it was sent. A
+/// response containing `Connection: close` is followed by closing the socket.
+struct ScriptedUpstream {
+    addr: std::net::SocketAddr,
+    seen: Seen,
+}
+
+impl ScriptedUpstream {
+    fn start(responses: Vec<Vec<u8>>) -> ScriptedUpstream {
+        use std::io::{Read, Write};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Seen = Arc::default();
+        let script = Arc::new(Mutex::new(responses.into_iter()));
+        let seen_t = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut s) = conn else { return };
+                let (seen, script) = (seen_t.clone(), script.clone());
+                std::thread::spawn(move || {
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let mut buf = Vec::new();
+                    let mut tmp = [0u8; 65536];
+                    loop {
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match s.read(&mut tmp) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        while buf.len() < head_end + len {
+                            match s.read(&mut tmp) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                            }
+                        }
+                        let body = buf[head_end..head_end + len].to_vec();
+                        buf.drain(..head_end + len);
+                        seen.lock().unwrap().push((head, body));
+                        let Some(resp) = script.lock().unwrap().next() else {
+                            return;
+                        };
+                        if s.write_all(&resp).is_err() {
+                            return;
+                        }
+                        let lower = String::from_utf8_lossy(&resp).to_ascii_lowercase();
+                        if lower.contains("connection: close") {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        ScriptedUpstream { addr, seen }
+    }
+
+    fn seen(&self) -> Vec<(String, Vec<u8>)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// How the app frames its answer does not matter to the buffered path: a
+/// chunked body, an interim 103 (passed on), a 204, a body delimited by closing the
+/// connection and a large body all reach the client intact.
+#[test]
+fn buffered_passthrough_relays_every_response_framing() {
+    let big: Vec<u8> = (0..2 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut large =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", big.len()).into_bytes();
+    large.extend_from_slice(&big);
+    let up = ScriptedUpstream::start(vec![
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n"
+            .to_vec(),
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\nmade"
+            .to_vec(),
+        b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+        large,
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end".to_vec(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter".to_vec(),
+    ]);
+    let p = proxy()
+        .upstream_literal(&format!("http://{}", up.addr))
+        .start();
+    let mut c = p.client();
+    let r = c.request(&request("POST", "/app/chunked", &[], b"one"));
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"hello, world"[..]));
+    // An interim answer is passed on (RFC 9110 §15.2), then the final one.
+    c.send(&request("POST", "/app/hints", &[], b"two"));
+    let r = c.try_read_any().unwrap();
+    assert_eq!(r.status, 103, "{:?}", r.headers);
+    assert_eq!(r.header("link"), Some("</a.css>; rel=preload"));
+    let r = c.read_response();
+    assert_eq!((r.status, r.body.as_slice()), (201, &b"made"[..]));
+    let r = c.request(&request("DELETE", "/app/nothing", &[], b""));
+    assert_eq!((r.status, r.body.len()), (204, 0));
+    let r = c.request(&request("GET", "/app/large", &[], b""));
+    assert_eq!(r.status, 200);
+    assert!(r.body == big, "2 MiB body differs ({} bytes)", r.body.len());
+    // A body that ends when the app closes reaches the client whole; whether
+    // the client's connection survives depends on how it is re-framed, so the
+    // next request takes a new one. The proxy opens a new one to the app.
+    let r = c.request(&request("GET", "/app/close-delimited", &[], b""));
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"until the end"[..]));
+    let r = one_shot(p.listen, &request("PUT", "/app/after", &[], b"six"));
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"after"[..]),
+        "{}",
+        r.text()
+    );
+    let seen = up.seen();
+    let bodies: Vec<&[u8]> = seen.iter().map(|(_, b)| b.as_slice()).collect();
+    assert_eq!(bodies, [&b"one"[..], b"two", b"", b"", b"", b"six"]);
+}
+
+/// A client that says `Connection: close` gets its answer and a closed
+/// connection; a body that arrives slowly in pieces is forwarded whole; a
+/// client that hangs up mid-body sends the app nothing.
+#[test]
+fn buffered_passthrough_client_behaviour() {
+    let up = Upstream::start();
+    let p = proxy().upstream(&up).start();
+
+    let mut c = p.client();
+    let r = c.request(&request(
+        "POST",
+        "/app/bye",
+        &[("Connection", "close")],
+        b"last",
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        c.closed_within(Duration::from_secs(5)),
+        "connection should close"
+    );
+
+    let body: Vec<u8> = (0..3000).map(|i| b'a' + (i % 26) as u8).collect();
+    let raw = request("POST", "/app/slow", &[], &body);
+    let head_len = raw.len() - body.len();
+    let mut c = p.client();
+    c.send(&raw[..head_len]);
+    for piece in body.chunks(1000) {
+        std::thread::sleep(Duration::from_millis(300));
+        c.send(piece);
+    }
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let mut c = p.client();
+    c.send(&raw[..head_len + 100]);
+    drop(c);
+    std::thread::sleep(Duration::from_millis(500));
+    let recs = up.wait_for_requests(2, W);
+    assert_eq!(
+        recs.len(),
+        2,
+        "the half-sent request must not reach the app"
+    );
+    assert_eq!(recs[0].body, b"last");
+    assert_eq!(recs[1].body, body);
+}
