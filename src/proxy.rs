@@ -25,13 +25,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RETRY_AFTER};
 use http::{HeaderName, Method, StatusCode};
 use pingora::connectors::http::Connector;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::{HeaderNameVariant, RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
-use pingora::protocols::http::v1::client::{HttpSession as Http1Session, http_req_header_to_wire};
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -479,17 +479,25 @@ impl Guard {
         };
 
         // 8. forward.
-        let mut req = upstream_h1_request(session.req_header(), &route.upstream)?;
-        req.insert_header(CONTENT_LENGTH, body.len().to_string())?;
-        req.insert_header(cfg.headers.event_type.clone(), ev.name.as_ref())?;
-        req.insert_header(cfg.headers.event_id.clone(), ev.id.as_ref())?;
+        let h = &cfg.headers;
+        let mut trusted = vec![
+            (&h.event_type, ev.name.as_ref()),
+            (&h.event_id, ev.id.as_ref()),
+        ];
         if let Some(c) = &ev.created_at {
-            req.insert_header(cfg.headers.event_created_at.clone(), c.as_ref())?;
+            trusted.push((&h.event_created_at, c.as_ref()));
         }
+        let wire = Wire::new(
+            session.req_header(),
+            &route.upstream,
+            &trusted,
+            Some(body.len()),
+            &body,
+        )?;
         let peer = peer_for(&route.upstream);
         let sent = Instant::now();
         let mut interim = Vec::new();
-        let upstream = match self.send(&peer, &req, &body, &mut interim).await {
+        let upstream = match self.send(&peer, &wire, &mut interim).await {
             Ok(u) => u,
             Err(e) => {
                 if let Some(c) = claim {
@@ -552,10 +560,18 @@ impl Guard {
             Ok(b) => b,
             Err(o) => return body_refused(session, ctx, o).await,
         };
-        let req = upstream_h1_request(session.req_header(), &cfg.upstream)?;
+        let client = session.req_header();
+        let declared = client.headers.contains_key(CONTENT_LENGTH);
+        let wire = Wire::new(
+            client,
+            &cfg.upstream,
+            &[],
+            declared.then_some(body.len()),
+            &body,
+        )?;
         let peer = peer_for(&cfg.upstream);
         let mut interim = Vec::new();
-        let upstream = match self.send(&peer, &req, &body, &mut interim).await {
+        let upstream = match self.send(&peer, &wire, &mut interim).await {
             Ok(u) => u,
             Err(ForwardError::Unavailable) => {
                 return respond(session, ctx, Outcome::UpstreamUnavailable, true, None).await;
@@ -580,31 +596,23 @@ impl Guard {
     async fn send(
         &self,
         peer: &HttpPeer,
-        req: &RequestHeader,
-        body: &Bytes,
+        wire: &Wire<'_>,
         interim: &mut Vec<ResponseHeader>,
     ) -> Result<UpstreamSession, ForwardError> {
         for attempt in 0..2 {
-            let (up, reused) = match self.shared.connector.get_http_session(peer).await {
+            let (mut up, reused) = match self.shared.connector.get_http_session(peer).await {
                 Ok(s) => s,
                 Err(e) => return Err(classify(&e)),
             };
-            let result = match up {
-                UpstreamSession::H1(h1) => exchange_h1(h1, req, body, peer, interim)
-                    .await
-                    .map(UpstreamSession::H1),
-                mut other => {
-                    other.set_read_timeout(peer.options.read_timeout);
-                    other.set_write_timeout(peer.options.write_timeout);
-                    match exchange(&mut other, req, body, interim).await {
-                        Ok(()) => Ok(other),
-                        Err(e) => {
-                            other.shutdown().await;
-                            Err(e)
-                        }
-                    }
-                }
+            // Peers are built HTTP/1.1-only (pingora's default ALPN), so the
+            // connector hands out HTTP/1 sessions only.
+            let UpstreamSession::H1(h1) = up else {
+                up.shutdown().await;
+                return Err(ForwardError::Unavailable);
             };
+            let result = exchange_h1(h1, wire, peer, interim)
+                .await
+                .map(UpstreamSession::H1);
             match result {
                 Ok(up) => return Ok(up),
                 Err(e) => {
@@ -709,31 +717,88 @@ fn small_h1_request(session: &Session) -> bool {
     }
 }
 
-/// The request head as the HTTP/1.1 upstream gets it: hop-by-hop headers
-/// removed, origin-form target, `Host` per the upstream's `host_header` policy
-/// (an HTTP/2 client's `:authority` becomes `Host`).
-fn upstream_h1_request(client: &RequestHeader, up: &Upstream) -> pingora::Result<RequestHeader> {
-    let mut req = client.clone();
-    for name in HOP_BY_HOP {
-        req.remove_header(name);
+/// A request as the HTTP/1.1 app gets it, ready to write: the head, written
+/// straight from the client's head (header names in the client's case, no
+/// second header map built), with the body appended when it fits in one write.
+struct Wire<'a> {
+    /// The head, followed by the body when `rest` is empty.
+    first: BytesMut,
+    /// The body when it is written after the head (over [`COALESCE_LIMIT`]).
+    rest: &'a [u8],
+}
+
+impl<'a> Wire<'a> {
+    /// Hop-by-hop headers and the client's `Content-Length` are left out; the
+    /// target is in origin form; `Host` follows the upstream's `host_header`
+    /// (an HTTP/2 client's `:authority` becomes `Host`); then `extra`, and
+    /// `Content-Length` when given.
+    fn new(
+        client: &RequestHeader,
+        up: &Upstream,
+        extra: &[(&HeaderName, &str)],
+        content_length: Option<usize>,
+        body: &'a [u8],
+    ) -> pingora::Result<Wire<'a>> {
+        use std::fmt::Write;
+        let uri = &client.uri;
+        let target: &[u8] = if uri.scheme().is_some() || uri.authority().is_some() {
+            uri.path_and_query()
+                .map_or(b"/".as_slice(), |p| p.as_str().as_bytes())
+        } else {
+            client.raw_path()
+        };
+        if target.is_empty() || target.iter().any(|&b| b <= b' ' || b == 0x7f) {
+            return Err(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "request target",
+            ));
+        }
+        let coalesce = body.len() <= COALESCE_LIMIT;
+        let mut first = BytesMut::with_capacity(512 + if coalesce { body.len() } else { 0 });
+        first.put_slice(client.method.as_str().as_bytes());
+        first.put_u8(b' ');
+        first.put_slice(target);
+        first.put_slice(b" HTTP/1.1\r\n");
+        let own_host = up.host_header == config::HostHeader::Upstream;
+        let mut has_host = false;
+        client.map(|name, value| {
+            let name = match name {
+                HeaderNameVariant::Case(c) => c.as_slice(),
+                HeaderNameVariant::Titled(t) => t.as_bytes(),
+            };
+            let is = |other: &str| name.eq_ignore_ascii_case(other.as_bytes());
+            has_host |= is("host");
+            if !(HOP_BY_HOP.iter().any(|h| is(h)) || is("content-length") || own_host && is("host"))
+            {
+                put_header(&mut first, name, value.as_bytes());
+            }
+            Ok(())
+        })?;
+        if own_host {
+            put_header(&mut first, b"Host", up.authority.as_bytes());
+        } else if let (false, Some(a)) = (has_host, uri.authority()) {
+            put_header(&mut first, b"Host", a.as_str().as_bytes());
+        }
+        for (name, value) in extra {
+            put_header(&mut first, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if let Some(n) = content_length {
+            let _ = write!(first, "Content-Length: {n}\r\n");
+        }
+        first.put_slice(b"\r\n");
+        if coalesce {
+            first.put_slice(body);
+            return Ok(Wire { first, rest: &[] });
+        }
+        Ok(Wire { first, rest: body })
     }
-    let authority = client.uri.authority().map(|a| a.as_str().to_string());
-    if req.version != http::Version::HTTP_11 {
-        req.set_version(http::Version::HTTP_11);
-    }
-    if client.uri.scheme().is_some() || client.uri.authority().is_some() {
-        let pq = client
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".to_string());
-        let uri: http::Uri = pq
-            .parse()
-            .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "request target"))?;
-        req.set_uri(uri);
-    }
-    set_host(&mut req, up, authority.as_deref())?;
-    Ok(req)
+}
+
+fn put_header(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
+    buf.put_slice(name);
+    buf.put_slice(b": ");
+    buf.put_slice(value);
+    buf.put_slice(b"\r\n");
 }
 
 /// Applies the `host_header` policy; fills `Host` from an HTTP/2 `:authority`.
@@ -757,40 +822,32 @@ fn set_host(
     Ok(())
 }
 
-/// HTTP/1.1: writes the request head and the body in one flush (one segment on
-/// the wire for a typical delivery, instead of pingora's head-then-body), then
-/// reads the final response head. The connection goes back to the pool as usual.
+/// HTTP/1.1: writes the request (head and, up to [`COALESCE_LIMIT`], body in
+/// one write: one segment on the wire for a typical request, where pingora's
+/// client writes head and body separately), then reads the response head,
+/// keeping interim ones. The connection goes back to the pool as usual.
 async fn exchange_h1(
     h1: Http1Session,
-    req: &RequestHeader,
-    body: &Bytes,
+    wire: &Wire<'_>,
     peer: &HttpPeer,
     interim: &mut Vec<ResponseHeader>,
 ) -> pingora::Result<Http1Session> {
     use tokio::io::AsyncWriteExt;
-    let mut head = http_req_header_to_wire(req)
-        .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "request head"))?;
-    // One buffer for a typical delivery (the copy is cheaper than a second
-    // segment through the kernel); large bodies are written after the head.
-    let coalesce = body.len() <= COALESCE_LIMIT;
-    if coalesce {
-        head.extend_from_slice(body);
-    }
     let mut stream = h1.into_inner();
     let write = async {
-        stream.write_all(&head).await?;
-        if !coalesce {
-            stream.write_all(body).await?;
+        stream.write_all(&wire.first).await?;
+        if !wire.rest.is_empty() {
+            stream.write_all(wire.rest).await?;
         }
         stream.flush().await
     };
     let written = match peer.options.write_timeout {
         Some(t) => tokio::time::timeout(t, write)
             .await
-            .map_err(|_| Error::explain(ErrorType::WriteTimedout, "writing the delivery"))?,
+            .map_err(|_| Error::explain(ErrorType::WriteTimedout, "writing the request"))?,
         None => write.await,
     };
-    written.map_err(|e| Error::because(ErrorType::WriteError, "writing the delivery", e))?;
+    written.map_err(|e| Error::because(ErrorType::WriteError, "writing the request", e))?;
     let mut h1 = Http1Session::new_with_options(stream, peer);
     h1.read_timeout = peer.options.read_timeout;
     h1.write_timeout = peer.options.write_timeout;
@@ -816,25 +873,6 @@ fn strip_response_hop_by_hop(head: &mut ResponseHeader) {
 fn keep_interim(interim: &mut Vec<ResponseHeader>, head: &ResponseHeader) {
     if head.status != StatusCode::SWITCHING_PROTOCOLS && interim.len() < 8 {
         interim.push(head.clone());
-    }
-}
-
-/// Writes the request head and body, then reads the final response head (HTTP/2).
-async fn exchange(
-    up: &mut UpstreamSession,
-    req: &RequestHeader,
-    body: &Bytes,
-    interim: &mut Vec<ResponseHeader>,
-) -> pingora::Result<()> {
-    up.write_request_header(Box::new(req.clone())).await?;
-    up.write_request_body(body.clone(), true).await?;
-    up.finish_request_body().await?;
-    loop {
-        up.read_response_header().await?;
-        match up.response_header() {
-            Some(h) if h.status.is_informational() => keep_interim(interim, h),
-            _ => return Ok(()),
-        }
     }
 }
 
@@ -1015,5 +1053,114 @@ impl ProxyHttp for Guard {
                 "passthrough"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(host_header: config::HostHeader) -> Upstream {
+        Upstream {
+            address: "127.0.0.1:3000".parse().unwrap(),
+            authority: "app.internal:3000".into(),
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            tls: false,
+            sni: String::new(),
+            verify: true,
+            host_header,
+        }
+    }
+
+    fn client() -> RequestHeader {
+        let mut req = RequestHeader::build("POST", b"/webhooks/persona?x=1", None).unwrap();
+        for (k, v) in [
+            ("Host", "public.example"),
+            ("X-Mixed-Case", "one"),
+            ("Connection", "keep-alive"),
+            ("Transfer-Encoding", "chunked"),
+            ("content-length", "999"),
+            ("x-mixed-case", "two"),
+            ("Expect", "100-continue"),
+            ("TE", "trailers"),
+        ] {
+            req.append_header(k.to_string(), v).unwrap();
+        }
+        req
+    }
+
+    fn text(w: &Wire<'_>) -> String {
+        String::from_utf8(w.first.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn wire_keeps_client_headers_in_their_case_and_drops_hop_by_hop_ones() {
+        let up = upstream(config::HostHeader::Keep);
+        let event_id = HeaderName::from_static("x-persona-event-id");
+        let w = Wire::new(&client(), &up, &[(&event_id, "evt_1")], Some(4), b"body").unwrap();
+        assert_eq!(
+            text(&w),
+            "POST /webhooks/persona?x=1 HTTP/1.1\r\n\
+             Host: public.example\r\n\
+             X-Mixed-Case: one\r\n\
+             x-mixed-case: two\r\n\
+             x-persona-event-id: evt_1\r\n\
+             Content-Length: 4\r\n\r\nbody"
+        );
+        assert!(w.rest.is_empty());
+    }
+
+    #[test]
+    fn wire_host_policy_and_absolute_targets() {
+        let mut req = client();
+        req.set_uri("http://public.example/app/a?b=c".parse().unwrap());
+        let w = Wire::new(
+            &req,
+            &upstream(config::HostHeader::Upstream),
+            &[],
+            None,
+            b"",
+        )
+        .unwrap();
+        let t = text(&w);
+        assert!(t.starts_with("POST /app/a?b=c HTTP/1.1\r\n"), "{t}");
+        assert!(t.contains("\r\nHost: app.internal:3000\r\n"), "{t}");
+        assert!(!t.contains("public.example\r\n"), "{t}");
+        assert!(!t.to_ascii_lowercase().contains("content-length"), "{t}");
+
+        // An HTTP/2 client has no Host, only :authority.
+        let mut h2 = RequestHeader::build("GET", b"/", None).unwrap();
+        h2.set_uri("https://public.example/app".parse().unwrap());
+        let w = Wire::new(&h2, &upstream(config::HostHeader::Keep), &[], None, b"").unwrap();
+        assert_eq!(
+            text(&w),
+            "GET /app HTTP/1.1\r\nHost: public.example\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn wire_writes_large_bodies_after_the_head() {
+        let body = vec![b'x'; COALESCE_LIMIT + 1];
+        let w = Wire::new(
+            &client(),
+            &upstream(config::HostHeader::Keep),
+            &[],
+            Some(body.len()),
+            &body,
+        )
+        .unwrap();
+        assert!(text(&w).ends_with(&format!("Content-Length: {}\r\n\r\n", body.len())));
+        assert_eq!(w.rest.len(), body.len());
+        let small = vec![b'y'; COALESCE_LIMIT];
+        let w = Wire::new(
+            &client(),
+            &upstream(config::HostHeader::Keep),
+            &[],
+            Some(small.len()),
+            &small,
+        )
+        .unwrap();
+        assert!(w.rest.is_empty() && w.first.ends_with(&small));
     }
 }
