@@ -108,7 +108,7 @@ mod tests {
     use crate::config::{self, Env};
     use crate::metrics::Metrics;
     use crate::replay::{MemoryStore, Store, SystemClock};
-    use pingora::connectors::http::Connector;
+    use pingora::connectors::http::v1::Connector;
 
     struct NoEnv;
     impl Env for NoEnv {

@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RETRY_AFTER};
 use http::{HeaderName, Method, StatusCode};
-use pingora::connectors::http::Connector;
+use pingora::connectors::http::v1::Connector;
 use pingora::http::{HeaderNameVariant, RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::v1::client::HttpSession as Http1Session;
@@ -600,15 +600,16 @@ impl Guard {
         interim: &mut Vec<ResponseHeader>,
     ) -> Result<UpstreamSession, ForwardError> {
         for attempt in 0..2 {
-            let (mut up, reused) = match self.shared.connector.get_http_session(peer).await {
-                Ok(s) => s,
-                Err(e) => return Err(classify(&e)),
-            };
-            // Peers are built HTTP/1.1-only (pingora's default ALPN), so the
-            // connector hands out HTTP/1 sessions only.
-            let UpstreamSession::H1(h1) = up else {
-                up.shutdown().await;
-                return Err(ForwardError::Unavailable);
+            let connector = &self.shared.connector;
+            // A pooled connection is the common case and a small future; a new
+            // connection (TCP, maybe TLS) is a large one, boxed so that every
+            // request's future does not carry (and copy) its size.
+            let (h1, reused) = match connector.reused_http_session(peer).await {
+                Some(h1) => (h1, true),
+                None => match Box::pin(connector.get_http_session(peer)).await {
+                    Ok(s) => s,
+                    Err(e) => return Err(classify(&e)),
+                },
             };
             let result = exchange_h1(h1, wire, peer, interim)
                 .await
@@ -676,10 +677,12 @@ impl Guard {
         if session.write_response_body(None, true).await.is_err() {
             session.set_keepalive(None);
         }
-        if up.response_done() {
+        if up.response_done()
+            && let UpstreamSession::H1(h1) = up
+        {
             self.shared
                 .connector
-                .release_http_session(up, peer, Some(UPSTREAM_IDLE))
+                .release_http_session(h1, peer, Some(UPSTREAM_IDLE))
                 .await;
         }
     }
