@@ -201,3 +201,25 @@ pub fn status_class(status: u16) -> &'static str {
         _ => "5xx",
     }
 }
+
+/// The `secret` label of a secret's position (no allocation for the first ten).
+pub fn index_label(index: usize) -> std::borrow::Cow<'static, str> {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(index) {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(index.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_labels_are_decimal_positions() {
+        assert_eq!(index_label(0), "0");
+        assert_eq!(index_label(9), "9");
+        assert_eq!(index_label(10), "10");
+        assert_eq!(index_label(123), "123");
+    }
+}

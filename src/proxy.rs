@@ -409,7 +409,7 @@ impl Guard {
                 self.shared
                     .metrics
                     .secret_matches
-                    .with_label_values(&[&route.path, &secret_index.to_string()])
+                    .with_label_values(&[route.path.as_str(), &metrics::index_label(secret_index)])
                     .inc();
             }
         }
@@ -882,6 +882,11 @@ fn keep_interim(interim: &mut Vec<ResponseHeader>, head: &ResponseHeader) {
 #[async_trait]
 impl ProxyHttp for Guard {
     type CTX = Ctx;
+
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
+        // pingora's default adds its response-compression module, disabled,
+        // which still runs on every request; persona-guard never compresses.
+    }
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
