@@ -290,29 +290,44 @@ async fn respond(
     Ok(true)
 }
 
-/// Reads the whole request body within `max_body` bytes and the `deadline`.
+/// Reads the whole request body within `max_body` bytes and, when given, the
+/// `deadline` (each read is also bounded by the session's read timeout). A body
+/// that arrives in one piece, the usual case, is returned without a copy.
 async fn read_body(
     session: &mut Session,
     max_body: u64,
-    deadline: tokio::time::Instant,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<Bytes, Outcome> {
-    let mut buf = BytesMut::new();
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
     loop {
-        let chunk = match tokio::time::timeout_at(deadline, session.read_request_body()).await {
-            Err(_) => return Err(Outcome::BodyTimeout),
-            Ok(Err(_)) => return Err(Outcome::ClientError),
-            Ok(Ok(None)) => break,
-            Ok(Ok(Some(c))) => c,
+        let read = session.read_request_body();
+        let next = match deadline {
+            Some(d) => tokio::time::timeout_at(d, read)
+                .await
+                .map_err(|_| Outcome::BodyTimeout)?,
+            None => read.await,
         };
-        if (buf.len() + chunk.len()) as u64 > max_body {
+        let chunk = match next {
+            Err(_) => return Err(Outcome::ClientError),
+            Ok(None) => break,
+            Ok(Some(c)) => c,
+        };
+        let held = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        if (held + chunk.len()) as u64 > max_body {
             return Err(Outcome::BodyTooLarge);
         }
-        if buf.is_empty() {
-            buf.reserve(chunk.len());
+        if held == 0 && first.is_none() {
+            first = Some(chunk);
+            continue;
         }
-        buf.extend_from_slice(&chunk);
+        if let Some(f) = first.take() {
+            rest.reserve(f.len() + chunk.len());
+            rest.extend_from_slice(&f);
+        }
+        rest.extend_from_slice(&chunk);
     }
-    Ok(buf.freeze())
+    Ok(first.unwrap_or_else(|| rest.freeze()))
 }
 
 /// Ends a request whose body could not be read: a client that went away gets
@@ -379,7 +394,7 @@ impl Guard {
             session.req_header_mut().remove_header(&EXPECT);
         }
         let deadline = tokio::time::Instant::now() + cfg.body_timeout;
-        let body = match read_body(session, route.max_body, deadline).await {
+        let body = match read_body(session, route.max_body, Some(deadline)).await {
             Ok(b) => b,
             Err(o) => return body_refused(session, ctx, o).await,
         };
@@ -555,8 +570,8 @@ impl Guard {
         if !small_h1_request(session) {
             return Ok(false);
         }
-        let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
-        let body = match read_body(session, COALESCE_LIMIT as u64, deadline).await {
+        // Each read is bounded by the session's read timeout, as on pingora's path.
+        let body = match read_body(session, COALESCE_LIMIT as u64, None).await {
             Ok(b) => b,
             Err(o) => return body_refused(session, ctx, o).await,
         };
