@@ -38,23 +38,65 @@ RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" \
 PIDS+=($VG)
 wait_port "$LISTEN"
 
-load() { # mode path count -> "requests ok"
-  "$LOADGEN" --target "127.0.0.1:$LISTEN" --mode "$1" --path "$2" --connections 16 \
+# Zeroes the counters of callgrind process $1, sends $N requests of mode $2 to
+# path $3 on port $4, dumps, and prints the instructions per request.
+count() {
+  local vg=$1 mode=$2 path=$3 port=$4 sent ok dump total
+  callgrind_control -z "$vg" >/dev/null 2>&1
+  read -r sent ok < <(load "$mode" "$path" "$N" "$port")
+  callgrind_control -d "$vg" >/dev/null 2>&1
+  sleep 1
+  dump=$(ls -t "$WORK"/cg."$vg"* | head -1)
+  total=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
+  [ "$ok" = "$N" ] || echo "  warning: $ok of $sent answered 2xx" >&2
+  echo $((total / N))
+}
+
+load() { # mode path count port -> "requests ok"
+  "$LOADGEN" --target "127.0.0.1:$4" --mode "$1" --path "$2" --connections 16 \
     --duration 300s --max-requests "$3" |
     python3 -c 'import json,sys; o=json.load(sys.stdin); print(o["requests"], o["ok"])'
 }
 
-load plain /x 300 >/dev/null # warm up pools and caches
-load signed /webhooks/persona 300 >/dev/null
-echo "persona-guard: user-space instructions per request (callgrind, $N requests per mode, ~4 KiB bodies)"
-for m in "plain /x passthrough" "signed /webhooks/persona verified+forwarded"; do
-  set -- $m
-  callgrind_control -z "$VG" >/dev/null 2>&1
-  read -r sent ok < <(load "$1" "$2" "$N")
-  callgrind_control -d "$VG" >/dev/null 2>&1
-  sleep 1
-  dump=$(ls -t "$WORK"/cg."$VG"* | head -1)
-  total=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
-  [ "$ok" = "$N" ] || echo "  warning: $ok of $sent answered 2xx" >&2
-  printf '  %-20s %9d instructions/request\n' "$3" $((total / N))
-done
+load plain /x 300 "$LISTEN" >/dev/null # warm up pools and caches
+load signed /webhooks/persona 300 "$LISTEN" >/dev/null
+pg_plain=$(count "$VG" plain /x "$LISTEN")
+pg_signed=$(count "$VG" signed /webhooks/persona "$LISTEN")
+
+# The yardstick: nginx as a plain proxy_pass with upstream keep-alive, one
+# process (no master), under the same counter.
+NGINX_ROW=""
+if command -v nginx >/dev/null; then
+  NGX=$(free_port)
+  cat >"$WORK/nginx.conf" <<NGINX
+daemon off;
+master_process off;
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.err warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_buffer_size 2m;
+  client_max_body_size 2m;
+  keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$UP; keepalive 64; }
+  server { listen 127.0.0.1:$NGX;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+NGINX
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" \
+    nginx -c "$WORK/nginx.conf" -p "$WORK" >/dev/null 2>&1 & NVG=$!
+  PIDS+=($NVG)
+  wait_port "$NGX"
+  load plain /x 300 "$NGX" >/dev/null
+  ngx_plain=$(count "$NVG" plain /x "$NGX")
+  ngx_signed=$(count "$NVG" signed /webhooks/persona "$NGX")
+fi
+
+echo "user-space instructions per request (callgrind, $N requests per row, ~4 KiB bodies)"
+printf '  %-50s %9s %9s\n' "" "plain" "signed"
+printf '  %-50s %9d %9d\n' "persona-guard (passthrough / verified+forwarded)" "$pg_plain" "$pg_signed"
+if [ -n "${ngx_plain:-}" ]; then
+  printf '  %-50s %9d %9d\n' "nginx proxy_pass (no verification)" "$ngx_plain" "$ngx_signed"
+fi
