@@ -218,6 +218,15 @@ enum ForwardError {
     Timeout,
 }
 
+impl From<ForwardError> for Outcome {
+    fn from(e: ForwardError) -> Outcome {
+        match e {
+            ForwardError::Unavailable => Outcome::UpstreamUnavailable,
+            ForwardError::Timeout => Outcome::UpstreamTimeout,
+        }
+    }
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -321,7 +330,7 @@ async fn read_body(
         if (held + chunk.len()) as u64 > max_body {
             return Err(Outcome::BodyTooLarge);
         }
-        if held == 0 && first.is_none() {
+        if first.is_none() && rest.is_empty() {
             first = Some(chunk);
             continue;
         }
@@ -384,13 +393,7 @@ impl Guard {
             },
         };
         // 3. body size: a declared length over the limit is refused unread.
-        let declared = session
-            .req_header()
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > route.max_body) {
+        if declared_length(session.req_header()).is_some_and(|n| n > route.max_body) {
             return respond(session, ctx, Outcome::BodyTooLarge, false, None).await;
         }
         if session.req_header().headers.contains_key(EXPECT) {
@@ -522,11 +525,7 @@ impl Guard {
                 if let Some(c) = claim {
                     c.release().await;
                 }
-                let o = match e {
-                    ForwardError::Unavailable => Outcome::UpstreamUnavailable,
-                    ForwardError::Timeout => Outcome::UpstreamTimeout,
-                };
-                return respond(session, ctx, o, true, None).await;
+                return respond(session, ctx, e.into(), true, None).await;
             }
         };
         let Some(head) = upstream.response_header().cloned() else {
@@ -592,12 +591,7 @@ impl Guard {
         let mut interim = Vec::new();
         let upstream = match self.send(&peer, &wire, &mut interim).await {
             Ok(u) => u,
-            Err(ForwardError::Unavailable) => {
-                return respond(session, ctx, Outcome::UpstreamUnavailable, true, None).await;
-            }
-            Err(ForwardError::Timeout) => {
-                return respond(session, ctx, Outcome::UpstreamTimeout, true, None).await;
-            }
+            Err(e) => return respond(session, ctx, e.into(), true, None).await,
         };
         let Some(head) = upstream.response_header().cloned() else {
             return respond(session, ctx, Outcome::UpstreamUnavailable, true, None).await;
@@ -729,14 +723,16 @@ fn small_h1_request(session: &Session) -> bool {
     {
         return false;
     }
-    match h.get(CONTENT_LENGTH) {
-        None => true,
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .is_some_and(|n| n <= COALESCE_LIMIT),
-    }
+    !h.contains_key(CONTENT_LENGTH)
+        || declared_length(req).is_some_and(|n| n <= COALESCE_LIMIT as u64)
+}
+
+/// The request's `Content-Length`, when present and a number.
+fn declared_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A request as the HTTP/1.1 app gets it, ready to write: the head, written
@@ -821,27 +817,6 @@ fn put_header(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
     buf.put_slice(b": ");
     buf.put_slice(value);
     buf.put_slice(b"\r\n");
-}
-
-/// Applies the `host_header` policy; fills `Host` from an HTTP/2 `:authority`.
-fn set_host(
-    req: &mut RequestHeader,
-    up: &Upstream,
-    authority: Option<&str>,
-) -> pingora::Result<()> {
-    match up.host_header {
-        config::HostHeader::Upstream => {
-            req.insert_header(http::header::HOST, up.authority.as_str())?;
-        }
-        config::HostHeader::Keep => {
-            if !req.headers.contains_key(http::header::HOST)
-                && let Some(a) = authority
-            {
-                req.insert_header(http::header::HOST, a)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// HTTP/1.1: writes the request (head and, up to [`COALESCE_LIMIT`], body in
@@ -979,7 +954,7 @@ impl ProxyHttp for Guard {
         if let Some(cfg) = &ctx.config
             && cfg.upstream.host_header == config::HostHeader::Upstream
         {
-            set_host(upstream_request, &cfg.upstream, None)?;
+            upstream_request.insert_header(http::header::HOST, cfg.upstream.authority.as_str())?;
         }
         Ok(())
     }
@@ -1168,26 +1143,17 @@ mod tests {
 
     #[test]
     fn wire_writes_large_bodies_after_the_head() {
-        let body = vec![b'x'; COALESCE_LIMIT + 1];
-        let w = Wire::new(
-            &client(),
-            &upstream(config::HostHeader::Keep),
-            &[],
-            Some(body.len()),
-            &body,
-        )
-        .unwrap();
-        assert!(text(&w).ends_with(&format!("Content-Length: {}\r\n\r\n", body.len())));
-        assert_eq!(w.rest.len(), body.len());
+        let wire = |body: &[u8]| -> (String, usize, bool) {
+            let up = upstream(config::HostHeader::Keep);
+            let w = Wire::new(&client(), &up, &[], Some(body.len()), body).unwrap();
+            (text(&w), w.rest.len(), w.first.ends_with(body))
+        };
+        let large = vec![b'x'; COALESCE_LIMIT + 1];
+        let (head, rest, _) = wire(&large);
+        assert!(head.ends_with(&format!("Content-Length: {}\r\n\r\n", large.len())));
+        assert_eq!(rest, large.len());
         let small = vec![b'y'; COALESCE_LIMIT];
-        let w = Wire::new(
-            &client(),
-            &upstream(config::HostHeader::Keep),
-            &[],
-            Some(small.len()),
-            &small,
-        )
-        .unwrap();
-        assert!(w.rest.is_empty() && w.first.ends_with(&small));
+        let (_, rest, ends_with_body) = wire(&small);
+        assert!(rest == 0 && ends_with_body);
     }
 }
