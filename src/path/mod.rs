@@ -24,8 +24,14 @@
 //!    bytes. A decoded `?` or `#` is an ordinary byte. The result has no
 //!    trailing slash, except the root `/`.
 //!
-//! The caller passes the path of the request target (origin-form); an
-//! absolute-form target must have its scheme and authority removed first.
+//! [`normalize`] gives a route's own path its canonical form (the replay
+//! store's key, duplicate detection in the config). Deciding whether a
+//! *request* falls under a route takes every reading some router takes:
+//! see [`readings`].
+
+pub mod readings;
+
+pub use readings::{RoutePath, any_reading};
 
 /// Most percent-decoding rounds [`normalize`] applies.
 pub const DECODE_ROUNDS: usize = 3;
@@ -48,7 +54,13 @@ pub fn normalize(raw: &[u8]) -> Result<Vec<u8>, PathError> {
         .iter()
         .position(|b| *b == b'?' || *b == b'#')
         .unwrap_or(raw.len());
-    let mut bytes = decode_round(&raw[..end], true)?.0;
+    let once = decode_round(&raw[..end], true)?.0;
+    Ok(resolve(&decode_further(once)?))
+}
+
+/// Decodes an already once-decoded path again until it is stable, a round
+/// leaves a `%` that is not an escape, or [`DECODE_ROUNDS`] rounds are done.
+fn decode_further(mut bytes: Vec<u8>) -> Result<Vec<u8>, PathError> {
     for _ in 1..DECODE_ROUNDS {
         if !bytes.contains(&b'%') {
             break;
@@ -60,7 +72,7 @@ pub fn normalize(raw: &[u8]) -> Result<Vec<u8>, PathError> {
             break;
         }
     }
-    Ok(resolve(&bytes))
+    Ok(bytes)
 }
 
 /// True when normalised `path` equals normalised `route` or lies below it on a segment boundary.
