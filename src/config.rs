@@ -7,6 +7,29 @@
 //! fix, so an operator sees all mistakes in one run instead of one per restart.
 //! Secrets are resolved here too (`env:NAME`, `file:/path`, or a literal), so a
 //! missing secret is a configuration error, never a runtime surprise.
+//!
+//! # Error messages never quote the file
+//!
+//! A secret may be written in the wrong place (`secrets = "wbhsec_…"`, pasted as
+//! a key, into `redis_url`, with a stray quote), and the messages are printed by
+//! `check`, at start and in the SIGHUP log. So no message repeats a value or a
+//! key from the file; each names the key path (from the schema's own names and
+//! list indices), the line, and what is expected or allowed. Three layers keep
+//! it so:
+//!
+//! - type errors, unknown keys and the like: `safe_de` hands serde an error
+//!   type of its own and builds the message from the error's *structure* (the
+//!   kind of value found, what our type expects, the schema's allowed names);
+//!   whatever serde would have quoted is never formatted at all;
+//! - TOML syntax errors: `syntax_problem` rebuilds the message from an
+//!   allow-list of the parser's fixed phrases and grammar tokens, and drops
+//!   everything else (a duplicate key's name, say);
+//! - validation: `Check::problem` takes only `&'static str`; the few messages
+//!   with computed parts (durations we parsed, route indices) go through
+//!   `Check::problem_with`, and none interpolates text from the file. The one
+//!   exception is an `env:` variable that is not set: its name is shown when it
+//!   looks like a conventional variable name (`PERSONA_WEBHOOK_SECRET`), which a
+//!   pasted secret does not (see `looks_like_env_name`).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -18,6 +41,8 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use crate::path;
+
+mod safe_de;
 
 /// Default public listener.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -300,8 +325,10 @@ impl TrustedHeaders {
 pub struct Route {
     /// The path as written in the file (for logs and metrics labels).
     pub path: String,
-    /// The normalised path used for matching.
+    /// The normalised path (the replay store's key for this route).
     pub normalized: Vec<u8>,
+    /// The path's segments, compared with every reading of a request target.
+    pub matcher: path::RoutePath,
     pub secrets: Vec<Secret>,
     pub tolerance: Duration,
     pub max_body: u64,
@@ -343,14 +370,51 @@ pub struct Config {
 }
 
 impl Config {
-    /// The most specific route whose path covers the normalised `path`.
-    pub fn route_for(&self, normalized: &[u8]) -> Option<(usize, &Route)> {
-        self.routes
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| path::is_within(normalized, &r.normalized))
-            .max_by_key(|(_, r)| r.normalized.len())
+    /// The route a request target falls under: for each of its readings (see
+    /// [`path::readings`]) the most specific route covering it. `Ok(None)`:
+    /// no reading is under any route. When two readings fall under different
+    /// routes the target is [`RouteError::Ambiguous`]: the app could run
+    /// either route's handler, and the two may have different secrets.
+    pub fn route_for_target(&self, target: &[u8]) -> Result<Option<(usize, &Route)>, RouteError> {
+        let mut found: Option<usize> = None;
+        let mut ambiguous = false;
+        path::any_reading(target, |reading| {
+            let best = self
+                .routes
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.matcher.covers(reading))
+                .max_by_key(|(_, r)| r.matcher.depth())
+                .map(|(i, _)| i);
+            match (found, best) {
+                (_, None) => false,
+                (None, Some(i)) => {
+                    found = Some(i);
+                    self.routes.len() == 1
+                }
+                (Some(j), Some(i)) => {
+                    ambiguous = i != j;
+                    ambiguous
+                }
+            }
+        })
+        .map_err(RouteError::Path)?;
+        if ambiguous {
+            return Err(RouteError::Ambiguous);
+        }
+        Ok(found.map(|i| (i, &self.routes[i])))
     }
+}
+
+/// Why a request target has no route decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error(transparent)]
+    Path(path::PathError),
+    #[error("the target's readings fall under two routes")]
+    Ambiguous,
+    #[error("the target is in neither origin-form nor absolute-form")]
+    Form,
 }
 
 // ---------------------------------------------------------------- errors
@@ -385,21 +449,130 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// A one-line description of a TOML syntax error, with its line, that never
-/// quotes the file (it may hold literal secrets).
-fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
-    let mut message = e.message().trim().to_string();
-    if message.is_empty() {
-        message = "invalid TOML (a control character or malformed syntax)".to_string();
+/// 1-based line and column of byte offset `at` in `text`.
+fn position(text: &str, at: usize) -> (usize, usize) {
+    let bytes = &text.as_bytes()[..at.min(text.len())];
+    let line_start = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let line = bytes.iter().filter(|b| **b == b'\n').count() + 1;
+    let column = String::from_utf8_lossy(&bytes[line_start..])
+        .chars()
+        .count()
+        + 1;
+    (line, column)
+}
+
+/// The parser's context labels (`invalid {label}`), from `toml_edit`'s grammar.
+const SYNTAX_LABELS: &[&str] = &[
+    "key",
+    "string",
+    "basic string",
+    "literal string",
+    "multiline basic string",
+    "multiline literal string",
+    "escape sequence",
+    "unicode 4-digit hex code",
+    "unicode 8-digit hex code",
+    "integer",
+    "hexadecimal integer",
+    "octal integer",
+    "binary integer",
+    "floating-point number",
+    "date-time",
+    "time",
+    "time offset",
+    "array",
+    "inline table",
+    "table header",
+];
+
+/// The parser's fixed descriptions in an `expected ...` list.
+const SYNTAX_DESCRIPTIONS: &[&str] = &["digit", "leading digit", "newline"];
+
+/// The parser's fixed messages that need no rewording.
+const SYNTAX_CAUSES: &[&str] = &["value is out of range", "recursion limit exceeded"];
+
+/// One item of the parser's `expected` list, if it is grammar: a fixed
+/// description, or a quoted token that is one character or up to three
+/// punctuation characters (`=`, `]]`, `"""`).
+fn expected_token(item: &str) -> Option<String> {
+    if let Some(d) = SYNTAX_DESCRIPTIONS.iter().find(|d| **d == item) {
+        return Some((*d).to_string());
     }
-    if let Some(span) = e.span() {
-        let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-        message.push_str(&format!(" (line {line})"));
+    let token = item.strip_prefix('`')?.strip_suffix('`')?;
+    let n = token.chars().count();
+    let grammar = n == 1 || (n <= 3 && token.chars().all(|c| c.is_ascii_punctuation()));
+    grammar.then(|| format!("`{token}`"))
+}
+
+/// A TOML syntax error (or any error the TOML layer made itself, rather than
+/// [`safe_de`]) as a problem with its line and column that never quotes the
+/// file. The parser's message may hold text from the file (a duplicate key's
+/// name), so it is not passed on: it is rebuilt from an allow-list of the
+/// parser's fixed phrases (`invalid basic string`), grammar tokens (`expected
+/// `"``) and rewordings; anything unrecognised is dropped.
+fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
+    let mut parts: Vec<String> = Vec::new();
+    for line in e.message().lines().map(str::trim) {
+        if let Some(label) = line.strip_prefix("invalid ") {
+            if let Some(l) = SYNTAX_LABELS.iter().find(|l| **l == label) {
+                parts.push(format!("invalid {l}"));
+            }
+        } else if let Some(list) = line.strip_prefix("expected ") {
+            let items: Vec<String> = list.split(", ").filter_map(expected_token).collect();
+            if !items.is_empty() {
+                parts.push(format!("expected {}", items.join(", ")));
+            }
+        } else if line.starts_with("duplicate key") {
+            parts.push(
+                "a key or table is defined twice (its name is not repeated here)".to_string(),
+            );
+        } else if line.starts_with("dotted key") {
+            parts.push("a dotted key extends a value that is not a table".to_string());
+        } else if let Some(c) = SYNTAX_CAUSES.iter().find(|c| **c == line) {
+            parts.push((*c).to_string());
+        }
+    }
+    if parts.is_empty() {
+        parts.push("invalid TOML (a control character or malformed syntax)".to_string());
+    }
+    let mut message = parts.join("; ");
+    match e.span() {
+        Some(span) => {
+            let (line, column) = position(text, span.start);
+            message.push_str(&format!(
+                " (line {line}, column {column}; the text is not repeated here)"
+            ));
+        }
+        None => message.push_str(" (the text is not repeated here)"),
     }
     Problem {
         key: "(syntax)".into(),
         message,
     }
+}
+
+/// Parses the TOML text into the raw structs; errors never quote the text (see
+/// [`safe_de`] and [`syntax_problem`]).
+fn parse(text: &str) -> Result<RawConfig, Problem> {
+    let ctx = safe_de::Ctx::default();
+    let de = safe_de::Wrap::new(toml::Deserializer::new(text), &ctx);
+    RawConfig::deserialize(de).map_err(|e| match ctx.path_of(e.message()) {
+        Some(path) => {
+            let mut message = e.message().to_string();
+            if let Some(span) = e.span() {
+                message.push_str(&format!(" (line {})", position(text, span.start).0));
+            }
+            Problem {
+                key: if path.is_empty() {
+                    "(top level)".into()
+                } else {
+                    path
+                },
+                message,
+            }
+        }
+        None => syntax_problem(text, &e),
+    })
 }
 
 /// Reads, parses and validates a route file, resolving every secret.
@@ -413,9 +586,9 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
     };
     let text = std::fs::read_to_string(file)
         .map_err(|e| fail("(file)", format!("cannot read the file: {e}")))?;
-    let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError {
+    let raw = parse(&text).map_err(|p| ConfigError {
         file: file.to_path_buf(),
-        problems: vec![syntax_problem(&text, &e)],
+        problems: vec![p],
     })?;
     validate(raw, file.parent().unwrap_or(Path::new(".")), &EnvSource).map_err(|problems| {
         ConfigError {
@@ -431,7 +604,9 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
 pub trait Env {
     fn var(&self, name: &str) -> Option<String>;
 
-    /// `host:port` or `ip:port` to one socket address.
+    /// `host:port` or `ip:port` to one socket address. The error message is
+    /// shown to the operator: it must not repeat `addr` (a secret may have
+    /// been written there).
     fn resolve(&self, addr: &str) -> Result<SocketAddr, String> {
         resolve(addr)
     }
@@ -448,7 +623,7 @@ impl Env for EnvSource {
 
 /// Parses TOML text and validates it (for tests and callers with text in hand).
 pub fn from_str(text: &str, env: &dyn Env) -> Result<Config, Vec<Problem>> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| vec![syntax_problem(text, &e)])?;
+    let raw = parse(text).map_err(|p| vec![p])?;
     validate(raw, Path::new("."), env)
 }
 
@@ -459,10 +634,17 @@ struct Check<'e> {
 }
 
 impl Check<'_> {
-    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    /// Records a problem. The message is fixed text: no value from the file.
+    fn problem(&mut self, key: impl Into<String>, message: &'static str) {
+        self.problem_with(key, message.to_string());
+    }
+
+    /// Records a problem whose message has computed parts: numbers, durations
+    /// we parsed, route indices, our own names; never text from the file.
+    fn problem_with(&mut self, key: impl Into<String>, message: String) {
         self.problems.push(Problem {
             key: key.into(),
-            message: message.into(),
+            message,
         });
     }
 
@@ -479,7 +661,13 @@ impl Check<'_> {
             return *t;
         }
         let names: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
-        self.problem(key, format!("`{v}` is not one of {}", names.join(", ")));
+        self.problem_with(
+            key,
+            format!(
+                "is not one of {} (the value is not repeated here)",
+                names.join(", ")
+            ),
+        );
         default
     }
 
@@ -491,10 +679,11 @@ impl Check<'_> {
                 default
             }
             Ok(d) => d,
-            Err(e) => {
+            // Not `e`: humantime's message quotes the unit it did not know.
+            Err(_) => {
                 self.problem(
                     key,
-                    format!("`{v}` is not a duration ({e}); write e.g. \"300ms\", \"30s\", \"5m\""),
+                    "is not a duration (the value is not repeated here); write e.g. \"300ms\", \"30s\", \"5m\"",
                 );
                 default
             }
@@ -506,7 +695,7 @@ impl Check<'_> {
         match self.env.resolve(v) {
             Ok(a) => a,
             Err(msg) => {
-                self.problem(key, msg);
+                self.problem_with(key, msg);
                 SocketAddr::from(([127, 0, 0, 1], 0))
             }
         }
@@ -573,7 +762,7 @@ impl Check<'_> {
             Err(_) => {
                 self.problem(
                     key,
-                    format!("`{v}` is not a valid HTTP header name (letters, digits and `-`)"),
+                    "is not a valid HTTP header name (the value is not repeated here); use letters, digits and `-`",
                 );
                 HeaderName::from_static("x-invalid")
             }
@@ -588,28 +777,63 @@ pub fn canonical_header(name: &HeaderName) -> HeaderName {
 }
 
 /// `host:port` or `ip:port` to one socket address (resolved once, at load).
+/// The messages never repeat the address.
 fn resolve(v: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = v.parse::<SocketAddr>() {
         return Ok(a);
     }
+    let fix =
+        "write an address with a port, like \"127.0.0.1:3000\" (the value is not repeated here)";
+    let Some((host, port)) = v.rsplit_once(':') else {
+        return Err(format!("has no port; {fix}"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("has no valid port (0 to 65535); {fix}"));
+    }
+    if host.is_empty() {
+        return Err(format!("has no host; {fix}"));
+    }
     match v.to_socket_addrs() {
         Ok(mut it) => it
             .next()
-            .ok_or_else(|| format!("`{v}` resolves to no address")),
-        Err(e) => Err(format!(
-            "`{v}` is not an address with a port, like \"127.0.0.1:3000\" ({e})"
+            .ok_or_else(|| format!("resolves to no address; {fix}")),
+        Err(_) => Err(format!(
+            "is not an IP address and does not resolve as a host name; {fix}"
         )),
     }
+}
+
+/// Whether an `env:` name may be shown in a message: a conventional variable
+/// name (`PERSONA_WEBHOOK_SECRET`: upper-case words of at most 12 letters and
+/// digits joined by `_`). A secret pasted after `env:` is not one (Persona's
+/// are lower-case `wbhsec_…`; random tokens are long runs), so it is not shown.
+fn looks_like_env_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_uppercase())
+        && name.split('_').all(|w| {
+            !w.is_empty()
+                && w.len() <= 12
+                && w.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        })
+}
+
+/// The kind of an I/O error, never its text (fixed words: "entity not found").
+fn io_kind(e: &std::io::Error) -> String {
+    e.kind().to_string()
 }
 
 fn resolve_secret(spec: &str, base: &Path, env: &dyn Env) -> Result<Secret, String> {
     let bytes = if let Some(name) = spec.strip_prefix("env:") {
         match env.var(name) {
             Some(v) => v.into_bytes(),
-            None => {
+            None if looks_like_env_name(name) => {
                 return Err(format!(
                     "environment variable `{name}` is not set; export it or use `file:/path`"
                 ));
+            }
+            None => {
+                return Err("the environment variable after `env:` is not set (its name is not repeated here); export it or use `file:/path`".into());
             }
         }
     } else if let Some(p) = spec.strip_prefix("file:") {
@@ -621,7 +845,12 @@ fn resolve_secret(spec: &str, base: &Path, env: &dyn Env) -> Result<Secret, Stri
                 }
                 b
             }
-            Err(e) => return Err(format!("cannot read secret file `{}`: {e}", path.display())),
+            Err(e) => {
+                return Err(format!(
+                    "cannot read the file after `file:` ({}; the path is not repeated here)",
+                    io_kind(&e)
+                ));
+            }
         }
     } else {
         spec.as_bytes().to_vec()
@@ -727,9 +956,12 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
     let upstream_ca_file = raw.upstream.ca_file.as_deref().map(|p| {
         let path = base.join(p);
         if let Err(e) = std::fs::read(&path) {
-            c.problem(
+            c.problem_with(
                 "upstream.ca_file",
-                format!("cannot read `{}`: {e}", path.display()),
+                format!(
+                    "cannot read the file ({}; the path is not repeated here)",
+                    io_kind(&e)
+                ),
             );
         }
         path
@@ -743,8 +975,22 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
             cert: base.join(cert),
             key: base.join(key),
         };
-        if let Err(e) = crate::tls::load_certified_key(&tls) {
-            c.problem("listen.tls", e);
+        let mut readable = true;
+        for (k, path) in [("listen.tls.cert", &tls.cert), ("listen.tls.key", &tls.key)] {
+            if let Err(e) = std::fs::read(path) {
+                readable = false;
+                c.problem_with(
+                    k,
+                    format!(
+                        "cannot read the file ({}; the path is not repeated here)",
+                        io_kind(&e)
+                    ),
+                );
+            }
+        }
+        if readable && let Err(e) = crate::tls::load_certified_key(&tls) {
+            // The loader's message names the files; only its gist is passed on.
+            c.problem("listen.tls", tls_gist(&e));
         }
         Some(tls)
     });
@@ -792,7 +1038,7 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
             };
             let password = raw.replay.redis_password.as_deref().and_then(|spec| {
                 resolve_secret(spec, base, env)
-                    .map_err(|msg| c.problem("replay.redis_password", msg))
+                    .map_err(|msg| c.problem_with("replay.redis_password", msg))
                     .ok()
             });
             let timeout = c.duration(
@@ -812,10 +1058,10 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
                 timeout,
             })
         }
-        Some(other) => {
+        Some(_) => {
             c.problem(
                 "replay.store",
-                format!("`{other}` is not one of \"memory\", \"redis\""),
+                "is not one of \"memory\", \"redis\" (the value is not repeated here)",
             );
             StoreKind::Memory
         }
@@ -870,10 +1116,11 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
         ("headers.event_id", &headers.event_id),
         ("headers.event_created_at", &headers.event_created_at),
     ] {
-        if is_reserved_header(name) {
-            c.problem(
+        if let Some(reserved) = reserved_header(name) {
+            // `reserved` is our own list's spelling, not the file's.
+            c.problem_with(
                 key,
-                format!("`{name}` is a protocol header; choose a name of your own such as X-Persona-Event-Id"),
+                format!("`{reserved}` is a protocol header; choose a name of your own such as X-Persona-Event-Id"),
             );
         }
     }
@@ -894,13 +1141,19 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
                 (String::new(), b"/".to_vec())
             }
             Some(p) if !p.starts_with('/') => {
-                c.problem(k("path"), format!("`{p}` must start with `/`"));
+                c.problem(
+                    k("path"),
+                    "must start with `/` (the value is not repeated here)",
+                );
                 (p.to_string(), b"/".to_vec())
             }
             Some(p) => match path::normalize(p.as_bytes()) {
                 Ok(n) => (p.to_string(), n),
-                Err(e) => {
-                    c.problem(k("path"), format!("`{p}`: {e}"));
+                Err(_) => {
+                    c.problem(
+                        k("path"),
+                        "is not a valid path: invalid percent-encoding or a NUL byte (the value is not repeated here)",
+                    );
                     (p.to_string(), b"/".to_vec())
                 }
             },
@@ -908,7 +1161,7 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
         if let Some((_, j)) = seen_paths.iter().find(|(n, _)| *n == normalized)
             && r.path.is_some()
         {
-            c.problem(
+            c.problem_with(
                 k("path"),
                 format!("the same path as route[{j}]; merge the two routes"),
             );
@@ -928,7 +1181,7 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
                 for (j, spec) in list.iter().enumerate() {
                     match resolve_secret(spec, base, env) {
                         Ok(s) => secrets.push(s),
-                        Err(msg) => c.problem(format!("route[{i}].secrets[{j}]"), msg),
+                        Err(msg) => c.problem_with(format!("route[{i}].secrets[{j}]"), msg),
                     }
                 }
             }
@@ -944,15 +1197,16 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
                 Ok(b) if b.as_u64() > MAX_MAX_BODY => {
                     c.problem(
                         k("max_body"),
-                        format!("`{v}` is over the limit of 64MiB (bodies are held in memory)"),
+                        "is over the limit of 64MiB (bodies are held in memory)",
                     );
                     DEFAULT_MAX_BODY
                 }
                 Ok(b) => b.as_u64(),
-                Err(e) => {
+                // Not `e`: bytesize's message quotes the input.
+                Err(_) => {
                     c.problem(
                         k("max_body"),
-                        format!("`{v}` is not a size ({e}); write e.g. \"64KiB\", \"1MiB\""),
+                        "is not a size (the value is not repeated here); write e.g. \"64KiB\", \"1MiB\"",
                     );
                     DEFAULT_MAX_BODY
                 }
@@ -989,6 +1243,7 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
         };
         routes.push(Route {
             path: path_str,
+            matcher: path::RoutePath::new(&normalized),
             normalized,
             secrets,
             tolerance,
@@ -1001,7 +1256,7 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
     if let Some(max_tol) = routes.iter().map(|r| r.tolerance).max()
         && ttl < max_tol * 2
     {
-        c.problem(
+        c.problem_with(
             "replay.ttl",
             format!(
                 "{} is less than twice the largest route tolerance ({}); set ttl to at least {}",
@@ -1012,7 +1267,7 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
         );
     }
     if inflight_ttl < upstream.connect_timeout + upstream.read_timeout {
-        c.problem(
+        c.problem_with(
             "replay.inflight_ttl",
             format!(
                 "{} is shorter than upstream.connect_timeout + upstream.read_timeout; a slow delivery could outlive its in-flight mark",
@@ -1049,34 +1304,56 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
     })
 }
 
-fn parse_pattern(e: &str) -> Result<EventPattern, String> {
+fn parse_pattern(e: &str) -> Result<EventPattern, &'static str> {
     if e.is_empty() {
-        return Err("an event name cannot be empty".into());
+        return Err("an event name cannot be empty");
     }
     match e.find('*') {
         None => Ok(EventPattern::Exact(e.to_string())),
         Some(pos) if pos == e.len() - 1 => Ok(EventPattern::Prefix(e[..pos].to_string())),
-        Some(_) => Err(format!(
-            "`{e}`: `*` is only allowed at the end, as in \"inquiry.*\""
-        )),
+        Some(_) => Err(
+            "`*` is only allowed at the end, as in \"inquiry.*\" (the value is not repeated here)",
+        ),
     }
 }
 
-fn is_reserved_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "host"
-            | "content-length"
-            | "transfer-encoding"
-            | "connection"
-            | "keep-alive"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "expect"
-            | "content-type"
-            | "persona-signature"
-    )
+/// Headers the proxy or HTTP itself owns: not usable as trusted header names.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "content-type",
+    "persona-signature",
+];
+
+/// The entry of [`RESERVED_HEADERS`] that `name` is, if any.
+fn reserved_header(name: &HeaderName) -> Option<&'static str> {
+    RESERVED_HEADERS
+        .iter()
+        .copied()
+        .find(|r| *r == name.as_str())
+}
+
+/// The gist of a [`crate::tls::load_certified_key`] error, whose text names the
+/// files: fixed words only.
+fn tls_gist(e: &str) -> &'static str {
+    if e.contains("does not match") {
+        "the private key does not match the certificate"
+    } else if e.contains("unsupported type") {
+        "the private key is of an unsupported type"
+    } else if e.contains("PEM expected") {
+        "no certificate in cert or no private key in key (PEM files expected)"
+    } else if e.contains("crypto provider") {
+        "no TLS crypto provider is installed"
+    } else {
+        "cannot load the certificate and key (PEM files expected)"
+    }
 }
 
 #[cfg(test)]
@@ -1285,13 +1562,40 @@ secrets = ["x"]
     }
 
     #[test]
-    fn unknown_keys_are_rejected() {
+    fn unknown_keys_are_rejected_by_line_without_repeating_the_key() {
         let problems = from_str(
             "[[route]]\npath = \"/a\"\nsecrets = [\"x\"]\ntolerence = \"5m\"\n",
             &env(),
         )
         .unwrap_err();
-        assert!(problems[0].message.contains("tolerence"), "{problems:?}");
+        assert_eq!(keys(&problems), vec!["route[0]"]);
+        let m = &problems[0].message;
+        assert!(!m.contains("tolerence"), "{m}");
+        assert!(m.contains("line 4"), "{m}");
+        // The allowed keys are listed instead.
+        for allowed in ["`path`", "`secrets`", "`tolerance`", "`max_body`"] {
+            assert!(m.contains(allowed), "{allowed} missing: {m}");
+        }
+
+        let problems = from_str("wbhsec_pasted = 1\n", &env()).unwrap_err();
+        assert_eq!(keys(&problems), vec!["(top level)"]);
+        assert!(problems[0].message.contains("`route`"), "{problems:?}");
+        assert!(!problems[0].message.contains("wbhsec"), "{problems:?}");
+    }
+
+    #[test]
+    fn type_errors_name_the_key_path_line_and_expected_type() {
+        let text = "[[route]]\npath = \"/a\"\nsecrets = [\"x\"]\n[[route]]\npath = \"/b\"\nsecrets = [\"y\", 7]\n";
+        let p = from_str(text, &env()).unwrap_err();
+        assert_eq!(keys(&p), vec!["route[1].secrets[1]"]);
+        assert_eq!(
+            p[0].message, "expected a string, found an integer (line 6)",
+            "{p:?}"
+        );
+        let p = from_str("[replay]\ncapacity = -3\n", &env()).unwrap_err();
+        assert_eq!(keys(&p), vec!["replay.capacity"]);
+        assert!(p[0].message.contains("0 or more"), "{p:?}");
+        assert!(!p[0].message.contains('3'), "{p:?}");
     }
 
     #[test]
@@ -1349,13 +1653,26 @@ secrets = ["y"]
 events = ["inquiry.*", "verification.passed"]
 "#;
         let c = from_str(text, &env()).unwrap();
-        let (i, r) = c.route_for(b"/hooks/persona/x").unwrap();
+        let (i, r) = c.route_for_target(b"/hooks/persona/x").unwrap().unwrap();
         assert_eq!(i, 1);
         assert!(r.allows("inquiry.approved"));
         assert!(r.allows("verification.passed"));
         assert!(!r.allows("verification.failed"));
-        assert_eq!(c.route_for(b"/hooks/other").unwrap().0, 0);
-        assert!(c.route_for(b"/other").is_none());
+        assert_eq!(c.route_for_target(b"/hooks/other").unwrap().unwrap().0, 0);
+        assert_eq!(
+            c.route_for_target(b"http://h/HOOKS/x").unwrap().unwrap().0,
+            0
+        );
+        assert!(c.route_for_target(b"/other").unwrap().is_none());
+        // Read literally it is under /hooks/persona, resolved under /hooks:
+        // the app could run either handler, so no route is chosen.
+        for t in [&b"/hooks/persona/.."[..], b"/hooks/persona.json"] {
+            assert_eq!(c.route_for_target(t).err(), Some(RouteError::Ambiguous));
+        }
+        assert_eq!(
+            c.route_for_target(b"/hooks/%zz").err(),
+            Some(RouteError::Path(path::PathError::BadEncoding))
+        );
     }
 
     /// Found by the `config_load` fuzz target: a control character in a comment
@@ -1368,5 +1685,191 @@ events = ["inquiry.*", "verification.passed"]
         assert_eq!(p[0].key, "(syntax)");
         assert!(!p[0].message.is_empty(), "{p:?}");
         assert!(p[0].message.contains("line 1"), "{p:?}");
+    }
+
+    #[test]
+    fn only_conventional_env_names_are_shown() {
+        for shown in [
+            "SECRET",
+            "PERSONA_WEBHOOK_SECRET",
+            "NOT_SET_ANYWHERE",
+            "PG_E2E_1",
+        ] {
+            assert!(looks_like_env_name(shown), "{shown}");
+        }
+        for hidden in [
+            "",
+            "wbhsec_abc",
+            "Secret",
+            "AKIAIOSFODNN7EXAMPLE",
+            "_LEADING",
+            "DOUBLE__UNDERSCORE",
+            "HAS-DASH",
+            "A_B_C_D_E_F_G_H_I_J_K_L_M_N_O_P_Q_R_S_T_U_V_W_X_Y_Z_A_B_C_D_E_F_G_H",
+        ] {
+            assert!(!looks_like_env_name(hidden), "{hidden}");
+        }
+        let p = from_str(
+            "[[route]]\npath = \"/a\"\nsecrets = [\"env:wbhsec_pasted\", \"env:UNSET_NAME\"]\n",
+            &env(),
+        )
+        .unwrap_err();
+        assert_eq!(keys(&p), vec!["route[0].secrets[0]", "route[0].secrets[1]"]);
+        assert!(!p[0].message.contains("wbhsec"), "{p:?}");
+        assert!(p[1].message.contains("`UNSET_NAME`"), "{p:?}");
+    }
+
+    /// A secret written in the wrong place: distinctive, so any echo shows.
+    const CANARY: &str = "wbhsec_LEAKCANARY_q7Zr2xW9";
+
+    /// The first 6-character piece of [`CANARY`] found in `out`.
+    fn canary_piece_in(out: &str) -> Option<&'static str> {
+        (0..=CANARY.len() - 6)
+            .map(|i| &CANARY[i..i + 6])
+            .find(|w| out.contains(w))
+    }
+
+    const CANARY_BASE: &str = r#"unmatched = "forward"
+
+[listen]
+address = "127.0.0.1:18080"
+
+[admin]
+address = "127.0.0.1:19090"
+
+[upstream]
+address = "127.0.0.1:13000"
+connect_timeout = "2s"
+
+[replay]
+store = "memory"
+ttl = "15m"
+capacity = 1000
+
+[headers]
+event_type = "X-Persona-Event-Type"
+event_id = "X-Persona-Event-Id"
+
+[[route]]
+path = "/webhooks/persona"
+secrets = ["env:SECRET"]
+tolerance = "5m"
+max_body = "1MiB"
+events = ["inquiry.*"]
+"#;
+
+    /// (what, replace this line of the base, with this (`C` = the canary),
+    /// text the report must contain).
+    /// One case for each way a message is made (serde's type and variant
+    /// errors, unknown and duplicate keys, TOML syntax, our own validation).
+    /// Every wrong place we could think of runs through the real binary in
+    /// `tests/e2e/cli.rs`.
+    const CANARY_CASES: &[(&str, &str, &str, &[&str])] = &[
+        (
+            "secrets as a string",
+            r#"secrets = ["env:SECRET"]"#,
+            r#"secrets = "C""#,
+            &[
+                "route[0].secrets",
+                "line 24",
+                "expected a list, found a string",
+            ],
+        ),
+        (
+            "secrets env: name",
+            r#"secrets = ["env:SECRET"]"#,
+            r#"secrets = ["env:C"]"#,
+            &["route[0].secrets[0]", "not set"],
+        ),
+        (
+            "tolerance",
+            r#"tolerance = "5m""#,
+            r#"tolerance = "C""#,
+            &["route[0].tolerance"],
+        ),
+        (
+            "events pattern",
+            r#"events = ["inquiry.*"]"#,
+            r#"events = ["C*x"]"#,
+            &["route[0].events[0]"],
+        ),
+        (
+            "unmatched",
+            r#"unmatched = "forward""#,
+            r#"unmatched = "C""#,
+            &["unmatched", "\"forward\", \"deny\""],
+        ),
+        (
+            "redis_url password",
+            r#"store = "memory""#,
+            "store = \"redis\"\nredis_url = \"redis://:C@127.0.0.1:notaport/0\"",
+            &["replay.redis_url"],
+        ),
+        (
+            "header name",
+            r#"event_id = "X-Persona-Event-Id""#,
+            r#"event_id = "C: x""#,
+            &["headers.event_id"],
+        ),
+        (
+            "unknown key, quoted",
+            r#"tolerance = "5m""#,
+            r#""C with `ticks` and \"quotes\"" = 1"#,
+            &["route[0]", "line 25"],
+        ),
+        (
+            "duplicate key's name",
+            r#"tolerance = "5m""#,
+            "C = 1\nC = 2",
+            &["(syntax)", "line 26"],
+        ),
+        (
+            "unterminated string",
+            r#"path = "/webhooks/persona""#,
+            r#"path = "/C"#,
+            &["(syntax)", "line 23"],
+        ),
+        (
+            "invalid escape",
+            r#"path = "/webhooks/persona""#,
+            r#"path = "/C\q""#,
+            &["(syntax)", "line 23"],
+        ),
+        (
+            "unquoted value",
+            r#"tolerance = "5m""#,
+            "tolerance = C",
+            &["(syntax)", "line 25"],
+        ),
+    ];
+
+    fn canary_case(what: &str, old: &str, new: &str) -> String {
+        let new = new.replace('C', CANARY);
+        let text = CANARY_BASE.replacen(old, &new, 1);
+        assert_ne!(text, CANARY_BASE, "{what}: `{old}` not in the base file");
+        text
+    }
+
+    #[test]
+    fn no_problem_quotes_a_secret_written_in_the_wrong_place() {
+        assert!(from_str(CANARY_BASE, &env()).is_ok());
+        for (what, old, new, expect) in CANARY_CASES {
+            let text = canary_case(what, old, new);
+            assert!(text.contains(CANARY), "{what}: the canary is in the file");
+            let problems = from_str(&text, &env())
+                .err()
+                .unwrap_or_else(|| panic!("{what}: accepted\n{text}"));
+            let out = ConfigError {
+                file: "routes.toml".into(),
+                problems,
+            }
+            .to_string();
+            if let Some(piece) = canary_piece_in(&out) {
+                panic!("{what}: the report quotes `{piece}`:\n{out}");
+            }
+            for e in *expect {
+                assert!(out.contains(e), "{what}: `{e}` missing from\n{out}");
+            }
+        }
     }
 }
