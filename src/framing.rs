@@ -157,4 +157,78 @@ mod tests {
         }
         assert_eq!(check(b"POST /x HTTP/1.1\nHost: a\n\n"), Err(BareLf));
     }
+
+    use proptest::prelude::*;
+
+    /// A header line built from the pieces smuggling tricks are made of.
+    fn header_line() -> impl Strategy<Value = Vec<u8>> {
+        let name = prop::sample::select(vec![
+            "Content-Length",
+            "content-length",
+            "Transfer-Encoding",
+            "transfer-encoding",
+            "TRANSFER-ENCODING",
+            "Content-Length ",
+            " Transfer-Encoding",
+            "Transfer_Encoding",
+            "X-A",
+            "",
+        ]);
+        let value = prop::sample::select(vec![
+            "5",
+            " 5 ",
+            "05",
+            "+5",
+            "5, 5",
+            "-1",
+            "",
+            "chunked",
+            "Chunked",
+            " chunked",
+            "chunked, chunked",
+            "gzip, chunked",
+            "xchunked",
+            "chunked\t",
+            "identity",
+            "a:b",
+        ]);
+        let eol = prop::sample::select(vec!["\r\n", "\r\n", "\r\n", "\n", "\r", "\r\n "]);
+        (name, value, eol).prop_map(|(n, v, e)| format!("{n}:{v}{e}").into_bytes())
+    }
+
+    proptest! {
+        /// When `check` accepts a head, an independent strict parser (httparse)
+        /// reads the same single framing from it.
+        #[test]
+        fn prop_accepted_heads_have_one_framing(lines in prop::collection::vec(header_line(), 0..5)) {
+            let mut h = b"POST /x HTTP/1.1\r\nHost: a\r\n".to_vec();
+            for l in &lines {
+                h.extend_from_slice(l);
+            }
+            h.extend_from_slice(b"\r\n");
+            prop_assume!(check(&h).is_ok());
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut req = httparse::Request::new(&mut headers);
+            let parsed = req.parse(&h);
+            prop_assert!(matches!(parsed, Ok(httparse::Status::Complete(_))), "{:?}", parsed);
+            prop_assert_eq!(req.headers.len(), lines.len() + 1);
+            let named = |n: &str| req.headers.iter().filter(|x| x.name.eq_ignore_ascii_case(n)).count();
+            let (cl, te) = (named("content-length"), named("transfer-encoding"));
+            prop_assert!(cl + te <= 1, "{}", String::from_utf8_lossy(&h));
+            for x in req.headers.iter() {
+                let v = x.value.trim_ascii();
+                if x.name.eq_ignore_ascii_case("content-length") {
+                    prop_assert!(v.iter().all(u8::is_ascii_digit) && !v.is_empty());
+                }
+                if x.name.eq_ignore_ascii_case("transfer-encoding") {
+                    prop_assert!(v.eq_ignore_ascii_case(b"chunked"));
+                }
+            }
+        }
+
+        #[test]
+        fn prop_never_panics(h in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = check(&h);
+        }
+    }
 }

@@ -45,7 +45,6 @@ use crate::event;
 use crate::framing;
 use crate::metrics::{self, Metrics};
 use crate::outcome::Outcome;
-use crate::path;
 use crate::replay::{Claim, Store};
 use crate::signature::{self, Verdict};
 
@@ -322,6 +321,7 @@ async fn read_body(
             None => read.await,
         };
         let chunk = match next {
+            Err(e) if bad_body_framing(&e) => return Err(Outcome::MalformedRequest),
             Err(_) => return Err(Outcome::ClientError),
             Ok(None) => break,
             Ok(Some(c)) => c,
@@ -341,6 +341,12 @@ async fn read_body(
         rest.extend_from_slice(&chunk);
     }
     Ok(first.unwrap_or_else(|| rest.freeze()))
+}
+
+/// A request body whose chunked framing is broken (a bad chunk size, data
+/// longer than its size, a bad line end): the client gets 400, not a cut.
+fn bad_body_framing(e: &Error) -> bool {
+    matches!(e.etype().as_str(), "InvalidChunk" | "InvalidTrailerEnd")
 }
 
 /// Ends a request whose body could not be read: a client that went away gets
@@ -735,6 +741,50 @@ fn declared_length(req: &RequestHeader) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// How a request target is written (RFC 9112 §3.2), for the forms the proxy forwards.
+enum TargetForm<'a> {
+    /// `/path?query`, or `*` for `OPTIONS`: forwarded as it is.
+    Origin,
+    /// `scheme://authority/path?query`: forwarded as `origin`, with the
+    /// authority as `Host`.
+    Absolute {
+        authority: &'a [u8],
+        origin: std::borrow::Cow<'a, [u8]>,
+    },
+}
+
+/// The request's target form; `None` for every other form (authority-form
+/// `CONNECT`, `scheme:opaque`, a bare `?query`), which is refused: nothing
+/// but an origin-form target is forwarded, so the app never routes on a form
+/// the proxy did not judge.
+fn target_form(req: &RequestHeader) -> Option<TargetForm<'_>> {
+    use pingora::http::authority::{RawTargetAuthority, raw_target_authority};
+    let raw = req.raw_path();
+    if raw.first() == Some(&b'/') || (raw == b"*" && req.method == Method::OPTIONS) {
+        return Some(TargetForm::Origin);
+    }
+    match raw_target_authority(raw) {
+        RawTargetAuthority::Absolute {
+            authority,
+            path_and_query,
+            ..
+        } => {
+            let origin = match path_and_query.first() {
+                None => std::borrow::Cow::Borrowed(&b"/"[..]),
+                Some(b'/') => std::borrow::Cow::Borrowed(path_and_query),
+                Some(_) => std::borrow::Cow::Owned([b"/", path_and_query].concat()),
+            };
+            Some(TargetForm::Absolute { authority, origin })
+        }
+        _ => None,
+    }
+}
+
+/// An HTTP/1.1 request without `Host` (RFC 9112 §3.2: answered 400).
+fn missing_host(req: &RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST)
+}
+
 /// A request as the HTTP/1.1 app gets it, ready to write: the head, written
 /// straight from the client's head (header names in the client's case, no
 /// second header map built), with the body appended when it fits in one write.
@@ -759,11 +809,16 @@ impl<'a> Wire<'a> {
     ) -> pingora::Result<Wire<'a>> {
         use std::fmt::Write;
         let uri = &client.uri;
-        let target: &[u8] = if uri.scheme().is_some() || uri.authority().is_some() {
-            uri.path_and_query()
-                .map_or(b"/".as_slice(), |p| p.as_str().as_bytes())
-        } else {
-            client.raw_path()
+        let (target, absolute_authority) = match target_form(client) {
+            Some(TargetForm::Absolute { authority, origin }) => (origin, Some(authority)),
+            _ if uri.scheme().is_some() || uri.authority().is_some() => (
+                std::borrow::Cow::Borrowed(
+                    uri.path_and_query()
+                        .map_or(b"/".as_slice(), |p| p.as_str().as_bytes()),
+                ),
+                None,
+            ),
+            _ => (std::borrow::Cow::Borrowed(client.raw_path()), None),
         };
         if target.is_empty() || target.iter().any(|&b| b <= b' ' || b == 0x7f) {
             return Err(Error::explain(
@@ -775,9 +830,10 @@ impl<'a> Wire<'a> {
         let mut first = BytesMut::with_capacity(512 + if coalesce { body.len() } else { 0 });
         first.put_slice(client.method.as_str().as_bytes());
         first.put_u8(b' ');
-        first.put_slice(target);
+        first.put_slice(&target);
         first.put_slice(b" HTTP/1.1\r\n");
         let own_host = up.host_header == config::HostHeader::Upstream;
+        let replace_host = own_host || absolute_authority.is_some();
         let mut has_host = false;
         client.map(|name, value| {
             let name = match name {
@@ -786,7 +842,9 @@ impl<'a> Wire<'a> {
             };
             let is = |other: &str| name.eq_ignore_ascii_case(other.as_bytes());
             has_host |= is("host");
-            if !(HOP_BY_HOP.iter().any(|h| is(h)) || is("content-length") || own_host && is("host"))
+            if !(HOP_BY_HOP.iter().any(|h| is(h))
+                || is("content-length")
+                || replace_host && is("host"))
             {
                 put_header(&mut first, name, value.as_bytes());
             }
@@ -794,6 +852,8 @@ impl<'a> Wire<'a> {
         })?;
         if own_host {
             put_header(&mut first, b"Host", up.authority.as_bytes());
+        } else if let Some(a) = absolute_authority {
+            put_header(&mut first, b"Host", a);
         } else if let (false, Some(a)) = (has_host, uri.authority()) {
             put_header(&mut first, b"Host", a.as_str().as_bytes());
         }
@@ -900,13 +960,21 @@ impl ProxyHttp for Guard {
         let cfg = self.shared.config.load_full();
         ctx.config = Some(cfg.clone());
 
-        // Framing: judged on the raw head, exactly as received.
-        if let Some(h1) = session.as_downstream().as_http1()
-            && let Err(e) = framing::check(&h1.get_headers_raw_bytes())
-        {
-            tracing::debug!(reason = %e, "refusing ambiguous request framing");
-            return respond(session, ctx, Outcome::MalformedRequest, false, None).await;
+        // Framing: judged on the raw head, exactly as received. An HTTP/1.1
+        // request without Host is refused too (RFC 9112 §3.2).
+        if let Some(h1) = session.as_downstream().as_http1() {
+            let refused = match framing::check(&h1.get_headers_raw_bytes()) {
+                Err(e) => Some(e.to_string()),
+                Ok(()) => missing_host(session.req_header()).then(|| "no Host header".to_string()),
+            };
+            if let Some(reason) = refused {
+                tracing::debug!(reason, "refusing an ambiguous request");
+                return respond(session, ctx, Outcome::MalformedRequest, false, None).await;
+            }
         }
+        // Pipelined requests (RFC 9112 §9.3.2) are each judged and answered in
+        // order, rather than dropped with the connection after the first.
+        session.as_downstream_mut().set_pipelining_enabled(true);
         strip_trusted(session.req_header_mut(), &cfg.headers);
         // The head is in: body reads get pingora's usual per-read bound back
         // (the webhook body also has its whole-body deadline).
@@ -917,19 +985,26 @@ impl ProxyHttp for Guard {
             session.set_keepalive(Some(cfg.idle_timeout.as_secs().max(1)));
         }
 
-        let normalized = match path::normalize(session.req_header().raw_path()) {
-            Ok(p) => p,
-            Err(_) => return respond(session, ctx, Outcome::InvalidPath, false, None).await,
+        // The route decision takes every reading of the target that some
+        // application router takes (path::readings).
+        let req = session.req_header();
+        let decision = match target_form(req) {
+            Some(_) => cfg.route_for_target(req.raw_path()),
+            None => Err(config::RouteError::Form),
         };
-        match cfg.route_for(&normalized) {
-            Some((i, route)) => {
+        match decision {
+            Err(e) => {
+                tracing::debug!(reason = %e, "refusing a request target");
+                respond(session, ctx, Outcome::InvalidPath, false, None).await
+            }
+            Ok(Some((i, route))) => {
                 ctx.route = Some(i);
                 self.webhook(session, ctx, &cfg, route).await
             }
-            None if cfg.unmatched == Unmatched::Deny => {
+            Ok(None) if cfg.unmatched == Unmatched::Deny => {
                 respond(session, ctx, Outcome::NotFound, false, None).await
             }
-            None => self.passthrough(session, ctx, &cfg).await,
+            Ok(None) => self.passthrough(session, ctx, &cfg).await,
         }
     }
 
@@ -951,6 +1026,13 @@ impl ProxyHttp for Guard {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
+        // Origin-form upstream: an absolute-form target gives its path and
+        // query, and its authority becomes Host (RFC 9112 §3.2.2).
+        if let Some(TargetForm::Absolute { authority, origin }) = target_form(upstream_request) {
+            let (authority, origin) = (authority.to_vec(), origin.into_owned());
+            upstream_request.set_raw_path(&origin)?;
+            upstream_request.insert_header(http::header::HOST, authority)?;
+        }
         if let Some(cfg) = &ctx.config
             && cfg.upstream.host_header == config::HostHeader::Upstream
         {
@@ -988,6 +1070,7 @@ impl ProxyHttp for Guard {
                 Outcome::UpstreamTimeout
             }
             (ErrorSource::Upstream, _) => Outcome::UpstreamUnavailable,
+            (ErrorSource::Downstream, _) if bad_body_framing(e) => Outcome::MalformedRequest,
             (ErrorSource::Downstream, _) => Outcome::ClientError,
             _ => Outcome::UpstreamUnavailable,
         };

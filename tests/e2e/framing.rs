@@ -188,9 +188,10 @@ fn oversized_head_is_refused_and_forwards_nothing() {
 }
 
 #[test]
-fn pipelined_requests_after_the_first_are_never_forwarded_unjudged() {
-    // pingora (pipelining off) answers the first request and closes the
-    // connection when more bytes arrived behind it; the client resends the rest.
+fn pipelined_requests_are_each_judged_and_answered_in_order() {
+    // RFC 9112 §9.3.2: requests sent back to back on one connection get their
+    // answers in order. Each is judged on its own: the unsigned delivery
+    // between two passthrough requests is refused, the others go upstream.
     let up = Upstream::start();
     let p = proxy().upstream(&up).start();
     let mut c = p.client();
@@ -199,37 +200,80 @@ fn pipelined_requests_after_the_first_are_never_forwarded_unjudged() {
     pipeline.extend(request("GET", "/after", &[], b""));
     c.send(&pipeline);
     assert_eq!(c.read_response().status, 200);
-    assert!(c.closed_within(Duration::from_secs(5)));
-    std::thread::sleep(Duration::from_millis(200));
+    let refused = c.read_response();
+    refused.assert_error(401, "missing_signature");
+    // The 401 came before its body was read: it closes the connection, and
+    // says so, so the client knows to resend what followed.
+    assert!(refused.connection_close(), "{:?}", refused.headers);
     let seen: Vec<String> = up.requests().iter().map(|r| r.target.clone()).collect();
     assert_eq!(
         seen,
         vec!["/first".to_string()],
         "the upstream saw {seen:?}"
     );
+    assert!(c.closed_within(Duration::from_secs(5)));
 }
 
 #[test]
-fn a_request_smuggled_behind_a_verified_body_is_not_forwarded() {
-    // A genuine delivery followed, in the same write, by bytes that try to start
-    // a second request: the proxy frames by Content-Length, forwards exactly the
-    // delivery, and does not pass the tail on.
+fn a_request_pipelined_behind_a_refused_delivery_is_answered() {
+    // A forged delivery whose body was read (401 invalid_signature keeps the
+    // connection), then a genuine one in the same write: both are answered,
+    // in order, and only the genuine one reaches the app. Repeated, because
+    // whether the second request arrives in the same read is up to the kernel.
+    let up = Upstream::start();
+    let p = proxy().upstream(&up).start();
+    for round in 0..20 {
+        let forged = event_body(&event_id(), "inquiry.approved");
+        let body = event_body(&event_id(), "inquiry.approved");
+        let mut bytes = delivery(ROUTE, &sign("wbhsec_wrong", now(), &forged), &forged);
+        bytes.extend(delivery(ROUTE, &sign(p.secret(), now(), &body), &body));
+        let mut c = p.client();
+        c.send(&bytes);
+        let first = c.read_response();
+        first.assert_error(401, "invalid_signature");
+        let second = c
+            .try_read_response()
+            .unwrap_or_else(|e| panic!("round {round}: the pipelined delivery was dropped: {e}"));
+        assert_eq!(second.status, 200, "round {round}: {}", second.text());
+        let recs = up.wait_for_requests(round + 1, Duration::from_secs(5));
+        assert_eq!(recs[round].body, body);
+    }
+    assert_eq!(up.count(), 20);
+}
+
+#[test]
+fn a_request_pipelined_behind_a_verified_body_is_judged_on_its_own() {
+    // A genuine delivery followed, in the same write, by a second request:
+    // the proxy frames by Content-Length, forwards exactly the delivery, then
+    // judges the second request as any other (here an unsigned delivery: 401,
+    // and a passthrough request: forwarded as itself, never inside the first).
     let up = Upstream::start();
     let p = proxy().upstream(&up).start();
     let body = event_body(&event_id(), "inquiry.approved");
     let mut bytes = delivery(ROUTE, &sign(p.secret(), now(), &body), &body);
-    bytes.extend(request("POST", "/app/admin", &[], b"{\"smuggled\":true}"));
+    bytes.extend(request("POST", ROUTE, &[], b"{\"smuggled\":true}"));
     let mut c = p.client();
     c.send(&bytes);
     assert_eq!(c.read_response().status, 200);
+    c.read_response().assert_error(401, "missing_signature");
     let recs = up.wait_for_requests(1, Duration::from_secs(5));
-    assert!(c.closed_within(Duration::from_secs(5)));
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        up.count(),
-        1,
-        "{:?}",
-        up.requests().iter().map(|r| &r.target).collect::<Vec<_>>()
-    );
     assert_eq!(recs[0].body, body);
+
+    let mut bytes = delivery(ROUTE, &sign(p.secret(), now(), &body), &body);
+    bytes.extend(request("POST", "/app/admin", &[], b"{\"second\":true}"));
+    let mut c = p.client();
+    c.send(&bytes);
+    c.read_response().assert_status_json(200, "duplicate");
+    assert_eq!(c.read_response().status, 200);
+    let recs = up.wait_for_requests(2, Duration::from_secs(5));
+    assert_eq!(
+        recs.len(),
+        2,
+        "{:?}",
+        recs.iter().map(|r| &r.target).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (recs[1].target.as_str(), &recs[1].body[..]),
+        ("/app/admin", &b"{\"second\":true}"[..])
+    );
 }

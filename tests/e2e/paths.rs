@@ -115,3 +115,178 @@ fn unmatched_deny_is_404() {
     let recs = up.wait_for_requests(1, W);
     assert_eq!(recs[0].header(TRUSTED_ID), Some(id.as_str()));
 }
+
+/// Every class of target that real routers read under the route (absolute-form
+/// with any scheme, `//host`, dot segments after the route, format suffixes,
+/// trailing white space) is verified; nothing reaches the app unsigned.
+#[test]
+fn every_reading_of_the_route_is_verified() {
+    let up = Upstream::start();
+    let p = proxy().upstream(&up).start();
+    let body = event_body(&event_id(), "inquiry.approved");
+    for (target, host) in [
+        ("http://h/webhooks/persona", "h"),
+        ("HTTPS://h:80/webhooks/persona", "h:80"),
+        ("foo://h/webhooks/persona", "h"),
+        ("//h/webhooks/persona", "e2e.test"),
+        ("/\\h/webhooks/persona", "e2e.test"),
+        ("/webhooks/persona/..", "e2e.test"),
+        ("/webhooks/persona/%2e%2e", "e2e.test"),
+        ("/webhooks/persona/%2E.", "e2e.test"),
+        ("/webhooks/persona/..;x", "e2e.test"),
+        ("/webhooks/persona.json", "e2e.test"),
+        ("/webhooks/persona.", "e2e.test"),
+        ("/webhooks/persona%2e", "e2e.test"),
+        ("/webhooks/persona%0a", "e2e.test"),
+        ("/a%2Fb/%2e%2e/webhooks/persona", "e2e.test"),
+    ] {
+        let raw = format!(
+            "POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut raw = raw.into_bytes();
+        raw.extend_from_slice(&body);
+        p.send(&raw).assert_error(401, "missing_signature");
+    }
+    up.assert_nothing_seen("readings of the route");
+}
+
+/// A genuine delivery sent in absolute-form is verified and reaches the app in
+/// origin-form, with the target's authority as Host; so does a passthrough
+/// request, on the buffered path and on pingora's streaming path alike.
+#[test]
+fn absolute_form_is_forwarded_in_origin_form() {
+    let up = Upstream::start();
+    let p = proxy().upstream(&up).start();
+    let id = event_id();
+    let body = event_body(&id, "inquiry.approved");
+    let sig = sign(p.secret(), now(), &body);
+    let raw = request(
+        "POST",
+        "http://app.example/webhooks/persona?via=abs",
+        &[("Persona-Signature", &sig)],
+        &body,
+    );
+    // The helper's Host is e2e.test: pingora refuses a Host that differs from
+    // the target's authority, so give the matching one.
+    let raw = String::from_utf8(raw)
+        .unwrap()
+        .replacen("Host: e2e.test", "Host: app.example", 1);
+    let resp = p.send(raw.as_bytes());
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let mut c = p.client();
+    c.send(b"GET HTTP://app.example:8080/other?q=1 HTTP/1.1\r\nHost: app.example:8080\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+    c.send(
+        b"POST http://app.example/streamed HTTP/1.1\r\nHost: app.example\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert_eq!(c.read_response().status, 200);
+    c.send(b"GET http://app.example HTTP/1.0\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+    let recs = up.wait_for_requests(4, W);
+    let seen: Vec<(&str, Option<&str>)> = recs
+        .iter()
+        .map(|r| (r.target.as_str(), r.header("host")))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("/webhooks/persona?via=abs", Some("app.example")),
+            ("/other?q=1", Some("app.example:8080")),
+            ("/streamed", Some("app.example")),
+            ("/", Some("app.example")),
+        ]
+    );
+    assert_eq!(recs[0].header(TRUSTED_ID), Some(id.as_str()));
+    assert_eq!(recs[0].body, body);
+    assert_eq!(recs[2].body, b"hello");
+}
+
+/// Targets in no form the proxy forwards in origin-form are refused.
+#[test]
+fn targets_in_other_forms_are_refused() {
+    let up = Upstream::start();
+    let p = proxy().upstream(&up).start();
+    for target in ["mailto:x", "x:/webhooks/persona", "urn:a:b"] {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: e2e.test\r\n\r\n");
+        p.send(raw.as_bytes()).assert_error(400, "invalid_path");
+    }
+    // pingora answers CONNECT itself (405): a tunnel is never opened.
+    let resp = p.send(b"CONNECT app.example:443 HTTP/1.1\r\nHost: app.example:443\r\n\r\n");
+    assert_eq!(resp.status, 405);
+    // The positive twin: `*` with OPTIONS is a target the app can be asked about.
+    let resp = p.send(b"OPTIONS * HTTP/1.1\r\nHost: e2e.test\r\n\r\n");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let recs = up.wait_for_requests(1, W);
+    assert_eq!(
+        (recs[0].method.as_str(), recs[0].target.as_str()),
+        ("OPTIONS", "*")
+    );
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(up.count(), 1);
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400 and the
+/// connection closed; HTTP/1.0 needs none.
+#[test]
+fn http11_without_host_is_400() {
+    let up = Upstream::start();
+    let p = proxy().upstream(&up).start();
+    let body = event_body(&event_id(), "inquiry.approved");
+    let sig = sign(p.secret(), now(), &body);
+    for target in ["/other", ROUTE] {
+        let mut raw = format!(
+            "POST {target} HTTP/1.1\r\nPersona-Signature: {sig}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&body);
+        let mut c = p.client();
+        c.send(&raw);
+        let resp = c.read_response();
+        resp.assert_error(400, "malformed_request");
+        assert!(c.closed_within(W), "{target}");
+    }
+    up.assert_nothing_seen("HTTP/1.1 without Host");
+    // The positive twin: HTTP/1.0 without Host is forwarded.
+    let resp = p.send(b"GET /old HTTP/1.0\r\n\r\n");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(up.wait_for_requests(1, W)[0].target, "/old");
+}
+
+/// A chunked body whose framing is broken gets a 400, on passthrough and on
+/// the route, never a silent cut; the well-formed twin goes through.
+#[test]
+fn malformed_chunked_bodies_are_400() {
+    let up = Upstream::start();
+    let p = proxy().upstream(&up).start();
+    for (name, chunks) in [
+        ("a 0x size", &b"0x3\r\nabc\r\n0\r\n\r\n"[..]),
+        ("a size that is not hex", b"zz\r\nabc\r\n0\r\n\r\n"),
+        ("data longer than its size", b"3\r\nabcdef\r\n0\r\n\r\n"),
+        ("no CRLF after the data", b"3\r\nabcXY0\r\n\r\n"),
+    ] {
+        for target in ["/app/upload", ROUTE] {
+            let mut raw = chunked_head(
+                "POST",
+                target,
+                &[("Persona-Signature", &sign(p.secret(), now(), b"abc"))],
+            );
+            raw.extend_from_slice(chunks);
+            let resp = p.send(&raw);
+            assert_eq!(resp.status, 400, "{name} to {target}: {}", resp.text());
+            assert_eq!(
+                resp.error_code().as_deref(),
+                Some("malformed_request"),
+                "{name}"
+            );
+        }
+    }
+    let mut raw = chunked_head("POST", "/app/upload", &[]);
+    raw.extend_from_slice(b"3\r\nabc\r\n0\r\n\r\n");
+    assert_eq!(p.send(&raw).status, 200);
+    let recs = up.requests();
+    let whole: Vec<&Recorded> = recs.iter().filter(|r| r.body == b"abc").collect();
+    assert_eq!(whole.len(), 1, "only the well-formed body arrives whole");
+}
