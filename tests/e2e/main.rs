@@ -11,6 +11,7 @@ mod ops;
 mod passthrough;
 mod paths;
 mod redis;
+mod routers;
 mod soak;
 mod tls;
 mod webhook;

@@ -15,20 +15,20 @@ use crate::common::*;
 const W: Duration = Duration::from_secs(10);
 
 /// A private CA and leaf certificates for `localhost` / 127.0.0.1, as PEM files.
-struct Pki {
+pub struct Pki {
     dir: tempfile::TempDir,
     ca: rcgen::Certificate,
     ca_key: rcgen::KeyPair,
 }
 
-struct Leaf {
+pub struct Leaf {
     cert: PathBuf,
     key: PathBuf,
     der: Vec<u8>,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub fn new() -> Pki {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
@@ -45,7 +45,7 @@ impl Pki {
         self.dir.path().join("ca.pem")
     }
 
-    fn leaf(&self, name: &str) -> Leaf {
+    pub fn leaf(&self, name: &str) -> Leaf {
         let params =
             rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
                 .unwrap();
@@ -61,7 +61,7 @@ impl Pki {
         leaf
     }
 
-    fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(CertificateDer::from(self.ca.der().to_vec()))
@@ -77,7 +77,7 @@ impl Pki {
     }
 }
 
-fn listen_tls(leaf: &Leaf) -> String {
+pub fn listen_tls(leaf: &Leaf) -> String {
     format!(
         "tls = {{ cert = \"{}\", key = \"{}\" }}\n",
         leaf.cert.display(),
