@@ -84,6 +84,7 @@ impl ServeHttp for Admin {
             },
             "/metrics" => {
                 let m = &self.shared.metrics;
+                m.buffered_body_bytes.set(self.shared.budget.held() as i64);
                 if let Some(store) = self.shared.store.memory() {
                     store.run_pending_tasks();
                     m.replay_entries.set(store.entry_count() as i64);

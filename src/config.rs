@@ -72,6 +72,8 @@ pub const DEFAULT_EVENT_ID_HEADER: &str = "X-Persona-Event-Id";
 pub const DEFAULT_EVENT_CREATED_AT_HEADER: &str = "X-Persona-Event-Created-At";
 /// Largest `max_body` accepted: the body is held in memory while it is verified.
 pub const MAX_MAX_BODY: u64 = 64 * 1024 * 1024;
+/// Default `[server] max_buffered`: webhook body bytes held at once.
+pub const DEFAULT_MAX_BUFFERED: u64 = 64 * 1024 * 1024;
 
 // ---------------------------------------------------------------- raw file form
 
@@ -124,6 +126,7 @@ struct RawServer {
     body_timeout: Option<String>,
     idle_timeout: Option<String>,
     header_timeout: Option<String>,
+    max_buffered: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -363,6 +366,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Bounds each read while a request head arrives on a new connection.
     pub header_timeout: Duration,
+    /// Webhook body bytes held at once, all requests together (see `budget`).
+    pub max_buffered: u64,
     pub upstream: Upstream,
     pub replay: Replay,
     pub headers: TrustedHeaders,
@@ -671,6 +676,34 @@ impl Check<'_> {
         default
     }
 
+    /// A size such as "64KiB" or "1MiB", greater than zero and at most
+    /// [`MAX_MAX_BODY`] (bodies are held in memory).
+    fn size(&mut self, key: &str, value: Option<&str>, default: u64) -> u64 {
+        let Some(v) = value else { return default };
+        match v.parse::<bytesize::ByteSize>() {
+            Ok(b) if b.as_u64() == 0 => {
+                self.problem(key, "must be greater than zero");
+                default
+            }
+            Ok(b) if b.as_u64() > MAX_MAX_BODY => {
+                self.problem(
+                    key,
+                    "is over the limit of 64MiB (bodies are held in memory)",
+                );
+                default
+            }
+            Ok(b) => b.as_u64(),
+            // Not `e`: bytesize's message quotes the input.
+            Err(_) => {
+                self.problem(
+                    key,
+                    "is not a size (the value is not repeated here); write e.g. \"64KiB\", \"1MiB\"",
+                );
+                default
+            }
+        }
+    }
+
     fn duration(&mut self, key: &str, value: Option<&str>, default: Duration) -> Duration {
         let Some(v) = value else { return default };
         match humantime::parse_duration(v) {
@@ -926,6 +959,11 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
     if idle_timeout < Duration::from_secs(1) {
         c.problem("server.idle_timeout", "must be at least 1s");
     }
+    let max_buffered = c.size(
+        "server.max_buffered",
+        raw.server.max_buffered.as_deref(),
+        DEFAULT_MAX_BUFFERED,
+    );
     let connect_timeout = c.duration(
         "upstream.connect_timeout",
         raw.upstream.connect_timeout.as_deref(),
@@ -1187,31 +1225,7 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
             }
         }
         let tolerance = c.duration(&k("tolerance"), r.tolerance.as_deref(), DEFAULT_TOLERANCE);
-        let max_body = match r.max_body.as_deref() {
-            None => DEFAULT_MAX_BODY,
-            Some(v) => match v.parse::<bytesize::ByteSize>() {
-                Ok(b) if b.as_u64() == 0 => {
-                    c.problem(k("max_body"), "must be greater than zero");
-                    DEFAULT_MAX_BODY
-                }
-                Ok(b) if b.as_u64() > MAX_MAX_BODY => {
-                    c.problem(
-                        k("max_body"),
-                        "is over the limit of 64MiB (bodies are held in memory)",
-                    );
-                    DEFAULT_MAX_BODY
-                }
-                Ok(b) => b.as_u64(),
-                // Not `e`: bytesize's message quotes the input.
-                Err(_) => {
-                    c.problem(
-                        k("max_body"),
-                        "is not a size (the value is not repeated here); write e.g. \"64KiB\", \"1MiB\"",
-                    );
-                    DEFAULT_MAX_BODY
-                }
-            },
-        };
+        let max_body = c.size(&k("max_body"), r.max_body.as_deref(), DEFAULT_MAX_BODY);
         let events = r.events.map(|list| {
             if list.is_empty() {
                 c.problem(
@@ -1266,6 +1280,18 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
             ),
         );
     }
+    if let Some((i, r)) = routes.iter().enumerate().max_by_key(|(_, r)| r.max_body)
+        && r.max_body > max_buffered
+    {
+        c.problem_with(
+            "server.max_buffered",
+            format!(
+                "{} is less than route[{i}].max_body ({}): a delivery that large could never be held",
+                bytesize::ByteSize(max_buffered),
+                bytesize::ByteSize(r.max_body)
+            ),
+        );
+    }
     if inflight_ttl < upstream.connect_timeout + upstream.read_timeout {
         c.problem_with(
             "replay.inflight_ttl",
@@ -1291,6 +1317,7 @@ fn validate(raw: RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Pr
         body_timeout,
         idle_timeout,
         header_timeout,
+        max_buffered,
         upstream,
         replay: Replay {
             store,

@@ -7,6 +7,7 @@
 //! process wiring ([`server`]).
 
 pub mod admin;
+pub mod budget;
 pub mod config;
 pub mod echo;
 pub mod event;

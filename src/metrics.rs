@@ -26,6 +26,9 @@ pub struct Metrics {
     pub verify_duration: HistogramVec,
     /// `persona_guard_replay_entries`
     pub replay_entries: IntGauge,
+    /// `persona_guard_buffered_body_bytes`: webhook body bytes reserved now
+    /// against `[server] max_buffered` (settled on scrape).
+    pub buffered_body_bytes: IntGauge,
     /// `persona_guard_replay_insertions_total`: ids claimed (admitted as in flight).
     pub replay_insertions: IntCounter,
     /// `persona_guard_replay_evictions_total`: ids evicted for room before their ttl.
@@ -85,6 +88,11 @@ impl Metrics {
             "Event ids currently remembered (in flight or delivered).",
         )
         .expect("static metric definition");
+        let buffered_body_bytes = IntGauge::new(
+            "persona_guard_buffered_body_bytes",
+            "Webhook body bytes reserved right now against [server] max_buffered.",
+        )
+        .expect("static metric definition");
         let replay_insertions = IntCounter::new(
             "persona_guard_replay_insertions_total",
             "Event ids admitted into the replay memory (claimed for delivery).",
@@ -125,6 +133,7 @@ impl Metrics {
             Box::new(upstream_duration.clone()),
             Box::new(verify_duration.clone()),
             Box::new(replay_entries.clone()),
+            Box::new(buffered_body_bytes.clone()),
             Box::new(replay_insertions.clone()),
             Box::new(replay_evictions.clone()),
             Box::new(reloads.clone()),
@@ -140,6 +149,7 @@ impl Metrics {
             upstream_duration,
             verify_duration,
             replay_entries,
+            buffered_body_bytes,
             replay_insertions,
             replay_evictions,
             reloads,

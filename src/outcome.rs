@@ -26,6 +26,8 @@ pub enum Outcome {
     UpstreamTimeout,
     /// The Redis store cannot answer and `on_store_error = "reject"`.
     ReplayStoreUnavailable,
+    /// The body would not fit `[server] max_buffered` (nothing of it was read).
+    Overloaded,
     /// Ambiguous framing (SPEC §2): refused, connection closed.
     MalformedRequest,
     /// A path that cannot be percent-decoded.
@@ -56,6 +58,7 @@ impl Outcome {
             Outcome::UpstreamUnavailable => "upstream_unavailable",
             Outcome::UpstreamTimeout => "upstream_timeout",
             Outcome::ReplayStoreUnavailable => "replay_store_unavailable",
+            Outcome::Overloaded => "overloaded",
             Outcome::MalformedRequest => "malformed_request",
             Outcome::InvalidPath => "invalid_path",
             Outcome::NotFound => "not_found",
@@ -81,7 +84,9 @@ impl Outcome {
             Outcome::DeliveryInProgress => StatusCode::CONFLICT,
             Outcome::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Outcome::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Outcome::ReplayStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Outcome::ReplayStoreUnavailable | Outcome::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Outcome::NotFound => StatusCode::NOT_FOUND,
             Outcome::ClientError => StatusCode::BAD_REQUEST,
         })
@@ -112,6 +117,7 @@ impl Outcome {
             Outcome::UpstreamUnavailable => "The application cannot be reached.",
             Outcome::UpstreamTimeout => "The application did not answer in time.",
             Outcome::ReplayStoreUnavailable => "The replay store cannot be reached; retry later.",
+            Outcome::Overloaded => "The proxy holds as many request bodies as it may; retry later.",
             Outcome::MalformedRequest => "The request framing is ambiguous and was refused.",
             Outcome::InvalidPath => "The request path cannot be decoded.",
             Outcome::NotFound => "No route matches this path.",
@@ -143,7 +149,7 @@ impl Outcome {
     }
 
     /// Every outcome, for pre-registering metric labels.
-    pub const ALL: [Outcome; 20] = [
+    pub const ALL: [Outcome; 21] = [
         Outcome::Forwarded,
         Outcome::Passthrough,
         Outcome::MissingSignature,
@@ -160,6 +166,7 @@ impl Outcome {
         Outcome::UpstreamUnavailable,
         Outcome::UpstreamTimeout,
         Outcome::ReplayStoreUnavailable,
+        Outcome::Overloaded,
         Outcome::MalformedRequest,
         Outcome::InvalidPath,
         Outcome::NotFound,

@@ -40,6 +40,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use crate::budget::BodyBudget;
 use crate::config::{self, Config, OnStoreError, Route, TrustedHeaders, Unmatched, Upstream};
 use crate::event;
 use crate::framing;
@@ -61,11 +62,19 @@ const HOP_BY_HOP: [&str; 9] = [
     "expect",
 ];
 
+/// Interim (1xx) answers passed on before the final one (RFC 9110 §15.2);
+/// an app that sends more is treated as broken (502).
+const MAX_INTERIM: usize = 8;
+
 /// Bodies up to this size are sent in the same write as the request head.
 const COALESCE_LIMIT: usize = 64 * 1024;
 
 /// Per-read bound on request bodies (pingora's default).
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `Retry-After` seconds on a 503 `overloaded`: bodies come and go within
+/// about a request's time.
+const OVERLOADED_RETRY: u64 = 1;
 
 /// How long an idle upstream connection stays in the pool.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
@@ -75,6 +84,8 @@ pub struct Shared {
     pub config: ArcSwap<Config>,
     pub store: Store,
     pub metrics: Metrics,
+    /// Webhook body bytes held at once (`[server] max_buffered`).
+    pub budget: Arc<BodyBudget>,
     connector: Connector,
     /// Requests being handled now (for the SIGTERM drain).
     pub inflight: AtomicUsize,
@@ -89,6 +100,7 @@ impl Shared {
         }
         metrics.register_no_route();
         Shared {
+            budget: BodyBudget::new(config.max_buffered),
             config: ArcSwap::from_pointee(config),
             store,
             metrics,
@@ -335,7 +347,10 @@ async fn read_body(
             continue;
         }
         if let Some(f) = first.take() {
-            rest.reserve(f.len() + chunk.len());
+            // One allocation of the declared size (already within max_body),
+            // not a doubling buffer that can hold twice the body.
+            let declared = declared_length(session.req_header()).unwrap_or(0) as usize;
+            rest.reserve(declared.max(f.len() + chunk.len()));
             rest.extend_from_slice(&f);
         }
         rest.extend_from_slice(&chunk);
@@ -402,6 +417,22 @@ impl Guard {
         if declared_length(session.req_header()).is_some_and(|n| n > route.max_body) {
             return respond(session, ctx, Outcome::BodyTooLarge, false, None).await;
         }
+        // The memory budget: the body's size is reserved before any byte of it
+        // is read (the declared length, or max_body for a chunked body), and
+        // given back when this request ends.
+        let budget = &self.shared.budget;
+        budget.set_limit(cfg.max_buffered);
+        let need = declared_length(session.req_header()).unwrap_or(route.max_body);
+        let Some(_permit) = budget.reserve(need) else {
+            return respond(
+                session,
+                ctx,
+                Outcome::Overloaded,
+                false,
+                Some(OVERLOADED_RETRY),
+            )
+            .await;
+        };
         if session.req_header().headers.contains_key(EXPECT) {
             session.write_continue_response().await?;
             session.req_header_mut().remove_header(&EXPECT);
@@ -558,7 +589,7 @@ impl Guard {
         ctx.upstream_status = Some(status);
         ctx.status = Some(status);
         self.relay_response(session, upstream, interim, head, &peer)
-            .await;
+            .await?;
         Ok(true)
     }
 
@@ -606,7 +637,7 @@ impl Guard {
         ctx.upstream_status = Some(head.status.as_u16());
         ctx.status = ctx.upstream_status;
         self.relay_response(session, upstream, interim, head, &peer)
-            .await;
+            .await?;
         Ok(true)
     }
 
@@ -648,7 +679,11 @@ impl Guard {
         Err(ForwardError::Unavailable)
     }
 
-    /// Streams the upstream response to the client and returns the connection to the pool.
+    /// Streams the upstream response to the client and returns the connection
+    /// to the pool. An error means the response could not be relayed whole
+    /// (the app's body ended early, or the client went away): the caller
+    /// returns it, so that pingora ends the client's connection (HTTP/1) or
+    /// resets the stream (HTTP/2) instead of completing a truncated body.
     async fn relay_response(
         &self,
         session: &mut Session,
@@ -656,45 +691,37 @@ impl Guard {
         interim: Vec<ResponseHeader>,
         head: ResponseHeader,
         peer: &HttpPeer,
-    ) {
-        // Interim (1xx) heads first, then the final one.
+    ) -> pingora::Result<()> {
+        // Interim (1xx) heads first, then the final one; each in the proxy's
+        // own HTTP version, whatever the app's status line said.
         let done = up.response_done();
         let heads = interim.into_iter().map(|h| (h, false));
         for (mut h, end) in heads.chain(std::iter::once((head, done))) {
             strip_response_hop_by_hop(&mut h);
-            if session
-                .write_response_header(Box::new(h), end)
-                .await
-                .is_err()
-            {
+            h.set_version(http::Version::HTTP_11);
+            if let Err(e) = session.write_response_header(Box::new(h), end).await {
                 up.shutdown().await;
-                return;
+                return Err(e);
             }
         }
         loop {
             match up.read_response_body().await {
                 Ok(Some(chunk)) => {
-                    if session
-                        .write_response_body(Some(chunk), false)
-                        .await
-                        .is_err()
-                    {
+                    if let Err(e) = session.write_response_body(Some(chunk), false).await {
                         up.shutdown().await;
-                        return;
+                        return Err(e);
                     }
                 }
                 Ok(None) => break,
-                Err(_) => {
-                    // The head is already sent: all that is left is to cut the
-                    // connection so the client sees an incomplete response.
+                Err(e) => {
                     up.shutdown().await;
-                    session.set_keepalive(None);
-                    return;
+                    return Err(e.into_up());
                 }
             }
         }
-        if session.write_response_body(None, true).await.is_err() {
+        if let Err(e) = session.write_response_body(None, true).await {
             session.set_keepalive(None);
+            return Err(e);
         }
         if up.response_done()
             && let UpstreamSession::H1(h1) = up
@@ -704,6 +731,7 @@ impl Guard {
                 .release_http_session(h1, peer, Some(UPSTREAM_IDLE))
                 .await;
         }
+        Ok(())
     }
 }
 
@@ -908,28 +936,46 @@ async fn exchange_h1(
     let mut h1 = Http1Session::new_with_options(stream, peer);
     h1.read_timeout = peer.options.read_timeout;
     h1.write_timeout = peer.options.write_timeout;
-    loop {
-        h1.read_response().await?;
-        match h1.resp_header() {
-            Some(h) if h.status.is_informational() => keep_interim(interim, h),
-            _ => return Ok(h1),
+    // The final head must come within one read_timeout however many interim
+    // answers come first, and after at most MAX_INTERIM of them: an app that
+    // sends `103` every second must not keep a delivery (and its in-flight
+    // mark) alive forever.
+    let heads = async {
+        loop {
+            h1.read_response().await?;
+            match h1.resp_header() {
+                Some(h) if h.status == StatusCode::SWITCHING_PROTOCOLS => {
+                    return Error::e_explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "101 Switching Protocols to a request that asked for no upgrade",
+                    );
+                }
+                Some(h) if h.status.is_informational() => {
+                    if interim.len() == MAX_INTERIM {
+                        return Error::e_explain(
+                            ErrorType::InvalidHTTPHeader,
+                            "too many interim answers",
+                        );
+                    }
+                    interim.push(h.clone());
+                }
+                _ => return Ok(()),
+            }
         }
+    };
+    match peer.options.read_timeout {
+        Some(t) => tokio::time::timeout(t, heads).await.map_err(|_| {
+            Error::explain(ErrorType::ReadTimedout, "waiting for the final answer")
+        })??,
+        None => heads.await?,
     }
+    Ok(h1)
 }
 
 /// Removes the headers that describe the app's connection, not the answer.
 fn strip_response_hop_by_hop(head: &mut ResponseHeader) {
     for name in ["connection", "keep-alive", "proxy-connection", "upgrade"] {
         head.remove_header(name);
-    }
-}
-
-/// Keeps an interim (1xx) answer to pass on before the final one, as a proxy
-/// must (RFC 9110 §15.2); `101` is never expected here (upgrades are not
-/// taken on this path) and is dropped.
-fn keep_interim(interim: &mut Vec<ResponseHeader>, head: &ResponseHeader) {
-    if head.status != StatusCode::SWITCHING_PROTOCOLS && interim.len() < 8 {
-        interim.push(head.clone());
     }
 }
 
@@ -1054,6 +1100,15 @@ impl ProxyHttp for Guard {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if session.response_written().is_some() && ctx.outcome.is_some() {
+            // A relay cut short after the answer began (relay_response): the
+            // request's outcome stands; nothing more can be said, and the
+            // connection (or HTTP/2 stream) ends without completing the body.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         let outcome = match (e.esource(), e.etype()) {
             (_, ErrorType::HTTPStatus(code)) => {
                 let code = *code;

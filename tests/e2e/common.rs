@@ -596,6 +596,129 @@ pub fn one_shot(addr: SocketAddr, raw: &[u8]) -> Response {
 }
 
 // ---------------------------------------------------------------------------
+// Scripted raw upstream
+// ---------------------------------------------------------------------------
+
+/// What the scripted upstream was sent: each request's head and body.
+pub type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// One answer of a [`ScriptedUpstream`].
+pub enum Reply {
+    /// These bytes; a `Connection: close` in them closes the socket after.
+    Raw(Vec<u8>),
+    /// These bytes, then the socket is closed: a response cut short.
+    Cut(Vec<u8>),
+    /// `count` interim heads, one every `every`, then these bytes.
+    Interim {
+        head: Vec<u8>,
+        every: Duration,
+        count: usize,
+        then: Vec<u8>,
+    },
+}
+
+/// An upstream that answers each request with the next of a list of raw
+/// responses, on keep-alive connections, and records what it was sent.
+pub struct ScriptedUpstream {
+    pub addr: SocketAddr,
+    seen: Seen,
+}
+
+impl ScriptedUpstream {
+    pub fn start(responses: Vec<Vec<u8>>) -> ScriptedUpstream {
+        Self::start_with(responses.into_iter().map(Reply::Raw).collect())
+    }
+
+    pub fn start_with(replies: Vec<Reply>) -> ScriptedUpstream {
+        let listener = StdTcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Seen = Arc::default();
+        let script = Arc::new(Mutex::new(replies.into_iter()));
+        let seen_t = seen.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(s) = conn else { return };
+                let (seen, script) = (seen_t.clone(), script.clone());
+                thread::spawn(move || Self::serve(s, &seen, &script));
+            }
+        });
+        ScriptedUpstream { addr, seen }
+    }
+
+    fn serve(mut s: TcpStream, seen: &Seen, script: &Mutex<std::vec::IntoIter<Reply>>) {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 65536];
+        loop {
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                match s.read(&mut tmp) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            while buf.len() < head_end + len {
+                match s.read(&mut tmp) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                }
+            }
+            let body = buf[head_end..head_end + len].to_vec();
+            buf.drain(..head_end + len);
+            seen.lock().unwrap().push((head, body));
+            let Some(reply) = script.lock().unwrap().next() else {
+                return;
+            };
+            let last = match reply {
+                Reply::Raw(bytes) => bytes,
+                Reply::Cut(bytes) => {
+                    let _ = s.write_all(&bytes);
+                    return;
+                }
+                Reply::Interim {
+                    head,
+                    every,
+                    count,
+                    then,
+                } => {
+                    for _ in 0..count {
+                        if s.write_all(&head).is_err() {
+                            return;
+                        }
+                        thread::sleep(every);
+                    }
+                    then
+                }
+            };
+            if s.write_all(&last).is_err() {
+                return;
+            }
+            if String::from_utf8_lossy(&last)
+                .to_ascii_lowercase()
+                .contains("connection: close")
+            {
+                return;
+            }
+        }
+    }
+
+    pub fn seen(&self) -> Vec<(String, Vec<u8>)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Recording upstream
 // ---------------------------------------------------------------------------
 

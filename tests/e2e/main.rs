@@ -6,6 +6,7 @@
 mod cli;
 mod common;
 mod framing;
+mod hostile;
 mod operations;
 mod ops;
 mod passthrough;
