@@ -365,3 +365,89 @@ fn the_app_s_http_version_is_not_relayed() {
         assert!(text.ends_with("ok"), "{text}");
     }
 }
+
+/// Over HTTP/2 a truncated answer ends its stream with a reset, never with a
+/// clean end of stream; the complete twin ends cleanly.
+#[test]
+fn a_truncated_app_response_resets_the_http2_stream() {
+    use crate::tls::{Pki, listen_tls};
+    let cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec();
+    let whole = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let up = ScriptedUpstream::start_with(vec![
+        Reply::Cut(cut.clone()),
+        Reply::Cut(cut),
+        Reply::Raw(whole.to_vec()),
+    ]);
+    let pki = Pki::new();
+    let leaf = pki.leaf("server");
+    let p = proxy()
+        .upstream_literal(&format!("http://{}", up.addr))
+        .listen_toml(&listen_tls(&leaf))
+        .start();
+    let cfg = pki.client_config(&[b"h2"]);
+    let addr = p.listen;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = event_body(&event_id(), "inquiry.approved");
+    let sig = sign(p.secret(), now(), &body);
+    // (path, signature, body) -> (status, bytes received, whether the stream ended cleanly)
+    let fetch = |path: &str, sig: Option<&str>, body: Vec<u8>| {
+        let cfg = cfg.clone();
+        let uri = format!("https://localhost:{}{path}", addr.port());
+        let sig = sig.map(str::to_string);
+        rt.block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(
+                    rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                    tcp,
+                )
+                .await
+                .unwrap();
+            let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let mut req = http::Request::post(uri).header("content-type", "application/json");
+            if let Some(s) = sig {
+                req = req.header("persona-signature", s);
+            }
+            let (resp, mut stream) = client.send_request(req.body(()).unwrap(), false).unwrap();
+            stream.send_data(body.into(), true).unwrap();
+            let resp = resp.await.unwrap();
+            let status = resp.status().as_u16();
+            let mut recv = resp.into_body();
+            let mut got = Vec::new();
+            let clean = loop {
+                match recv.data().await {
+                    Some(Ok(chunk)) => {
+                        let _ = recv.flow_control().release_capacity(chunk.len());
+                        got.extend_from_slice(&chunk);
+                    }
+                    Some(Err(_)) => break false,
+                    None => break true,
+                }
+            };
+            (status, got, clean)
+        })
+    };
+    // What of the body got out before the reset may vary; that it is not
+    // presented as complete may not.
+    let (status, got, clean) = fetch(ROUTE, Some(&sig), body);
+    assert_eq!(status, 200);
+    assert!(b"hello".starts_with(&got), "{got:?}");
+    assert!(
+        !clean,
+        "a truncated delivery answer ended cleanly over HTTP/2"
+    );
+    let (status, _, clean) = fetch("/app/x", None, b"x".to_vec());
+    assert_eq!(status, 200);
+    assert!(
+        !clean,
+        "a truncated passthrough answer ended cleanly over HTTP/2"
+    );
+    let (status, got, clean) = fetch("/app/y", None, b"y".to_vec());
+    assert_eq!((status, got.as_slice(), clean), (200, &b"hello"[..], true));
+}
