@@ -22,6 +22,12 @@ use hyper::service::service_fn;
 use sha2::Sha256;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_persona-guard");
+
+/// The binary under test: `PERSONA_GUARD_BIN` when set (to run the suite
+/// against another build, e.g. an older release), else this crate's.
+pub fn bin() -> String {
+    std::env::var("PERSONA_GUARD_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 pub const ROUTE: &str = "/webhooks/persona";
 pub const DEFAULT_UPSTREAM_BODY: &[u8] = br#"{"received":true,"by":"e2e-upstream"}"#;
 pub const TRUSTED_TYPE: &str = "x-persona-event-type";
@@ -1197,7 +1203,7 @@ impl ProxyBuilder {
         fs::write(&config, self.toml(listen, admin)).unwrap();
         let stdout_path = dir.path().join("stdout.log");
         let stderr_path = dir.path().join("stderr.log");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.arg("run")
             .arg("--config")
             .arg(&config)
@@ -1211,7 +1217,7 @@ impl ProxyBuilder {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().map_err(|e| format!("spawn {BIN}: {e}"))?;
+        let child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", bin()))?;
         let mut p = Proxy {
             child: Some(child),
             dir,
@@ -1389,7 +1395,7 @@ impl Drop for Proxy {
 // ---------------------------------------------------------------------------
 
 pub fn run_cli(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.args(args)
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
