@@ -14,7 +14,7 @@
 //! | separators | `/`; `/` and `\` | WHATWG URL, IIS |
 //! | parameters | kept; `;…` dropped from every segment | Tomcat, Jetty, Spring |
 //! | dot segments | literal; resolved after merging `//`; resolved with empty segments kept and `%2e` read as `.` | Express and Flask route `/x/..` to a handler under `/x`; Go's `path.Clean`; WHATWG URL |
-//! | raw white space | data; the end of the target | Python's `http.server` (werkzeug, Flask) splits the request line on any Unicode white space, so a raw `0x85` or `0xA0` ends the path |
+//! | raw white space | data; the end of the target; tabs and newlines removed | Python's `http.server` (werkzeug, Flask) splits the request line on any Unicode white space, so a raw `0x85` or `0xA0` ends the path; WHATWG URL parsers drop tabs and newlines |
 //! | last segment | kept; trailing white space and control bytes dropped; then `.…` dropped too | Python's `re` `$` matches before a final `\n` (Starlette runs `/webhooks/persona%0A`); Rails' `(.:format)` |
 //!
 //! Empty segments are ignored when a reading is compared with a route (routers
@@ -99,6 +99,11 @@ fn views(raw: &[u8], once: Vec<u8>) -> Result<Vec<Vec<u8>>, PathError> {
     let mut decodings: Vec<Cow<'_, [u8]>> = vec![Cow::Borrowed(raw)];
     if let Some(cut) = raw.iter().position(|b| python_space(*b)) {
         decodings.push(Cow::Borrowed(&raw[..cut]));
+    }
+    if raw.iter().any(|b| matches!(b, b'\t' | b'\n' | b'\r')) {
+        // WHATWG URL parsers remove tabs and newlines anywhere.
+        let kept = raw.iter().copied().filter(|b| !matches!(b, b'\t' | b'\n' | b'\r'));
+        decodings.push(Cow::Owned(kept.collect()));
     }
     let full = decode_further(once.clone())?;
     for decoded in [once, full] {

@@ -123,6 +123,9 @@ fn covered_raw_bytes() {
         b"/webhooks/persona\xa0x",
         b"/webhooks/persona\x1f",
         b"http://h/webhooks/persona\x85",
+        // Found by the route_decision fuzz target: WHATWG drops tabs and newlines.
+        b"HTTPS://h:80/webhooks/per\n\n\n\nsona",
+        b"/webhooks/per\tsona",
     ] {
         assert_eq!(covered(t), Ok(true), "{}", String::from_utf8_lossy(t));
     }
