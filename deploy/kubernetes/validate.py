@@ -4,6 +4,9 @@ every document parses and has the fields a Deployment/Service/ConfigMap needs,
 the Service targets the sidecar's port, probes hit the admin port, the app
 listens on localhost only, and every embedded route file passes
 `persona-guard check` with its secrets laid out as the volumes mount them.
+A Redis run by an example must keep the replay memory across a restart
+(`--appendonly yes`, `--appendfsync everysec` or `always`, no eviction policy)
+and be the Service that `redis_url` names.
 
     python3 deploy/kubernetes/validate.py target/debug/persona-guard
 """
@@ -23,15 +26,58 @@ def fail(where, what):
     failures.append(f"{where}: {what}")
 
 
+def check_redis(where, docs, route_file):
+    """A redis-server in the example keeps its data (README: What Redis must keep)."""
+    services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+    for d in docs:
+        if d["kind"] not in ("StatefulSet", "Deployment"):
+            continue
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            argv = [str(a) for a in c.get("command", []) + c.get("args", [])]
+            if "redis-server" not in argv:
+                continue
+            opts = dict(zip(argv, argv[1:]))
+            who = f"{where}: {d['kind']} {d['metadata']['name']}"
+            if opts.get("--appendonly") != "yes":
+                fail(who, "redis-server without --appendonly yes forgets every mark on restart")
+            if opts.get("--appendfsync") not in ("everysec", "always"):
+                fail(who, "redis-server needs --appendfsync everysec (or always)")
+            if opts.get("--maxmemory-policy", "noeviction") != "noeviction":
+                fail(who, "an eviction policy drops replay marks: use noeviction")
+            if not any(m.get("mountPath") == opts.get("--dir", "/data") for m in c.get("volumeMounts", [])):
+                fail(who, "the AOF directory is not on a volume")
+            if d["kind"] == "StatefulSet" and not d["spec"].get("volumeClaimTemplates"):
+                fail(who, "no volumeClaimTemplates: the AOF would not survive the pod")
+            url = [l for l in route_file.splitlines() if l.strip().startswith("redis_url")]
+            host = url[0].split("//", 1)[1].split("@")[-1].split(":")[0].split("/")[0] if url else ""
+            if host.split(".")[0] not in services:
+                fail(who, f"redis_url host {host!r} is not a Service of this example")
+
+
 for manifest in sorted(HERE.glob("*.yaml")):
     docs = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
-    kinds = {d["kind"]: d for d in docs}
     name = manifest.name
+    # The persona-guard pod, its ConfigMap and the Service in front of it (an
+    # example may hold other objects, e.g. the Redis it uses).
+    kinds = {}
+    for d in docs:
+        if d["kind"] == "Deployment" and any(
+            c["name"] == "persona-guard" for c in d["spec"]["template"]["spec"]["containers"]
+        ):
+            kinds["Deployment"] = d
+        if d["kind"] == "ConfigMap" and "persona-guard.toml" in d.get("data", {}):
+            kinds["ConfigMap"] = d
+    if "Deployment" in kinds:
+        labels = kinds["Deployment"]["spec"]["template"]["metadata"]["labels"]
+        for d in docs:
+            if d["kind"] == "Service" and d["spec"]["selector"].items() <= labels.items():
+                kinds["Service"] = d
     for kind in ("ConfigMap", "Deployment", "Service"):
         if kind not in kinds:
             fail(name, f"no {kind}")
     if failures:
         continue
+    check_redis(name, docs, kinds["ConfigMap"]["data"]["persona-guard.toml"])
     pod = kinds["Deployment"]["spec"]["template"]["spec"]
     containers = {c["name"]: c for c in pod["containers"]}
     guard = containers.get("persona-guard")

@@ -284,3 +284,105 @@ fn delivered_mark_expires_after_ttl() {
     assert_eq!(b.deliver(&body).status, 200, "forgotten after ttl");
     assert_eq!(up.count(), 2);
 }
+
+/// Redis closes connections idle for more than `timeout` seconds (a NAT or a
+/// load balancer does the same): the first store call after such a gap must be
+/// retried on a new connection, not count as a store error.
+fn idle_cut(on_store_error: &str) -> (RedisServer, Upstream, Proxy) {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let p = proxy()
+        .upstream(&up)
+        .redis(&redis.url())
+        .replay_toml(&format!("on_store_error = \"{on_store_error}\"\n"))
+        .start();
+    let set = redis.command(&["CONFIG", "SET", "timeout", "1"]).unwrap();
+    assert!(set.starts_with(b"+OK"), "{}", String::from_utf8_lossy(&set));
+    // A first delivery opens (warms) the proxy's connection to Redis.
+    assert_eq!(
+        p.deliver(&event_body(&event_id(), "inquiry.approved"))
+            .status,
+        200
+    );
+    assert_eq!(up.count(), 1);
+    // Redis drops the connection once it has been idle for over a second.
+    thread::sleep(Duration::from_millis(2500));
+    (redis, up, p)
+}
+
+#[test]
+fn after_redis_cut_an_idle_connection_the_next_delivery_is_forwarded_not_refused() {
+    let (_redis, up, p) = idle_cut("reject");
+    let body = event_body(&event_id(), "inquiry.approved");
+    let r = p.deliver(&body);
+    assert_eq!(r.status, 200, "after an idle cut: {}", r.text());
+    assert_eq!(r.body, DEFAULT_UPSTREAM_BODY);
+    assert_eq!(up.count(), 2, "forwarded once");
+    // ...and remembered: its replay is refused, nothing more reaches the app.
+    p.deliver(&body).assert_status_json(200, "duplicate");
+    assert_eq!(up.count(), 2, "the replay was not forwarded");
+    assert_eq!(
+        p.metric("persona_guard_replay_store_errors_total{op=\"claim\"}"),
+        0.0,
+        "{}",
+        p.metrics()
+    );
+}
+
+#[test]
+fn after_redis_cut_an_idle_connection_fail_open_still_protects_the_next_delivery() {
+    let (_redis, up, p) = idle_cut("allow");
+    let body = event_body(&event_id(), "inquiry.approved");
+    let r = p.deliver(&body);
+    assert_eq!(r.status, 200, "after an idle cut: {}", r.text());
+    assert_eq!(up.count(), 2, "forwarded once");
+    // It went through WITH replay protection: its replay is a duplicate...
+    p.deliver(&body).assert_status_json(200, "duplicate");
+    assert_eq!(up.count(), 2, "the replay was not forwarded");
+    // ...and nothing was forwarded without protection.
+    assert_eq!(p.metric("persona_guard_replay_fail_open_total"), 0.0);
+    assert!(!p.stderr().contains("WITHOUT replay protection"));
+}
+
+#[test]
+fn route_and_event_id_never_collide_in_redis_keys() {
+    // Before, keys were `<prefix><route>:<event id>`: route `/a:b` with event
+    // `X` and route `/a` with event `b:X` were both `<prefix>/a:b:X`.
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let mut b = proxy().upstream(&up).redis(&redis.url());
+    b.route_path = "/a:b".into();
+    let p = b
+        .extra_toml("[[route]]\npath = \"/a\"\nsecrets = [\"env:PERSONA_WEBHOOK_SECRET\"]\n")
+        .start();
+    let id = event_id();
+    let send = |path: &str, id: &str| {
+        let body = event_body(id, "inquiry.approved");
+        p.send(&delivery(path, &sign(p.secret(), now(), &body), &body))
+    };
+    let first = send("/a:b", &id);
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.body, DEFAULT_UPSTREAM_BODY, "{}", first.text());
+    let second = send("/a", &format!("b:{id}"));
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(
+        second.body,
+        DEFAULT_UPSTREAM_BODY,
+        "a distinct event, not a duplicate: {}",
+        second.text()
+    );
+    let seen: Vec<String> = up.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(seen, ["/a:b", "/a"]);
+    // Each is still remembered on its own route: the replays are refused.
+    send("/a:b", &id).assert_status_json(200, "duplicate");
+    send("/a", &format!("b:{id}")).assert_status_json(200, "duplicate");
+    assert_eq!(up.count(), 2, "neither replay reached the app");
+    // Two marks, still readable: the route's `:` is written `%3A`.
+    let keys =
+        String::from_utf8_lossy(&redis.command(&["KEYS", "persona-guard:*"]).unwrap()).into_owned();
+    assert!(
+        keys.contains(&format!("persona-guard:/a%3Ab:{id}")),
+        "{keys}"
+    );
+    assert!(keys.contains(&format!("persona-guard:/a:b:{id}")), "{keys}");
+}
