@@ -14,7 +14,7 @@
 //! | separators | `/`; `/` and `\` | WHATWG URL, IIS |
 //! | parameters | kept; `;…` dropped from every segment | Tomcat, Jetty, Spring |
 //! | dot segments | literal; resolved after merging `//`; resolved with empty segments kept and `%2e` read as `.` | Express and Flask route `/x/..` to a handler under `/x`; Go's `path.Clean`; WHATWG URL |
-//! | raw white space | data; the end of the target; tabs and newlines removed | Python's `http.server` (werkzeug, Flask) splits the request line on any Unicode white space, so a raw `0x85` or `0xA0` ends the path; WHATWG URL parsers drop tabs and newlines |
+//! | raw white space | data; the end of the target; trimmed and with tabs and newlines removed | Python's `http.server` (werkzeug, Flask) splits the request line on any Unicode white space, so a raw `0x85` or `0xA0` ends the path; WHATWG URL parsers trim C0 controls and spaces at both ends and drop tabs and newlines |
 //! | last segment | kept; trailing white space and control bytes dropped; then `.…` dropped too | Python's `re` `$` matches before a final `\n` (Starlette runs `/webhooks/persona%0A`); Rails' `(.:format)` |
 //!
 //! Empty segments are ignored when a reading is compared with a route (routers
@@ -100,10 +100,17 @@ fn views(raw: &[u8], once: Vec<u8>) -> Result<Vec<Vec<u8>>, PathError> {
     if let Some(cut) = raw.iter().position(|b| python_space(*b)) {
         decodings.push(Cow::Borrowed(&raw[..cut]));
     }
-    if raw.iter().any(|b| matches!(b, b'\t' | b'\n' | b'\r')) {
-        // WHATWG URL parsers remove tabs and newlines anywhere.
-        let kept = raw.iter().copied().filter(|b| !matches!(b, b'\t' | b'\n' | b'\r'));
-        decodings.push(Cow::Owned(kept.collect()));
+    // WHATWG URL parsers trim leading and trailing C0 controls and spaces,
+    // then remove tabs and newlines anywhere.
+    let start = raw.iter().position(|b| *b > b' ').unwrap_or(raw.len());
+    let end = raw.iter().rposition(|b| *b > b' ').map_or(start, |i| i + 1);
+    let whatwg: Vec<u8> = raw[start..end]
+        .iter()
+        .copied()
+        .filter(|b| !matches!(b, b'\t' | b'\n' | b'\r'))
+        .collect();
+    if whatwg != raw {
+        decodings.push(Cow::Owned(whatwg));
     }
     let full = decode_further(once.clone())?;
     for decoded in [once, full] {

@@ -126,6 +126,7 @@ fn covered_raw_bytes() {
         // Found by the route_decision fuzz target: WHATWG drops tabs and newlines.
         b"HTTPS://h:80/webhooks/per\n\n\n\nsona",
         b"/webhooks/per\tsona",
+        b"\x01/webhooks/persona\t",
     ] {
         assert_eq!(covered(t), Ok(true), "{}", String::from_utf8_lossy(t));
     }
