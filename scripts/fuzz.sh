@@ -10,7 +10,7 @@ secs=${1:-30}
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build -O
-for t in signature_header path_normalize event_extract config_load; do
+for t in signature_header route_decision framing_check event_extract config_load; do
   mkdir -p "corpus/$t"
   echo "== fuzz $t for ${secs}s"
   cargo fuzz run -O "$t" "corpus/$t" "seeds/$t" -- \
