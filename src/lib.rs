@@ -4,7 +4,8 @@
 //! Module map: pure parts first ([`signature`], [`path`], [`event`],
 //! [`framing`], [`replay`], [`config`], [`outcome`]), then the pingora phases
 //! ([`proxy`]), the admin listener ([`admin`]), metrics ([`metrics`]) and the
-//! process wiring ([`server`]).
+//! process wiring ([`server`], with the listener's certificate in [`tls`] and
+//! HTTP/2 head deadlines in [`h2_watch`]).
 
 pub mod admin;
 pub mod budget;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod echo;
 pub mod event;
 pub mod framing;
+pub mod h2_watch;
 pub mod metrics;
 pub mod outcome;
 pub mod path;

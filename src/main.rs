@@ -1,11 +1,12 @@
 //! `persona-guard run | check | sign`: a thin shell over the library.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use clap::{Parser, Subcommand};
-use persona_guard::{config, echo, server, signature};
+use persona_guard::{config, echo, server, signature, tls};
 
 /// Exit code for an invalid configuration or usage (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -54,8 +55,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => match config::load(&config) {
-            Ok(cfg) => {
+        Command::Run { config } => match load(&config) {
+            // The warnings are logged by `server::run`.
+            Ok((cfg, _warnings)) => {
                 server::init_logging(cfg.log_format);
                 match server::run(&config, cfg) {
                     Ok(()) => ExitCode::SUCCESS,
@@ -67,8 +69,11 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Check { config } => match config::load(&config) {
-            Ok(cfg) => {
+        Command::Check { config } => match load(&config) {
+            Ok((cfg, warnings)) => {
+                for w in &warnings {
+                    eprintln!("warning: listen.tls: {w}");
+                }
                 println!(
                     "{}: ok ({} route{}, every secret resolved)",
                     config.display(),
@@ -117,6 +122,30 @@ fn main() -> ExitCode {
             println!("{}", signature::sign(secret.as_encoded_bytes(), t, &body));
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// [`config::load`], plus the checks of the listener's certificate chain
+/// ([`tls::check_chain`]: a leaf outside its validity period is refused like any
+/// other problem of the file; an odd chain gives warnings). The messages are
+/// fixed words: no path, no certificate field.
+fn load(path: &Path) -> Result<(config::Config, Vec<String>), config::ConfigError> {
+    let cfg = config::load(path)?;
+    let Some(listen_tls) = &cfg.listen_tls else {
+        return Ok((cfg, Vec::new()));
+    };
+    let checked = tls::load_certified_key(listen_tls)
+        .map_err(|_| "cannot load the certificate and key (PEM files expected)".to_string())
+        .and_then(|key| tls::check_chain(&key.cert, SystemTime::now()));
+    match checked {
+        Ok(warnings) => Ok((cfg, warnings)),
+        Err(message) => Err(config::ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![config::Problem {
+                key: "listen.tls".to_string(),
+                message,
+            }],
+        }),
     }
 }
 

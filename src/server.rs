@@ -17,15 +17,18 @@ use tracing_subscriber::prelude::*;
 use crate::admin::Admin;
 use crate::config::StoreKind;
 use crate::config::{self, Config, LogFormat};
+use crate::h2_watch::H2Watch;
 use crate::metrics::Metrics;
 use crate::proxy::{Guard, Shared};
 use crate::redis_store::RedisStore;
 use crate::replay::{MemoryStore, Store, SystemClock};
 use crate::tls::ReloadableCert;
-use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
-use pingora::listeners::tls::TlsSettings;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
+use pingora::listeners::tls::{Acceptor, TlsSettings};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::http::v2::server::H2Options;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{ALPN, Stream};
 use pingora::server::ShutdownWatch;
 
 /// Installs the log subscriber. `RUST_LOG` filters (default `info`); pingora's
@@ -102,44 +105,57 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     };
     let listen = cfg.listen;
     let cfg_tls = cfg.listen_tls.clone();
-    let header_timeout = cfg.header_timeout;
+    let idle_timeout = cfg.idle_timeout;
     let admin_addr = cfg.admin;
     let routes: Vec<String> = cfg.routes.iter().map(|r| r.path.clone()).collect();
     let upstream = cfg.upstream.address;
     let shared = Arc::new(Shared::new(cfg, store, Metrics::new(), connector));
 
-    let app = pingora::proxy::http_proxy(
+    let mut app = pingora::proxy::http_proxy(
         &server.configuration,
         Guard {
             shared: shared.clone(),
         },
     );
-    let mut proxy = Service::new(
-        "persona-guard".to_string(),
-        HeaderTimeout {
-            inner: Arc::new(app),
-            timeout: header_timeout,
-        },
-    );
-    let cert = match &cfg_tls {
+    // pingora's own bound on an HTTP/2 connection with no open stream
+    // (`accept_downstream_sessions`): it closes the connection. pingora reads
+    // it per connection through a reference (`server_options()`), which cannot
+    // follow a reload: HTTP/2 keeps the start value (`reload` says so).
+    let mut server_options = HttpServerOptions::default();
+    server_options.h2_idle_timeout = Some(idle_timeout);
+    app.server_options = Some(server_options);
+    let (tls, cert) = match &cfg_tls {
         Some(tls) => {
-            let key = crate::tls::load_certified_key(tls).map_err(|e| {
+            let checked = crate::tls::load_checked(tls).map_err(|e| {
                 tracing::error!("listen.tls: {e}");
                 e
             })?;
-            let cert = Arc::new(ReloadableCert::new(key));
+            for w in &checked.warnings {
+                tracing::warn!("listen.tls: {w}");
+            }
+            let cert = Arc::new(ReloadableCert::new(checked.key));
             let mut settings =
                 TlsSettings::intermediate("", "").map_err(|e| format!("listen.tls: {e}"))?;
             settings.set_cert_resolver(cert.clone());
             settings.enable_h2();
-            proxy.add_tls_with_settings(&listen.to_string(), None, settings);
-            Some(cert)
+            (Some(settings.build()), Some(cert))
         }
-        None => {
-            proxy.add_tcp(&listen.to_string());
-            None
-        }
+        None => (None, None),
     };
+    let mut proxy = Service::new(
+        "persona-guard".to_string(),
+        ClientConnection {
+            inner: Arc::new(HeaderTimeout {
+                inner: Arc::new(app),
+                shared: shared.clone(),
+            }),
+            tls,
+            shared: shared.clone(),
+        },
+    );
+    // TLS, when configured, is done by `ClientConnection` (pingora's listener
+    // handshake has a fixed 60 s bound).
+    proxy.add_tcp(&listen.to_string());
     let mut admin = Service::new(
         "admin".to_string(),
         Admin {
@@ -150,7 +166,12 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     server.add_service(proxy);
     server.add_service(admin);
 
-    spawn_reloader(config_path.to_path_buf(), shared.clone(), cert);
+    spawn_reloader(
+        config_path.to_path_buf(),
+        shared.clone(),
+        cert,
+        idle_timeout,
+    );
     tracing::info!(
         listen = %listen,
         admin = %admin_addr,
@@ -165,13 +186,116 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
+/// The public listener's connection-level app: puts `header_timeout` on
+/// everything a new connection does before its first request head, HTTP/2
+/// included, then hands the connection to pingora's HTTP app.
+///
+/// Why a wrapper: in pingora 0.9.1 none of this can be configured. The
+/// listener's TLS handshake has a fixed 60 s bound (`services/listening.rs`,
+/// `run_endpoint`), and the HTTP/2 handshake and stream accept loop have none
+/// (`apps/mod.rs`, the `ServerApp` impl for every `HttpServerApp`, and
+/// `protocols/http/v2/server.rs`, `handshake` and `accept_downstream_sessions`):
+/// a client that negotiated `h2` and then sent nothing, or only the preface,
+/// kept its connection (and ~46 kB) for ever. So the listener is plain TCP and
+/// this app, which pingora gives each accepted connection first:
+///
+/// 1. runs the TLS handshake with pingora's own acceptor (the same
+///    `TlsSettings`, certificate resolver and ALPN as a TLS listener), within
+///    `header_timeout` of the accept;
+/// 2. on `h2`, waits, by the same deadline, for the client's connection preface
+///    and first frame (SETTINGS), and wraps the stream in an [`H2Watch`], which
+///    keeps the connection's first request head due by that deadline and each
+///    later header block due within `header_timeout` of its start;
+/// 3. passes the stream to [`HeaderTimeout`] and pingora's app.
+///
+/// The idle bound between HTTP/2 requests is pingora's own
+/// (`HttpServerOptions::h2_idle_timeout`, set from `idle_timeout` in [`run`]).
+/// For HTTP/1 only step 1 is new: [`HeaderTimeout`] bounds each read of its
+/// heads, as before.
+struct ClientConnection<A> {
+    inner: Arc<A>,
+    /// pingora's TLS acceptor for the listener; `None`: plain TCP.
+    tls: Option<Acceptor>,
+    shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl<A> ServerApp for ClientConnection<A>
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let header_timeout = self.shared.config.load().header_timeout;
+        let deadline = tokio::time::Instant::now() + header_timeout;
+        if let Some(acceptor) = &self.tls {
+            stream = match tokio::time::timeout_at(deadline, tls_accept(acceptor, stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!("client TLS handshake failed: {e}");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!("client TLS handshake not done within header_timeout");
+                    return None;
+                }
+            };
+        }
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let mut watch = H2Watch::new(stream, deadline, header_timeout);
+            match tokio::time::timeout_at(deadline, watch.read_preface()).await {
+                Ok(Ok(true)) => stream = Box::new(watch),
+                Ok(Ok(false)) | Ok(Err(_)) => {
+                    tracing::debug!("client left or is not HTTP/2 after negotiating h2");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!("HTTP/2 connection preface not in within header_timeout");
+                    return None;
+                }
+            }
+        }
+        // pingora's HTTP app keeps an HTTP/1 connection's keep-alive loop to
+        // itself and returns nothing; were it to hand a stream back, it is
+        // already past TLS, so it goes back to the app, not through step 1.
+        let mut next = self.inner.process_new(stream, shutdown).await;
+        while let Some(stream) = next {
+            next = self.inner.process_new(stream, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// pingora's server-side TLS handshake on an accepted TCP stream, as its TLS
+/// listener does it (`listeners/mod.rs`, `UninitializedStream::handshake`).
+async fn tls_accept(acceptor: &Acceptor, stream: Stream) -> Result<Stream, String> {
+    let l4 = stream
+        .into_any()
+        .downcast::<L4Stream>()
+        .map_err(|_| "the accepted connection is not a TCP stream".to_string())?;
+    let tls = acceptor
+        .tls_handshake(*l4)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Box::new(tls))
+}
+
 /// Bounds each read of a new connection's first request head (pingora's own
 /// default is 60 s and cannot be configured); the webhook body has its own
 /// whole-body deadline and keep-alive waits use `idle_timeout`. A thin wrapper
 /// around pingora's proxy app, since pingora has no hook before the head is read.
+/// HTTP/2 heads are bounded under the codec instead (see [`ClientConnection`]).
 struct HeaderTimeout<A> {
     inner: Arc<A>,
-    timeout: Duration,
+    /// For `header_timeout`, read per connection so a reload applies to it.
+    shared: Arc<Shared>,
 }
 
 #[async_trait::async_trait]
@@ -188,11 +312,12 @@ where
         // (`Guard::persist_connection_context`): its wait is `idle_timeout`.
         let reused = session.take_connection_user_context().is_some();
         if !reused {
-            session.set_read_timeout(Some(self.timeout));
+            let timeout = self.shared.config.load().header_timeout;
+            session.set_read_timeout(Some(timeout));
             // pingora applies its keep-alive wait (60 s) to each read of the
             // head, so that is the bound to tighten.
             if session.get_keepalive().is_some() {
-                session.set_keepalive(Some(self.timeout.as_secs().max(1)));
+                session.set_keepalive(Some(timeout.as_secs().max(1)));
             }
         }
         self.inner.process_new_http(session, shutdown).await
@@ -255,7 +380,12 @@ impl ShutdownSignalWatch for Drain {
 
 /// Re-reads the route file and every secret on SIGHUP. An invalid file leaves
 /// the running configuration in place; the replay memory is never touched.
-fn spawn_reloader(path: PathBuf, shared: Arc<Shared>, cert: Option<Arc<ReloadableCert>>) {
+fn spawn_reloader(
+    path: PathBuf,
+    shared: Arc<Shared>,
+    cert: Option<Arc<ReloadableCert>>,
+    h2_idle_timeout: Duration,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -280,33 +410,45 @@ fn spawn_reloader(path: PathBuf, shared: Arc<Shared>, cert: Option<Arc<Reloadabl
     std::thread::spawn(move || {
         runtime.block_on(async move {
             while hup.recv().await.is_some() {
-                reload(&path, &shared, cert.as_deref());
+                reload(&path, &shared, cert.as_deref(), h2_idle_timeout);
             }
         })
     });
 }
 
-fn reload(path: &Path, shared: &Shared, cert: Option<&ReloadableCert>) {
+/// `h2_idle_timeout`: the `idle_timeout` pingora was given at start for HTTP/2.
+fn reload(path: &Path, shared: &Shared, cert: Option<&ReloadableCert>, h2_idle_timeout: Duration) {
     let current = shared.config.load_full();
     match config::load(path) {
         Ok(new) => {
             match (cert, &new.listen_tls) {
-                (Some(cert), Some(tls)) => {
-                    if let Err(e) = cert.reload(tls) {
+                (Some(cert), Some(tls)) => match cert.reload(tls) {
+                    Ok(warnings) => {
+                        for w in &warnings {
+                            tracing::warn!("listen.tls: {w}");
+                        }
+                        tracing::info!("TLS certificate reloaded");
+                    }
+                    Err(e) => {
                         tracing::error!(
                             "reload refused, the running configuration stays: listen.tls: {e}"
                         );
                         shared.metrics.reloads.with_label_values(&["error"]).inc();
                         return;
                     }
-                    tracing::info!("TLS certificate reloaded");
-                }
+                },
                 (None, None) => {}
                 _ => tracing::warn!("turning TLS on or off on the listener needs a restart"),
             }
             if new.listen != current.listen || new.admin != current.admin {
                 tracing::warn!(
                     "listen and admin addresses change only on restart; keeping the bound ones"
+                );
+            }
+            if new.idle_timeout != h2_idle_timeout {
+                tracing::warn!(
+                    "server.idle_timeout: HTTP/1 connections use the new value; \
+                     HTTP/2 connections keep the one from start until a restart"
                 );
             }
             for r in &new.routes {
