@@ -29,7 +29,5 @@ echo "== Kubernetes examples"
 python3 deploy/kubernetes/validate.py ./target/debug/persona-guard
 echo "== hadolint Dockerfile"
 hadolint Dockerfile
-echo "== release build (the Dockerfile's build step) and the benchmark tools"
-cargo build --release --locked --bin persona-guard --example loadgen --example store_memory
 echo "== cargo test"
 cargo test --locked --all-targets
