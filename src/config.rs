@@ -294,12 +294,9 @@ pub enum HostHeader {
     Upstream,
 }
 
-/// Certificate and key (PEM files) of the public TLS listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenTls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
+/// Certificate and key (PEM files) of the public TLS listener; defined by
+/// `tls`, which takes paths rather than configuration types.
+pub use crate::tls::ListenTls;
 
 #[derive(Debug, Clone)]
 pub struct Replay {

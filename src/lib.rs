@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod budget;
+pub mod claim;
 pub mod config;
 pub mod echo;
 pub mod event;

@@ -83,7 +83,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisResult, Script, Value};
 use tokio::sync::oneshot;
 
-use crate::replay::Claim;
+use crate::claim::Claim;
 
 const DELIVERED: &str = "delivered";
 

@@ -47,16 +47,7 @@ pub fn key(route: &[u8], event_id: &str) -> Key {
     k
 }
 
-/// The outcome of a claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// This request owns the delivery; settle it with `commit` or `release`.
-    Claimed(u64),
-    /// Already delivered within `ttl`.
-    Duplicate,
-    /// Another request is delivering it; its mark expires in `retry_after` at most.
-    InFlight { retry_after: Duration },
-}
+pub use crate::claim::Claim;
 
 /// Time as the store sees it.
 pub trait Clock: Send + Sync {

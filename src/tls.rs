@@ -4,6 +4,7 @@
 //! and the checks a new certificate chain must pass first.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,7 +13,12 @@ use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{CertificateDer, ClientHello, CryptoProvider, ResolvesServerCert};
 use x509_parser::certificate::X509Certificate;
 
-use crate::config::ListenTls;
+/// Certificate and key (PEM files) of the public TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 /// Loads and checks a PEM certificate chain and private key.
 pub fn load_certified_key(tls: &ListenTls) -> Result<Arc<CertifiedKey>, String> {
