@@ -819,7 +819,7 @@ fn a_refused_reload_never_logs_a_secret_written_in_the_wrong_place() {
         p.signal("HUP");
         let refused = n + 1;
         assert!(
-            wait_until(W, || p.metric(err_series) == refused as f64
+            wait_until(W, || p.metric_or_zero(err_series) == refused as f64
                 && p.logs().matches("reload refused").count() == refused),
             "{what}: no refused reload logged:\n{}",
             p.logs()

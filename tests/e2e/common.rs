@@ -1345,18 +1345,33 @@ impl Proxy {
         one_shot(self.admin, &request("GET", "/metrics", &[], b"")).text()
     }
 
-    /// The value of one metric sample (`name{labels}` exactly as exported), 0 if absent.
+    /// The value of one metric sample (`name{labels}` exactly as exported), if exported.
+    pub fn metric_opt(&self, series: &str) -> Option<f64> {
+        Self::sample(&self.metrics(), series)
+    }
+
+    fn sample(scrape: &str, series: &str) -> Option<f64> {
+        scrape.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// The value of one metric sample (`name{labels}` exactly as exported).
+    /// Panics when the series is absent: a pre-registered series exports 0.
     pub fn metric(&self, series: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0.0)
+        let scrape = self.metrics();
+        Self::sample(&scrape, series)
+            .unwrap_or_else(|| panic!("metric series {series} is absent from /metrics:\n{scrape}"))
+    }
+
+    /// Like [`Proxy::metric`], but 0 when the series is absent. Only for series
+    /// that are legitimately not exported until first counted.
+    pub fn metric_or_zero(&self, series: &str) -> f64 {
+        self.metric_opt(series).unwrap_or(0.0)
     }
 
     /// Sends SIGTERM to this child (by its PID) and waits for it to exit.

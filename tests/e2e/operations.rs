@@ -110,7 +110,7 @@ fn sighup_rotates_a_file_secret_adds_a_route_and_refuses_an_invalid_file() {
     p.signal("HUP");
     let ok_series = "persona_guard_config_reloads_total{result=\"ok\"}";
     assert!(
-        wait_until(W, || p.metric(ok_series) == 1.0),
+        wait_until(W, || p.metric_or_zero(ok_series) == 1.0),
         "{}",
         p.stderr()
     );
@@ -149,7 +149,7 @@ fn sighup_rotates_a_file_secret_adds_a_route_and_refuses_an_invalid_file() {
     p.signal("HUP");
     let err_series = "persona_guard_config_reloads_total{result=\"error\"}";
     assert!(
-        wait_until(W, || p.metric(err_series) == 1.0),
+        wait_until(W, || p.metric_or_zero(err_series) == 1.0),
         "{}",
         p.stderr()
     );

@@ -24,18 +24,31 @@ fn assert_logs_clean(log_level: Option<&str>) {
     let i = tampered.len() - 2;
     tampered[i] = b' ';
     let bad_sig = sign(&secret(), t, &tampered);
-    assert_eq!(p.send(&delivery(ROUTE, &good, &tampered)).status, 401);
-    assert_eq!(p.send(&delivery(ROUTE, &bad_sig, &tampered)).status, 401);
-    assert_eq!(
-        p.send(&delivery(ROUTE, "t=1,v1=zz-not-hex", &body)).status,
-        401
-    );
+    p.send(&delivery(ROUTE, &good, &tampered))
+        .assert_error(401, "invalid_signature");
+    p.send(&delivery(ROUTE, &bad_sig, &tampered))
+        .assert_error(401, "invalid_signature");
+    p.send(&delivery(ROUTE, "t=1,v1=zz-not-hex", &body))
+        .assert_error(401, "malformed_signature");
     up.wait_for_requests(1, Duration::from_secs(10));
     let _ = p.terminate(Duration::from_secs(15));
     let logs = p.logs();
     let good_hex = hmac_hex(p.secret(), t, &body);
     let bad_hex = bad_sig.split("v1=").nth(1).unwrap().to_string();
     let secret = p.secret().to_string();
+    // The requests were logged (a proxy that logs nothing must not pass).
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(&id) && l.contains("forwarded")),
+        "no log line for the forwarded delivery {id} (RUST_LOG={log_level:?}):\n{logs}"
+    );
+    for (code, n) in [("invalid_signature", 2), ("malformed_signature", 1)] {
+        assert_eq!(
+            logs.lines().filter(|l| l.contains(code)).count(),
+            n,
+            "expected {n} log line(s) with outcome {code} (RUST_LOG={log_level:?}):\n{logs}"
+        );
+    }
     for (what, needle) in [
         ("secret", secret.as_str()),
         ("genuine signature", good_hex.as_str()),

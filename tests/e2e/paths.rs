@@ -90,6 +90,7 @@ fn undecodable_path_is_400() {
     ] {
         let resp = p.send(&request("GET", path, &[], b""));
         assert_eq!(resp.status, 400, "{path}: {}", resp.text());
+        resp.assert_error(400, "invalid_path");
     }
     up.assert_nothing_seen("undecodable paths");
 }
@@ -105,6 +106,7 @@ fn unmatched_deny_is_404() {
     ] {
         let resp = p.send(&request(m, path, &[], b""));
         assert_eq!(resp.status, 404, "{m} {path}: {}", resp.text());
+        resp.assert_error(404, "not_found");
     }
     up.assert_nothing_seen("unmatched deny");
     // The route itself still works.

@@ -252,7 +252,11 @@ fn sighup_serves_a_renewed_certificate_without_restart() {
     std::fs::write(&leaf.key, "not a key").unwrap();
     p.signal("HUP");
     let err = "persona_guard_config_reloads_total{result=\"error\"}";
-    assert!(wait_until(W, || p.metric(err) == 1.0), "{}", p.stderr());
+    assert!(
+        wait_until(W, || p.metric_or_zero(err) == 1.0),
+        "{}",
+        p.stderr()
+    );
     assert_eq!(https_h1(&pki, p.listen, get).2, renewed.der);
 }
 
@@ -750,7 +754,7 @@ fn sighup_refuses_a_certificate_outside_its_validity_period() {
         p.signal("HUP");
         let refused = (n + 1) as f64;
         assert!(
-            wait_until(W, || p.metric(RELOAD_ERROR) == refused),
+            wait_until(W, || p.metric_or_zero(RELOAD_ERROR) == refused),
             "{name}: the reload was not refused: {}",
             p.stderr()
         );
@@ -767,7 +771,7 @@ fn sighup_refuses_a_certificate_outside_its_validity_period() {
             "{name}: no refusal naming listen.tls and `{why}`:\n{log}"
         );
     }
-    assert_eq!(p.metric(RELOAD_OK), 0.0);
+    assert_eq!(p.metric_or_zero(RELOAD_OK), 0.0);
 
     // A valid one is served.
     let renewed = pki.leaf("renewed");
@@ -798,7 +802,7 @@ fn sighup_warns_about_an_unrelated_certificate_in_the_chain_and_serves_it() {
     install(&chained, &pki.ca_pem(), &leaf);
     p.signal("HUP");
     assert!(
-        wait_until(W, || p.metric(RELOAD_OK) == 1.0),
+        wait_until(W, || p.metric_or_zero(RELOAD_OK) == 1.0),
         "{}",
         p.stderr()
     );
@@ -811,7 +815,7 @@ fn sighup_warns_about_an_unrelated_certificate_in_the_chain_and_serves_it() {
     install(&mixed, &other.ca_pem(), &leaf);
     p.signal("HUP");
     assert!(
-        wait_until(W, || p.metric(RELOAD_OK) == 2.0),
+        wait_until(W, || p.metric_or_zero(RELOAD_OK) == 2.0),
         "{}",
         p.stderr()
     );
@@ -825,7 +829,7 @@ fn sighup_warns_about_an_unrelated_certificate_in_the_chain_and_serves_it() {
         line.contains("WARN") && line.contains("listen.tls") && line.contains("certificate 2"),
         "{line}"
     );
-    assert_eq!(p.metric(RELOAD_ERROR), 0.0);
+    assert_eq!(p.metric_or_zero(RELOAD_ERROR), 0.0);
     assert!(
         !log.contains("BEGIN") && !log.contains("test CA"),
         "certificate contents in the log:\n{log}"

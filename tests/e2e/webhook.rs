@@ -105,6 +105,51 @@ fn malformed_signature_is_401() {
     up.assert_nothing_seen("malformed signature");
 }
 
+/// Two `Persona-Signature` header lines cannot be read one way: refused, even
+/// when each line verifies on its own; the same delivery with one line goes through.
+#[test]
+fn repeated_signature_header_is_401_malformed() {
+    let up = Upstream::start();
+    let p = proxy().upstream(&up).start();
+    let id = event_id();
+    let body = event_body(&id, "inquiry.approved");
+    let t = now();
+    let sig = sign(p.secret(), t, &body);
+    let sig2 = sign(p.secret(), t - 1, &body);
+    for (a, b) in [(&sig, &sig), (&sig, &sig2)] {
+        let raw = request(
+            "POST",
+            ROUTE,
+            &[
+                ("Content-Type", "application/json"),
+                ("Persona-Signature", a),
+                ("Persona-Signature", b),
+            ],
+            &body,
+        );
+        p.send(&raw).assert_error(401, "malformed_signature");
+    }
+    thread::sleep(Duration::from_millis(200));
+    up.assert_nothing_seen("repeated Persona-Signature header");
+    // Positive twin: one header line, same body and signature.
+    let raw = request(
+        "POST",
+        ROUTE,
+        &[
+            ("Content-Type", "application/json"),
+            ("Persona-Signature", &sig),
+        ],
+        &body,
+    );
+    let resp = p.send(&raw);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.body, DEFAULT_UPSTREAM_BODY);
+    let recs = up.wait_for_requests(1, W);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0].body, body);
+    assert_trusted(&recs[0], &id, "inquiry.approved");
+}
+
 #[test]
 fn tampered_body_is_401_invalid_signature() {
     let up = Upstream::start();
@@ -418,9 +463,15 @@ fn replay_is_200_duplicate_and_forwarded_once() {
 
 #[test]
 fn concurrent_deliveries_of_one_event_forward_once() {
+    const INFLIGHT_TTL_SECS: u64 = 30;
     let up = Upstream::start();
+    // A is held by the app for 3 s, so B deterministically arrives while A is in flight.
     up.set_delay(Duration::from_secs(3));
-    let p = proxy().upstream(&up).read_timeout("20s").start();
+    let p = proxy()
+        .upstream(&up)
+        .read_timeout("20s")
+        .replay_toml(&format!("inflight_ttl = \"{INFLIGHT_TTL_SECS}s\"\n"))
+        .start();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     let raw_a = delivery(ROUTE, &sign(p.secret(), now(), &body), &body);
@@ -436,37 +487,30 @@ fn concurrent_deliveries_of_one_event_forward_once() {
     let b_done = Instant::now();
     let (ra, a_done) = a.join().unwrap();
     assert_eq!(ra.status, 200, "first delivery: {}", ra.text());
-    match b.status {
-        409 => {
-            b.assert_error(409, "delivery_in_progress");
-            let ra_hdr = b.header("retry-after").expect("409 needs Retry-After");
-            let secs: u64 = ra_hdr
-                .trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("Retry-After must be whole seconds, got {ra_hdr:?}"));
-            assert!(secs >= 1, "Retry-After {secs}");
-            assert!(
-                b_done < a_done,
-                "409 should be answered while A is in flight"
-            );
-        }
-        200 => {
-            b.assert_status_json(200, "duplicate");
-            assert!(
-                b_done >= a_done,
-                "B answered duplicate before A completed: it was in flight, expected 409"
-            );
-        }
-        s => panic!("second concurrent delivery: unexpected {s} {}", b.text()),
-    }
-    // Let any stray forward land, then count.
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        up.count(),
-        1,
-        "forwarded more than once: {:?}",
-        up.requests()
+    assert_eq!(ra.body, DEFAULT_UPSTREAM_BODY);
+    b.assert_error(409, "delivery_in_progress");
+    let ra_hdr = b.header("retry-after").expect("409 needs Retry-After");
+    let secs: u64 = ra_hdr
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("Retry-After must be whole seconds, got {ra_hdr:?}"));
+    assert!(
+        (1..=INFLIGHT_TTL_SECS).contains(&secs),
+        "Retry-After {secs} should be within 1..={INFLIGHT_TTL_SECS} (inflight_ttl)"
     );
+    assert!(
+        b_done < a_done,
+        "409 should be answered while A is in flight"
+    );
+    // Once A is settled, Persona's retry of the event is a duplicate.
+    up.set_delay(Duration::ZERO);
+    p.deliver(&body).assert_status_json(200, "duplicate");
+    // Let any stray forward land, then count: the app saw the event exactly once.
+    thread::sleep(Duration::from_millis(300));
+    let recs = up.requests();
+    assert_eq!(recs.len(), 1, "forwarded more than once: {recs:?}");
+    assert_eq!(recs[0].header(TRUSTED_ID), Some(id.as_str()));
+    assert_eq!(recs[0].body, body);
 }
 
 #[test]
@@ -569,7 +613,7 @@ fn rotation_header_with_two_sets_second_verifies() {
         sign(&old, now(), &body3)
     );
     let resp = p.send(&delivery(ROUTE, &h, &body3));
-    assert_eq!(resp.status, 401, "{}", resp.text());
+    resp.assert_error(401, "timestamp_out_of_tolerance");
     // Neither set verifies.
     let body4 = event_body(&event_id(), "inquiry.approved");
     let h = format!(
@@ -725,29 +769,32 @@ fn expect_100_continue_delivery_works() {
     let head_len = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let mut c = p.client();
     c.send(&raw[..head_len]);
-    // Like curl: wait up to 1 s for the interim response, then send anyway.
-    c.set_read_timeout(Duration::from_secs(1));
-    let interim = c.try_read_any();
+    // The interim 100 must arrive before any body byte is sent.
+    c.set_read_timeout(Duration::from_secs(5));
+    let interim = c
+        .try_read_any()
+        .unwrap_or_else(|e| panic!("no 100 Continue before the body was sent: {e}"));
     c.set_read_timeout(Duration::from_secs(20));
-    let final_resp = match interim {
-        Ok(r) if r.status == 100 => {
-            c.send(&raw[head_len..]);
-            c.read_response()
-        }
-        Ok(r) => panic!(
-            "expected 100 Continue or nothing, got {} {}",
-            r.status,
-            r.text()
-        ),
-        Err(_) => {
-            c.send(&raw[head_len..]);
-            c.read_response()
-        }
-    };
+    assert_eq!(
+        interim.status,
+        100,
+        "expected 100 Continue before the body, got {} {:?} {}",
+        interim.status,
+        interim.headers,
+        interim.text()
+    );
+    up.assert_nothing_seen("before the body was sent");
+    c.send(&raw[head_len..]);
+    let final_resp = c.read_response();
     assert_eq!(final_resp.status, 200, "{}", final_resp.text());
     let recs = up.wait_for_requests(1, W);
     assert_eq!(recs[0].body, body);
     assert_eq!(recs[0].header(TRUSTED_ID), Some(id.as_str()));
+    assert!(
+        recs[0].header_all("expect").is_empty(),
+        "Expect must not be forwarded (the proxy answered it): {:?}",
+        recs[0].headers
+    );
 }
 
 #[test]
