@@ -420,10 +420,8 @@ impl Guard {
         // The memory budget: the body's size is reserved before any byte of it
         // is read (the declared length, or max_body for a chunked body), and
         // given back when this request ends.
-        let budget = &self.shared.budget;
-        budget.set_limit(cfg.max_buffered);
         let need = declared_length(session.req_header()).unwrap_or(route.max_body);
-        let Some(_permit) = budget.reserve(need) else {
+        let Some(_permit) = self.shared.budget.reserve(need) else {
             return respond(
                 session,
                 ctx,

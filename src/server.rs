@@ -456,6 +456,7 @@ fn reload(path: &Path, shared: &Shared, cert: Option<&ReloadableCert>, h2_idle_t
             }
             let routes: Vec<&str> = new.routes.iter().map(|r| r.path.as_str()).collect();
             tracing::info!(?routes, "configuration reloaded");
+            shared.budget.set_limit(new.max_buffered);
             shared.config.store(Arc::new(Config {
                 listen: current.listen,
                 listen_tls: current.listen_tls.clone(),

@@ -370,7 +370,7 @@ fn the_app_s_http_version_is_not_relayed() {
 /// clean end of stream; the complete twin ends cleanly.
 #[test]
 fn a_truncated_app_response_resets_the_http2_stream() {
-    use crate::tls::{Pki, listen_tls};
+    use crate::tls::{Pki, h2_connect, listen_tls};
     let cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec();
     let whole = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
     let up = ScriptedUpstream::start_with(vec![
@@ -384,8 +384,7 @@ fn a_truncated_app_response_resets_the_http2_stream() {
         .upstream_literal(&format!("http://{}", up.addr))
         .listen_toml(&listen_tls(&leaf))
         .start();
-    let cfg = pki.client_config(&[b"h2"]);
-    let addr = p.listen;
+    let (pki, addr) = (&pki, p.listen);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -394,22 +393,10 @@ fn a_truncated_app_response_resets_the_http2_stream() {
     let sig = sign(p.secret(), now(), &body);
     // (path, signature, body) -> (status, bytes received, whether the stream ended cleanly)
     let fetch = |path: &str, sig: Option<&str>, body: Vec<u8>| {
-        let cfg = cfg.clone();
         let uri = format!("https://localhost:{}{path}", addr.port());
         let sig = sig.map(str::to_string);
         rt.block_on(async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let tls = tokio_rustls::TlsConnector::from(cfg)
-                .connect(
-                    rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-                    tcp,
-                )
-                .await
-                .unwrap();
-            let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
+            let (mut client, _conn) = h2_connect(pki, addr).await;
             let mut req = http::Request::post(uri).header("content-type", "application/json");
             if let Some(s) = sig {
                 req = req.header("persona-signature", s);

@@ -33,10 +33,9 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rustls::pki_types::ServerName;
 
 use crate::common::*;
-use crate::tls::{Pki, listen_tls};
+use crate::tls::{Pki, h2_connect, listen_tls};
 
 const DEFAULT_TARGETS: usize = 2500;
 const DEFAULT_SEED: u64 = 0x5eed_0011;
@@ -448,21 +447,12 @@ fn send_h2(pki: &Pki, addr: SocketAddr, targets: &[Target], body: &[u8]) -> (usi
         .filter_map(|t| http::uri::PathAndQuery::try_from(t.bytes.as_slice()).ok())
         .take(H2_TARGETS)
         .collect();
-    let cfg = pki.client_config(&[b"h2"]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let bypasses = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(cfg)
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
-        let (client, conn) = h2::client::handshake(tls).await.unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let (client, _conn) = h2_connect(pki, addr).await;
         let mut bypasses = Vec::new();
         for p in &paths {
             let uri = http::Uri::builder()

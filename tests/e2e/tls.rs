@@ -168,25 +168,14 @@ fn http2_client_delivery_is_verified_and_forwarded() {
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     let sig = sign(p.secret(), now(), &body);
-    let cfg = pki.client_config(&[b"h2"]);
-    let addr = p.listen;
+    let (pki, addr) = (&pki, p.listen);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let send = |sig: String, body: Vec<u8>, spoof: bool| {
-        let cfg = cfg.clone();
         rt.block_on(async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let tls = tokio_rustls::TlsConnector::from(cfg)
-                .connect(ServerName::try_from("localhost").unwrap(), tcp)
-                .await
-                .unwrap();
-            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-            let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
+            let (mut client, _conn) = h2_connect(pki, addr).await;
             let mut req = http::Request::builder()
                 .method("POST")
                 .uri(format!("https://localhost:{}{ROUTE}?via=h2", addr.port()))
@@ -621,11 +610,11 @@ fn each_later_http2_request_head_must_complete_within_header_timeout() {
     assert_eq!(up.count(), 1);
 }
 
-type H2Client = h2::client::SendRequest<bytes::Bytes>;
+pub type H2Client = h2::client::SendRequest<bytes::Bytes>;
 
 /// An HTTP/2 client over TLS, and the task driving its connection (it ends
 /// when the connection closes).
-async fn h2_connect(pki: &Pki, addr: SocketAddr) -> (H2Client, tokio::task::JoinHandle<()>) {
+pub async fn h2_connect(pki: &Pki, addr: SocketAddr) -> (H2Client, tokio::task::JoinHandle<()>) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(pki.client_config(&[b"h2"]))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
