@@ -1,4 +1,4 @@
-//! Refusing HTTP/1 requests whose framing could be read two ways (SPEC §2).
+//! Refusing HTTP/1 requests whose framing could be read two ways (`docs/behaviour.md` § Framing).
 //!
 //! pingora's parser is lenient where RFC 9112 allows it (it accepts bare LF line
 //! ends, and resolves `Transfer-Encoding` + `Content-Length` by dropping the

@@ -1,5 +1,5 @@
 //! persona-guard: a reverse proxy that admits only genuine, fresh, first-time
-//! Persona webhook deliveries. See `README.md` and `SPEC.md` for the contract.
+//! Persona webhook deliveries. See `README.md` and `docs/behaviour.md` for the contract.
 //!
 //! Module map: pure parts first ([`signature`], [`path`], [`event`],
 //! [`framing`], [`replay`], [`config`], [`outcome`]), then the pingora phases
@@ -23,4 +23,5 @@ pub mod redis_store;
 pub mod replay;
 pub mod server;
 pub mod signature;
+pub mod state;
 pub mod tls;

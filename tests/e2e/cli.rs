@@ -1,4 +1,4 @@
-//! SPEC §6: `check` and `sign`; SPEC §5: configuration errors never quote the file.
+//! `docs/behaviour.md` § Command line: `check` and `sign`; § Configuration: configuration errors never quote the file.
 
 use std::fs;
 use std::process::Output;
@@ -292,7 +292,7 @@ fn signed_by_cli_is_accepted_by_proxy() {
 }
 
 // ---------------------------------------------------------------------------
-// A secret written in the wrong place is never printed (SPEC §5)
+// A secret written in the wrong place is never printed (docs/behaviour.md § Configuration)
 // ---------------------------------------------------------------------------
 
 /// Stands for a webhook secret pasted in the wrong place: distinctive, so that

@@ -1,4 +1,4 @@
-//! SPEC §2, last paragraph: ambiguous framing is refused with 400 and the
+//! `docs/behaviour.md` § Framing: ambiguous framing is refused with 400 and the
 //! connection is closed; nothing ambiguous is forwarded.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Black-box end-to-end tests of the `persona-guard` binary (see SPEC.md).
+//! Black-box end-to-end tests of the `persona-guard` binary (see `docs/behaviour.md`).
 //!
 //! Each test starts its own recording upstream and its own proxy process on
 //! free ports, so tests are independent and run in parallel.

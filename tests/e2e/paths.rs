@@ -1,4 +1,4 @@
-//! SPEC §3: routes and path normalisation.
+//! `docs/behaviour.md` § Paths and the route decision: routes and path normalisation.
 
 use std::time::Duration;
 

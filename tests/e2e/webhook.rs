@@ -1,4 +1,4 @@
-//! SPEC §1 and §2: outcomes on a webhook route.
+//! `docs/behaviour.md` § Signature verification and timestamps, § Outcomes: outcomes on a webhook route.
 
 use std::thread;
 use std::time::{Duration, Instant};
