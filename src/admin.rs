@@ -14,7 +14,7 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::proxy::Shared;
+use crate::state::Shared;
 
 pub struct Admin {
     pub shared: Arc<Shared>,
@@ -38,7 +38,7 @@ impl Admin {
         if self.shared.store.ready().await.is_err() {
             return Err("the replay store (redis) does not answer");
         }
-        let mut addr = self.shared.config.load().listen;
+        let mut addr = self.shared.policy.load().config.listen;
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }

@@ -180,12 +180,6 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, route: &str, outcome: Outcome) {
-        self.requests
-            .with_label_values(&[route, outcome.code()])
-            .inc();
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::new();

@@ -21,14 +21,18 @@ pub enum Outcome {
     InvalidEvent,
     Ignored,
     Duplicate,
-    DeliveryInProgress,
+    /// Another request holds the event's in-flight mark; the client may retry
+    /// after `retry_after` seconds (at least 1).
+    DeliveryInProgress {
+        retry_after: u64,
+    },
     UpstreamUnavailable,
     UpstreamTimeout,
     /// The Redis store cannot answer and `on_store_error = "reject"`.
     ReplayStoreUnavailable,
     /// The body would not fit `[server] max_buffered` (nothing of it was read).
     Overloaded,
-    /// Ambiguous framing (SPEC §2): refused, connection closed.
+    /// Ambiguous framing (`docs/behaviour.md` § Framing): refused, connection closed.
     MalformedRequest,
     /// A path that cannot be percent-decoded.
     InvalidPath,
@@ -54,7 +58,7 @@ impl Outcome {
             Outcome::InvalidEvent => "invalid_event",
             Outcome::Ignored => "ignored",
             Outcome::Duplicate => "duplicate",
-            Outcome::DeliveryInProgress => "delivery_in_progress",
+            Outcome::DeliveryInProgress { .. } => "delivery_in_progress",
             Outcome::UpstreamUnavailable => "upstream_unavailable",
             Outcome::UpstreamTimeout => "upstream_timeout",
             Outcome::ReplayStoreUnavailable => "replay_store_unavailable",
@@ -81,7 +85,7 @@ impl Outcome {
             Outcome::InvalidEvent | Outcome::MalformedRequest | Outcome::InvalidPath => {
                 StatusCode::BAD_REQUEST
             }
-            Outcome::DeliveryInProgress => StatusCode::CONFLICT,
+            Outcome::DeliveryInProgress { .. } => StatusCode::CONFLICT,
             Outcome::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Outcome::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Outcome::ReplayStoreUnavailable | Outcome::Overloaded => {
@@ -111,7 +115,7 @@ impl Outcome {
             }
             Outcome::Ignored => "The event type is not forwarded on this route.",
             Outcome::Duplicate => "This event was already delivered.",
-            Outcome::DeliveryInProgress => {
+            Outcome::DeliveryInProgress { .. } => {
                 "This event is being delivered by another request; retry later."
             }
             Outcome::UpstreamUnavailable => "The application cannot be reached.",
@@ -122,6 +126,62 @@ impl Outcome {
             Outcome::InvalidPath => "The request path cannot be decoded.",
             Outcome::NotFound => "No route matches this path.",
             Outcome::ClientError => "The request could not be read.",
+        }
+    }
+
+    /// Its position in [`Outcome::ALL`] (a metric handle's index).
+    pub fn index(self) -> usize {
+        match self {
+            Outcome::Forwarded => 0,
+            Outcome::Passthrough => 1,
+            Outcome::MissingSignature => 2,
+            Outcome::MalformedSignature => 3,
+            Outcome::InvalidSignature => 4,
+            Outcome::TimestampOutOfTolerance => 5,
+            Outcome::BodyTooLarge => 6,
+            Outcome::BodyTimeout => 7,
+            Outcome::MethodNotAllowed => 8,
+            Outcome::InvalidEvent => 9,
+            Outcome::Ignored => 10,
+            Outcome::Duplicate => 11,
+            Outcome::DeliveryInProgress { .. } => 12,
+            Outcome::UpstreamUnavailable => 13,
+            Outcome::UpstreamTimeout => 14,
+            Outcome::ReplayStoreUnavailable => 15,
+            Outcome::Overloaded => 16,
+            Outcome::MalformedRequest => 17,
+            Outcome::InvalidPath => 18,
+            Outcome::NotFound => 19,
+            Outcome::ClientError => 20,
+        }
+    }
+
+    /// Whether answering this way closes the connection: the outcomes decided
+    /// before the request body was read (the unread rest cannot be told from
+    /// a next request), and broken framing.
+    pub fn closes(self) -> bool {
+        matches!(
+            self,
+            Outcome::MethodNotAllowed
+                | Outcome::MissingSignature
+                | Outcome::MalformedSignature
+                | Outcome::BodyTooLarge
+                | Outcome::BodyTimeout
+                | Outcome::Overloaded
+                | Outcome::MalformedRequest
+                | Outcome::InvalidPath
+                | Outcome::NotFound
+                | Outcome::ClientError
+        )
+    }
+
+    /// The `Retry-After` seconds sent with this answer.
+    pub fn retry_after(self) -> Option<u64> {
+        match self {
+            Outcome::DeliveryInProgress { retry_after } => Some(retry_after.max(1)),
+            // Bodies come and go within about a request's time.
+            Outcome::Overloaded => Some(1),
+            _ => None,
         }
     }
 
@@ -162,7 +222,7 @@ impl Outcome {
         Outcome::InvalidEvent,
         Outcome::Ignored,
         Outcome::Duplicate,
-        Outcome::DeliveryInProgress,
+        Outcome::DeliveryInProgress { retry_after: 1 },
         Outcome::UpstreamUnavailable,
         Outcome::UpstreamTimeout,
         Outcome::ReplayStoreUnavailable,
@@ -191,6 +251,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn index_is_the_position_in_all() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(o.index(), i, "{}", o.code());
+        }
+    }
+
+    #[test]
+    fn retry_after_is_at_least_one_second() {
+        assert_eq!(
+            Outcome::DeliveryInProgress { retry_after: 0 }.retry_after(),
+            Some(1)
+        );
+        assert_eq!(
+            Outcome::DeliveryInProgress { retry_after: 7 }.retry_after(),
+            Some(7)
+        );
+        assert_eq!(Outcome::Overloaded.retry_after(), Some(1));
+        assert_eq!(Outcome::Duplicate.retry_after(), None);
     }
 
     #[test]

@@ -19,9 +19,10 @@ use crate::config::StoreKind;
 use crate::config::{self, Config, LogFormat};
 use crate::h2_watch::H2Watch;
 use crate::metrics::Metrics;
-use crate::proxy::{Guard, Shared};
+use crate::proxy::Guard;
 use crate::redis_store::RedisStore;
 use crate::replay::{MemoryStore, Store, SystemClock};
+use crate::state::{Policy, Shared};
 use crate::tls::ReloadableCert;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora::listeners::tls::{Acceptor, TlsSettings};
@@ -229,7 +230,7 @@ where
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let header_timeout = self.shared.config.load().header_timeout;
+        let header_timeout = self.shared.policy.load().config.header_timeout;
         let deadline = tokio::time::Instant::now() + header_timeout;
         if let Some(acceptor) = &self.tls {
             stream = match tokio::time::timeout_at(deadline, tls_accept(acceptor, stream)).await {
@@ -312,7 +313,7 @@ where
         // (`Guard::persist_connection_context`): its wait is `idle_timeout`.
         let reused = session.take_connection_user_context().is_some();
         if !reused {
-            let timeout = self.shared.config.load().header_timeout;
+            let timeout = self.shared.policy.load().config.header_timeout;
             session.set_read_timeout(Some(timeout));
             // pingora applies its keep-alive wait (60 s) to each read of the
             // head, so that is the bound to tighten.
@@ -418,7 +419,8 @@ fn spawn_reloader(
 
 /// `h2_idle_timeout`: the `idle_timeout` pingora was given at start for HTTP/2.
 fn reload(path: &Path, shared: &Shared, cert: Option<&ReloadableCert>, h2_idle_timeout: Duration) {
-    let current = shared.config.load_full();
+    let running = shared.policy.load_full();
+    let current = &running.config;
     match config::load(path) {
         Ok(new) => {
             match (cert, &new.listen_tls) {
@@ -451,20 +453,20 @@ fn reload(path: &Path, shared: &Shared, cert: Option<&ReloadableCert>, h2_idle_t
                      HTTP/2 connections keep the one from start until a restart"
                 );
             }
-            for r in &new.routes {
-                shared.metrics.register_route(&r.path);
-            }
             let routes: Vec<&str> = new.routes.iter().map(|r| r.path.as_str()).collect();
             tracing::info!(?routes, "configuration reloaded");
             shared.budget.set_limit(new.max_buffered);
-            shared.config.store(Arc::new(Config {
+            let kept = Config {
                 listen: current.listen,
                 listen_tls: current.listen_tls.clone(),
                 admin: current.admin,
                 upstream_ca_file: current.upstream_ca_file.clone(),
                 threads: current.threads,
                 ..new
-            }));
+            };
+            shared
+                .policy
+                .store(Arc::new(Policy::compile(kept, &shared.metrics)));
             shared.metrics.reloads.with_label_values(&["ok"]).inc();
         }
         Err(e) => {

@@ -1,0 +1,241 @@
+//! The client's side of a request: its per-request context, persona-guard's
+//! own answers, reading the body, and what the head says about framing,
+//! target form and trusted headers.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RETRY_AFTER};
+use http::{HeaderName, Method, StatusCode};
+use pingora::Error;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+
+use crate::config::TrustedHeaders;
+use crate::outcome::Outcome;
+use crate::state::{InflightGuard, Policy};
+
+/// Bodies up to this size are sent in the same write as the request head,
+/// and passthrough requests up to it take the buffered path.
+pub const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// Per-request state.
+pub struct Ctx {
+    pub _inflight: InflightGuard,
+    pub started: Instant,
+    /// The policy this request is judged under (a reload mid-request does not
+    /// change it).
+    pub policy: Option<Arc<Policy>>,
+    pub route: Option<usize>,
+    pub outcome: Option<Outcome>,
+    /// The status sent to the client.
+    pub status: Option<u16>,
+    pub upstream_status: Option<u16>,
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+}
+
+/// Writes a JSON answer of persona-guard's own. The outcome says whether the
+/// connection closes afterwards and what `Retry-After` to send.
+pub async fn respond(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    outcome: Outcome,
+) -> pingora::Result<bool> {
+    ctx.outcome = Some(outcome);
+    let status = outcome.status().unwrap_or(StatusCode::OK);
+    ctx.status = Some(status.as_u16());
+    let body = Bytes::from(outcome.body());
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(CONTENT_TYPE, "application/json")?;
+    resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+    if let Some(secs) = outcome.retry_after() {
+        resp.insert_header(RETRY_AFTER, secs.to_string())?;
+    }
+    if outcome.closes() {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(true)
+}
+
+/// Ends a request whose body could not be read: a client that went away gets
+/// nothing more; a body too large or too slow gets its answer. Either way the
+/// connection closes, since the rest of the body is unread.
+pub async fn body_refused(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    outcome: Outcome,
+) -> pingora::Result<bool> {
+    if outcome == Outcome::ClientError {
+        ctx.outcome = Some(Outcome::ClientError);
+        session.set_keepalive(None);
+        return Ok(true);
+    }
+    respond(session, ctx, outcome).await
+}
+
+/// Reads the whole request body within `max_body` bytes and, when given, the
+/// `deadline` (each read is also bounded by the session's read timeout). A body
+/// that arrives in one piece, the usual case, is returned without a copy.
+pub async fn read_body(
+    session: &mut Session,
+    max_body: u64,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Bytes, Outcome> {
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    loop {
+        let read = session.read_request_body();
+        let next = match deadline {
+            Some(d) => tokio::time::timeout_at(d, read)
+                .await
+                .map_err(|_| Outcome::BodyTimeout)?,
+            None => read.await,
+        };
+        let chunk = match next {
+            Err(e) if bad_body_framing(&e) => return Err(Outcome::MalformedRequest),
+            Err(_) => return Err(Outcome::ClientError),
+            Ok(None) => break,
+            Ok(Some(c)) => c,
+        };
+        let held = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        if (held + chunk.len()) as u64 > max_body {
+            return Err(Outcome::BodyTooLarge);
+        }
+        if first.is_none() && rest.is_empty() {
+            first = Some(chunk);
+            continue;
+        }
+        if let Some(f) = first.take() {
+            // One allocation of the declared size (already within max_body),
+            // not a doubling buffer that can hold twice the body.
+            let declared = declared_length(session.req_header()).unwrap_or(0) as usize;
+            rest.reserve(declared.max(f.len() + chunk.len()));
+            rest.extend_from_slice(&f);
+        }
+        rest.extend_from_slice(&chunk);
+    }
+    Ok(first.unwrap_or_else(|| rest.freeze()))
+}
+
+/// A request body whose chunked framing is broken (a bad chunk size, data
+/// longer than its size, a bad line end): the client gets 400, not a cut.
+pub fn bad_body_framing(e: &Error) -> bool {
+    matches!(e.etype().as_str(), "InvalidChunk" | "InvalidTrailerEnd")
+}
+
+/// Removes every client-sent copy of the trusted headers: any case, `_` or `-`.
+pub fn strip_trusted(req: &mut RequestHeader, names: &TrustedHeaders) {
+    let targets = names.names();
+    // Header names arrive lower-cased; compare with `_` read as `-`, no allocation
+    // on the common path where nothing matches.
+    let same = |k: &HeaderName, t: &HeaderName| {
+        let (k, t) = (k.as_str().as_bytes(), t.as_str().as_bytes());
+        k.len() == t.len()
+            && k.iter()
+                .zip(t)
+                .all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
+    };
+    let doomed: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| targets.iter().any(|t| same(k, t)))
+        .cloned()
+        .collect();
+    for name in doomed {
+        req.remove_header(&name);
+    }
+}
+
+/// Whether a passthrough request can take the buffered path: an HTTP/1.1
+/// client, a method whose response framing is ordinary, no upgrade or
+/// `Expect`, and no body or a `Content-Length` body within [`COALESCE_LIMIT`].
+/// Framing was already judged (`framing::check`): one valid length at most.
+pub fn small_h1_request(session: &Session) -> bool {
+    if session.as_downstream().as_http1().is_none() {
+        return false;
+    }
+    let req = session.req_header();
+    if req.version != http::Version::HTTP_11
+        || req.method == Method::HEAD
+        || req.method == Method::CONNECT
+    {
+        return false;
+    }
+    let h = &req.headers;
+    if h.contains_key(http::header::TRANSFER_ENCODING)
+        || h.contains_key(http::header::UPGRADE)
+        || h.contains_key(EXPECT)
+    {
+        return false;
+    }
+    !h.contains_key(CONTENT_LENGTH)
+        || declared_length(req).is_some_and(|n| n <= COALESCE_LIMIT as u64)
+}
+
+/// The request's `Content-Length`, when present and a number.
+pub fn declared_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// How a request target is written (RFC 9112 §3.2), for the forms the proxy forwards.
+pub enum TargetForm<'a> {
+    /// `/path?query`, or `*` for `OPTIONS`: forwarded as it is.
+    Origin,
+    /// `scheme://authority/path?query`: forwarded as `origin`, with the
+    /// authority as `Host`.
+    Absolute {
+        authority: &'a [u8],
+        origin: Cow<'a, [u8]>,
+    },
+}
+
+/// The request's target form; `None` for every other form (authority-form
+/// `CONNECT`, `scheme:opaque`, a bare `?query`), which is refused: nothing
+/// but an origin-form target is forwarded, so the app never routes on a form
+/// the proxy did not judge.
+pub fn target_form(req: &RequestHeader) -> Option<TargetForm<'_>> {
+    use pingora::http::authority::{RawTargetAuthority, raw_target_authority};
+    let raw = req.raw_path();
+    if raw.first() == Some(&b'/') || (raw == b"*" && req.method == Method::OPTIONS) {
+        return Some(TargetForm::Origin);
+    }
+    match raw_target_authority(raw) {
+        RawTargetAuthority::Absolute {
+            authority,
+            path_and_query,
+            ..
+        } => {
+            let origin = match path_and_query.first() {
+                None => Cow::Borrowed(&b"/"[..]),
+                Some(b'/') => Cow::Borrowed(path_and_query),
+                Some(_) => Cow::Owned([b"/", path_and_query].concat()),
+            };
+            Some(TargetForm::Absolute { authority, origin })
+        }
+        _ => None,
+    }
+}
+
+/// Why the head is refused before any routing: ambiguous framing (judged on
+/// the raw HTTP/1 head, exactly as received) or an HTTP/1.1 request without
+/// `Host` (RFC 9112 §3.2).
+pub fn refused_head(session: &Session) -> Option<String> {
+    let h1 = session.as_downstream().as_http1()?;
+    match crate::framing::check(&h1.get_headers_raw_bytes()) {
+        Err(e) => Some(e.to_string()),
+        Ok(()) => missing_host(session.req_header()).then(|| "no Host header".to_string()),
+    }
+}
+
+/// An HTTP/1.1 request without `Host` (RFC 9112 §3.2: answered 400).
+fn missing_host(req: &RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST)
+}

@@ -1,0 +1,442 @@
+//! The app's side: persona-guard's own HTTP/1.1 client for verified
+//! deliveries and small passthrough requests, on pingora's connector and pool.
+//!
+//! The request is written straight from the client's head (header names in
+//! their case, no second header map), head and body in one write up to
+//! [`COALESCE_LIMIT`]; interim answers are kept and passed on; the response is
+//! streamed back and never completed when the app's body ends early.
+
+use std::borrow::Cow;
+
+use bytes::{BufMut, BytesMut};
+use http::{HeaderName, StatusCode};
+use pingora::connectors::http::v1::Connector;
+use pingora::http::{HeaderNameVariant, RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+
+use super::downstream::{COALESCE_LIMIT, TargetForm, target_form};
+use crate::config::{HostHeader, Upstream};
+use crate::outcome::Outcome;
+use crate::state::UPSTREAM_IDLE;
+
+/// Headers that describe one hop and are never forwarded as they are.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+];
+
+/// Interim (1xx) answers passed on before the final one (RFC 9110 §15.2);
+/// an app that sends more is treated as broken (502).
+const MAX_INTERIM: usize = 8;
+
+/// Why forwarding failed before a response head arrived.
+pub enum ForwardError {
+    Unavailable,
+    Timeout,
+}
+
+impl From<ForwardError> for Outcome {
+    fn from(e: ForwardError) -> Outcome {
+        match e {
+            ForwardError::Unavailable => Outcome::UpstreamUnavailable,
+            ForwardError::Timeout => Outcome::UpstreamTimeout,
+        }
+    }
+}
+
+fn classify(e: &Error) -> ForwardError {
+    match e.etype() {
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => ForwardError::Timeout,
+        _ => ForwardError::Unavailable,
+    }
+}
+
+/// The app's answer head, with the connection its body comes on.
+pub struct Answer {
+    up: UpstreamSession,
+    /// Interim (1xx) heads that came before the final one.
+    interim: Vec<ResponseHeader>,
+    pub head: ResponseHeader,
+}
+
+/// Sends the request and reads the app's answer head.
+pub async fn exchange(
+    connector: &Connector,
+    peer: &HttpPeer,
+    wire: &Wire<'_>,
+) -> Result<Answer, ForwardError> {
+    let mut interim = Vec::new();
+    let up = send(connector, peer, wire, &mut interim).await?;
+    let head = up
+        .response_header()
+        .cloned()
+        .ok_or(ForwardError::Unavailable)?;
+    Ok(Answer { up, interim, head })
+}
+
+/// Sends the request and reads the response head. A pooled connection that
+/// turns out dead before any response byte is retried once on a new one.
+async fn send(
+    connector: &Connector,
+    peer: &HttpPeer,
+    wire: &Wire<'_>,
+    interim: &mut Vec<ResponseHeader>,
+) -> Result<UpstreamSession, ForwardError> {
+    for attempt in 0..2 {
+        // A pooled connection is the common case and a small future; a new
+        // connection (TCP, maybe TLS) is a large one, boxed so that every
+        // request's future does not carry (and copy) its size.
+        let (h1, reused) = match connector.reused_http_session(peer).await {
+            Some(h1) => (h1, true),
+            None => match Box::pin(connector.get_http_session(peer)).await {
+                Ok(s) => s,
+                Err(e) => return Err(classify(&e)),
+            },
+        };
+        let result = exchange_h1(h1, wire, peer, interim)
+            .await
+            .map(UpstreamSession::H1);
+        match result {
+            Ok(up) => return Ok(up),
+            Err(e) => {
+                let timeout = matches!(classify(&e), ForwardError::Timeout);
+                if reused && attempt == 0 && !timeout && interim.is_empty() {
+                    tracing::debug!("pooled upstream connection failed; retrying on a new one");
+                    continue;
+                }
+                return Err(classify(&e));
+            }
+        }
+    }
+    Err(ForwardError::Unavailable)
+}
+
+impl Answer {
+    /// Streams the answer to the client and returns the connection to the
+    /// pool. An error means the answer could not be relayed whole (the app's
+    /// body ended early, or the client went away): the caller returns it, so
+    /// that pingora ends the client's connection (HTTP/1) or resets the
+    /// stream (HTTP/2) instead of completing a truncated body.
+    pub async fn relay(
+        self,
+        connector: &Connector,
+        session: &mut Session,
+        peer: &HttpPeer,
+    ) -> pingora::Result<()> {
+        let Answer {
+            mut up,
+            interim,
+            head,
+        } = self;
+        // Interim (1xx) heads first, then the final one; each in the proxy's
+        // own HTTP version, whatever the app's status line said.
+        let done = up.response_done();
+        let heads = interim.into_iter().map(|h| (h, false));
+        for (mut h, end) in heads.chain(std::iter::once((head, done))) {
+            strip_response_hop_by_hop(&mut h);
+            h.set_version(http::Version::HTTP_11);
+            if let Err(e) = session.write_response_header(Box::new(h), end).await {
+                up.shutdown().await;
+                return Err(e);
+            }
+        }
+        loop {
+            match up.read_response_body().await {
+                Ok(Some(chunk)) => {
+                    if let Err(e) = session.write_response_body(Some(chunk), false).await {
+                        up.shutdown().await;
+                        return Err(e);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    up.shutdown().await;
+                    return Err(e.into_up());
+                }
+            }
+        }
+        if let Err(e) = session.write_response_body(None, true).await {
+            session.set_keepalive(None);
+            return Err(e);
+        }
+        if up.response_done()
+            && let UpstreamSession::H1(h1) = up
+        {
+            connector
+                .release_http_session(h1, peer, Some(UPSTREAM_IDLE))
+                .await;
+        }
+        Ok(())
+    }
+}
+
+/// A request as the HTTP/1.1 app gets it, ready to write: the head, written
+/// straight from the client's head (header names in the client's case, no
+/// second header map built), with the body appended when it fits in one write.
+pub struct Wire<'a> {
+    /// The head, followed by the body when `rest` is empty.
+    first: BytesMut,
+    /// The body when it is written after the head (over [`COALESCE_LIMIT`]).
+    rest: &'a [u8],
+}
+
+impl<'a> Wire<'a> {
+    /// Hop-by-hop headers and the client's `Content-Length` are left out; the
+    /// target is in origin form; `Host` follows the upstream's `host_header`
+    /// (an HTTP/2 client's `:authority` becomes `Host`); then `extra`, and
+    /// `Content-Length` when given.
+    pub fn new(
+        client: &RequestHeader,
+        up: &Upstream,
+        extra: &[(&HeaderName, &str)],
+        content_length: Option<usize>,
+        body: &'a [u8],
+    ) -> pingora::Result<Wire<'a>> {
+        use std::fmt::Write;
+        let uri = &client.uri;
+        let (target, absolute_authority) = match target_form(client) {
+            Some(TargetForm::Absolute { authority, origin }) => (origin, Some(authority)),
+            _ if uri.scheme().is_some() || uri.authority().is_some() => (
+                Cow::Borrowed(
+                    uri.path_and_query()
+                        .map_or(b"/".as_slice(), |p| p.as_str().as_bytes()),
+                ),
+                None,
+            ),
+            _ => (Cow::Borrowed(client.raw_path()), None),
+        };
+        if target.is_empty() || target.iter().any(|&b| b <= b' ' || b == 0x7f) {
+            return Err(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "request target",
+            ));
+        }
+        let coalesce = body.len() <= COALESCE_LIMIT;
+        let mut first = BytesMut::with_capacity(512 + if coalesce { body.len() } else { 0 });
+        first.put_slice(client.method.as_str().as_bytes());
+        first.put_u8(b' ');
+        first.put_slice(&target);
+        first.put_slice(b" HTTP/1.1\r\n");
+        let own_host = up.host_header == HostHeader::Upstream;
+        let replace_host = own_host || absolute_authority.is_some();
+        let mut has_host = false;
+        client.map(|name, value| {
+            let name = match name {
+                HeaderNameVariant::Case(c) => c.as_slice(),
+                HeaderNameVariant::Titled(t) => t.as_bytes(),
+            };
+            let is = |other: &str| name.eq_ignore_ascii_case(other.as_bytes());
+            has_host |= is("host");
+            if !(HOP_BY_HOP.iter().any(|h| is(h))
+                || is("content-length")
+                || replace_host && is("host"))
+            {
+                put_header(&mut first, name, value.as_bytes());
+            }
+            Ok(())
+        })?;
+        if own_host {
+            put_header(&mut first, b"Host", up.authority.as_bytes());
+        } else if let Some(a) = absolute_authority {
+            put_header(&mut first, b"Host", a);
+        } else if let (false, Some(a)) = (has_host, uri.authority()) {
+            put_header(&mut first, b"Host", a.as_str().as_bytes());
+        }
+        for (name, value) in extra {
+            put_header(&mut first, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if let Some(n) = content_length {
+            let _ = write!(first, "Content-Length: {n}\r\n");
+        }
+        first.put_slice(b"\r\n");
+        if coalesce {
+            first.put_slice(body);
+            return Ok(Wire { first, rest: &[] });
+        }
+        Ok(Wire { first, rest: body })
+    }
+}
+
+fn put_header(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
+    buf.put_slice(name);
+    buf.put_slice(b": ");
+    buf.put_slice(value);
+    buf.put_slice(b"\r\n");
+}
+
+/// HTTP/1.1: writes the request (head and, up to [`COALESCE_LIMIT`], body in
+/// one write: one segment on the wire for a typical request, where pingora's
+/// client writes head and body separately), then reads the response head,
+/// keeping interim ones. The connection goes back to the pool as usual.
+async fn exchange_h1(
+    h1: Http1Session,
+    wire: &Wire<'_>,
+    peer: &HttpPeer,
+    interim: &mut Vec<ResponseHeader>,
+) -> pingora::Result<Http1Session> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = h1.into_inner();
+    let write = async {
+        stream.write_all(&wire.first).await?;
+        if !wire.rest.is_empty() {
+            stream.write_all(wire.rest).await?;
+        }
+        stream.flush().await
+    };
+    let written = match peer.options.write_timeout {
+        Some(t) => tokio::time::timeout(t, write)
+            .await
+            .map_err(|_| Error::explain(ErrorType::WriteTimedout, "writing the request"))?,
+        None => write.await,
+    };
+    written.map_err(|e| Error::because(ErrorType::WriteError, "writing the request", e))?;
+    let mut h1 = Http1Session::new_with_options(stream, peer);
+    h1.read_timeout = peer.options.read_timeout;
+    h1.write_timeout = peer.options.write_timeout;
+    // The final head must come within one read_timeout however many interim
+    // answers come first, and after at most MAX_INTERIM of them: an app that
+    // sends `103` every second must not keep a delivery (and its in-flight
+    // mark) alive forever.
+    let heads = async {
+        loop {
+            h1.read_response().await?;
+            match h1.resp_header() {
+                Some(h) if h.status == StatusCode::SWITCHING_PROTOCOLS => {
+                    return Error::e_explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "101 Switching Protocols to a request that asked for no upgrade",
+                    );
+                }
+                Some(h) if h.status.is_informational() => {
+                    if interim.len() == MAX_INTERIM {
+                        return Error::e_explain(
+                            ErrorType::InvalidHTTPHeader,
+                            "too many interim answers",
+                        );
+                    }
+                    interim.push(h.clone());
+                }
+                _ => return Ok(()),
+            }
+        }
+    };
+    match peer.options.read_timeout {
+        Some(t) => tokio::time::timeout(t, heads).await.map_err(|_| {
+            Error::explain(ErrorType::ReadTimedout, "waiting for the final answer")
+        })??,
+        None => heads.await?,
+    }
+    Ok(h1)
+}
+
+/// Removes the headers that describe the app's connection, not the answer.
+fn strip_response_hop_by_hop(head: &mut ResponseHeader) {
+    for name in ["connection", "keep-alive", "proxy-connection", "upgrade"] {
+        head.remove_header(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn upstream(host_header: HostHeader) -> Upstream {
+        Upstream {
+            address: "127.0.0.1:3000".parse().unwrap(),
+            authority: "app.internal:3000".into(),
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            tls: false,
+            sni: String::new(),
+            verify: true,
+            host_header,
+        }
+    }
+
+    fn client() -> RequestHeader {
+        let mut req = RequestHeader::build("POST", b"/webhooks/persona?x=1", None).unwrap();
+        for (k, v) in [
+            ("Host", "public.example"),
+            ("X-Mixed-Case", "one"),
+            ("Connection", "keep-alive"),
+            ("Transfer-Encoding", "chunked"),
+            ("content-length", "999"),
+            ("x-mixed-case", "two"),
+            ("Expect", "100-continue"),
+            ("TE", "trailers"),
+        ] {
+            req.append_header(k.to_string(), v).unwrap();
+        }
+        req
+    }
+
+    fn text(w: &Wire<'_>) -> String {
+        String::from_utf8(w.first.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn wire_keeps_client_headers_in_their_case_and_drops_hop_by_hop_ones() {
+        let up = upstream(HostHeader::Keep);
+        let event_id = HeaderName::from_static("x-persona-event-id");
+        let w = Wire::new(&client(), &up, &[(&event_id, "evt_1")], Some(4), b"body").unwrap();
+        assert_eq!(
+            text(&w),
+            "POST /webhooks/persona?x=1 HTTP/1.1\r\n\
+             Host: public.example\r\n\
+             X-Mixed-Case: one\r\n\
+             x-mixed-case: two\r\n\
+             x-persona-event-id: evt_1\r\n\
+             Content-Length: 4\r\n\r\nbody"
+        );
+        assert!(w.rest.is_empty());
+    }
+
+    #[test]
+    fn wire_host_policy_and_absolute_targets() {
+        let mut req = client();
+        req.set_uri("http://public.example/app/a?b=c".parse().unwrap());
+        let w = Wire::new(&req, &upstream(HostHeader::Upstream), &[], None, b"").unwrap();
+        let t = text(&w);
+        assert!(t.starts_with("POST /app/a?b=c HTTP/1.1\r\n"), "{t}");
+        assert!(t.contains("\r\nHost: app.internal:3000\r\n"), "{t}");
+        assert!(!t.contains("public.example\r\n"), "{t}");
+        assert!(!t.to_ascii_lowercase().contains("content-length"), "{t}");
+
+        // An HTTP/2 client has no Host, only :authority.
+        let mut h2 = RequestHeader::build("GET", b"/", None).unwrap();
+        h2.set_uri("https://public.example/app".parse().unwrap());
+        let w = Wire::new(&h2, &upstream(HostHeader::Keep), &[], None, b"").unwrap();
+        assert_eq!(
+            text(&w),
+            "GET /app HTTP/1.1\r\nHost: public.example\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn wire_writes_large_bodies_after_the_head() {
+        let wire = |body: &[u8]| -> (String, usize, bool) {
+            let up = upstream(HostHeader::Keep);
+            let w = Wire::new(&client(), &up, &[], Some(body.len()), body).unwrap();
+            (text(&w), w.rest.len(), w.first.ends_with(body))
+        };
+        let large = vec![b'x'; COALESCE_LIMIT + 1];
+        let (head, rest, _) = wire(&large);
+        assert!(head.ends_with(&format!("Content-Length: {}\r\n\r\n", large.len())));
+        assert_eq!(rest, large.len());
+        let small = vec![b'y'; COALESCE_LIMIT];
+        let (_, rest, ends_with_body) = wire(&small);
+        assert!(rest == 0 && ends_with_body);
+    }
+}

@@ -1,0 +1,323 @@
+//! The pingora phases: where every request is judged.
+//!
+//! Everything happens in `request_filter`, the only phase that runs before
+//! pingora picks and connects an upstream:
+//!
+//! 1. framing (raw HTTP/1 head) and the trusted-header strip, on every path;
+//! 2. the route decision over every reading of the target ([`crate::path`]);
+//! 3. on a webhook route, [`webhook::judge`] (method, signature header, body
+//!    size and memory budget, the whole body bounded in size and time,
+//!    signature and timestamp, event, allow-list, replay claim), then
+//!    [`webhook::deliver`] forwards the admitted delivery **through this
+//!    module's own client** ([`forward`]) on pingora's connector and pool,
+//!    streams the answer back and settles the claim (delivered on 2xx,
+//!    released otherwise).
+//!
+//! Forwarding a verified delivery here, instead of handing it back to pingora,
+//! is deliberate: pingora can only re-send a body read in `request_filter`
+//! through its retry buffer, which holds 64 KiB and silently sends *no body*
+//! above that. Here the body is one `Bytes` of any size up to `max_body`.
+//!
+//! Paths under no route: a small HTTP/1.1 request (no body or a
+//! `Content-Length` body up to 64 KiB, no upgrade or `Expect`, not `HEAD` or
+//! `CONNECT`) is forwarded the same way, in one write; on loopback that halves
+//! the writes per request against pingora's streaming path. Everything else
+//! returns `Ok(false)` and pingora proxies it as usual; `fail_to_proxy` turns
+//! its upstream errors into the JSON 502/504 answers.
+
+mod downstream;
+mod forward;
+mod webhook;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::config::{HostHeader, RouteError, Unmatched};
+use crate::outcome::Outcome;
+use crate::state::{InflightGuard, Policy, Shared};
+pub use downstream::Ctx;
+use downstream::{
+    COALESCE_LIMIT, TargetForm, bad_body_framing, body_refused, read_body, refused_head, respond,
+    small_h1_request, strip_trusted, target_form,
+};
+use forward::Wire;
+use webhook::OnRoute;
+
+/// Per-read bound on request bodies (pingora's default).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The proxy application.
+pub struct Guard {
+    pub shared: Arc<Shared>,
+}
+
+/// Carried from one request to the next on a keep-alive connection.
+struct ReusedConnection;
+
+impl Guard {
+    /// Judges a request on route `index` and forwards it if admitted.
+    async fn webhook(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        policy: &Policy,
+        index: usize,
+    ) -> pingora::Result<bool> {
+        let on = OnRoute {
+            policy,
+            route: &policy.config.routes[index],
+            compiled: &policy.routes[index],
+        };
+        match webhook::judge(&self.shared, session, ctx, &on).await {
+            Ok(admitted) => webhook::deliver(&self.shared, session, ctx, &on, admitted).await,
+            Err(outcome) => body_refused(session, ctx, outcome).await,
+        }
+    }
+
+    /// Forwards a small HTTP/1.1 passthrough request the way a delivery is
+    /// forwarded: the body (if any) read whole, head and body in one write, the
+    /// response streamed back. Returns `Ok(false)`, leaving the request to
+    /// pingora's streaming proxy, for everything else: HTTP/2 clients, other
+    /// HTTP versions, `HEAD`/`CONNECT`, upgrades, `Expect`, chunked bodies and
+    /// bodies over [`COALESCE_LIMIT`].
+    async fn passthrough(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        policy: &Policy,
+    ) -> pingora::Result<bool> {
+        if !small_h1_request(session) {
+            return Ok(false);
+        }
+        // Each read is bounded by the session's read timeout, as on pingora's path.
+        let body = match read_body(session, COALESCE_LIMIT as u64, None).await {
+            Ok(b) => b,
+            Err(o) => return body_refused(session, ctx, o).await,
+        };
+        let client = session.req_header();
+        let declared = client.headers.contains_key(http::header::CONTENT_LENGTH);
+        let up = &policy.config.upstream;
+        let wire = Wire::new(client, up, &[], declared.then_some(body.len()), &body)?;
+        let peer = &policy.passthrough;
+        let answer = match forward::exchange(&self.shared.connector, peer, &wire).await {
+            Ok(a) => a,
+            Err(e) => return respond(session, ctx, e.into()).await,
+        };
+        ctx.outcome = Some(Outcome::Passthrough);
+        ctx.upstream_status = Some(answer.head.status.as_u16());
+        ctx.status = ctx.upstream_status;
+        answer.relay(&self.shared.connector, session, peer).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Guard {
+    type CTX = Ctx;
+
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
+        // pingora's default adds its response-compression module, disabled,
+        // which still runs on every request; persona-guard never compresses.
+    }
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            _inflight: InflightGuard::new(&self.shared),
+            started: Instant::now(),
+            policy: None,
+            route: None,
+            outcome: None,
+            status: None,
+            upstream_status: None,
+            event_id: None,
+            event_type: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        let policy = self.shared.policy.load_full();
+        ctx.policy = Some(policy.clone());
+        let cfg = &policy.config;
+
+        if let Some(reason) = refused_head(session) {
+            tracing::debug!(reason, "refusing an ambiguous request");
+            return respond(session, ctx, Outcome::MalformedRequest).await;
+        }
+        // Pipelined requests (RFC 9112 §9.3.2) are each judged and answered in
+        // order, rather than dropped with the connection after the first.
+        session.as_downstream_mut().set_pipelining_enabled(true);
+        strip_trusted(session.req_header_mut(), &cfg.headers);
+        // The head is in: body reads get pingora's usual per-read bound back
+        // (the webhook body also has its whole-body deadline).
+        session.set_read_timeout(Some(BODY_READ_TIMEOUT));
+        // Bound the wait for this connection's next request (pingora's default
+        // keeps an HTTP/1.1 connection open forever). Only where keep-alive is on.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(cfg.idle_timeout.as_secs().max(1)));
+        }
+
+        // The route decision takes every reading of the target that some
+        // application router takes (path::readings).
+        let req = session.req_header();
+        let decision = match target_form(req) {
+            Some(_) => cfg.route_for_target(req.raw_path()),
+            None => Err(RouteError::Form),
+        };
+        match decision {
+            Err(e) => {
+                tracing::debug!(reason = %e, "refusing a request target");
+                respond(session, ctx, Outcome::InvalidPath).await
+            }
+            Ok(Some((i, _))) => {
+                ctx.route = Some(i);
+                self.webhook(session, ctx, &policy, i).await
+            }
+            Ok(None) if cfg.unmatched == Unmatched::Deny => {
+                respond(session, ctx, Outcome::NotFound).await
+            }
+            Ok(None) => self.passthrough(session, ctx, &policy).await,
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let policy = match &ctx.policy {
+            Some(p) => p.clone(),
+            None => self.shared.policy.load_full(),
+        };
+        Ok(Box::new(policy.passthrough.clone()))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        // Origin-form upstream: an absolute-form target gives its path and
+        // query, and its authority becomes Host (RFC 9112 §3.2.2).
+        if let Some(TargetForm::Absolute { authority, origin }) = target_form(upstream_request) {
+            let (authority, origin) = (authority.to_vec(), origin.into_owned());
+            upstream_request.set_raw_path(&origin)?;
+            upstream_request.insert_header(http::header::HOST, authority)?;
+        }
+        if let Some(policy) = &ctx.policy {
+            let up = &policy.config.upstream;
+            if up.host_header == HostHeader::Upstream {
+                upstream_request.insert_header(http::header::HOST, up.authority.as_str())?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        ctx.outcome = Some(Outcome::Passthrough);
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        ctx.status = ctx.upstream_status;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let closed = |error_code| FailToProxy {
+            error_code,
+            can_reuse_downstream: false,
+        };
+        if session.response_written().is_some() && ctx.outcome.is_some() {
+            // A relay cut short after the answer began (`Answer::relay`): the
+            // request's outcome stands; nothing more can be said, and the
+            // connection (or HTTP/2 stream) ends without completing the body.
+            return closed(0);
+        }
+        let outcome = match (e.esource(), e.etype()) {
+            (_, ErrorType::HTTPStatus(code)) => {
+                let code = *code;
+                if session.response_written().is_none() {
+                    let _ = session.respond_error(code).await;
+                }
+                ctx.status = Some(code);
+                return closed(code);
+            }
+            (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
+                Outcome::UpstreamTimeout
+            }
+            (ErrorSource::Upstream, _) => Outcome::UpstreamUnavailable,
+            (ErrorSource::Downstream, _) if bad_body_framing(e) => Outcome::MalformedRequest,
+            (ErrorSource::Downstream, _) => Outcome::ClientError,
+            _ => Outcome::UpstreamUnavailable,
+        };
+        ctx.outcome = Some(outcome);
+        if outcome == Outcome::ClientError || session.response_written().is_some() {
+            // Nothing more can be said on this connection.
+            return closed(0);
+        }
+        // pingora's streaming path may have left the request body half read.
+        session.set_keepalive(None);
+        let code = outcome.status().map(|s| s.as_u16()).unwrap_or(502);
+        let _ = respond(session, ctx, outcome).await;
+        closed(code)
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        // Marks the next request on this connection as a keep-alive reuse, so
+        // the head-timeout wrapper (server.rs) leaves its idle wait alone.
+        Some(Box::new(ReusedConnection))
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        // `logging` below writes one line per request; pingora's own error line
+        // could quote request bytes.
+        true
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let outcome = ctx.outcome.unwrap_or(if e.is_some() {
+            Outcome::ClientError
+        } else {
+            Outcome::Passthrough
+        });
+        let policy = match &ctx.policy {
+            Some(p) => p.clone(),
+            None => self.shared.policy.load_full(),
+        };
+        let route = ctx.route.and_then(|i| Some((i, policy.routes.get(i)?)));
+        let counters = route.map_or(&policy.no_route, |(_, r)| &r.outcomes);
+        counters.inc(outcome);
+        let elapsed_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
+        match route.and_then(|(i, _)| policy.config.routes.get(i)) {
+            Some(route) => tracing::info!(
+                route = route.path.as_str(),
+                outcome = outcome.code(),
+                status = ctx.status,
+                upstream_status = ctx.upstream_status,
+                event_id = ctx.event_id.as_deref(),
+                event_type = ctx.event_type.as_deref(),
+                duration_ms = elapsed_ms,
+                "webhook"
+            ),
+            None => tracing::debug!(
+                outcome = outcome.code(),
+                status = ctx.status,
+                duration_ms = elapsed_ms,
+                "passthrough"
+            ),
+        }
+    }
+}

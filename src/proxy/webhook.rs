@@ -1,0 +1,318 @@
+//! The decision on a webhook route: [`judge`] takes a request from its head
+//! to an admitted delivery or the outcome that refuses it, in the contract's
+//! order (method, signature header, size and memory budget, body, signature
+//! and timestamp, event, allow-list, replay claim). Its only I/O is reading
+//! the body and the claim; [`deliver`] forwards what was admitted and settles
+//! the claim on the app's answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::Method;
+use http::header::EXPECT;
+use pingora::proxy::Session;
+
+use super::downstream::{Ctx, declared_length, read_body, respond};
+use super::forward::{self, Wire};
+use crate::budget::Permit;
+use crate::config::{OnStoreError, Route};
+use crate::event;
+use crate::outcome::Outcome;
+use crate::replay::{Claim, Store};
+use crate::signature::{self, SignatureHeader, Verdict};
+use crate::state::{CompiledRoute, Policy, Shared};
+
+/// A delivery that passed every check: forward it.
+pub struct Admitted {
+    body: Bytes,
+    created_at: Option<String>,
+    /// `None` when the store failed and `on_store_error = "allow"`.
+    claim: Option<ClaimGuard>,
+    /// The body's share of `[server] max_buffered`, held until the request ends.
+    _permit: Permit,
+}
+
+/// Why a delivery is not forwarded: persona-guard's answer, or (for
+/// `ClientError`) nothing, the client having gone away.
+pub type Rejection = Outcome;
+
+/// The route and its compiled handles, as [`judge`] and [`deliver`] need them.
+pub struct OnRoute<'a> {
+    pub policy: &'a Policy,
+    pub route: &'a Route,
+    pub compiled: &'a CompiledRoute,
+}
+
+/// Judges a request on a webhook route. The event's id and type go into
+/// `ctx` as soon as they are known (for the request's log line).
+pub async fn judge(
+    shared: &Arc<Shared>,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    on: &OnRoute<'_>,
+) -> Result<Admitted, Rejection> {
+    let parsed = signature_header(session)?;
+    let (body, permit) = read_within_budget(shared, session, on).await?;
+    verify(&parsed, &body, on)?;
+    let ev = event::parse(&body).map_err(|_| Outcome::InvalidEvent)?;
+    ctx.event_id = Some(ev.id.to_string());
+    ctx.event_type = Some(ev.name.to_string());
+    // An ignored event is not remembered.
+    if !on.route.allows(&ev.name) {
+        return Err(Outcome::Ignored);
+    }
+    let claim = claim(shared, on, &ev.id).await?;
+    let created_at = ev.created_at.map(|c| c.into_owned());
+    Ok(Admitted {
+        body,
+        created_at,
+        claim,
+        _permit: permit,
+    })
+}
+
+/// The method and the signature header's presence and form, before any body
+/// byte is read.
+fn signature_header(session: &Session) -> Result<SignatureHeader, Rejection> {
+    if session.req_header().method != Method::POST {
+        return Err(Outcome::MethodNotAllowed);
+    }
+    let mut values = session
+        .req_header()
+        .headers
+        .get_all("persona-signature")
+        .iter();
+    match (values.next(), values.next()) {
+        (None, _) => Err(Outcome::MissingSignature),
+        (Some(_), Some(_)) => Err(Outcome::MalformedSignature),
+        (Some(v), None) => signature::parse(v.as_bytes()).map_err(|_| Outcome::MalformedSignature),
+    }
+}
+
+/// The body, within the route's `max_body`, `body_timeout` and the memory
+/// budget. The body's size is reserved before any byte of it is read (the
+/// declared length, or `max_body` for a chunked body).
+async fn read_within_budget(
+    shared: &Arc<Shared>,
+    session: &mut Session,
+    on: &OnRoute<'_>,
+) -> Result<(Bytes, Permit), Rejection> {
+    let max_body = on.route.max_body;
+    let declared = declared_length(session.req_header());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(Outcome::BodyTooLarge);
+    }
+    let permit = shared
+        .budget
+        .reserve(declared.unwrap_or(max_body))
+        .ok_or(Outcome::Overloaded)?;
+    if session.req_header().headers.contains_key(EXPECT) {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|_| Outcome::ClientError)?;
+        session.req_header_mut().remove_header(&EXPECT);
+    }
+    let deadline = tokio::time::Instant::now() + on.policy.config.body_timeout;
+    let body = read_body(session, max_body, Some(deadline)).await?;
+    Ok((body, permit))
+}
+
+/// The signature over the raw body, and its timestamp.
+fn verify(parsed: &SignatureHeader, body: &[u8], on: &OnRoute<'_>) -> Result<(), Rejection> {
+    let started = Instant::now();
+    let verdict = signature::verify(
+        parsed,
+        &on.route.secrets,
+        body,
+        unix_now(),
+        on.route.tolerance.as_secs() as i64,
+    );
+    on.compiled.verify.observe(started.elapsed().as_secs_f64());
+    match verdict {
+        Verdict::Invalid => Err(Outcome::InvalidSignature),
+        Verdict::Stale => Err(Outcome::TimestampOutOfTolerance),
+        Verdict::Valid { secret_index } => {
+            if let Some(c) = on.compiled.secret_matches.get(secret_index) {
+                c.inc();
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The replay claim: the id in flight for this delivery, or the reason not
+/// to forward it.
+async fn claim(
+    shared: &Arc<Shared>,
+    on: &OnRoute<'_>,
+    id: &str,
+) -> Result<Option<ClaimGuard>, Rejection> {
+    let replay = &on.policy.config.replay;
+    match shared
+        .store
+        .claim(&on.route.normalized, id, replay.inflight_ttl)
+        .await
+    {
+        Ok(Claim::Claimed(token)) => {
+            shared.metrics.replay_insertions.inc();
+            Ok(Some(ClaimGuard {
+                shared: shared.clone(),
+                route: on.route.normalized.clone(),
+                event_id: id.to_string(),
+                token,
+                settled: false,
+            }))
+        }
+        Ok(Claim::Duplicate) => Err(Outcome::Duplicate),
+        Ok(Claim::InFlight { retry_after }) => Err(Outcome::DeliveryInProgress {
+            retry_after: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+        }),
+        Err(e) => {
+            shared.store_error("claim", &e);
+            match replay.on_store_error {
+                OnStoreError::Reject => Err(Outcome::ReplayStoreUnavailable),
+                OnStoreError::Allow => {
+                    tracing::warn!(
+                        route = on.route.path.as_str(),
+                        event_id = id,
+                        "replay store unavailable: forwarding WITHOUT replay protection (on_store_error = \"allow\")"
+                    );
+                    shared.metrics.replay_fail_open.inc();
+                    Ok(None)
+                }
+            }
+        }
+    }
+}
+
+/// Forwards an admitted delivery with the trusted headers, settles its claim
+/// on the app's answer head (delivered on 2xx, released otherwise), then
+/// relays the answer.
+pub async fn deliver(
+    shared: &Arc<Shared>,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    on: &OnRoute<'_>,
+    admitted: Admitted,
+) -> pingora::Result<bool> {
+    let h = &on.policy.config.headers;
+    let mut trusted = Vec::with_capacity(3);
+    if let Some(name) = &ctx.event_type {
+        trusted.push((&h.event_type, name.as_str()));
+    }
+    if let Some(id) = &ctx.event_id {
+        trusted.push((&h.event_id, id.as_str()));
+    }
+    if let Some(c) = &admitted.created_at {
+        trusted.push((&h.event_created_at, c.as_str()));
+    }
+    let body = &admitted.body;
+    let wire = Wire::new(
+        session.req_header(),
+        &on.route.upstream,
+        &trusted,
+        Some(body.len()),
+        body,
+    )?;
+    let peer = &on.compiled.peer;
+    let sent = Instant::now();
+    let answer = match forward::exchange(&shared.connector, peer, &wire).await {
+        Ok(a) => a,
+        Err(e) => {
+            if let Some(c) = admitted.claim {
+                c.release().await;
+            }
+            return respond(session, ctx, e.into()).await;
+        }
+    };
+    let status = answer.head.status;
+    on.compiled
+        .upstream_duration(status.as_u16())
+        .observe(sent.elapsed().as_secs_f64());
+    // The application has answered: settle the claim before anything can fail.
+    if let Some(c) = admitted.claim {
+        if status.is_success() {
+            c.commit(on.policy.config.replay.ttl).await;
+        } else {
+            c.release().await;
+        }
+    }
+    ctx.outcome = Some(Outcome::Forwarded);
+    ctx.upstream_status = Some(status.as_u16());
+    ctx.status = ctx.upstream_status;
+    answer.relay(&shared.connector, session, peer).await?;
+    Ok(true)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A replay claim that releases itself unless settled (client gone, task dropped).
+struct ClaimGuard {
+    shared: Arc<Shared>,
+    route: Vec<u8>,
+    event_id: String,
+    token: u64,
+    settled: bool,
+}
+
+impl ClaimGuard {
+    /// Marks the id delivered. A store failure here is logged and counted: the
+    /// in-flight mark then expires after `inflight_ttl`.
+    async fn commit(mut self, ttl: Duration) {
+        self.settled = true;
+        if let Err(e) = self
+            .shared
+            .store
+            .commit(&self.route, &self.event_id, ttl)
+            .await
+        {
+            self.shared.store_error("commit", &e);
+        }
+    }
+
+    async fn release(mut self) {
+        self.settled = true;
+        if let Err(e) = self
+            .shared
+            .store
+            .release(&self.route, &self.event_id, self.token)
+            .await
+        {
+            self.shared.store_error("release", &e);
+        }
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let (route, id, token) = (
+            std::mem::take(&mut self.route),
+            std::mem::take(&mut self.event_id),
+            self.token,
+        );
+        match &self.shared.store {
+            Store::Memory(m) => m.release(&crate::replay::key(&route, &id), token),
+            Store::Redis(_) => {
+                // Dropped mid-delivery (the task was cancelled): release in the background.
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    let shared = self.shared.clone();
+                    handle.spawn(async move {
+                        if let Err(e) = shared.store.release(&route, &id, token).await {
+                            shared.store_error("release", &e);
+                        }
+                    });
+                }
+            }
+        }
+    }
+}

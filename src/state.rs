@@ -1,0 +1,186 @@
+//! What lives for the whole process, across configuration reloads: the
+//! running [`Policy`] (the configuration compiled for the request path), the
+//! replay store, metrics, the body-memory budget, the upstream connector, and
+//! the counters that readiness and shutdown read.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pingora::connectors::http::v1::Connector;
+use pingora::upstreams::peer::HttpPeer;
+use prometheus::{Histogram, IntCounter};
+
+use crate::budget::BodyBudget;
+use crate::config::{Config, Route, Upstream};
+use crate::metrics::{self, Metrics};
+use crate::outcome::Outcome;
+use crate::replay::Store;
+
+/// How long an idle upstream connection stays in the pool.
+pub const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
+
+/// The configuration as the request path uses it: compiled once per load, so
+/// a request builds no peer and looks up no metric series by name.
+pub struct Policy {
+    pub config: Config,
+    /// One per `config.routes`, in the same order.
+    pub routes: Vec<CompiledRoute>,
+    /// Where requests under no route go.
+    pub passthrough: HttpPeer,
+    /// `persona_guard_requests_total{route="(none)"}` by outcome.
+    pub no_route: OutcomeCounters,
+}
+
+/// A route's upstream peer and metric handles.
+pub struct CompiledRoute {
+    pub peer: HttpPeer,
+    pub outcomes: OutcomeCounters,
+    /// `persona_guard_verify_duration_seconds{route}`.
+    pub verify: Histogram,
+    /// `persona_guard_secret_matches_total{route, secret}` by secret position.
+    pub secret_matches: Vec<IntCounter>,
+    /// `persona_guard_upstream_duration_seconds{route, class}` by status class.
+    pub upstream: [Histogram; 5],
+}
+
+/// `persona_guard_requests_total{route, outcome}` for one route, by outcome.
+pub struct OutcomeCounters(Vec<IntCounter>);
+
+impl OutcomeCounters {
+    fn new(metrics: &Metrics, route: &str) -> Self {
+        OutcomeCounters(
+            Outcome::ALL
+                .iter()
+                .map(|o| metrics.requests.with_label_values(&[route, o.code()]))
+                .collect(),
+        )
+    }
+
+    pub fn inc(&self, outcome: Outcome) {
+        self.0[outcome.index()].inc();
+    }
+}
+
+impl Policy {
+    /// Compiles `config` and pre-creates every series its routes report.
+    pub fn compile(config: Config, metrics: &Metrics) -> Policy {
+        for r in &config.routes {
+            metrics.register_route(&r.path);
+        }
+        metrics.register_no_route();
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| CompiledRoute::new(r, metrics))
+            .collect();
+        Policy {
+            passthrough: peer_for(&config.upstream),
+            no_route: OutcomeCounters::new(metrics, metrics::NO_ROUTE),
+            routes,
+            config,
+        }
+    }
+}
+
+impl CompiledRoute {
+    fn new(route: &Route, metrics: &Metrics) -> Self {
+        let path = route.path.as_str();
+        let class = |c: &str| metrics.upstream_duration.with_label_values(&[path, c]);
+        CompiledRoute {
+            peer: peer_for(&route.upstream),
+            outcomes: OutcomeCounters::new(metrics, path),
+            verify: metrics.verify_duration.with_label_values(&[path]),
+            secret_matches: (0..route.secrets.len())
+                .map(|i| {
+                    metrics
+                        .secret_matches
+                        .with_label_values(&[path, &metrics::index_label(i)])
+                })
+                .collect(),
+            upstream: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+        }
+    }
+
+    /// The upstream-duration histogram of a status's class.
+    pub fn upstream_duration(&self, status: u16) -> &Histogram {
+        &self.upstream[usize::from(status.clamp(100, 599) / 100 - 1)]
+    }
+}
+
+/// The upstream peer of an `[upstream]` block: timeouts, TLS and pool idle time.
+fn peer_for(up: &Upstream) -> HttpPeer {
+    let mut peer = HttpPeer::new(up.address, up.tls, up.sni.clone());
+    peer.options.verify_cert = up.verify;
+    peer.options.verify_hostname = up.verify;
+    peer.options.connection_timeout = Some(up.connect_timeout);
+    peer.options.total_connection_timeout = Some(up.connect_timeout);
+    peer.options.read_timeout = Some(up.read_timeout);
+    peer.options.write_timeout = Some(up.read_timeout);
+    peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+    peer
+}
+
+/// Process state shared by the proxy, the admin listener and the signal handlers.
+pub struct Shared {
+    pub policy: ArcSwap<Policy>,
+    pub store: Store,
+    pub metrics: Metrics,
+    /// Webhook body bytes held at once (`[server] max_buffered`).
+    pub budget: Arc<BodyBudget>,
+    pub connector: Connector,
+    /// Requests being handled now (for the SIGTERM drain).
+    pub inflight: AtomicUsize,
+    /// Set once the public listener is bound and the services run.
+    pub started: AtomicBool,
+    /// Set on SIGTERM: readiness turns 503.
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(config: Config, store: Store, metrics: Metrics, connector: Connector) -> Self {
+        let policy = Policy::compile(config, &metrics);
+        Shared {
+            budget: BodyBudget::new(policy.config.max_buffered),
+            policy: ArcSwap::from_pointee(policy),
+            store,
+            metrics,
+            connector,
+            inflight: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts and logs a failed replay store operation.
+    pub fn store_error(&self, op: &'static str, e: &crate::replay::StoreError) {
+        self.metrics
+            .replay_store_errors
+            .with_label_values(&[op])
+            .inc();
+        tracing::warn!(op, error = %e, "replay store error");
+    }
+}
+
+/// Counts a request as in flight for as long as it lives.
+pub struct InflightGuard(Arc<Shared>);
+
+impl InflightGuard {
+    pub fn new(shared: &Arc<Shared>) -> Self {
+        shared.inflight.fetch_add(1, Ordering::SeqCst);
+        InflightGuard(shared.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
