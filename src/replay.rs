@@ -289,6 +289,13 @@ impl Store {
     }
 
     /// Whether the store can answer now.
+    /// Stops the store's background work before the process exits.
+    pub async fn close(&self) {
+        if let Store::Memory(m) = self {
+            m.run_pending_tasks();
+        }
+    }
+
     pub async fn ready(&self) -> Result<(), StoreError> {
         match self {
             Store::Memory(_) => Ok(()),

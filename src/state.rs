@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use pingora::connectors::http::v1::Connector;
 use pingora::upstreams::peer::HttpPeer;
 use prometheus::{Histogram, IntCounter};
+use tokio::sync::Notify;
 
 use crate::budget::BodyBudget;
 use crate::config::{Config, Route, Upstream};
@@ -138,7 +139,9 @@ pub struct Shared {
     pub connector: Connector,
     /// Requests being handled now (for the SIGTERM drain).
     pub inflight: AtomicUsize,
-    /// Set once the public listener is bound and the services run.
+    /// Woken when the last request in flight ends.
+    idle: Notify,
+    /// Latched once the public listener accepts connections (readiness).
     pub started: AtomicBool,
     /// Set on SIGTERM: readiness turns 503.
     pub draining: AtomicBool,
@@ -154,8 +157,20 @@ impl Shared {
             metrics,
             connector,
             inflight: AtomicUsize::new(0),
+            idle: Notify::new(),
             started: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Returns once no request is in flight.
+    pub async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.inflight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
         }
     }
 
@@ -181,6 +196,8 @@ impl InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+        if self.0.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }

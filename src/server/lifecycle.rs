@@ -1,0 +1,114 @@
+//! Start and stop: the readiness latch and the SIGTERM drain.
+//!
+//! pingora drives both. Its SIGTERM path closes the listeners, lets in-flight
+//! requests run, then sleeps out the whole `grace_period` before stopping its
+//! runtimes, even when nothing is in flight (pingora 0.9.1, `Server::run`).
+//! [`spawn_watcher`] follows pingora's execution phases on a thread of its
+//! own and shortens only that last wait: once the listeners are closed and no
+//! request is in flight, it closes the replay store and exits with status 0.
+//! When `grace_period` runs out first, pingora stops the runtimes (cutting
+//! what is still in flight) and `run` closes the store on its way out.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pingora::server::{ExecutionPhase, Server, ShutdownSignal, ShutdownSignalWatch};
+
+use crate::state::Shared;
+
+/// How long the public listener may take to accept its first connection
+/// once pingora runs, before readiness gives up (and says so in the log).
+const LISTEN_CONFIRM: Duration = Duration::from_secs(10);
+
+/// After pingora broadcasts the shutdown, the time its accept loops take to
+/// stop: a connection accepted just before must have its request counted.
+const LISTENERS_SETTLE: Duration = Duration::from_millis(100);
+
+/// SIGTERM: readiness turns 503 and pingora's graceful path starts. SIGINT:
+/// pingora stops at once.
+pub struct Drain {
+    pub shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for Drain {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot listen for SIGTERM/SIGINT");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping now");
+                ShutdownSignal::FastShutdown
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: no new connections; draining in-flight requests");
+                self.shared.draining.store(true, Ordering::SeqCst);
+                ShutdownSignal::GracefulTerminate
+            }
+        }
+    }
+}
+
+/// Follows pingora's execution phases: on `Running`, confirms once that the
+/// public listener accepts and latches readiness; on `GracefulTerminate`,
+/// waits until nothing is in flight, closes the store and exits.
+pub fn spawn_watcher(server: &Server, shared: Arc<Shared>, listen: SocketAddr) {
+    let mut phases = server.watch_execution_phase();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the lifecycle thread: {e}; /readyz stays 503");
+            return;
+        }
+    };
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            while let Ok(phase) = phases.recv().await {
+                match phase {
+                    ExecutionPhase::Running => latch_ready(&shared, listen).await,
+                    ExecutionPhase::GracefulTerminate => {
+                        tokio::time::sleep(LISTENERS_SETTLE).await;
+                        shared.wait_idle().await;
+                        tracing::info!("drained: exiting");
+                        shared.store.close().await;
+                        std::process::exit(0);
+                    }
+                    _ => {}
+                }
+            }
+        })
+    });
+}
+
+/// Readiness becomes true once, when the public listener first accepts a
+/// connection; probes then read the latch and never dial the port.
+async fn latch_ready(shared: &Shared, mut listen: SocketAddr) {
+    if listen.ip().is_unspecified() {
+        listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let deadline = tokio::time::Instant::now() + LISTEN_CONFIRM;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(listen),
+        )
+        .await
+        {
+            shared.started.store(true, Ordering::SeqCst);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::error!(listen = %listen, "the public listener does not accept connections; /readyz stays 503");
+}

@@ -1,0 +1,202 @@
+//! Process wiring: logging, the pingora server with the proxy and admin
+//! services, SIGHUP reload.
+
+mod connection;
+mod lifecycle;
+mod reload;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use pingora::connectors::ConnectorOptions;
+use pingora::connectors::http::v1::Connector;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
+use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::prelude::*;
+
+use crate::admin::Admin;
+use crate::config::{Config, LogFormat, StoreKind};
+use crate::metrics::Metrics;
+use crate::proxy::Guard;
+use crate::redis_store::RedisStore;
+use crate::replay::{MemoryStore, Store, SystemClock};
+use crate::state::Shared;
+use crate::tls::ReloadableCert;
+use connection::{ClientConnection, HeaderTimeout};
+use lifecycle::Drain;
+use pingora::apps::HttpServerOptions;
+
+/// Installs the log subscriber. `RUST_LOG` filters (default `info`); pingora's
+/// own events are capped at `warn` whatever `RUST_LOG` says, because its debug
+/// lines can quote raw request heads (and so signatures).
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let cap = filter_fn(|meta| {
+        !meta.target().starts_with("pingora") || *meta.level() <= tracing::Level::WARN
+    });
+    let registry = tracing_subscriber::registry().with(filter).with(cap);
+    let result = match format {
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    if result.is_err() {
+        eprintln!("persona-guard: a log subscriber was already installed");
+    }
+}
+
+fn build_store(cfg: &Config) -> Result<Store, String> {
+    Ok(match &cfg.replay.store {
+        StoreKind::Memory => Store::Memory(MemoryStore::new(
+            cfg.replay.capacity,
+            Arc::new(SystemClock::default()),
+        )),
+        StoreKind::Redis(r) => Store::Redis(
+            RedisStore::new(
+                &r.url,
+                r.password.as_ref().map(|p| p.expose()),
+                &r.key_prefix,
+                r.timeout,
+            )
+            .map_err(|e| format!("replay store: {e}"))?,
+        ),
+    })
+}
+
+/// Closes the replay store (its background tasks and connections) on a
+/// runtime of its own: pingora's are gone by now.
+fn close_store(shared: &Shared) {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(shared.store.close()),
+        Err(e) => tracing::warn!("cannot close the replay store: {e}"),
+    }
+}
+
+/// Serves until SIGTERM/SIGINT. Returns after the graceful shutdown.
+pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
+    let mut conf = ServerConf {
+        threads: cfg.threads,
+        ca_file: cfg
+            .upstream_ca_file
+            .as_ref()
+            .map(|p| p.display().to_string()),
+        grace_period_seconds: Some(cfg.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    conf.upstream_keepalive_pool_size = 128;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
+        &server.configuration,
+    )));
+    let store = match build_store(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Err(e);
+        }
+    };
+    let listen = cfg.listen;
+    let cfg_tls = cfg.listen_tls.clone();
+    let idle_timeout = cfg.idle_timeout;
+    let admin_addr = cfg.admin;
+    let routes: Vec<String> = cfg.routes.iter().map(|r| r.path.clone()).collect();
+    let upstream = cfg.upstream.address;
+    let shared = Arc::new(Shared::new(cfg, store, Metrics::new(), connector));
+
+    let mut app = pingora::proxy::http_proxy(
+        &server.configuration,
+        Guard {
+            shared: shared.clone(),
+        },
+    );
+    // pingora's own bound on an HTTP/2 connection with no open stream
+    // (`accept_downstream_sessions`): it closes the connection. pingora reads
+    // it per connection through a reference (`server_options()`), which cannot
+    // follow a reload: HTTP/2 keeps the start value (`reload` says so).
+    let mut server_options = HttpServerOptions::default();
+    server_options.h2_idle_timeout = Some(idle_timeout);
+    app.server_options = Some(server_options);
+    let (tls, cert) = match &cfg_tls {
+        Some(tls) => {
+            let checked = crate::tls::load_checked(tls).map_err(|e| {
+                tracing::error!("listen.tls: {e}");
+                e
+            })?;
+            for w in &checked.warnings {
+                tracing::warn!("listen.tls: {w}");
+            }
+            let cert = Arc::new(ReloadableCert::new(checked.key));
+            let mut settings =
+                TlsSettings::intermediate("", "").map_err(|e| format!("listen.tls: {e}"))?;
+            settings.set_cert_resolver(cert.clone());
+            settings.enable_h2();
+            (Some(settings.build()), Some(cert))
+        }
+        None => (None, None),
+    };
+    let mut proxy = Service::new(
+        "persona-guard".to_string(),
+        ClientConnection {
+            inner: Arc::new(HeaderTimeout {
+                inner: Arc::new(app),
+                shared: shared.clone(),
+            }),
+            tls,
+            shared: shared.clone(),
+        },
+    );
+    // TLS, when configured, is done by `ClientConnection` (pingora's listener
+    // handshake has a fixed 60 s bound).
+    proxy.add_tcp(&listen.to_string());
+    let mut admin = Service::new(
+        "admin".to_string(),
+        Admin {
+            shared: shared.clone(),
+        },
+    );
+    admin.add_tcp(&admin_addr.to_string());
+    server.add_service(proxy);
+    server.add_service(admin);
+
+    lifecycle::spawn_watcher(&server, shared.clone(), listen);
+    reload::spawn_reloader(
+        config_path.to_path_buf(),
+        shared.clone(),
+        cert,
+        idle_timeout,
+    );
+    tracing::info!(
+        listen = %listen,
+        admin = %admin_addr,
+        upstream = %upstream,
+        routes = ?routes,
+        "persona-guard starting"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Drain {
+            shared: shared.clone(),
+        }),
+    });
+    // SIGINT, or a grace period that ran out with requests in flight.
+    close_store(&shared);
+    tracing::info!("persona-guard stopped");
+    Ok(())
+}
