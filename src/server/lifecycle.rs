@@ -62,15 +62,8 @@ impl ShutdownSignalWatch for Drain {
 /// waits until nothing is in flight, closes the store and exits.
 pub fn spawn_watcher(server: &Server, shared: Arc<Shared>, listen: SocketAddr) {
     let mut phases = server.watch_execution_phase();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the lifecycle thread: {e}; /readyz stays 503");
-            return;
-        }
+    let Some(runtime) = super::side_runtime("readiness and drain (/readyz stays 503)") else {
+        return;
     };
     std::thread::spawn(move || {
         runtime.block_on(async move {

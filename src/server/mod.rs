@@ -78,12 +78,23 @@ fn build_store(cfg: &Config) -> Result<Store, String> {
 /// Closes the replay store (its background tasks and connections) on a
 /// runtime of its own: pingora's are gone by now.
 fn close_store(shared: &Shared) {
+    if let Some(rt) = side_runtime("closing the replay store") {
+        rt.block_on(shared.store.close());
+    }
+}
+
+/// A single-threaded runtime for work beside pingora's (signals, shutdown);
+/// `None`, logged with `what` it was for, if the system refuses one.
+fn side_runtime(what: &str) -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(shared.store.close()),
-        Err(e) => tracing::warn!("cannot close the replay store: {e}"),
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            tracing::error!("cannot start a runtime for {what}: {e}");
+            None
+        }
     }
 }
 

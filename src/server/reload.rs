@@ -16,15 +16,8 @@ pub fn spawn_reloader(
     cert: Option<Arc<ReloadableCert>>,
     h2_idle_timeout: Duration,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the reload thread: {e}; SIGHUP will not reload");
-            return;
-        }
+    let Some(runtime) = super::side_runtime("SIGHUP reloads (they will not happen)") else {
+        return;
     };
     // Register the handler now, before the thread runs, so an early SIGHUP
     // never falls through to the default action (terminating the process).
