@@ -85,10 +85,9 @@ impl ServeHttp for Admin {
             "/metrics" => {
                 let m = &self.shared.metrics;
                 m.buffered_body_bytes.set(self.shared.budget.held() as i64);
-                if let Some(store) = self.shared.store.memory() {
-                    store.run_pending_tasks();
-                    m.replay_entries.set(store.entry_count() as i64);
-                    let evicted = store.stats().evicted_early.load(Ordering::Relaxed);
+                if let Some(stats) = self.shared.store.local_stats() {
+                    m.replay_entries.set(stats.entries as i64);
+                    let evicted = stats.evicted_early;
                     m.replay_evictions
                         .inc_by(evicted.saturating_sub(m.replay_evictions.get()));
                 }
@@ -108,7 +107,7 @@ mod tests {
     use super::*;
     use crate::config::{self, Env};
     use crate::metrics::Metrics;
-    use crate::replay::{MemoryStore, Store, SystemClock};
+    use crate::replay::memory::{MemoryStore, SystemClock};
     use pingora::connectors::http::v1::Connector;
 
     struct NoEnv;
@@ -124,7 +123,7 @@ mod tests {
              [[route]]\npath = \"/h\"\nsecrets = [\"s\"]\n"
         );
         let cfg = config::from_str(&text, &NoEnv).unwrap();
-        let store = Store::Memory(MemoryStore::new(10, Arc::new(SystemClock::default())));
+        let store = Arc::new(MemoryStore::new(10, Arc::new(SystemClock::default())));
         Admin {
             shared: Arc::new(Shared::new(
                 cfg,

@@ -46,7 +46,7 @@ use crate::event;
 use crate::framing;
 use crate::metrics::{self, Metrics};
 use crate::outcome::Outcome;
-use crate::replay::{Claim, Store};
+use crate::replay::{self, Claim, ReplayStore};
 use crate::signature::{self, Verdict};
 
 /// Headers that describe one hop and are never forwarded as they are.
@@ -82,7 +82,7 @@ const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 /// What lives for the whole process, across configuration reloads.
 pub struct Shared {
     pub config: ArcSwap<Config>,
-    pub store: Store,
+    pub store: Arc<dyn ReplayStore>,
     pub metrics: Metrics,
     /// Webhook body bytes held at once (`[server] max_buffered`).
     pub budget: Arc<BodyBudget>,
@@ -94,7 +94,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, store: Store, metrics: Metrics, connector: Connector) -> Self {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn ReplayStore>,
+        metrics: Metrics,
+        connector: Connector,
+    ) -> Self {
         for r in &config.routes {
             metrics.register_route(&r.path);
         }
@@ -130,70 +135,6 @@ impl Drop for InflightGuard {
 /// The proxy application.
 pub struct Guard {
     pub shared: Arc<Shared>,
-}
-
-/// A replay claim that releases itself unless settled (client gone, task dropped).
-struct ClaimGuard {
-    shared: Arc<Shared>,
-    route: Vec<u8>,
-    event_id: String,
-    token: u64,
-    settled: bool,
-}
-
-impl ClaimGuard {
-    /// Marks the id delivered. A store failure here is logged and counted: the
-    /// in-flight mark then expires after `inflight_ttl`.
-    async fn commit(mut self, ttl: Duration) {
-        self.settled = true;
-        if let Err(e) = self
-            .shared
-            .store
-            .commit(&self.route, &self.event_id, ttl)
-            .await
-        {
-            self.shared.store_error("commit", &e);
-        }
-    }
-
-    async fn release(mut self) {
-        self.settled = true;
-        if let Err(e) = self
-            .shared
-            .store
-            .release(&self.route, &self.event_id, self.token)
-            .await
-        {
-            self.shared.store_error("release", &e);
-        }
-    }
-}
-
-impl Drop for ClaimGuard {
-    fn drop(&mut self) {
-        if self.settled {
-            return;
-        }
-        let (route, id, token) = (
-            std::mem::take(&mut self.route),
-            std::mem::take(&mut self.event_id),
-            self.token,
-        );
-        match &self.shared.store {
-            Store::Memory(m) => m.release(&crate::replay::key(&route, &id), token),
-            Store::Redis(_) => {
-                // Dropped mid-delivery (the task was cancelled): release in the background.
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    let shared = self.shared.clone();
-                    handle.spawn(async move {
-                        if let Err(e) = shared.store.release(&route, &id, token).await {
-                            shared.store_error("release", &e);
-                        }
-                    });
-                }
-            }
-        }
-    }
 }
 
 impl Shared {
@@ -485,21 +426,18 @@ impl Guard {
         }
 
         // 7. the replay store.
-        let claimed = self
-            .shared
-            .store
-            .claim(&route.normalized, &ev.id, cfg.replay.inflight_ttl)
-            .await;
+        let claimed = replay::claim(
+            &self.shared.store,
+            &route.normalized,
+            &ev.id,
+            cfg.replay.inflight_ttl,
+        )
+        .await;
         let claim = match claimed {
-            Ok(Claim::Claimed(token)) => {
+            Ok(Claim::Claimed(lease)) => {
                 self.shared.metrics.replay_insertions.inc();
-                Some(ClaimGuard {
-                    shared: self.shared.clone(),
-                    route: route.normalized.clone(),
-                    event_id: ev.id.to_string(),
-                    token,
-                    settled: false,
-                })
+                let shared = self.shared.clone();
+                Some(lease.on_error(move |op, e| shared.store_error(op, e)))
             }
             Err(e) => {
                 self.shared.store_error("claim", &e);

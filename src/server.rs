@@ -20,8 +20,9 @@ use crate::config::{self, Config, LogFormat};
 use crate::h2_watch::H2Watch;
 use crate::metrics::Metrics;
 use crate::proxy::{Guard, Shared};
-use crate::redis_store::RedisStore;
-use crate::replay::{MemoryStore, Store, SystemClock};
+use crate::replay::ReplayStore;
+use crate::replay::memory::{MemoryStore, SystemClock};
+use crate::replay::redis::RedisStore;
 use crate::tls::ReloadableCert;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora::listeners::tls::{Acceptor, TlsSettings};
@@ -59,21 +60,15 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
-fn build_store(cfg: &Config) -> Result<Store, String> {
+fn build_store(cfg: &Config) -> Result<Arc<dyn ReplayStore>, String> {
     Ok(match &cfg.replay.store {
-        StoreKind::Memory => Store::Memory(MemoryStore::new(
+        StoreKind::Memory => Arc::new(MemoryStore::new(
             cfg.replay.capacity,
             Arc::new(SystemClock::default()),
         )),
-        StoreKind::Redis(r) => Store::Redis(
-            RedisStore::new(
-                &r.url,
-                r.password.as_ref().map(|p| p.expose()),
-                &r.key_prefix,
-                r.timeout,
-            )
-            .map_err(|e| format!("replay store: {e}"))?,
-        ),
+        StoreKind::Redis(r) => {
+            Arc::new(RedisStore::new(r).map_err(|e| format!("replay store: {e}"))?)
+        }
     })
 }
 
