@@ -74,8 +74,10 @@
 //! a no-op if the claim never ran.
 //!
 //! The client runs on a small runtime of its own so it outlives no pingora
-//! service and is shared by all of them; [`ReplayStore::close`] (or dropping
-//! the store) shuts it down. Every call is bounded by `timeout`.
+//! service and is shared by all of them: every call runs there as a task, so
+//! the connection and whatever it spawns live there too, and
+//! [`ReplayStore::close`] (or dropping the store) stops all of it. Every call
+//! is bounded by `timeout`.
 //!
 //! # Layout
 //!
@@ -120,7 +122,7 @@ fn name(key: &StoreKey) -> Result<&[u8], StoreError> {
 pub struct RedisStore {
     inner: Arc<Inner>,
     prefix: String,
-    /// Drives the connection and the claims. Shut down in the background on
+    /// Drives the connection and every call. Shut down in the background on
     /// close or drop, which is allowed from inside another runtime (a
     /// blocking shutdown is not).
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
@@ -183,15 +185,23 @@ impl RedisStore {
     }
 
     pub async fn commit(&self, key: &[u8], ttl: Duration) -> Result<(), RedisStoreError> {
-        self.inner.commit(key, ttl).await
+        let key = key.to_vec();
+        self.inner
+            .on_runtime(|inner| async move { inner.commit(&key, ttl).await })
+            .await
     }
 
     pub async fn release(&self, key: &[u8], token: u64) -> Result<(), RedisStoreError> {
-        self.inner.release(key, token).await.map(|_| ())
+        let key = key.to_vec();
+        self.inner
+            .on_runtime(|inner| async move { inner.release(&key, token).await.map(|_| ()) })
+            .await
     }
 
     pub async fn ping(&self) -> Result<(), RedisStoreError> {
-        self.inner.ping().await
+        self.inner
+            .on_runtime(|inner| async move { inner.ping().await })
+            .await
     }
 
     /// Stops the runtime, and with it the connection and every task on it.

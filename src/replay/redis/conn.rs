@@ -1,8 +1,9 @@
 //! The connection to Redis and the calls made on it: one `ConnectionManager`
-//! made on the store's own runtime, every call bounded by `timeout` and
+//! driven by the store's own runtime, every call bounded by `timeout` and
 //! tried once more when its connection was dropped (see "Retries" in the
 //! parent module).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -85,7 +86,7 @@ pub(super) struct Inner {
     claim: Script,
     release: Script,
     pub(super) timeout: Duration,
-    /// The store's runtime, where claims and late releases run.
+    /// The store's runtime, where every call and every late release runs.
     pub(super) handle: tokio::runtime::Handle,
 }
 
@@ -127,6 +128,22 @@ impl Inner {
             timeout,
             handle: runtime.handle().clone(),
         })
+    }
+
+    /// Runs `call` as a task on the store's runtime, so that the connection
+    /// and everything it spawns live there (and stop with it), and awaits it.
+    pub(super) async fn on_runtime<T, Fut>(
+        self: &Arc<Self>,
+        call: impl FnOnce(Arc<Inner>) -> Fut,
+    ) -> Result<T, RedisStoreError>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, RedisStoreError>> + Send + 'static,
+    {
+        match self.handle.spawn(call(self.clone())).await {
+            Ok(answer) => answer,
+            Err(_) => Err(RedisStoreError::stopped()),
+        }
     }
 
     /// Runs `op` on the current connection and, if that connection turned out

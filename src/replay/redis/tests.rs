@@ -295,3 +295,43 @@ fn an_unreachable_server_is_an_error_within_the_timeout() {
         assert!(started.elapsed() < Duration::from_millis(600));
     }
 }
+
+#[test]
+fn a_closed_store_drops_its_connection_and_fails_its_calls_at_once() {
+    let server = Server::start();
+    let a = RedisStore::open(&server.url(), None, "t:", Duration::from_secs(2)).unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        a.ping().await.unwrap();
+        ReplayStore::close(&a).await;
+        let started = std::time::Instant::now();
+        assert!(a.ping().await.is_err());
+        assert!(
+            a.claim(&a.key(b"/r", "e"), 1, Duration::from_secs(60))
+                .await
+                .is_err()
+        );
+        assert!(
+            a.commit(&a.key(b"/r", "e"), Duration::from_secs(60))
+                .await
+                .is_err()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        // Closing again is harmless.
+        ReplayStore::close(&a).await;
+    });
+    // Its connection is gone: only the test's own probe is connected.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let clients = server.command(&["CLIENT", "LIST"]);
+        if clients.matches(" addr=").count() == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{clients}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
