@@ -1,5 +1,5 @@
-//! The memory store: its state machine on a manual clock, capacity, and a
-//! reference model (proptest).
+//! The memory store: its state machine on a manual clock, capacity, a
+//! reference model (proptest), and the [`Lease`] of a claim over it.
 
 use super::*;
 use std::sync::Mutex;
@@ -235,5 +235,101 @@ mod model {
                 }
             }
         }
+    }
+}
+
+mod lease {
+    //! What a winning [`replay::claim`] hands out, over the memory store.
+    use super::*;
+    use crate::replay::{self, Lease};
+
+    fn shared() -> Arc<dyn ReplayStore> {
+        Arc::new(MemoryStore::new(1000, Arc::new(ManualClock::default())))
+    }
+
+    async fn claim(store: &Arc<dyn ReplayStore>, id: &str) -> Claim<Lease> {
+        replay::claim(store, b"/r", id, INFLIGHT).await.unwrap()
+    }
+
+    async fn lease(store: &Arc<dyn ReplayStore>, id: &str) -> Lease {
+        match claim(store, id).await {
+            Claim::Claimed(lease) => lease,
+            other => panic!("expected a claim, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn carries_the_key_derived_at_the_claim_and_its_own_token() {
+        let store = shared();
+        let (a, b) = (lease(&store, "evt_1").await, lease(&store, "evt_2").await);
+        assert_eq!(a.key(), &store.key(b"/r", "evt_1"));
+        assert_eq!(a.key(), &StoreKey::Digest(key(b"/r", "evt_1")));
+        assert_ne!(a.token(), b.token());
+    }
+
+    #[tokio::test]
+    async fn dropped_unsettled_it_releases_so_the_id_can_be_claimed_again() {
+        let store = shared();
+        let first = lease(&store, "evt_1").await;
+        assert!(matches!(
+            claim(&store, "evt_1").await,
+            Claim::InFlight { .. }
+        ));
+        drop(first);
+        // Released in place: at once, no task to wait for.
+        lease(&store, "evt_1").await;
+    }
+
+    #[test]
+    fn dropped_outside_a_runtime_it_still_releases() {
+        let store = shared();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let first = rt.block_on(lease(&store, "evt_1"));
+        drop(first);
+        rt.block_on(lease(&store, "evt_1"));
+    }
+
+    #[tokio::test]
+    async fn committed_it_makes_the_id_a_duplicate_and_its_drop_changes_nothing() {
+        let store = shared();
+        lease(&store, "evt_1").await.commit(TTL).await;
+        assert!(matches!(claim(&store, "evt_1").await, Claim::Duplicate));
+        assert!(matches!(claim(&store, "evt_1").await, Claim::Duplicate));
+    }
+
+    #[tokio::test]
+    async fn released_it_admits_a_retry() {
+        let store = shared();
+        lease(&store, "evt_1").await.release().await;
+        lease(&store, "evt_1").await.commit(TTL).await;
+        assert!(matches!(claim(&store, "evt_1").await, Claim::Duplicate));
+    }
+
+    #[tokio::test]
+    async fn a_stale_lease_never_releases_the_claim_that_replaced_it() {
+        let clock = Arc::new(ManualClock::default());
+        let store: Arc<dyn ReplayStore> = Arc::new(MemoryStore::new(1000, clock.clone()));
+        let stale = lease(&store, "evt_1").await;
+        clock.advance(INFLIGHT);
+        let current = lease(&store, "evt_1").await;
+        drop(stale);
+        assert!(matches!(
+            claim(&store, "evt_1").await,
+            Claim::InFlight { .. }
+        ));
+        current.commit(TTL).await;
+        assert!(matches!(claim(&store, "evt_1").await, Claim::Duplicate));
+    }
+
+    #[tokio::test]
+    async fn stats_are_local_and_exact() {
+        let store = shared();
+        lease(&store, "evt_1").await.commit(TTL).await;
+        let _held = lease(&store, "evt_2").await;
+        let stats = store.local_stats().unwrap();
+        assert_eq!(stats.entries, 2);
+        assert_eq!(stats.evicted_early, 0);
     }
 }

@@ -297,6 +297,41 @@ fn an_unreachable_server_is_an_error_within_the_timeout() {
 }
 
 #[test]
+fn a_lease_over_redis_settles_and_releases_on_drop() {
+    let server = Server::start();
+    let store: Arc<dyn ReplayStore> =
+        Arc::new(RedisStore::open(&server.url(), None, "t:", Duration::from_secs(2)).unwrap());
+    rt().block_on(async {
+        let long = Duration::from_secs(60);
+        let lease = |id: &'static str| {
+            let store = store.clone();
+            async move {
+                match crate::replay::claim(&store, b"/r", id, long).await.unwrap() {
+                    Claim::Claimed(lease) => lease,
+                    other => panic!("expected a claim, got {other:?}"),
+                }
+            }
+        };
+        let held = lease("e1").await;
+        assert_eq!(held.key(), &StoreKey::Name(b"t:/r:e1".as_slice().into()));
+        // Dropped unsettled: released by a task on this runtime.
+        drop(held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while server.command(&["EXISTS", "t:/r:e1"]).trim() != ":0" {
+            assert!(std::time::Instant::now() < deadline, "never released");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        lease("e1").await.commit(long).await;
+        assert!(matches!(
+            crate::replay::claim(&store, b"/r", "e1", long)
+                .await
+                .unwrap(),
+            Claim::Duplicate
+        ));
+    });
+}
+
+#[test]
 fn a_closed_store_drops_its_connection_and_fails_its_calls_at_once() {
     let server = Server::start();
     let a = RedisStore::open(&server.url(), None, "t:", Duration::from_secs(2)).unwrap();
