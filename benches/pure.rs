@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use persona_guard::replay::{Claim, MemoryStore, SystemClock, key};
+use persona_guard::replay::Claim;
+use persona_guard::replay::memory::{MemoryStore, SystemClock, key};
 use persona_guard::{event, path, signature};
 
 const SECRET: &[u8] = b"wbhsec_bench_secret";

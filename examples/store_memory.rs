@@ -13,7 +13,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use persona_guard::replay::{Claim, MemoryStore, SystemClock, key};
+use persona_guard::replay::Claim;
+use persona_guard::replay::memory::{MemoryStore, SystemClock, key};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

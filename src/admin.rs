@@ -40,7 +40,7 @@ impl Admin {
         if !self.shared.started.load(Ordering::SeqCst) {
             return Err("the public listener is not accepting connections yet");
         }
-        if self.shared.store.ready().await.is_err() {
+        if self.shared.store().ready().await.is_err() {
             return Err("the replay store (redis) does not answer");
         }
         Ok(())
@@ -81,10 +81,9 @@ impl ServeHttp for Admin {
             "/metrics" => {
                 let m = &self.shared.metrics;
                 m.buffered_body_bytes.set(self.shared.budget.held() as i64);
-                if let Some(store) = self.shared.store.memory() {
-                    store.run_pending_tasks();
-                    m.replay_entries.set(store.entry_count() as i64);
-                    let evicted = store.stats().evicted_early.load(Ordering::Relaxed);
+                if let Some(stats) = self.shared.store().local_stats() {
+                    m.replay_entries.set(stats.entries as i64);
+                    let evicted = stats.evicted_early;
                     m.replay_evictions
                         .inc_by(evicted.saturating_sub(m.replay_evictions.get()));
                 }
@@ -104,7 +103,7 @@ mod tests {
     use super::*;
     use crate::config::{self, Env};
     use crate::metrics::Metrics;
-    use crate::replay::{MemoryStore, Store, SystemClock};
+    use crate::replay::memory::{MemoryStore, SystemClock};
     use pingora::connectors::http::v1::Connector;
 
     struct NoEnv;
@@ -114,13 +113,11 @@ mod tests {
         }
     }
 
-    fn admin_for(listen: std::net::SocketAddr) -> Admin {
-        let text = format!(
-            "[listen]\naddress = \"{listen}\"\n[admin]\naddress = \"127.0.0.1:1\"\n\
-             [[route]]\npath = \"/h\"\nsecrets = [\"s\"]\n"
-        );
-        let cfg = config::from_str(&text, &NoEnv).unwrap();
-        let store = Store::Memory(MemoryStore::new(10, Arc::new(SystemClock::default())));
+    fn admin() -> Admin {
+        let text = "[listen]\naddress = \"127.0.0.1:2\"\n[admin]\naddress = \"127.0.0.1:1\"\n\
+             [[route]]\npath = \"/h\"\nsecrets = [\"s\"]\n";
+        let cfg = config::from_str(text, &NoEnv).unwrap();
+        let store = Arc::new(MemoryStore::new(10, Arc::new(SystemClock::default())));
         Admin {
             shared: Arc::new(Shared::new(
                 cfg,
@@ -133,7 +130,7 @@ mod tests {
 
     #[tokio::test]
     async fn ready_only_after_the_start_latch_and_until_draining() {
-        let admin = admin_for("127.0.0.1:1".parse().unwrap());
+        let admin = admin();
         assert_eq!(
             admin.ready().await,
             Err("the public listener is not accepting connections yet")

@@ -9,7 +9,6 @@
 
 pub mod admin;
 pub mod budget;
-pub mod claim;
 pub mod config;
 pub mod echo;
 pub mod event;
@@ -19,7 +18,6 @@ pub mod metrics;
 pub mod outcome;
 pub mod path;
 pub mod proxy;
-pub mod redis_store;
 pub mod replay;
 pub mod server;
 pub mod signature;

@@ -17,7 +17,7 @@ use crate::budget::BodyBudget;
 use crate::config::{Config, Route, Upstream};
 use crate::metrics::{self, Metrics};
 use crate::outcome::Outcome;
-use crate::replay::Store;
+use crate::replay::{ReplayStore, StoreError};
 
 /// How long an idle upstream connection stays in the pool.
 pub const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
@@ -132,7 +132,9 @@ fn peer_for(up: &Upstream) -> HttpPeer {
 /// Process state shared by the proxy, the admin listener and the signal handlers.
 pub struct Shared {
     pub policy: ArcSwap<Policy>,
-    pub store: Store,
+    /// The replay store; a reload swaps in a new Redis client when its
+    /// settings change (leases of the old one settle on the old one).
+    store: ArcSwap<Arc<dyn ReplayStore>>,
     pub metrics: Metrics,
     /// Webhook body bytes held at once (`[server] max_buffered`).
     pub budget: Arc<BodyBudget>,
@@ -148,12 +150,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, store: Store, metrics: Metrics, connector: Connector) -> Self {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn ReplayStore>,
+        metrics: Metrics,
+        connector: Connector,
+    ) -> Self {
         let policy = Policy::compile(config, &metrics);
         Shared {
             budget: BodyBudget::new(policy.config.max_buffered),
             policy: ArcSwap::from_pointee(policy),
-            store,
+            store: ArcSwap::from_pointee(store),
             metrics,
             connector,
             inflight: AtomicUsize::new(0),
@@ -161,6 +168,16 @@ impl Shared {
             started: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// The replay store now.
+    pub fn store(&self) -> Arc<dyn ReplayStore> {
+        self.store.load().as_ref().clone()
+    }
+
+    /// Puts `store` in place of the running one and returns that one.
+    pub fn swap_store(&self, store: Arc<dyn ReplayStore>) -> Arc<dyn ReplayStore> {
+        self.store.swap(Arc::new(store)).as_ref().clone()
     }
 
     /// Returns once no request is in flight.
@@ -175,7 +192,7 @@ impl Shared {
     }
 
     /// Counts and logs a failed replay store operation.
-    pub fn store_error(&self, op: &'static str, e: &crate::replay::StoreError) {
+    pub fn store_error(&self, op: &'static str, e: &StoreError) {
         self.metrics
             .replay_store_errors
             .with_label_values(&[op])

@@ -6,7 +6,7 @@
 //! the claim on the app's answer.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::Method;
@@ -19,7 +19,7 @@ use crate::budget::Permit;
 use crate::config::{OnStoreError, Route};
 use crate::event;
 use crate::outcome::Outcome;
-use crate::replay::{Claim, Store};
+use crate::replay::{self, Claim, Lease};
 use crate::signature::{self, SignatureHeader, Verdict};
 use crate::state::{CompiledRoute, Policy, Shared};
 
@@ -28,7 +28,7 @@ pub struct Admitted {
     body: Bytes,
     created_at: Option<String>,
     /// `None` when the store failed and `on_store_error = "allow"`.
-    claim: Option<ClaimGuard>,
+    claim: Option<Lease>,
     /// The body's share of `[server] max_buffered`, held until the request ends.
     _permit: Permit,
 }
@@ -148,22 +148,14 @@ async fn claim(
     shared: &Arc<Shared>,
     on: &OnRoute<'_>,
     id: &str,
-) -> Result<Option<ClaimGuard>, Rejection> {
+) -> Result<Option<Lease>, Rejection> {
     let replay = &on.policy.config.replay;
-    match shared
-        .store
-        .claim(&on.route.normalized, id, replay.inflight_ttl)
-        .await
-    {
-        Ok(Claim::Claimed(token)) => {
+    let store = shared.store();
+    match replay::claim(&store, &on.route.normalized, id, replay.inflight_ttl).await {
+        Ok(Claim::Claimed(lease)) => {
             shared.metrics.replay_insertions.inc();
-            Ok(Some(ClaimGuard {
-                shared: shared.clone(),
-                route: on.route.normalized.clone(),
-                event_id: id.to_string(),
-                token,
-                settled: false,
-            }))
+            let shared = shared.clone();
+            Ok(Some(lease.on_error(move |op, e| shared.store_error(op, e))))
         }
         Ok(Claim::Duplicate) => Err(Outcome::Duplicate),
         Ok(Claim::InFlight { retry_after }) => Err(Outcome::DeliveryInProgress {
@@ -251,68 +243,4 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-/// A replay claim that releases itself unless settled (client gone, task dropped).
-struct ClaimGuard {
-    shared: Arc<Shared>,
-    route: Vec<u8>,
-    event_id: String,
-    token: u64,
-    settled: bool,
-}
-
-impl ClaimGuard {
-    /// Marks the id delivered. A store failure here is logged and counted: the
-    /// in-flight mark then expires after `inflight_ttl`.
-    async fn commit(mut self, ttl: Duration) {
-        self.settled = true;
-        if let Err(e) = self
-            .shared
-            .store
-            .commit(&self.route, &self.event_id, ttl)
-            .await
-        {
-            self.shared.store_error("commit", &e);
-        }
-    }
-
-    async fn release(mut self) {
-        self.settled = true;
-        if let Err(e) = self
-            .shared
-            .store
-            .release(&self.route, &self.event_id, self.token)
-            .await
-        {
-            self.shared.store_error("release", &e);
-        }
-    }
-}
-
-impl Drop for ClaimGuard {
-    fn drop(&mut self) {
-        if self.settled {
-            return;
-        }
-        let (route, id, token) = (
-            std::mem::take(&mut self.route),
-            std::mem::take(&mut self.event_id),
-            self.token,
-        );
-        match &self.shared.store {
-            Store::Memory(m) => m.release(&crate::replay::key(&route, &id), token),
-            Store::Redis(_) => {
-                // Dropped mid-delivery (the task was cancelled): release in the background.
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    let shared = self.shared.clone();
-                    handle.spawn(async move {
-                        if let Err(e) = shared.store.release(&route, &id, token).await {
-                            shared.store_error("release", &e);
-                        }
-                    });
-                }
-            }
-        }
-    }
 }

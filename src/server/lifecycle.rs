@@ -74,7 +74,7 @@ pub fn spawn_watcher(server: &Server, shared: Arc<Shared>, listen: SocketAddr) {
                         tokio::time::sleep(LISTENERS_SETTLE).await;
                         shared.wait_idle().await;
                         tracing::info!("drained: exiting");
-                        shared.store.close().await;
+                        shared.store().close().await;
                         std::process::exit(0);
                     }
                     _ => {}

@@ -21,8 +21,9 @@ use crate::admin::Admin;
 use crate::config::{Config, LogFormat, StoreKind};
 use crate::metrics::Metrics;
 use crate::proxy::Guard;
-use crate::redis_store::RedisStore;
-use crate::replay::{MemoryStore, Store, SystemClock};
+use crate::replay::ReplayStore;
+use crate::replay::memory::{MemoryStore, SystemClock};
+use crate::replay::redis::RedisStore;
 use crate::state::Shared;
 use crate::tls::ReloadableCert;
 use connection::{ClientConnection, HeaderTimeout};
@@ -57,21 +58,15 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
-fn build_store(cfg: &Config) -> Result<Store, String> {
+fn build_store(cfg: &Config) -> Result<Arc<dyn ReplayStore>, String> {
     Ok(match &cfg.replay.store {
-        StoreKind::Memory => Store::Memory(MemoryStore::new(
+        StoreKind::Memory => Arc::new(MemoryStore::new(
             cfg.replay.capacity,
             Arc::new(SystemClock::default()),
         )),
-        StoreKind::Redis(r) => Store::Redis(
-            RedisStore::new(
-                &r.url,
-                r.password.as_ref().map(|p| p.expose()),
-                &r.key_prefix,
-                r.timeout,
-            )
-            .map_err(|e| format!("replay store: {e}"))?,
-        ),
+        StoreKind::Redis(r) => {
+            Arc::new(RedisStore::new(r).map_err(|e| format!("replay store: {e}"))?)
+        }
     })
 }
 
@@ -79,7 +74,7 @@ fn build_store(cfg: &Config) -> Result<Store, String> {
 /// runtime of its own: pingora's are gone by now.
 fn close_store(shared: &Shared) {
     if let Some(rt) = side_runtime("closing the replay store") {
-        rt.block_on(shared.store.close());
+        rt.block_on(shared.store().close());
     }
 }
 

@@ -1,0 +1,278 @@
+//! The in-memory replay store (one process).
+//!
+//! Entries live in a bounded `moka` cache. Its admission policy is set to LRU
+//! on purpose: moka's default (TinyLFU) may refuse to admit a new key when the
+//! cache is full, which here would let a replay through. With LRU a new id is
+//! always remembered; at capacity the least recently used entry (in practice
+//! the oldest delivered id) is evicted, and that eviction is counted so
+//! operators can size `capacity` (delivery rate x `ttl`).
+//! Expiry is decided on the store's own [`Clock`], so tests can drive time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use moka::ops::compute::Op;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
+use sha2::{Digest, Sha256};
+
+use super::{Claim, LocalStats, ReplayStore, StoreError, StoreKey};
+
+/// A fixed-size key: the first 16 bytes of SHA-256(len(route), route, event id).
+pub type Key = [u8; 16];
+
+/// Derives the store key of an event id on a route.
+pub fn key(route: &[u8], event_id: &str) -> Key {
+    let mut h = Sha256::new();
+    h.update((route.len() as u64).to_le_bytes());
+    h.update(route);
+    h.update(event_id.as_bytes());
+    let digest = h.finalize();
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&digest[..16]);
+    k
+}
+
+/// Time as the store sees it.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Duration;
+}
+
+/// The real monotonic clock.
+pub struct SystemClock(Instant);
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock(Instant::now())
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+/// One remembered id in 16 bytes (moka adds its own per-entry bookkeeping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    /// The in-flight claim's token, or [`DELIVERED`].
+    token: u64,
+    /// Clock time, in nanoseconds, after which the entry no longer counts.
+    expires_ns: u64,
+}
+
+/// The token of a delivered entry (claim tokens start at 1).
+const DELIVERED: u64 = 0;
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Entry {
+    fn new(token: u64, now: Duration, lifetime: Duration) -> Self {
+        Entry {
+            token,
+            expires_ns: nanos(now).saturating_add(nanos(lifetime)),
+        }
+    }
+
+    /// Time left at `now` (zero once expired).
+    fn left(&self, now: Duration) -> Duration {
+        Duration::from_nanos(self.expires_ns.saturating_sub(nanos(now)))
+    }
+}
+
+/// moka drops an entry once its own lifetime has passed; the lifetime is read
+/// off the entry against the store's clock, so moka and `claim` agree.
+struct Lifetime(Arc<dyn Clock>);
+
+impl moka::Expiry<Key, Entry> for Lifetime {
+    fn expire_after_create(&self, _: &Key, v: &Entry, _: Instant) -> Option<Duration> {
+        Some(v.left(self.0.now()))
+    }
+    fn expire_after_update(
+        &self,
+        _: &Key,
+        v: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.left(self.0.now()))
+    }
+}
+
+/// Keys are already uniform SHA-256 digests: hashing them again with SipHash
+/// (moka's default) is wasted work. This folds the bytes with one multiply per word.
+#[derive(Default, Clone, Copy)]
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(word)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+type DigestState = std::hash::BuildHasherDefault<DigestHasher>;
+
+/// Counters the metrics module reads.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Entries evicted for room before they expired.
+    pub evicted_early: AtomicU64,
+}
+
+/// The in-memory store (one process).
+pub struct MemoryStore {
+    cache: Cache<Key, Entry, DigestState>,
+    clock: Arc<dyn Clock>,
+    next_token: AtomicU64,
+    stats: Arc<StoreStats>,
+}
+
+impl MemoryStore {
+    /// A store remembering at most `capacity` ids.
+    pub fn new(capacity: u64, clock: Arc<dyn Clock>) -> Self {
+        let stats = Arc::new(StoreStats::default());
+        let listener_stats = stats.clone();
+        let cache = Cache::builder()
+            .max_capacity(capacity)
+            .eviction_policy(EvictionPolicy::lru())
+            .expire_after(Lifetime(clock.clone()))
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    listener_stats.evicted_early.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build_with_hasher(DigestState::default());
+        MemoryStore {
+            cache,
+            clock,
+            next_token: AtomicU64::new(1),
+            stats,
+        }
+    }
+
+    pub fn stats(&self) -> Arc<StoreStats> {
+        self.stats.clone()
+    }
+
+    /// Entries currently held (approximate: moka settles counts lazily).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Runs moka's pending maintenance (eviction); tests call it for exact counts.
+    pub fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
+    }
+
+    /// Atomically claims `key` for one delivery lasting at most `inflight_ttl`.
+    pub fn claim(&self, key: &Key, inflight_ttl: Duration) -> Claim {
+        let now = self.clock.now();
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let mut outcome = Claim::Claimed(token);
+        self.cache.entry(*key).and_compute_with(|existing| {
+            match existing.map(|e| e.into_value()) {
+                Some(e) if !e.left(now).is_zero() => {
+                    outcome = match e.token {
+                        DELIVERED => Claim::Duplicate,
+                        _ => Claim::InFlight {
+                            retry_after: e.left(now),
+                        },
+                    };
+                    Op::Nop
+                }
+                _ => Op::Put(Entry::new(token, now, inflight_ttl)),
+            }
+        });
+        outcome
+    }
+
+    /// Marks `key` delivered for `ttl` (the upstream answered 2xx).
+    pub fn commit(&self, key: &Key, ttl: Duration) {
+        let now = self.clock.now();
+        self.cache.insert(*key, Entry::new(DELIVERED, now, ttl));
+    }
+
+    /// Forgets `key` if, and only if, it is still this `token`'s in-flight mark.
+    pub fn release(&self, key: &Key, token: u64) {
+        self.cache
+            .entry(*key)
+            .and_compute_with(|existing| match existing {
+                Some(e) if token != DELIVERED && e.value().token == token => Op::Remove,
+                _ => Op::Nop,
+            });
+    }
+}
+
+/// A key this store did not derive (keys only ever go back to the store that
+/// made them, so this is a bug, answered as a store failure, not a panic).
+#[derive(Debug, thiserror::Error)]
+#[error("a replay key that the memory store did not make")]
+struct ForeignKey;
+
+fn digest(key: &StoreKey) -> Result<&Key, StoreError> {
+    match key {
+        StoreKey::Digest(k) => Ok(k),
+        StoreKey::Name(_) => Err(StoreError::new(ForeignKey)),
+    }
+}
+
+#[async_trait]
+impl ReplayStore for MemoryStore {
+    fn key(&self, route: &[u8], event_id: &str) -> StoreKey {
+        StoreKey::Digest(key(route, event_id))
+    }
+
+    async fn claim(&self, key: &StoreKey, inflight_ttl: Duration) -> Result<Claim, StoreError> {
+        Ok(MemoryStore::claim(self, digest(key)?, inflight_ttl))
+    }
+
+    async fn commit(&self, key: &StoreKey, ttl: Duration) -> Result<(), StoreError> {
+        MemoryStore::commit(self, digest(key)?, ttl);
+        Ok(())
+    }
+
+    async fn release(&self, key: &StoreKey, token: u64) -> Result<(), StoreError> {
+        MemoryStore::release(self, digest(key)?, token);
+        Ok(())
+    }
+
+    fn release_in_place(&self, key: &StoreKey, token: u64) -> bool {
+        match digest(key) {
+            Ok(k) => {
+                MemoryStore::release(self, k, token);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn local_stats(&self) -> Option<LocalStats> {
+        self.run_pending_tasks();
+        Some(LocalStats {
+            entries: self.entry_count(),
+            evicted_early: self.stats.evicted_early.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Nothing runs in the background: moka maintains the cache on use.
+    async fn close(&self) {}
+}
+
+#[cfg(test)]
+mod tests;
