@@ -6,6 +6,7 @@
 //! Messages are `&'static str` ([`Check::problem`]) or built from computed
 //! parts only ([`Check::problem_with`]): never from text of the file.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -21,6 +22,8 @@ use super::secret::{self, Env, Secret};
 pub(super) struct Check<'e> {
     problems: Vec<Problem>,
     env: &'e dyn Env,
+    /// Every address resolved in this load, by its text: each is looked up once.
+    resolved: HashMap<String, Result<SocketAddr, String>>,
 }
 
 impl<'e> Check<'e> {
@@ -28,6 +31,7 @@ impl<'e> Check<'e> {
         Check {
             problems: Vec::new(),
             env,
+            resolved: HashMap::new(),
         }
     }
 
@@ -143,10 +147,17 @@ impl<'e> Check<'e> {
         }
     }
 
-    /// `host:port` or `ip:port` resolved through [`Env::resolve`].
+    /// `host:port` or `ip:port` resolved through [`Env::resolve`], once per
+    /// distinct text in a load however many keys name it.
     pub(super) fn address(&mut self, key: &str, value: Option<&str>, default: &str) -> SocketAddr {
         let v = value.unwrap_or(default);
-        self.env.resolve(v).unwrap_or_else(|msg| {
+        let env = self.env;
+        let resolved = self
+            .resolved
+            .entry(v.to_string())
+            .or_insert_with(|| env.resolve(v))
+            .clone();
+        resolved.unwrap_or_else(|msg| {
             self.problem_with(key, msg);
             SocketAddr::from(([127, 0, 0, 1], 0))
         })

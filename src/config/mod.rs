@@ -13,8 +13,8 @@
 //!    `upstream.rs`; `replay.rs`; `headers.rs`; `routes.rs`: `unmatched` and
 //!    `[[route]]`; then `cross.rs` for the rules that relate two sections).
 //!    Each turns its raw fields into typed values once, through the `Check`
-//!    collector (`check.rs`): durations and sizes parsed, addresses resolved,
-//!    secrets read (`secret.rs`: `env:NAME`, `file:/path` or a literal), the
+//!    collector (`check.rs`): durations and sizes parsed, addresses resolved
+//!    (once per load each), secrets read (`secret.rs`: `env:NAME`, `file:/path` or a literal), the
 //!    listener's key pair loaded and matched: a missing secret or a bad
 //!    certificate is a configuration error, never a runtime surprise. Every problem is recorded
 //!    under the key as the file spells it with the fix, so an operator sees

@@ -1,8 +1,10 @@
 //! What the whole loader promises, across sections: documented defaults, every
-//! problem reported under its key, no message quoting the file. Also the
-//! helpers the section files' tests share.
+//! problem reported under its key, no message quoting the file, every address
+//! looked up once. Also the helpers the section files' tests share.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -316,4 +318,71 @@ fn no_problem_quotes_a_secret_written_in_the_wrong_place() {
             assert!(out.contains(e), "{what}: `{e}` missing from\n{out}");
         }
     }
+}
+
+/// An [`Env`] that counts the look-ups of each address (literal ones answer).
+struct CountingEnv(RefCell<HashMap<String, usize>>);
+impl Env for CountingEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn resolve(&self, addr: &str) -> Result<SocketAddr, String> {
+        *self.0.borrow_mut().entry(addr.to_string()).or_default() += 1;
+        match addr {
+            "app.internal:3000" => Ok(SocketAddr::from(([10, 0, 0, 7], 3000))),
+            _ => addr.parse().map_err(|_| "does not resolve".to_string()),
+        }
+    }
+}
+
+/// no DNS twice: each address is looked up once, at load, however many keys
+/// name it; what runs later uses the [`SocketAddr`] kept in the config.
+#[test]
+fn each_address_is_resolved_once_per_load() {
+    let text = r#"
+[listen]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[upstream]
+address = "app.internal:3000"
+[[route]]
+path = "/a"
+secrets = ["x"]
+upstream = "http://app.internal:3000"
+[[route]]
+path = "/b"
+secrets = ["x"]
+upstream = "app.internal:3000"
+[[route]]
+path = "/c"
+secrets = ["x"]
+upstream = "nowhere.invalid:1"
+[[route]]
+path = "/d"
+secrets = ["x"]
+upstream = "nowhere.invalid:1"
+"#;
+    let env = CountingEnv(RefCell::default());
+    let problems = from_str(text, &env).unwrap_err();
+    assert_eq!(
+        keys(&problems),
+        vec!["route[2].upstream", "route[3].upstream"]
+    );
+    let counts = env.0.into_inner();
+    assert_eq!(
+        counts,
+        HashMap::from([
+            ("127.0.0.1:0".to_string(), 1),
+            ("app.internal:3000".to_string(), 1),
+            ("nowhere.invalid:1".to_string(), 1),
+        ])
+    );
+
+    let env = CountingEnv(RefCell::default());
+    let valid = text.split("[[route]]\npath = \"/c\"").next().unwrap();
+    let c = from_str(valid, &env).unwrap();
+    assert_eq!(c.upstream.address, c.routes[0].upstream.address);
+    assert_eq!(c.routes[1].upstream.address.port(), 3000);
+    assert!(env.0.borrow().values().all(|n| *n == 1));
 }
