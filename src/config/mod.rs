@@ -14,9 +14,10 @@
 //!    `[[route]]`; then `cross.rs` for the rules that relate two sections).
 //!    Each turns its raw fields into typed values once, through the `Check`
 //!    collector (`check.rs`): durations and sizes parsed, addresses resolved
-//!    (once per load each), secrets read (`secret.rs`: `env:NAME`, `file:/path` or a literal), the
-//!    listener's key pair loaded and matched: a missing secret or a bad
-//!    certificate is a configuration error, never a runtime surprise. Every problem is recorded
+//!    (once per load each), secrets read (`secret.rs`: `env:NAME`,
+//!    `file:/path` or a literal), the listener's key pair loaded and matched.
+//!    What is loaded is kept: a missing secret or a bad certificate is a
+//!    configuration error, never a runtime surprise. Every problem is recorded
 //!    under the key as the file spells it with the fix, so an operator sees
 //!    every mistake in one run instead of one per restart.
 //!
@@ -46,9 +47,11 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
+use pingora::tls::sign::CertifiedKey;
 
 use crate::path;
 
@@ -168,6 +171,26 @@ pub enum HostHeader {
     Upstream,
 }
 
+/// The listener's certificate chain and private key as validation loaded them
+/// from [`ListenTls`]'s files and found to match, kept so the listener can
+/// serve them without reading the files again. `Debug` shows neither.
+#[derive(Clone)]
+pub struct ListenCert(Arc<CertifiedKey>);
+
+impl ListenCert {
+    /// The key pair, ready for [`crate::tls::ReloadableCert`]; its chain is
+    /// not yet checked against the clock ([`crate::tls::check_chain`]).
+    pub fn key(&self) -> Arc<CertifiedKey> {
+        self.0.clone()
+    }
+}
+
+impl fmt::Debug for ListenCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ListenCert(<loaded>)")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Replay {
     pub store: StoreKind,
@@ -224,6 +247,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// TLS on the public listener (HTTP/1.1 and HTTP/2 by ALPN).
     pub listen_tls: Option<ListenTls>,
+    /// The key pair of `listen_tls`, loaded and matched at validation.
+    pub listen_cert: Option<ListenCert>,
     pub admin: SocketAddr,
     /// CA bundle (PEM) trusted for upstream TLS instead of the system roots.
     pub upstream_ca_file: Option<PathBuf>,
@@ -324,7 +349,7 @@ fn validate(raw: raw::RawConfig, base: &Path, env: &dyn Env) -> Result<Config, V
         &raw.server,
     );
     let (upstream, upstream_ca_file) = upstream::compile(&mut c, &raw.upstream, base);
-    let listen_tls = server::listen_tls(&mut c, raw.listen.tls.as_ref(), base);
+    let (listen_tls, listen_cert) = server::listen_tls(&mut c, raw.listen.tls.as_ref(), base);
     let replay = replay::compile(&mut c, &raw.replay, base);
     let headers = headers::compile(&mut c, &raw.headers);
     let routes = routes::compile(&mut c, raw.route, base, &upstream);
@@ -334,6 +359,7 @@ fn validate(raw: raw::RawConfig, base: &Path, env: &dyn Env) -> Result<Config, V
         log_format: s.log_format,
         listen: s.listen,
         listen_tls,
+        listen_cert,
         admin: s.admin,
         upstream_ca_file,
         threads: s.threads,

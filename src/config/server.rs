@@ -11,7 +11,7 @@ use super::defaults::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BUFFERED,
 };
 use super::raw::{RawAdmin, RawListen, RawServer, RawTls};
-use super::{ListenTls, LogFormat};
+use super::{ListenCert, ListenTls, LogFormat};
 
 /// The compiled settings of this section, moved into [`super::Config`]'s
 /// fields of the same names.
@@ -105,13 +105,17 @@ fn addresses(c: &mut Check, listen: &RawListen, admin: &RawAdmin) -> (SocketAddr
     (listen, admin)
 }
 
-/// `listen.tls`: the file paths, checked by loading the key pair from them
-/// and matching the two.
-pub(super) fn listen_tls(c: &mut Check, raw: Option<&RawTls>, base: &Path) -> Option<ListenTls> {
-    let raw = raw?;
+/// `listen.tls`: the file paths, and the key pair loaded from them and matched
+/// (kept, so the listener need not load it again).
+pub(super) fn listen_tls(
+    c: &mut Check,
+    raw: Option<&RawTls>,
+    base: &Path,
+) -> (Option<ListenTls>, Option<ListenCert>) {
+    let Some(raw) = raw else { return (None, None) };
     let (Some(cert), Some(key)) = (&raw.cert, &raw.key) else {
         c.problem("listen.tls", "needs both cert and key (PEM file paths)");
-        return None;
+        return (None, None);
     };
     let tls = ListenTls {
         cert: base.join(cert),
@@ -122,13 +126,17 @@ pub(super) fn listen_tls(c: &mut Check, raw: Option<&RawTls>, base: &Path) -> Op
         c.readable("listen.tls.cert", &tls.cert),
         c.readable("listen.tls.key", &tls.key),
     ];
-    if !readable.contains(&false)
-        && let Err(e) = crate::tls::load_certified_key(&tls)
-    {
-        // The loader's message names the files; only its gist is passed on.
-        c.problem("listen.tls", tls_gist(&e));
+    if readable.contains(&false) {
+        return (Some(tls), None);
     }
-    Some(tls)
+    match crate::tls::load_certified_key(&tls) {
+        Ok(key) => (Some(tls), Some(ListenCert(key))),
+        Err(e) => {
+            // The loader's message names the files; only its gist is passed on.
+            c.problem("listen.tls", tls_gist(&e));
+            (Some(tls), None)
+        }
+    }
 }
 
 /// The gist of a [`crate::tls::load_certified_key`] error, whose text names the
@@ -177,7 +185,7 @@ mod tests {
     }
 
     #[test]
-    fn the_listener_key_pair_is_loaded_and_matched() {
+    fn the_listener_key_pair_is_loaded_once_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = write_cert(dir.path(), "a");
         let tls = format!(
@@ -187,6 +195,12 @@ mod tests {
         );
         let c = from_str(&tls, &env()).unwrap();
         assert_eq!(c.listen_tls.as_ref().unwrap().cert, cert);
+        let kept = c.listen_cert.as_ref().expect("the loaded key pair is kept");
+        assert_eq!(kept.key().cert.len(), 1);
+        // What the listener needs next, without reading the files again.
+        let checked = crate::tls::check_loaded(kept.key()).unwrap();
+        assert!(checked.warnings.is_empty());
+        assert!(!format!("{c:?}").contains("BEGIN"));
 
         // Another pair's key: loaded, found not to match, reported by its gist.
         let (_, other_key) = write_cert(dir.path(), "b");
