@@ -21,6 +21,11 @@
 //!    under the key as the file spells it with the fix, so an operator sees
 //!    every mistake in one run instead of one per restart.
 //!
+//! The compiled [`Config`] serves two lifetimes: [`ProcessConfig`] is the part
+//! fixed at start (listeners, threads, the store's kind...) and
+//! [`ProcessConfig::diff`] names what a SIGHUP reload could not apply; the
+//! rest is the policy a reload swaps.
+//!
 //! # Error messages never quote the file
 //!
 //! A secret may be written in the wrong place (`secrets = "wbhsec_…"`, pasted as
@@ -60,6 +65,7 @@ mod cross;
 mod defaults;
 mod error;
 mod headers;
+mod process;
 mod raw;
 mod replay;
 mod routes;
@@ -73,6 +79,7 @@ mod upstream;
 pub use defaults::*;
 pub use error::{ConfigError, Problem};
 pub use headers::canonical_header;
+pub use process::{ProcessConfig, RestartOnly};
 pub use secret::{Env, EnvSource, Secret};
 
 /// Certificate and key (PEM files) of the public TLS listener; defined by
@@ -98,6 +105,16 @@ pub enum LogFormat {
 pub enum StoreKind {
     Memory,
     Redis(RedisSettings),
+}
+
+impl StoreKind {
+    /// The word `replay.store` takes for this kind.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Redis(_) => "redis",
+        }
+    }
 }
 
 /// Where and how to reach Redis. `Debug` never shows the URL (it may hold a password).
