@@ -131,12 +131,10 @@ fn main() -> ExitCode {
 /// fixed words: no path, no certificate field.
 fn load(path: &Path) -> Result<(config::Config, Vec<String>), config::ConfigError> {
     let cfg = config::load(path)?;
-    let Some(listen_tls) = &cfg.listen_tls else {
+    let Some(loaded) = &cfg.listen_cert else {
         return Ok((cfg, Vec::new()));
     };
-    let checked = tls::load_certified_key(listen_tls)
-        .map_err(|_| "cannot load the certificate and key (PEM files expected)".to_string())
-        .and_then(|key| tls::check_chain(&key.cert, SystemTime::now()));
+    let checked = tls::check_chain(&loaded.key().cert, SystemTime::now());
     match checked {
         Ok(warnings) => Ok((cfg, warnings)),
         Err(message) => Err(config::ConfigError {

@@ -54,11 +54,11 @@ pub struct Checked {
     pub warnings: Vec<String>,
 }
 
-/// [`load_certified_key`], then [`check_chain`] now: what the listener serves at
-/// start and after a reload. Errors from the checks are fixed words (no path,
-/// no certificate field), so they may be printed anywhere.
-pub fn load_checked(tls: &ListenTls) -> Result<Checked, String> {
-    let key = load_certified_key(tls)?;
+/// [`check_chain`] now on a key pair already loaded (the one the route file's
+/// validation keeps, `config::ListenCert`), so the files are not read again:
+/// what the listener serves at start and after a reload. Errors are fixed
+/// words (no path, no certificate field), so they may be printed anywhere.
+pub fn check_loaded(key: Arc<CertifiedKey>) -> Result<Checked, String> {
     let warnings = check_chain(&key.cert, SystemTime::now())?;
     Ok(Checked { key, warnings })
 }
@@ -147,10 +147,11 @@ impl ReloadableCert {
         ReloadableCert(ArcSwap::new(key))
     }
 
-    /// Re-reads and checks the files; on error the current certificate stays.
-    /// Returns the warnings about the new chain.
-    pub fn reload(&self, tls: &ListenTls) -> Result<Vec<String>, String> {
-        let checked = load_checked(tls)?;
+    /// Serves `key` (already loaded) from now on if its chain passes
+    /// [`check_loaded`]; on error the current certificate stays. Returns the
+    /// warnings about the new chain.
+    pub fn replace(&self, key: Arc<CertifiedKey>) -> Result<Vec<String>, String> {
+        let checked = check_loaded(key)?;
         self.0.store(checked.key);
         Ok(checked.warnings)
     }

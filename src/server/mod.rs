@@ -18,7 +18,7 @@ use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::prelude::*;
 
 use crate::admin::Admin;
-use crate::config::{Config, LogFormat, StoreKind};
+use crate::config::{Config, LogFormat, ProcessConfig, StoreKind};
 use crate::metrics::Metrics;
 use crate::proxy::Guard;
 use crate::replay::ReplayStore;
@@ -120,7 +120,8 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
         }
     };
     let listen = cfg.listen;
-    let cfg_tls = cfg.listen_tls.clone();
+    let cfg_cert = cfg.listen_cert.clone();
+    let process = ProcessConfig::of(&cfg);
     let idle_timeout = cfg.idle_timeout;
     let admin_addr = cfg.admin;
     let routes: Vec<String> = cfg.routes.iter().map(|r| r.path.clone()).collect();
@@ -140,9 +141,9 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     let mut server_options = HttpServerOptions::default();
     server_options.h2_idle_timeout = Some(idle_timeout);
     app.server_options = Some(server_options);
-    let (tls, cert) = match &cfg_tls {
-        Some(tls) => {
-            let checked = crate::tls::load_checked(tls).map_err(|e| {
+    let (tls, cert) = match cfg_cert {
+        Some(loaded) => {
+            let checked = crate::tls::check_loaded(loaded.key()).map_err(|e| {
                 tracing::error!("listen.tls: {e}");
                 e
             })?;
@@ -183,12 +184,7 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     server.add_service(admin);
 
     lifecycle::spawn_watcher(&server, shared.clone(), listen);
-    reload::spawn_reloader(
-        config_path.to_path_buf(),
-        shared.clone(),
-        cert,
-        idle_timeout,
-    );
+    reload::spawn_reloader(config_path.to_path_buf(), shared.clone(), cert, process);
     tracing::info!(
         listen = %listen,
         admin = %admin_addr,

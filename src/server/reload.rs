@@ -1,20 +1,29 @@
-//! SIGHUP: re-read the route file and every secret, and swap the policy.
+//! SIGHUP: re-read the route file and every secret, and apply the new file
+//! whole, or name each key that cannot change without a restart.
+//!
+//! A valid file becomes the new [`Policy`] (routes, secrets, upstreams,
+//! timeouts, limits, the replay windows) for every request that starts after
+//! it. A new listener certificate is checked and swapped in. Changed Redis
+//! settings (address, password, key prefix, timeout) get a new client, and
+//! the old one is dropped once the deliveries that hold it have settled. The
+//! keys [`ProcessConfig::diff`] names keep their running value, each with a
+//! warning. An invalid file, or a certificate that fails its checks, changes
+//! nothing.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, ProcessConfig, RedisSettings, StoreKind};
+use crate::replay::redis::RedisStore;
 use crate::state::{Policy, Shared};
 use crate::tls::ReloadableCert;
 
-/// Re-reads the route file and every secret on SIGHUP. An invalid file leaves
-/// the running configuration in place; the replay memory is never touched.
+/// Re-reads the route file on every SIGHUP, on a thread of its own.
 pub fn spawn_reloader(
     path: PathBuf,
     shared: Arc<Shared>,
     cert: Option<Arc<ReloadableCert>>,
-    h2_idle_timeout: Duration,
+    start: ProcessConfig,
 ) {
     let Some(runtime) = super::side_runtime("SIGHUP reloads (they will not happen)") else {
         return;
@@ -33,67 +42,110 @@ pub fn spawn_reloader(
     std::thread::spawn(move || {
         runtime.block_on(async move {
             while hup.recv().await.is_some() {
-                reload(&path, &shared, cert.as_deref(), h2_idle_timeout);
+                reload(&path, &shared, cert.as_deref(), &start);
             }
         })
     });
 }
 
-/// `h2_idle_timeout`: the `idle_timeout` pingora was given at start for HTTP/2.
-fn reload(path: &Path, shared: &Shared, cert: Option<&ReloadableCert>, h2_idle_timeout: Duration) {
-    let running = shared.policy.load_full();
-    let current = &running.config;
-    match config::load(path) {
-        Ok(new) => {
-            match (cert, &new.listen_tls) {
-                (Some(cert), Some(tls)) => match cert.reload(tls) {
-                    Ok(warnings) => {
-                        for w in &warnings {
-                            tracing::warn!("listen.tls: {w}");
-                        }
-                        tracing::info!("TLS certificate reloaded");
-                    }
-                    Err(e) => {
-                        tracing::error!(
-                            "reload refused, the running configuration stays: listen.tls: {e}"
-                        );
-                        shared.metrics.reloads.with_label_values(&["error"]).inc();
-                        return;
-                    }
-                },
-                (None, None) => {}
-                _ => tracing::warn!("turning TLS on or off on the listener needs a restart"),
+/// `start`: the settings the process was started with.
+fn reload(path: &Path, shared: &Shared, cert: Option<&ReloadableCert>, start: &ProcessConfig) {
+    let refused = |why: &dyn std::fmt::Display| {
+        tracing::error!("reload refused, the running configuration stays: {why}");
+        shared.metrics.reloads.with_label_values(&["error"]).inc();
+    };
+    let new = match config::load(path) {
+        Ok(new) => new,
+        Err(e) => return refused(&e),
+    };
+    if let (Some(cert), Some(loaded)) = (cert, &new.listen_cert) {
+        match cert.replace(loaded.key()) {
+            Ok(warnings) => {
+                for w in &warnings {
+                    tracing::warn!("listen.tls: {w}");
+                }
+                tracing::info!("TLS certificate reloaded");
             }
-            if new.listen != current.listen || new.admin != current.admin {
-                tracing::warn!(
-                    "listen and admin addresses change only on restart; keeping the bound ones"
-                );
-            }
-            if new.idle_timeout != h2_idle_timeout {
-                tracing::warn!(
-                    "server.idle_timeout: HTTP/1 connections use the new value; \
-                     HTTP/2 connections keep the one from start until a restart"
-                );
-            }
-            let routes: Vec<&str> = new.routes.iter().map(|r| r.path.as_str()).collect();
-            tracing::info!(?routes, "configuration reloaded");
-            shared.budget.set_limit(new.max_buffered);
-            let kept = Config {
-                listen: current.listen,
-                listen_tls: current.listen_tls.clone(),
-                admin: current.admin,
-                upstream_ca_file: current.upstream_ca_file.clone(),
-                threads: current.threads,
-                ..new
-            };
-            shared
-                .policy
-                .store(Arc::new(Policy::compile(kept, &shared.metrics)));
-            shared.metrics.reloads.with_label_values(&["ok"]).inc();
-        }
-        Err(e) => {
-            tracing::error!("reload refused, the running configuration stays: {e}");
-            shared.metrics.reloads.with_label_values(&["error"]).inc();
+            Err(e) => return refused(&format_args!("listen.tls: {e}")),
         }
     }
+    for r in ProcessConfig::diff(start, &ProcessConfig::of(&new)) {
+        tracing::warn!(key = r.key, "needs a restart to change; {}", r.note);
+    }
+    let running = shared.policy.load_full();
+    let mut kept = keep_running(new, &running.config);
+    if let Err(e) = swap_redis(shared, &running.config.replay.store, &kept.replay.store) {
+        tracing::error!(
+            key = "replay.redis_url",
+            "the new Redis settings cannot be applied, the running client stays: {e}"
+        );
+        kept.replay.store = running.config.replay.store.clone();
+    }
+    let routes: Vec<&str> = kept.routes.iter().map(|r| r.path.as_str()).collect();
+    tracing::info!(?routes, "configuration reloaded");
+    shared.budget.set_limit(kept.max_buffered);
+    shared
+        .policy
+        .store(Arc::new(Policy::compile(kept, &shared.metrics)));
+    shared.metrics.reloads.with_label_values(&["ok"]).inc();
+}
+
+/// The new configuration with the running value of every key that takes
+/// effect only at start (the ones [`ProcessConfig::diff`] names).
+/// `idle_timeout` is the new one: HTTP/1 connections follow it.
+fn keep_running(new: Config, running: &Config) -> Config {
+    let mut replay = new.replay;
+    replay.capacity = running.replay.capacity;
+    let same_kind = matches!(
+        (&running.replay.store, &replay.store),
+        (StoreKind::Memory, StoreKind::Memory) | (StoreKind::Redis(_), StoreKind::Redis(_))
+    );
+    if !same_kind {
+        replay.store = running.replay.store.clone();
+    }
+    Config {
+        listen: running.listen,
+        listen_tls: running.listen_tls.clone(),
+        listen_cert: running.listen_cert.clone(),
+        admin: running.admin,
+        threads: running.threads,
+        log_format: running.log_format,
+        grace_period: running.grace_period,
+        upstream_ca_file: running.upstream_ca_file.clone(),
+        replay,
+        ..new
+    }
+}
+
+/// A new Redis client when the settings changed; the old one stays with the
+/// leases that hold it and shuts down when the last of them settles.
+fn swap_redis(shared: &Shared, running: &StoreKind, new: &StoreKind) -> Result<(), String> {
+    let (StoreKind::Redis(old), StoreKind::Redis(new)) = (running, new) else {
+        return Ok(());
+    };
+    if old == new {
+        return Ok(());
+    }
+    let store = RedisStore::new(new).map_err(|e| e.to_string())?;
+    drop(shared.swap_store(Arc::new(store)));
+    tracing::info!(changed = ?changed_keys(old, new), "Redis client rebuilt");
+    Ok(())
+}
+
+/// Which Redis settings differ (names only, never values).
+fn changed_keys(old: &RedisSettings, new: &RedisSettings) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if old.url != new.url {
+        keys.push("replay.redis_url");
+    }
+    if old.password != new.password {
+        keys.push("replay.redis_password");
+    }
+    if old.key_prefix != new.key_prefix {
+        keys.push("replay.key_prefix");
+    }
+    if old.timeout != new.timeout {
+        keys.push("replay.redis_timeout");
+    }
+    keys
 }

@@ -1,0 +1,35 @@
+//! Every default of the route file, and the limits validation enforces, in one
+//! place (re-exported as `config::DEFAULT_*`).
+
+use std::time::Duration;
+
+/// Default public listener.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default admin listener (health, readiness, metrics): loopback only.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+/// Default upstream (the application).
+pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:3000";
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_CAPACITY: u64 = 1_000_000;
+pub const DEFAULT_INFLIGHT_TTL: Duration = Duration::from_secs(60);
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+pub const DEFAULT_KEY_PREFIX: &str = "persona-guard:";
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
+/// Whole-body deadline on a webhook route: a client trickling its body is cut off.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Each read of a new connection's request head must arrive within this.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle keep-alive client connection is kept open.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// SIGTERM grace period: in-flight requests may finish within it.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+pub const DEFAULT_EVENT_TYPE_HEADER: &str = "X-Persona-Event-Type";
+pub const DEFAULT_EVENT_ID_HEADER: &str = "X-Persona-Event-Id";
+pub const DEFAULT_EVENT_CREATED_AT_HEADER: &str = "X-Persona-Event-Created-At";
+/// Largest `max_body` accepted: the body is held in memory while it is verified.
+pub const MAX_MAX_BODY: u64 = 64 * 1024 * 1024;
+/// Default `[server] max_buffered`: webhook body bytes held at once.
+pub const DEFAULT_MAX_BUFFERED: u64 = 64 * 1024 * 1024;

@@ -1,0 +1,393 @@
+//! The route file, from TOML text to the typed [`Config`] the rest of the
+//! program uses.
+//!
+//! # Raw, then compiled
+//!
+//! Loading is two steps, and nothing after them parses a string again.
+//!
+//! 1. *Raw* (`raw.rs`): `serde` + `toml` turn the text into `Raw*` structs
+//!    that mirror the file, every field optional and unknown keys refused,
+//!    through `safe_de.rs` so that no error repeats the text.
+//! 2. *Compiled*: `validate` hands each section to the file that owns it
+//!    (`server.rs`: `log_format`, `[listen]`, `[admin]`, `[server]`;
+//!    `upstream.rs`; `replay.rs`; `headers.rs`; `routes.rs`: `unmatched` and
+//!    `[[route]]`; then `cross.rs` for the rules that relate two sections).
+//!    Each turns its raw fields into typed values once, through the `Check`
+//!    collector (`check.rs`): durations and sizes parsed, addresses resolved
+//!    (once per load each), secrets read (`secret.rs`: `env:NAME`,
+//!    `file:/path` or a literal), the listener's key pair loaded and matched.
+//!    What is loaded is kept: a missing secret or a bad certificate is a
+//!    configuration error, never a runtime surprise. Every problem is recorded
+//!    under the key as the file spells it with the fix, so an operator sees
+//!    every mistake in one run instead of one per restart.
+//!
+//! The compiled [`Config`] serves two lifetimes: [`ProcessConfig`] is the part
+//! fixed at start (listeners, threads, the store's kind...) and
+//! [`ProcessConfig::diff`] names what a SIGHUP reload could not apply; the
+//! rest is the policy a reload swaps.
+//!
+//! # Error messages never quote the file
+//!
+//! A secret may be written in the wrong place (`secrets = "wbhsec_…"`, pasted as
+//! a key, into `redis_url`, with a stray quote), and the messages are printed by
+//! `check`, at start and in the SIGHUP log. So no message repeats a value or a
+//! key from the file; each names the key path (from the schema's own names and
+//! list indices), the line, and what is expected or allowed. Three layers keep
+//! it so:
+//!
+//! - type errors, unknown keys and the like: `safe_de` hands serde an error
+//!   type of its own and builds the message from the error's *structure* (the
+//!   kind of value found, what our type expects, the schema's allowed names);
+//!   whatever serde would have quoted is never formatted at all;
+//! - TOML syntax errors: `error::syntax_problem` rebuilds the message from an
+//!   allow-list of the parser's fixed phrases and grammar tokens, and drops
+//!   everything else (a duplicate key's name, say);
+//! - validation: `Check::problem` takes only `&'static str`; the few messages
+//!   with computed parts (durations we parsed, route indices) go through
+//!   `Check::problem_with`, and none interpolates text from the file. The one
+//!   exception is an `env:` variable that is not set: its name is shown when it
+//!   looks like a conventional variable name (`PERSONA_WEBHOOK_SECRET`), which a
+//!   pasted secret does not (see `secret::looks_like_env_name`).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use pingora::tls::sign::CertifiedKey;
+
+use crate::path;
+
+mod check;
+mod cross;
+mod defaults;
+mod error;
+mod headers;
+mod process;
+mod raw;
+mod replay;
+mod routes;
+mod safe_de;
+mod secret;
+mod server;
+#[cfg(test)]
+mod tests;
+mod upstream;
+
+pub use defaults::*;
+pub use error::{ConfigError, Problem};
+pub use headers::canonical_header;
+pub use process::{ProcessConfig, RestartOnly};
+pub use secret::{Env, EnvSource, Secret};
+
+/// Certificate and key (PEM files) of the public TLS listener; defined by
+/// `tls`, which takes paths rather than configuration types.
+pub use crate::tls::ListenTls;
+
+/// What to do with a path under no route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmatched {
+    Forward,
+    Deny,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The replay store backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Redis(RedisSettings),
+}
+
+impl StoreKind {
+    /// The word `replay.store` takes for this kind.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Redis(_) => "redis",
+        }
+    }
+}
+
+/// Where and how to reach Redis. `Debug` never shows the URL (it may hold a password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub url: String,
+    pub password: Option<Secret>,
+    pub key_prefix: String,
+    /// Bounds connecting and every command.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &"<redacted>")
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// What a webhook route does when the Redis store cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// 503 `replay_store_unavailable`, nothing forwarded (Persona retries later).
+    Reject,
+    /// Forward without replay protection.
+    Allow,
+}
+
+/// One entry of an `events` allow-list: an exact name or a prefix ending in `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventPattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl EventPattern {
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            EventPattern::Exact(e) => e == name,
+            EventPattern::Prefix(p) => name.starts_with(p.as_str()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub address: SocketAddr,
+    /// The address as written, without scheme (`app.internal:8443`): the
+    /// `Host` value for `host_header = "upstream"`.
+    pub authority: String,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// TLS to the upstream (`https://` or `tls = true`).
+    pub tls: bool,
+    /// Server name sent and verified (default: the host of the address).
+    pub sni: String,
+    /// Verify the upstream certificate and name (default true).
+    pub verify: bool,
+    pub host_header: HostHeader,
+}
+
+/// Which `Host` the upstream sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostHeader {
+    /// The client's `Host` (default).
+    Keep,
+    /// The upstream's own authority.
+    Upstream,
+}
+
+/// The listener's certificate chain and private key as validation loaded them
+/// from [`ListenTls`]'s files and found to match, kept so the listener can
+/// serve them without reading the files again. `Debug` shows neither.
+#[derive(Clone)]
+pub struct ListenCert(Arc<CertifiedKey>);
+
+impl ListenCert {
+    /// The key pair, ready for [`crate::tls::ReloadableCert`]; its chain is
+    /// not yet checked against the clock ([`crate::tls::check_chain`]).
+    pub fn key(&self) -> Arc<CertifiedKey> {
+        self.0.clone()
+    }
+}
+
+impl fmt::Debug for ListenCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ListenCert(<loaded>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Replay {
+    pub store: StoreKind,
+    pub on_store_error: OnStoreError,
+    pub ttl: Duration,
+    pub capacity: u64,
+    pub inflight_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrustedHeaders {
+    pub event_type: HeaderName,
+    pub event_id: HeaderName,
+    pub event_created_at: HeaderName,
+}
+
+impl TrustedHeaders {
+    /// The three names, lower-case with `-` (the form client headers are compared in).
+    pub fn names(&self) -> [&HeaderName; 3] {
+        [&self.event_type, &self.event_id, &self.event_created_at]
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The path as written in the file (for logs and metrics labels).
+    pub path: String,
+    /// The normalised path (the replay store's key for this route).
+    pub normalized: Vec<u8>,
+    /// The path's segments, compared with every reading of a request target.
+    pub matcher: path::RoutePath,
+    pub secrets: Vec<Secret>,
+    pub tolerance: Duration,
+    pub max_body: u64,
+    /// `None`: every event type is forwarded.
+    pub events: Option<Vec<EventPattern>>,
+    pub upstream: Upstream,
+}
+
+impl Route {
+    pub fn allows(&self, event_type: &str) -> bool {
+        match &self.events {
+            None => true,
+            Some(patterns) => patterns.iter().any(|p| p.matches(event_type)),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub unmatched: Unmatched,
+    pub log_format: LogFormat,
+    pub listen: SocketAddr,
+    /// TLS on the public listener (HTTP/1.1 and HTTP/2 by ALPN).
+    pub listen_tls: Option<ListenTls>,
+    /// The key pair of `listen_tls`, loaded and matched at validation.
+    pub listen_cert: Option<ListenCert>,
+    pub admin: SocketAddr,
+    /// CA bundle (PEM) trusted for upstream TLS instead of the system roots.
+    pub upstream_ca_file: Option<PathBuf>,
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Bounds each read while a request head arrives on a new connection.
+    pub header_timeout: Duration,
+    /// Webhook body bytes held at once, all requests together (see `budget`).
+    pub max_buffered: u64,
+    pub upstream: Upstream,
+    pub replay: Replay,
+    pub headers: TrustedHeaders,
+    pub routes: Vec<Route>,
+}
+
+impl Config {
+    /// The route a request target falls under: for each of its readings (see
+    /// [`path::readings`]) the most specific route covering it. `Ok(None)`:
+    /// no reading is under any route. When two readings fall under different
+    /// routes the target is [`RouteError::Ambiguous`]: the app could run
+    /// either route's handler, and the two may have different secrets.
+    pub fn route_for_target(&self, target: &[u8]) -> Result<Option<(usize, &Route)>, RouteError> {
+        let mut found: Option<usize> = None;
+        let mut ambiguous = false;
+        path::any_reading(target, |reading| {
+            let best = self
+                .routes
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.matcher.covers(reading))
+                .max_by_key(|(_, r)| r.matcher.depth())
+                .map(|(i, _)| i);
+            match (found, best) {
+                (_, None) => false,
+                (None, Some(i)) => {
+                    found = Some(i);
+                    self.routes.len() == 1
+                }
+                (Some(j), Some(i)) => {
+                    ambiguous = i != j;
+                    ambiguous
+                }
+            }
+        })
+        .map_err(RouteError::Path)?;
+        if ambiguous {
+            return Err(RouteError::Ambiguous);
+        }
+        Ok(found.map(|i| (i, &self.routes[i])))
+    }
+}
+
+/// Why a request target has no route decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error(transparent)]
+    Path(path::PathError),
+    #[error("the target's readings fall under two routes")]
+    Ambiguous,
+    #[error("the target is in neither origin-form nor absolute-form")]
+    Form,
+}
+
+/// Reads, parses and validates a route file, resolving every secret.
+pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    let fail = |problems| ConfigError {
+        file: file.to_path_buf(),
+        problems,
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        fail(vec![Problem {
+            key: "(file)".into(),
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    let raw = raw::parse(&text).map_err(|p| fail(vec![p]))?;
+    validate(raw, file.parent().unwrap_or(Path::new(".")), &EnvSource).map_err(fail)
+}
+
+/// Parses TOML text and validates it (for tests and callers with text in hand).
+pub fn from_str(text: &str, env: &dyn Env) -> Result<Config, Vec<Problem>> {
+    let raw = raw::parse(text).map_err(|p| vec![p])?;
+    validate(raw, Path::new("."), env)
+}
+
+/// Compiles each section in turn (the order problems are reported in), then
+/// the rules across sections. Relative paths are taken from `base`.
+fn validate(raw: raw::RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Problem>> {
+    let mut c = check::Check::new(env);
+    let unmatched = routes::unmatched(&mut c, raw.unmatched.as_deref());
+    let s = server::compile(
+        &mut c,
+        raw.log_format.as_deref(),
+        &raw.listen,
+        &raw.admin,
+        &raw.server,
+    );
+    let (upstream, upstream_ca_file) = upstream::compile(&mut c, &raw.upstream, base);
+    let (listen_tls, listen_cert) = server::listen_tls(&mut c, raw.listen.tls.as_ref(), base);
+    let replay = replay::compile(&mut c, &raw.replay, base);
+    let headers = headers::compile(&mut c, &raw.headers);
+    let routes = routes::compile(&mut c, raw.route, base, &upstream);
+    cross::check(&mut c, &replay, s.max_buffered, &upstream, &routes);
+    c.finish(Config {
+        unmatched,
+        log_format: s.log_format,
+        listen: s.listen,
+        listen_tls,
+        listen_cert,
+        admin: s.admin,
+        upstream_ca_file,
+        threads: s.threads,
+        grace_period: s.grace_period,
+        body_timeout: s.body_timeout,
+        idle_timeout: s.idle_timeout,
+        header_timeout: s.header_timeout,
+        max_buffered: s.max_buffered,
+        upstream,
+        replay,
+        headers,
+        routes,
+    })
+}

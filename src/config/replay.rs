@@ -1,0 +1,176 @@
+//! `[replay]`: the store of seen deliveries (memory or Redis), how long an id
+//! is remembered, and what a route does when Redis cannot answer.
+
+use std::path::Path;
+
+use super::check::Check;
+use super::defaults::{
+    DEFAULT_CAPACITY, DEFAULT_INFLIGHT_TTL, DEFAULT_KEY_PREFIX, DEFAULT_REDIS_TIMEOUT, DEFAULT_TTL,
+};
+use super::raw::RawReplay;
+use super::{OnStoreError, RedisSettings, Replay, StoreKind};
+
+pub(super) fn compile(c: &mut Check, raw: &RawReplay, base: &Path) -> Replay {
+    let store = store(c, raw, base);
+    let on_store_error = c.choice(
+        "replay.on_store_error",
+        raw.on_store_error.as_deref(),
+        &[
+            ("reject", OnStoreError::Reject),
+            ("allow", OnStoreError::Allow),
+        ],
+        OnStoreError::Reject,
+    );
+    let ttl = c.duration("replay.ttl", raw.ttl.as_deref(), DEFAULT_TTL);
+    let capacity = c
+        .at_least_one("replay.capacity", raw.capacity)
+        .unwrap_or(DEFAULT_CAPACITY);
+    let inflight_ttl = c.duration(
+        "replay.inflight_ttl",
+        raw.inflight_ttl.as_deref(),
+        DEFAULT_INFLIGHT_TTL,
+    );
+    Replay {
+        store,
+        on_store_error,
+        ttl,
+        capacity,
+        inflight_ttl,
+    }
+}
+
+fn store(c: &mut Check, raw: &RawReplay, base: &Path) -> StoreKind {
+    match raw.store.as_deref() {
+        None | Some("memory") => {
+            for (key, set) in [
+                ("replay.redis_url", raw.redis_url.is_some()),
+                ("replay.redis_password", raw.redis_password.is_some()),
+                ("replay.redis_timeout", raw.redis_timeout.is_some()),
+                ("replay.key_prefix", raw.key_prefix.is_some()),
+                ("replay.on_store_error", raw.on_store_error.is_some()),
+            ] {
+                if set {
+                    c.problem(key, "only applies to store = \"redis\"");
+                }
+            }
+            StoreKind::Memory
+        }
+        Some("redis") => StoreKind::Redis(redis(c, raw, base)),
+        Some(_) => {
+            c.problem(
+                "replay.store",
+                "is not one of \"memory\", \"redis\" (the value is not repeated here)",
+            );
+            StoreKind::Memory
+        }
+    }
+}
+
+fn redis(c: &mut Check, raw: &RawReplay, base: &Path) -> RedisSettings {
+    let url = redis_url(c, raw.redis_url.as_deref());
+    let password = raw
+        .redis_password
+        .as_deref()
+        .and_then(|spec| c.secret("replay.redis_password", spec, base));
+    let timeout = c.duration(
+        "replay.redis_timeout",
+        raw.redis_timeout.as_deref(),
+        DEFAULT_REDIS_TIMEOUT,
+    );
+    let key_prefix = raw
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string());
+    RedisSettings {
+        url,
+        password,
+        key_prefix,
+        timeout,
+    }
+}
+
+/// The URL, parsed by the Redis client to be sure; never in a message (it may
+/// hold a password).
+fn redis_url(c: &mut Check, value: Option<&str>) -> String {
+    match value {
+        None => {
+            c.problem(
+                "replay.redis_url",
+                "is required with store = \"redis\", e.g. \"redis://127.0.0.1:6379/0\"",
+            );
+            String::new()
+        }
+        Some(u) if !(u.starts_with("redis://") || u.starts_with("rediss://")) => {
+            c.problem(
+                "replay.redis_url",
+                "must start with redis:// or rediss:// (the URL is not repeated here: it may hold a password)",
+            );
+            String::new()
+        }
+        Some(u) => {
+            if redis::Client::open(u).is_err() {
+                c.problem(
+                    "replay.redis_url",
+                    "is not a valid Redis URL (the URL is not repeated here: it may hold a password)",
+                );
+            }
+            u.to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::tests::{env, keys};
+    use super::super::{DEFAULT_KEY_PREFIX, from_str};
+    use super::*;
+
+    #[test]
+    fn redis_store_settings_are_validated_and_the_url_never_echoed() {
+        let text = r#"
+[replay]
+store = "redis"
+redis_url = "redis://:hunter2@127.0.0.1:6379/0"
+redis_password = "env:SECRET"
+on_store_error = "allow"
+redis_timeout = "250ms"
+[[route]]
+path = "/a"
+secrets = ["x"]
+"#;
+        let c = from_str(text, &env()).unwrap();
+        assert_eq!(c.replay.on_store_error, OnStoreError::Allow);
+        let StoreKind::Redis(r) = &c.replay.store else {
+            panic!("redis expected")
+        };
+        assert_eq!(r.timeout, Duration::from_millis(250));
+        assert_eq!(r.key_prefix, DEFAULT_KEY_PREFIX);
+        assert_eq!(r.password.as_ref().unwrap().expose(), b"wbhsec_abc");
+        assert!(!format!("{c:?}").contains("hunter2"));
+
+        let bad = text
+            .replace("redis://:hunter2@", "http://:hunter2@")
+            .replace("allow", "sometimes");
+        let problems = from_str(&bad, &env()).unwrap_err();
+        assert_eq!(
+            keys(&problems),
+            vec!["replay.redis_url", "replay.on_store_error"]
+        );
+        assert!(problems.iter().all(|p| !p.message.contains("hunter2")));
+
+        let memory_with_redis_keys =
+            "[replay]\nredis_url = \"redis://x\"\n[[route]]\npath = \"/a\"\nsecrets = [\"x\"]\n";
+        let problems = from_str(memory_with_redis_keys, &env()).unwrap_err();
+        assert_eq!(keys(&problems), vec!["replay.redis_url"]);
+    }
+
+    #[test]
+    fn capacity_and_store_words_are_checked() {
+        let text = "[replay]\nstore = \"disk\"\ncapacity = 0\n[[route]]\npath = \"/a\"\nsecrets = [\"x\"]\n";
+        let p = from_str(text, &env()).unwrap_err();
+        assert_eq!(keys(&p), vec!["replay.store", "replay.capacity"]);
+        assert!(!p[0].message.contains("disk"), "{p:?}");
+    }
+}

@@ -1,0 +1,209 @@
+//! `[[route]]` (a path, its secrets, tolerance, body limit, event allow-list
+//! and upstream) and the top-level `unmatched` policy for paths under none.
+
+use std::path::Path;
+
+use super::check::Check;
+use super::defaults::{DEFAULT_MAX_BODY, DEFAULT_TOLERANCE};
+use super::raw::RawRoute;
+use super::{EventPattern, Route, Secret, Unmatched, Upstream, upstream};
+use crate::path;
+
+pub(super) fn unmatched(c: &mut Check, value: Option<&str>) -> Unmatched {
+    c.choice(
+        "unmatched",
+        value,
+        &[("forward", Unmatched::Forward), ("deny", Unmatched::Deny)],
+        Unmatched::Forward,
+    )
+}
+
+/// Every route, in file order; at least one is required and no two may have
+/// the same normalised path.
+pub(super) fn compile(
+    c: &mut Check,
+    raw: Vec<RawRoute>,
+    base: &Path,
+    default: &Upstream,
+) -> Vec<Route> {
+    if raw.is_empty() {
+        c.problem(
+            "route",
+            "no [[route]] is configured; add one with path and secrets",
+        );
+    }
+    let mut routes: Vec<Route> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let route = compile_one(c, i, r, base, default, &routes);
+        routes.push(route);
+    }
+    routes
+}
+
+/// Route `i`; `earlier` are the routes before it, whose paths it must not repeat.
+fn compile_one(
+    c: &mut Check,
+    i: usize,
+    r: RawRoute,
+    base: &Path,
+    default: &Upstream,
+    earlier: &[Route],
+) -> Route {
+    let k = |field: &str| format!("route[{i}].{field}");
+    let (path, normalized) = route_path(c, &k("path"), r.path.as_deref());
+    if let Some(j) = earlier.iter().position(|o| o.normalized == normalized)
+        && r.path.is_some()
+    {
+        c.problem_with(
+            k("path"),
+            format!("the same path as route[{j}]; merge the two routes"),
+        );
+    }
+    let secrets = secrets(c, i, r.secrets, base);
+    let tolerance = c.duration(&k("tolerance"), r.tolerance.as_deref(), DEFAULT_TOLERANCE);
+    let max_body = c.size(&k("max_body"), r.max_body.as_deref(), DEFAULT_MAX_BODY);
+    let events = r.events.map(|list| events(c, i, &list));
+    let upstream = match r.upstream.as_deref() {
+        None => default.clone(),
+        Some(v) => upstream::for_route(c, &k("upstream"), v, default),
+    };
+    Route {
+        path,
+        matcher: path::RoutePath::new(&normalized),
+        normalized,
+        secrets,
+        tolerance,
+        max_body,
+        events,
+        upstream,
+    }
+}
+
+/// The path as written and its normalised form (`/` when it has a problem).
+fn route_path(c: &mut Check, key: &str, value: Option<&str>) -> (String, Vec<u8>) {
+    match value {
+        None => {
+            c.problem(key, "is required, e.g. \"/webhooks/persona\"");
+            (String::new(), b"/".to_vec())
+        }
+        Some(p) if !p.starts_with('/') => {
+            c.problem(key, "must start with `/` (the value is not repeated here)");
+            (p.to_string(), b"/".to_vec())
+        }
+        Some(p) => match path::normalize(p.as_bytes()) {
+            Ok(n) => (p.to_string(), n),
+            Err(_) => {
+                c.problem(
+                    key,
+                    "is not a valid path: invalid percent-encoding or a NUL byte (the value is not repeated here)",
+                );
+                (p.to_string(), b"/".to_vec())
+            }
+        },
+    }
+}
+
+fn secrets(c: &mut Check, i: usize, list: Option<Vec<String>>, base: &Path) -> Vec<Secret> {
+    let key = format!("route[{i}].secrets");
+    match list {
+        None => {
+            c.problem(
+                key,
+                "is required: a list such as [\"env:PERSONA_WEBHOOK_SECRET\"]",
+            );
+            Vec::new()
+        }
+        Some(list) if list.is_empty() => {
+            c.problem(key, "must list at least one secret");
+            Vec::new()
+        }
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(j, spec)| c.secret(format!("{key}[{j}]"), spec, base))
+            .collect(),
+    }
+}
+
+fn events(c: &mut Check, i: usize, list: &[String]) -> Vec<EventPattern> {
+    if list.is_empty() {
+        c.problem(
+            format!("route[{i}].events"),
+            "an empty list would ignore every event; remove the key to allow all",
+        );
+    }
+    list.iter()
+        .enumerate()
+        .filter_map(|(j, e)| match parse_pattern(e) {
+            Ok(p) => Some(p),
+            Err(msg) => {
+                c.problem(format!("route[{i}].events[{j}]"), msg);
+                None
+            }
+        })
+        .collect()
+}
+
+fn parse_pattern(e: &str) -> Result<EventPattern, &'static str> {
+    if e.is_empty() {
+        return Err("an event name cannot be empty");
+    }
+    match e.find('*') {
+        None => Ok(EventPattern::Exact(e.to_string())),
+        Some(pos) if pos == e.len() - 1 => Ok(EventPattern::Prefix(e[..pos].to_string())),
+        Some(_) => Err(
+            "`*` is only allowed at the end, as in \"inquiry.*\" (the value is not repeated here)",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::from_str;
+    use super::super::tests::{env, keys};
+    use super::*;
+
+    #[test]
+    fn no_route_is_an_error() {
+        let problems = from_str("", &env()).unwrap_err();
+        assert_eq!(keys(&problems), vec!["route"]);
+    }
+
+    #[test]
+    fn route_fields_are_checked_each_under_its_key() {
+        let text = r#"
+[[route]]
+path = "/a"
+secrets = []
+events = []
+[[route]]
+path = "hooks"
+events = ["", "a*b", "inquiry.*"]
+[[route]]
+secrets = ["x"]
+"#;
+        let p = from_str(text, &env()).unwrap_err();
+        assert_eq!(
+            keys(&p),
+            vec![
+                "route[0].secrets",
+                "route[0].events",
+                "route[1].path",
+                "route[1].secrets",
+                "route[1].events[0]",
+                "route[1].events[1]",
+                "route[2].path",
+            ]
+        );
+    }
+
+    #[test]
+    fn patterns_are_exact_or_a_trailing_star() {
+        assert_eq!(
+            parse_pattern("inquiry.*"),
+            Ok(EventPattern::Prefix("inquiry.".into()))
+        );
+        assert_eq!(parse_pattern("a"), Ok(EventPattern::Exact("a".into())));
+        assert!(parse_pattern("*a").is_err());
+    }
+}

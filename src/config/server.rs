@@ -1,0 +1,215 @@
+//! The process around the routes: `log_format`, `[listen]` (address and TLS),
+//! `[admin]` and `[server]` (threads, timeouts, the body memory budget).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::check::Check;
+use super::defaults::{
+    DEFAULT_ADMIN, DEFAULT_BODY_TIMEOUT, DEFAULT_GRACE_PERIOD, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BUFFERED,
+};
+use super::raw::{RawAdmin, RawListen, RawServer, RawTls};
+use super::{ListenCert, ListenTls, LogFormat};
+
+/// The compiled settings of this section, moved into [`super::Config`]'s
+/// fields of the same names.
+pub(super) struct Settings {
+    pub log_format: LogFormat,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub header_timeout: Duration,
+    pub max_buffered: u64,
+}
+
+pub(super) fn compile(
+    c: &mut Check,
+    log_format: Option<&str>,
+    listen: &RawListen,
+    admin: &RawAdmin,
+    raw: &RawServer,
+) -> Settings {
+    let log_format = c.choice(
+        "log_format",
+        log_format,
+        &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        LogFormat::Text,
+    );
+    let (listen, admin) = addresses(c, listen, admin);
+    let threads = c
+        .at_least_one("server.threads", raw.threads)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+    let mut duration = |key: &str, value: &Option<String>, default: Duration| {
+        c.duration(key, value.as_deref(), default)
+    };
+    let grace_period = duration(
+        "server.grace_period",
+        &raw.grace_period,
+        DEFAULT_GRACE_PERIOD,
+    );
+    let body_timeout = duration(
+        "server.body_timeout",
+        &raw.body_timeout,
+        DEFAULT_BODY_TIMEOUT,
+    );
+    let idle_timeout = duration(
+        "server.idle_timeout",
+        &raw.idle_timeout,
+        DEFAULT_IDLE_TIMEOUT,
+    );
+    let header_timeout = duration(
+        "server.header_timeout",
+        &raw.header_timeout,
+        DEFAULT_HEADER_TIMEOUT,
+    );
+    if idle_timeout < Duration::from_secs(1) {
+        c.problem("server.idle_timeout", "must be at least 1s");
+    }
+    let max_buffered = c.size(
+        "server.max_buffered",
+        raw.max_buffered.as_deref(),
+        DEFAULT_MAX_BUFFERED,
+    );
+    Settings {
+        log_format,
+        listen,
+        admin,
+        threads,
+        grace_period,
+        body_timeout,
+        idle_timeout,
+        header_timeout,
+        max_buffered,
+    }
+}
+
+/// The public and admin listeners' addresses, which must differ.
+fn addresses(c: &mut Check, listen: &RawListen, admin: &RawAdmin) -> (SocketAddr, SocketAddr) {
+    let listen = c.address("listen.address", listen.address.as_deref(), DEFAULT_LISTEN);
+    let admin = c.address("admin.address", admin.address.as_deref(), DEFAULT_ADMIN);
+    if listen == admin && listen.port() != 0 {
+        c.problem(
+            "admin.address",
+            "must differ from listen.address: the admin port is never public",
+        );
+    }
+    (listen, admin)
+}
+
+/// `listen.tls`: the file paths, and the key pair loaded from them and matched
+/// (kept, so the listener need not load it again).
+pub(super) fn listen_tls(
+    c: &mut Check,
+    raw: Option<&RawTls>,
+    base: &Path,
+) -> (Option<ListenTls>, Option<ListenCert>) {
+    let Some(raw) = raw else { return (None, None) };
+    let (Some(cert), Some(key)) = (&raw.cert, &raw.key) else {
+        c.problem("listen.tls", "needs both cert and key (PEM file paths)");
+        return (None, None);
+    };
+    let tls = ListenTls {
+        cert: base.join(cert),
+        key: base.join(key),
+    };
+    // Both checked, so both problems are reported.
+    let readable = [
+        c.readable("listen.tls.cert", &tls.cert),
+        c.readable("listen.tls.key", &tls.key),
+    ];
+    if readable.contains(&false) {
+        return (Some(tls), None);
+    }
+    match crate::tls::load_certified_key(&tls) {
+        Ok(key) => (Some(tls), Some(ListenCert(key))),
+        Err(e) => {
+            // The loader's message names the files; only its gist is passed on.
+            c.problem("listen.tls", tls_gist(&e));
+            (Some(tls), None)
+        }
+    }
+}
+
+/// The gist of a [`crate::tls::load_certified_key`] error, whose text names the
+/// files: fixed words only.
+fn tls_gist(e: &str) -> &'static str {
+    if e.contains("does not match") {
+        "the private key does not match the certificate"
+    } else if e.contains("unsupported type") {
+        "the private key is of an unsupported type"
+    } else if e.contains("PEM expected") {
+        "no certificate in cert or no private key in key (PEM files expected)"
+    } else if e.contains("crypto provider") {
+        "no TLS crypto provider is installed"
+    } else {
+        "cannot load the certificate and key (PEM files expected)"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::from_str;
+    use super::super::tests::{env, keys, write_cert};
+
+    const ROUTE: &str = "[[route]]\npath = \"/a\"\nsecrets = [\"x\"]\n";
+
+    #[test]
+    fn listeners_differ_threads_and_idle_timeout_are_bounded() {
+        let text = format!(
+            "log_format = \"xml\"\n[listen]\naddress = \"127.0.0.1:8080\"\n\
+             [admin]\naddress = \"127.0.0.1:8080\"\n\
+             [server]\nthreads = 0\nidle_timeout = \"500ms\"\n{ROUTE}"
+        );
+        let p = from_str(&text, &env()).unwrap_err();
+        assert_eq!(
+            keys(&p),
+            vec![
+                "log_format",
+                "admin.address",
+                "server.threads",
+                "server.idle_timeout"
+            ]
+        );
+        // Port 0 on both (tests) is allowed: the system picks two ports.
+        let text = "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n";
+        assert!(from_str(&format!("{text}{ROUTE}"), &env()).is_ok());
+    }
+
+    #[test]
+    fn the_listener_key_pair_is_loaded_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_cert(dir.path(), "a");
+        let tls = format!(
+            "[listen]\ntls = {{ cert = \"{}\", key = \"{}\" }}\n{ROUTE}",
+            cert.display(),
+            key.display()
+        );
+        let c = from_str(&tls, &env()).unwrap();
+        assert_eq!(c.listen_tls.as_ref().unwrap().cert, cert);
+        let kept = c.listen_cert.as_ref().expect("the loaded key pair is kept");
+        assert_eq!(kept.key().cert.len(), 1);
+        // What the listener needs next, without reading the files again.
+        let checked = crate::tls::check_loaded(kept.key()).unwrap();
+        assert!(checked.warnings.is_empty());
+        assert!(!format!("{c:?}").contains("BEGIN"));
+
+        // Another pair's key: loaded, found not to match, reported by its gist.
+        let (_, other_key) = write_cert(dir.path(), "b");
+        let mixed = tls.replace(&key.display().to_string(), &other_key.display().to_string());
+        let p = from_str(&mixed, &env()).unwrap_err();
+        assert_eq!(keys(&p), vec!["listen.tls"]);
+        assert_eq!(
+            p[0].message,
+            "the private key does not match the certificate"
+        );
+    }
+}
