@@ -20,8 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::common::*;
-use crate::redis::RedisServer;
+use crate::harness::*;
 
 const EVENTS: usize = 240;
 const SENDERS: usize = 16;
@@ -211,14 +210,14 @@ fn soak(redis: Option<&mut RedisServer>) {
         .unwrap_or(0x5eed_2026);
     let rng = Arc::new(Rng(AtomicU64::new(seed)));
     let mut app = FaultyApp::start(rng.clone());
-    let mut b = proxy()
+    let mut b = Proxy::builder()
         .upstream_addr(app.addr)
-        .read_timeout(&format!("{READ_TIMEOUT_MS}ms"))
-        .connect_timeout("300ms")
-        .replay_toml("inflight_ttl = \"5s\"\n");
+        .set("upstream.read_timeout", format!("{READ_TIMEOUT_MS}ms"))
+        .set("upstream.connect_timeout", "300ms")
+        .set("replay.inflight_ttl", "5s");
     let redis_url = redis.as_ref().map(|r| r.url());
     if let Some(url) = &redis_url {
-        b = b.redis(url).replay_toml("redis_timeout = \"300ms\"\n");
+        b = b.redis(url).set("replay.redis_timeout", "300ms");
     }
     let p = b.start();
     let secret = p.secret().to_string();
