@@ -135,6 +135,7 @@ fn memory_stays_within_the_budget_under_a_flood_of_large_forged_bodies() {
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut peak = rss(p.pid());
     while Instant::now() < deadline {
+        // Sampling RSS over a fixed window: the interval is the measurement.
         std::thread::sleep(Duration::from_millis(100));
         peak = peak.max(rss(p.pid()));
     }

@@ -8,12 +8,10 @@ use std::time::{Duration, Instant};
 use crate::harness::*;
 
 fn assert_logs_clean(log_level: Option<&str>) {
-    let up = Upstream::start();
-    let mut b = Proxy::builder().upstream(&up);
-    if let Some(l) = log_level {
-        b = b.env("RUST_LOG", l);
-    }
-    let mut p = b.start();
+    let (up, mut p) = rig_with(|b| match log_level {
+        Some(l) => b.env("RUST_LOG", l),
+        None => b,
+    });
     let marker = unique("PII-MARKER-Jane-Doe-");
     let id = event_id();
     let body = String::from_utf8(event_body(&id, "inquiry.approved"))
@@ -127,13 +125,9 @@ fn admin_endpoints_answer() {
 
 #[test]
 fn metrics_move_with_each_outcome_and_secret() {
-    let up = Upstream::start();
     let old = secret();
     let new = secret();
-    let p = Proxy::builder()
-        .upstream(&up)
-        .secrets(vec![old.clone(), new.clone()])
-        .start();
+    let (_up, p) = rig_with(|b| b.secrets(vec![old.clone(), new.clone()]));
     let body = event_body(&event_id(), "inquiry.approved");
     p.post(ROUTE, &[], &body)
         .assert_error(401, "missing_signature");
@@ -200,6 +194,7 @@ fn trickling_body_is_cut_off_with_408_and_the_id_stays_free() {
             if trickle.write_all(&[*b]).is_err() {
                 return;
             }
+            // A client trickling its body: the pauses are the test.
             thread::sleep(Duration::from_millis(100));
         }
     });
@@ -237,6 +232,7 @@ fn a_stalled_request_head_is_cut_off_after_header_timeout() {
     // longer than header_timeout still arrives.
     let mut c = p.client();
     c.send(b"POST /upload HTTP/1.1\r\nHost: e2e.test\r\nContent-Length: 4\r\n\r\nab");
+    // A pause longer than header_timeout inside the body: the pause is the test.
     thread::sleep(Duration::from_millis(1500));
     c.send(b"cd");
     assert_eq!(c.read_response().status, 200);
@@ -264,6 +260,7 @@ fn a_keepalive_connection_waits_idle_timeout_not_header_timeout() {
     });
     let mut c = p.client();
     assert_eq!(c.request(&request("GET", "/one", &[], b"")).status, 200);
+    // Idle past header_timeout but within idle_timeout: the pause is the test.
     thread::sleep(Duration::from_millis(1800));
     assert_eq!(c.request(&request("GET", "/two", &[], b"")).status, 200);
     assert_eq!(up.count(), 2);

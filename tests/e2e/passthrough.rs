@@ -274,6 +274,7 @@ fn buffered_passthrough_client_behaviour() {
     let mut c = p.client();
     c.send(&raw[..head_len]);
     for piece in body.chunks(1000) {
+        // A slow sender: the pauses are the test.
         std::thread::sleep(Duration::from_millis(300));
         c.send(piece);
     }
@@ -283,7 +284,8 @@ fn buffered_passthrough_client_behaviour() {
     let mut c = p.client();
     c.send(&raw[..head_len + 100]);
     drop(c);
-    std::thread::sleep(Duration::from_millis(500));
+    // Counted once the proxy has given up on it: nothing of it can follow.
+    p.wait_for_outcome_anywhere("client_error", 1);
     let recs = up.wait_for_requests(2, W);
     assert_eq!(
         recs.len(),

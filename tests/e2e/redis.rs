@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::*;
 
@@ -127,14 +127,8 @@ fn redis_down_fails_closed_then_recovers_without_restart() {
     );
 
     redis.restart();
-    let end = Instant::now() + W;
-    let r = loop {
-        let r = a.deliver(&body);
-        if r.status != 503 || Instant::now() >= end {
-            break r;
-        }
-        thread::sleep(Duration::from_millis(100));
-    };
+    let r = poll(W, || Some(a.deliver(&body)).filter(|r| r.status != 503))
+        .expect("deliveries still 503 after Redis came back");
     assert_eq!(r.status, 200, "after Redis came back: {}", r.text());
     assert!(wait_until(W, || a.readyz() == 200));
     a.deliver(&body).assert_status_json(200, "duplicate");
@@ -162,17 +156,10 @@ fn fail_open_forwards_while_redis_is_down() {
 fn delivered_mark_expires_after_ttl() {
     let redis = RedisServer::start();
     let up = Upstream::start();
-    let secret = secret();
-    let mk = || {
-        Proxy::builder()
-            .upstream(&up)
-            .secrets(vec![secret.clone()])
-            .redis(&redis.url())
-            .route(|r| r.set("tolerance", "1s"))
+    let (a, b) = pair(&up, &redis, |b| {
+        b.route(|r| r.set("tolerance", "1s"))
             .set("replay.ttl", "2s")
-            .start()
-    };
-    let (a, b) = (mk(), mk());
+    });
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     assert_eq!(a.deliver(&body).status, 200);
@@ -207,8 +194,11 @@ fn idle_cut(on_store_error: &str) -> (RedisServer, Upstream, Proxy) {
         200
     );
     assert_eq!(up.count(), 1);
-    // Redis drops the connection once it has been idle for over a second.
-    thread::sleep(Duration::from_millis(2500));
+    // Redis drops the connection once it has been idle for over a second:
+    // wait until the only client left is the one asking.
+    wait_for("Redis to cut the proxy's idle connections", W, || {
+        redis.clients() == 1
+    });
     (redis, up, p)
 }
 
@@ -251,13 +241,11 @@ fn route_and_event_id_never_collide_in_redis_keys() {
     // Before, keys were `<prefix><route>:<event id>`: route `/a:b` with event
     // `X` and route `/a` with event `b:X` were both `<prefix>/a:b:X`.
     let redis = RedisServer::start();
-    let up = Upstream::start();
-    let p = Proxy::builder()
-        .upstream(&up)
-        .redis(&redis.url())
-        .route(|r| r.set("path", "/a:b"))
-        .add_route("/a", |r| r)
-        .start();
+    let (up, p) = rig_with(|b| {
+        b.redis(&redis.url())
+            .route(|r| r.set("path", "/a:b"))
+            .add_route("/a", |r| r)
+    });
     let id = event_id();
     let send = |path: &str, id: &str| {
         let body = event_body(id, "inquiry.approved");

@@ -468,14 +468,13 @@ impl RawTls {
 }
 
 /// A TLS proxy with the given `header_timeout` and `idle_timeout`.
-fn tls_proxy(pki: &Pki, up: &Upstream, header_timeout: &str, idle_timeout: &str) -> Proxy {
+fn tls_proxy(pki: &Pki, header_timeout: &str, idle_timeout: &str) -> (Upstream, Proxy) {
     let leaf = pki.leaf("server");
-    Proxy::builder()
-        .upstream(up)
-        .apply(listen_tls(&leaf))
-        .set("server.header_timeout", header_timeout)
-        .set("server.idle_timeout", idle_timeout)
-        .start()
+    rig_with(|b| {
+        b.apply(listen_tls(&leaf))
+            .set("server.header_timeout", header_timeout)
+            .set("server.idle_timeout", idle_timeout)
+    })
 }
 
 /// Closed about `header_timeout` (1 s here) after the connection began.
@@ -490,8 +489,7 @@ fn assert_cut_at_header_timeout(what: &str, took: Option<Duration>, limit: Durat
 #[test]
 fn a_new_connection_gets_header_timeout_for_tls_the_h2_handshake_and_its_first_head() {
     let pki = Pki::new();
-    let up = Upstream::start();
-    let p = tls_proxy(&pki, &up, "1s", "30s");
+    let (up, p) = tls_proxy(&pki, "1s", "30s");
     let limit = Duration::from_secs(6);
 
     // TCP only: the TLS handshake never starts (pingora alone waits 60 s).
@@ -546,8 +544,7 @@ fn a_new_connection_gets_header_timeout_for_tls_the_h2_handshake_and_its_first_h
 #[test]
 fn each_later_http2_request_head_must_complete_within_header_timeout() {
     let pki = Pki::new();
-    let up = Upstream::start();
-    let p = tls_proxy(&pki, &up, "1s", "30s");
+    let (up, p) = tls_proxy(&pki, "1s", "30s");
     let mut c = RawTls::connect(&pki, p.listen, b"h2");
     let mut hello = PREFACE.to_vec();
     hello.extend(h2_frame(SETTINGS, 0, 0, &[]));
@@ -571,7 +568,8 @@ fn each_later_http2_request_head_must_complete_within_header_timeout() {
     assert_eq!(up.wait_for_requests(1, W)[0].target, "/h2-raw");
 
     // The first head is in: the connection's head deadline is over, and only
-    // idle_timeout (30 s) applies between requests.
+    // idle_timeout (30 s) applies between requests. Idle past header_timeout:
+    // the pause is the test.
     std::thread::sleep(Duration::from_millis(1500));
     c.send(&h2_frame(PING, 0, 0, b"pingpong"));
     loop {
@@ -639,8 +637,7 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn an_idle_http2_connection_is_closed_after_idle_timeout() {
     let pki = Pki::new();
-    let up = Upstream::start();
-    let p = tls_proxy(&pki, &up, "1s", "3s");
+    let (up, p) = tls_proxy(&pki, "1s", "3s");
     runtime().block_on(async {
         let (mut client, conn) = h2_connect(&pki, p.listen).await;
         assert_eq!(h2_get(&mut client, p.listen, "/first").await, 200);
@@ -664,14 +661,14 @@ fn an_idle_http2_connection_is_closed_after_idle_timeout() {
 #[test]
 fn a_busy_http2_connection_stays_open_past_both_timeouts() {
     let pki = Pki::new();
-    let up = Upstream::start();
-    let p = tls_proxy(&pki, &up, "1s", "2s");
+    let (up, p) = tls_proxy(&pki, "1s", "2s");
     runtime().block_on(async {
         let (mut client, conn) = h2_connect(&pki, p.listen).await;
         let started = Instant::now();
         for i in 0..7 {
             let status = h2_get(&mut client, p.listen, &format!("/busy/{i}")).await;
             assert_eq!(status, 200, "request {i}");
+            // Busy at this pace past both timeouts: the pauses are the test.
             tokio::time::sleep(Duration::from_millis(700)).await;
         }
         assert!(started.elapsed() > Duration::from_secs(4));

@@ -122,7 +122,8 @@ fn repeated_signature_header_is_401_malformed() {
         );
         p.send(&raw).assert_error(401, "malformed_signature");
     }
-    thread::sleep(Duration::from_millis(200));
+    // Counted once each request is over: nothing of them can follow.
+    p.wait_for_outcome(ROUTE, "malformed_signature", 2);
     up.assert_nothing_seen("repeated Persona-Signature header");
     // Positive twin: one header line, same body and signature.
     let raw = request(
@@ -443,14 +444,12 @@ fn replay_is_200_duplicate_and_forwarded_once() {
 #[test]
 fn concurrent_deliveries_of_one_event_forward_once() {
     const INFLIGHT_TTL_SECS: u64 = 30;
-    let up = Upstream::start();
-    // A is held by the app for 3 s, so B deterministically arrives while A is in flight.
-    up.set_delay(Duration::from_secs(3));
-    let p = Proxy::builder()
-        .upstream(&up)
-        .set("upstream.read_timeout", "20s")
-        .set("replay.inflight_ttl", format!("{INFLIGHT_TTL_SECS}s"))
-        .start();
+    let (up, p) = rig_with(|b| {
+        b.set("upstream.read_timeout", "20s")
+            .set("replay.inflight_ttl", format!("{INFLIGHT_TTL_SECS}s"))
+    });
+    // The app holds A until B is answered: B arrives while A is in flight.
+    up.hold();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     let raw_a = delivery(ROUTE, &sign(p.secret(), now(), &body), &body);
@@ -464,6 +463,7 @@ fn concurrent_deliveries_of_one_event_forward_once() {
     let raw_b = delivery(ROUTE, &sign(p.secret(), now(), &body), &body);
     let b = one_shot(addr, &raw_b);
     let b_done = Instant::now();
+    up.release();
     let (ra, a_done) = a.join().unwrap();
     assert_eq!(ra.status, 200, "first delivery: {}", ra.text());
     assert_eq!(ra.body, DEFAULT_UPSTREAM_BODY);
@@ -482,10 +482,11 @@ fn concurrent_deliveries_of_one_event_forward_once() {
         "409 should be answered while A is in flight"
     );
     // Once A is settled, Persona's retry of the event is a duplicate.
-    up.set_delay(Duration::ZERO);
     p.deliver(&body).assert_status_json(200, "duplicate");
-    // Let any stray forward land, then count: the app saw the event exactly once.
-    thread::sleep(Duration::from_millis(300));
+    // Once all three requests are over, count: the app saw the event exactly once.
+    for outcome in ["forwarded", "delivery_in_progress", "duplicate"] {
+        p.wait_for_outcome(ROUTE, outcome, 1);
+    }
     let recs = up.requests();
     assert_eq!(recs.len(), 1, "forwarded more than once: {recs:?}");
     assert_eq!(recs[0].header(TRUSTED_ID), Some(id.as_str()));
@@ -603,12 +604,8 @@ fn rotation_header_with_two_sets_second_verifies() {
 
 #[test]
 fn any_configured_secret_verifies() {
-    let up = Upstream::start();
     let (a, b) = (secret(), secret());
-    let p = Proxy::builder()
-        .upstream(&up)
-        .secrets(vec![a.clone(), b.clone()])
-        .start();
+    let (up, p) = rig_with(|p| p.secrets(vec![a.clone(), b.clone()]));
     for (i, s) in [&b, &a].into_iter().enumerate() {
         let id = event_id();
         let body = event_body(&id, "inquiry.approved");
@@ -822,19 +819,18 @@ fn delivered_event_is_forgotten_after_ttl() {
     assert_eq!(p.deliver(&body).status, 200);
     p.deliver(&body).assert_status_json(200, "duplicate");
     // Poll (bounded) until the id is admitted again.
-    let end = Instant::now() + Duration::from_secs(15);
-    loop {
+    let admitted = poll(Duration::from_secs(15), || {
         let r = p.deliver(&body);
         if r.status == 200 && up.count() == 2 {
-            break;
+            return Some(());
         }
         r.assert_status_json(200, "duplicate");
-        assert!(
-            Instant::now() < end,
-            "event id still remembered 15 s after a 2 s ttl"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+        None
+    });
+    assert!(
+        admitted.is_some(),
+        "event id still remembered 15 s after a 2 s ttl"
+    );
     assert!(
         first.elapsed() >= Duration::from_millis(1500),
         "forgotten too early: {:?}",
@@ -842,23 +838,11 @@ fn delivered_event_is_forgotten_after_ttl() {
     );
 }
 
-/// Delivers until the answer is no longer 409 (the other request's claim is settled).
-fn deliver_after_inflight(p: &Proxy, body: &[u8]) -> Response {
-    let end = Instant::now() + W;
-    loop {
-        let r = p.deliver(body);
-        if r.status != 409 || Instant::now() >= end {
-            return r;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn client_gone_mid_delivery_and_app_failing_releases_the_claim() {
     let (up, p) = rig();
     up.set_status(500);
-    up.set_delay(Duration::from_millis(800));
+    up.hold();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     {
@@ -867,9 +851,9 @@ fn client_gone_mid_delivery_and_app_failing_releases_the_claim() {
         // The client hangs up while the app is still working on it.
     }
     assert_eq!(up.wait_for_requests(1, W).len(), 1);
-    up.set_delay(Duration::ZERO);
     up.set_status(200);
-    let r = deliver_after_inflight(&p, &body);
+    up.release();
+    let r = p.deliver_after_inflight(&body, W);
     assert_eq!(r.status, 200, "the retry must be forwarded: {}", r.text());
     assert_eq!(up.wait_for_requests(2, W).len(), 2);
 }
@@ -877,16 +861,18 @@ fn client_gone_mid_delivery_and_app_failing_releases_the_claim() {
 #[test]
 fn client_gone_mid_delivery_but_app_accepting_marks_it_delivered() {
     let (up, p) = rig();
-    up.set_delay(Duration::from_millis(800));
+    up.hold();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     {
         let mut c = p.client();
         c.send(&delivery(ROUTE, &sign(p.secret(), now(), &body), &body));
+        // The client hangs up while the app is still working on it.
     }
     assert_eq!(up.wait_for_requests(1, W).len(), 1);
+    up.release();
     // The app answered 2xx, so Persona's retry is a duplicate: the app has it once.
-    let r = deliver_after_inflight(&p, &body);
+    let r = p.deliver_after_inflight(&body, W);
     r.assert_status_json(200, "duplicate");
     assert_eq!(up.count(), 1);
 }
@@ -901,7 +887,8 @@ fn client_gone_mid_body_forwards_nothing_and_claims_nothing() {
         let mut c = p.client();
         c.send(&full[..full.len() - body.len() / 2]);
     }
-    thread::sleep(Duration::from_millis(200));
+    // Counted once the request is over: nothing of it can follow.
+    p.wait_for_outcome_anywhere("client_error", 1);
     up.assert_nothing_seen("a delivery whose body never completed");
     let r = p.deliver(&body);
     assert_eq!(r.status, 200, "{}", r.text());

@@ -461,6 +461,23 @@ impl Proxy {
         self.wait_for_metric(&requests_series(route, outcome), f64::from(n));
     }
 
+    /// How many requests on any route (or none) ended with `outcome`.
+    pub fn outcome_total(&self, outcome: &str) -> f64 {
+        let prefix = format!("persona_guard_requests_total{{outcome=\"{outcome}\",");
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until `n` requests, on whatever route, ended with `outcome`.
+    pub fn wait_for_outcome_anywhere(&self, outcome: &str, n: u32) {
+        if !wait_until(W, || self.outcome_total(outcome) == f64::from(n)) {
+            panic!("not {n} request(s) ended {outcome}:\n{}", self.metrics());
+        }
+    }
+
     /// Waits up to `within` for the process to exit.
     pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut().unwrap();

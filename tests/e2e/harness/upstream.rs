@@ -293,8 +293,9 @@ impl Upstream {
                     headers,
                     body,
                 });
-                let _ = st.hold.subscribe().wait_for(|held| !held).await;
+                // The answer is decided when the request is taken, held or not.
                 let b = st.behaviour.lock().unwrap().clone();
+                let _ = st.hold.subscribe().wait_for(|held| !held).await;
                 if !b.delay.is_zero() {
                     // The app's own slowness, as the test asked.
                     tokio::time::sleep(b.delay).await;
@@ -328,7 +329,8 @@ impl Upstream {
     }
 
     /// From now on, requests are recorded and then held unanswered until
-    /// [`Upstream::release`]: an app that is still working on them.
+    /// [`Upstream::release`]: an app that is still working on them. A held
+    /// request gets the status and body set when it arrived.
     pub fn hold(&self) {
         self.state.hold.send_replace(true);
     }
@@ -386,6 +388,15 @@ impl Upstream {
             );
         }
         self.requests()
+    }
+
+    /// Watches for `window` and fails at the first request head the upstream
+    /// sees. For refusals the proxy does not count in its metrics, where no
+    /// event says "this request is over": the window is the check.
+    pub fn assert_nothing_seen_for(&self, window: Duration, ctx: &str) {
+        if wait_until(window, || self.heads() > 0) {
+            self.assert_nothing_seen(ctx);
+        }
     }
 
     pub fn assert_nothing_seen(&self, ctx: &str) {
