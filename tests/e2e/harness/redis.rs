@@ -12,15 +12,29 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Whether every write is in the append-only file before it is answered,
+    /// so that a restart forgets nothing.
+    persistent: bool,
 }
 
 impl RedisServer {
+    /// Persistence off: a restart forgets every key.
     pub fn start() -> RedisServer {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_with(false)
+    }
+
+    /// `appendonly yes`, `appendfsync always`: what the README advises to keep
+    /// the replay memory across a restart.
+    pub fn start_persistent() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> RedisServer {
         let mut r = RedisServer {
             port: free_port(),
             child: None,
-            dir,
+            dir: tempfile::tempdir().unwrap(),
+            persistent,
         };
         r.restart();
         r
@@ -38,7 +52,11 @@ impl RedisServer {
     pub fn restart(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--save", "", "--protected-mode", "no"])
+            .args(match self.persistent {
+                true => ["--appendonly", "yes", "--appendfsync", "always"],
+                false => ["--appendonly", "no", "--appendfsync", "everysec"],
+            })
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
