@@ -81,36 +81,70 @@ fn sighup_rotates_a_file_secret_adds_a_route_and_refuses_an_invalid_file() {
         .assert_error(401, "missing_signature");
 }
 
-#[test]
-fn sigterm_exits_zero() {
-    let (_up, mut p) = rig();
+/// Sends a genuine delivery of `body` from another thread; its answer, or
+/// why there was none.
+fn deliver_in_background(p: &Proxy, body: &[u8]) -> thread::JoinHandle<Result<Response, String>> {
+    let raw = delivery(ROUTE, &sign(p.secret(), now(), body), body);
+    let listen = p.listen;
+    thread::spawn(move || {
+        let mut c = Client::connect(listen);
+        c.send(&raw);
+        c.try_read_response()
+    })
+}
+
+/// How long after `sig` a proxy with nothing in flight takes to exit.
+fn exits_promptly_on(sig: &str) {
+    let (up, mut p) = rig_with(|b| b.set("server.grace_period", "10s"));
     assert_eq!(
         p.deliver(&event_body(&event_id(), "inquiry.approved"))
             .status,
         200
     );
+    // An idle keep-alive connection is not a request in flight.
+    let mut idle = p.client();
+    assert_eq!(idle.request(&request("GET", "/app", &[], b"")).status, 200);
+    assert_eq!(up.count(), 2);
+    let sent = Instant::now();
     let st = p
-        .terminate(Duration::from_secs(15))
-        .expect("exits within 15 s of SIGTERM");
-    assert!(st.success(), "exit status {st:?}; stderr {}", p.stderr());
+        .stop_with(sig, Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("no exit within 15 s of SIG{sig}"));
+    let took = sent.elapsed();
+    assert!(
+        st.success(),
+        "SIG{sig}: exit status {st:?}; stderr {}",
+        p.stderr()
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "SIG{sig} with nothing in flight: exited after {took:?}, not well before the 10 s grace period"
+    );
+}
+
+#[test]
+fn sigterm_with_nothing_in_flight_exits_zero_at_once() {
+    exits_promptly_on("TERM");
+}
+
+#[test]
+fn sigint_with_nothing_in_flight_exits_zero_at_once() {
+    exits_promptly_on("INT");
 }
 
 #[test]
 fn sigterm_lets_a_slow_delivery_finish_then_exits_zero() {
     let (up, mut p) = rig_with(|b| b.set("server.grace_period", "10s"));
-    up.set_delay(Duration::from_millis(1500));
+    up.set_status(202);
+    up.set_body(b"taken while draining");
+    up.hold();
     let body = event_body(&event_id(), "inquiry.approved");
-    let raw = delivery(ROUTE, &sign(p.secret(), now(), &body), &body);
-    let listen = p.listen;
-    let in_flight = thread::spawn(move || one_shot(listen, &raw));
-    assert!(
-        wait_until(W, || up.heads() == 1),
-        "the delivery reached the app"
-    );
+    let in_flight = deliver_in_background(&p, &body);
+    wait_for("the delivery to reach the app", W, || up.heads() == 1);
 
     let sent = Instant::now();
     p.signal("TERM");
     // New connections are refused while the delivery is still in flight.
+    let listen = p.listen;
     assert!(
         wait_until(Duration::from_secs(1), || TcpStream::connect_timeout(
             &listen,
@@ -119,18 +153,210 @@ fn sigterm_lets_a_slow_delivery_finish_then_exits_zero() {
         .is_err()),
         "the listener still accepts after SIGTERM"
     );
-    let r = in_flight.join().unwrap();
     assert_eq!(
-        r.status,
-        200,
-        "the in-flight delivery completes: {}",
+        p.wait_exit(Duration::ZERO),
+        None,
+        "exited with a delivery in flight"
+    );
+    let released = Instant::now();
+    up.release();
+    let r = in_flight
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the in-flight delivery got no answer: {e}"));
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (202, &b"taken while draining"[..]),
+        "the in-flight delivery completes with the app's answer: {}",
         r.text()
     );
-    let st = p.terminate(Duration::from_secs(15)).expect("exits");
+    let st = p.wait_exit(Duration::from_secs(15)).expect("exits");
     let took = sent.elapsed();
     assert!(st.success(), "{st:?}");
     assert!(
         took < Duration::from_secs(10),
         "exited after {took:?}, beyond the grace period"
     );
+    assert!(
+        released.elapsed() < Duration::from_secs(3),
+        "exited {:?} after the last delivery ended: the drain waited for nothing",
+        released.elapsed()
+    );
+    assert_eq!(up.count(), 1);
+}
+
+/// The twin of the drain above: SIGINT stops at once, in-flight delivery or not.
+#[test]
+fn sigint_with_a_delivery_in_flight_stops_at_once() {
+    let (up, mut p) = rig_with(|b| b.set("server.grace_period", "10s"));
+    up.hold();
+    let in_flight = deliver_in_background(&p, &event_body(&event_id(), "inquiry.approved"));
+    wait_for("the delivery to reach the app", W, || up.heads() == 1);
+    let sent = Instant::now();
+    let st = p
+        .stop_with("INT", Duration::from_secs(15))
+        .expect("exits within 15 s of SIGINT");
+    let took = sent.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "SIGINT with a delivery in flight: exited after {took:?}"
+    );
+    assert!(st.success(), "exit status {st:?}; stderr {}", p.stderr());
+    // No answer at all (the connection closed) is fine; a 2xx is not.
+    if let Ok(r) = in_flight.join().unwrap() {
+        assert!(
+            !(200..300).contains(&r.status),
+            "the held delivery was answered {} {} by a stopped proxy",
+            r.status,
+            r.text()
+        );
+    }
+}
+
+/// SIGTERM while the app holds a delivery longer than `grace_period`: the
+/// process exits once the grace period is over, and the client is not told
+/// the delivery succeeded (with the memory store, that is what is observable).
+#[test]
+fn sigterm_past_the_grace_period_exits_without_a_2xx() {
+    let (up, mut p) = rig_with(|b| b.set("server.grace_period", "1s"));
+    up.hold();
+    let in_flight = deliver_in_background(&p, &event_body(&event_id(), "inquiry.approved"));
+    wait_for("the delivery to reach the app", W, || up.heads() == 1);
+    let sent = Instant::now();
+    let st = p
+        .stop_with("TERM", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("still running 10 s after SIGTERM with grace_period 1s"));
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited after {took:?}: the held delivery did not get its grace period"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "exited {took:?} after SIGTERM; grace_period is 1s"
+    );
+    assert!(st.success(), "exit status {st:?}; stderr {}", p.stderr());
+    if let Ok(r) = in_flight.join().unwrap() {
+        assert!(
+            !(200..300).contains(&r.status),
+            "the held delivery was answered {} {} after the grace period",
+            r.status,
+            r.text()
+        );
+    }
+    assert_eq!(up.count(), 1);
+}
+
+/// With the Redis store the same: and the held event is not marked delivered,
+/// so Persona's retry through a fresh proxy on the same Redis is forwarded
+/// (once the dead proxy's in-flight lease has run out), not `duplicate`.
+#[test]
+fn sigterm_past_the_grace_period_leaves_the_held_event_undelivered_in_redis() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let secret = secret();
+    let proxy = || {
+        Proxy::builder()
+            .upstream(&up)
+            .secrets(vec![secret.clone()])
+            .redis(&redis.url())
+            .set("server.grace_period", "1s")
+            .set("upstream.read_timeout", "4s")
+            .set("replay.inflight_ttl", "5s")
+            .start()
+    };
+    let mut first = proxy();
+    up.hold();
+    let id = event_id();
+    let body = event_body(&id, "inquiry.approved");
+    let in_flight = deliver_in_background(&first, &body);
+    wait_for("the delivery to reach the app", W, || up.heads() == 1);
+    let sent = Instant::now();
+    let st = first
+        .stop_with("TERM", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("still running 10 s after SIGTERM with grace_period 1s"));
+    let took = sent.elapsed();
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(4)).contains(&took),
+        "exited {took:?} after SIGTERM; grace_period is 1s"
+    );
+    assert!(
+        st.success(),
+        "exit status {st:?}; stderr {}",
+        first.stderr()
+    );
+    if let Ok(r) = in_flight.join().unwrap() {
+        assert!(
+            !(200..300).contains(&r.status),
+            "the held delivery was answered {} {}",
+            r.status,
+            r.text()
+        );
+    }
+    // The app finishes with the old request: its answer goes nowhere.
+    up.release();
+
+    let second = proxy();
+    let r = second.deliver_after_inflight(&body, Duration::from_secs(15));
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, DEFAULT_UPSTREAM_BODY),
+        "the retry after the exit must reach the app: {}",
+        r.text()
+    );
+    let recs = up.wait_for_requests(2, W);
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert_eq!(recs[1].header(TRUSTED_ID), Some(id.as_str()));
+    // Now it is delivered.
+    second.deliver(&body).assert_status_json(200, "duplicate");
+}
+
+/// A SIGHUP while the app holds a delivery: the new configuration takes effect
+/// for new requests, the held delivery completes with the app's answer, is
+/// forwarded once, and is remembered (its retry is `duplicate`).
+#[test]
+fn sighup_with_a_delivery_in_flight_lets_it_complete_and_remembers_it() {
+    let (up, p) = rig();
+    up.set_status(202);
+    up.set_body(b"taken across the reload");
+    up.hold();
+    let id = event_id();
+    let body = event_body(&id, "inquiry.approved");
+    let in_flight = deliver_in_background(&p, &body);
+    wait_for("the delivery to reach the app", W, || up.heads() == 1);
+
+    // A changed, valid file: an allow-list on the route and a new route.
+    p.edit_config(|b| {
+        b.route(|r| r.set("events", vec!["inquiry.*"]))
+            .add_route("/hooks/added", |r| r)
+    });
+    p.reload_ok();
+    p.post("/hooks/added", &[], b"{}")
+        .assert_error(401, "missing_signature");
+    p.deliver(&event_body(&event_id(), "account.created"))
+        .assert_status_json(200, "ignored");
+    assert!(
+        !in_flight.is_finished(),
+        "the held delivery ended during the reload"
+    );
+
+    up.release();
+    let r = in_flight
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the held delivery got no answer: {e}"));
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (202, &b"taken across the reload"[..]),
+        "{}",
+        r.text()
+    );
+    p.deliver(&body).assert_status_json(200, "duplicate");
+    for outcome in ["forwarded", "ignored", "duplicate"] {
+        p.wait_for_outcome(ROUTE, outcome, 1);
+    }
+    let recs = up.requests();
+    assert_eq!(recs.len(), 1, "forwarded more than once: {recs:?}");
+    assert_eq!(recs[0].header(TRUSTED_ID), Some(id.as_str()));
+    assert_eq!(recs[0].body, body);
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
@@ -276,4 +276,95 @@ fn route_and_event_id_never_collide_in_redis_keys() {
         "{keys}"
     );
     assert!(keys.contains(&format!("persona-guard:/a:b:{id}")), "{keys}");
+}
+
+/// Redis slower than `redis_timeout` (paused with SIGSTOP): the delivery is
+/// answered 503 `replay_store_unavailable` within about `redis_timeout` and
+/// nothing is forwarded; once Redis answers again the same event is delivered.
+#[test]
+fn redis_slower_than_redis_timeout_fails_closed_in_time_then_recovers() {
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let redis = RedisServer::start();
+    let (up, p) = rig_with(|b| b.redis(&redis.url()).set("replay.redis_timeout", "500ms"));
+    assert_eq!(
+        p.deliver(&event_body(&event_id(), "inquiry.approved"))
+            .status,
+        200,
+        "a delivery before the pause"
+    );
+    let body = event_body(&event_id(), "inquiry.approved");
+    {
+        let _paused = redis.pause();
+        let started = Instant::now();
+        let r = p.deliver(&body);
+        let took = started.elapsed();
+        r.assert_error(503, "replay_store_unavailable");
+        assert!(
+            took < TIMEOUT + Duration::from_millis(1500),
+            "503 after {took:?}; redis_timeout is {TIMEOUT:?}"
+        );
+        assert_eq!(up.count(), 1, "nothing forwarded while Redis is paused");
+        assert_eq!(p.readyz(), 503, "not ready while Redis does not answer");
+        assert!(
+            p.metric("persona_guard_replay_store_errors_total{op=\"claim\"}") >= 1.0,
+            "{}",
+            p.metrics()
+        );
+    } // SIGCONT
+    // The timed-out claim may still land as an in-flight mark; the proxy
+    // releases it by its token, so the retry goes through after at most a 409.
+    let r = p.deliver_after_inflight(&body, Duration::from_secs(15));
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, DEFAULT_UPSTREAM_BODY),
+        "after SIGCONT: {}",
+        r.text()
+    );
+    assert_eq!(up.count(), 2);
+    wait_for("readyz 200 after SIGCONT", W, || p.readyz() == 200);
+    p.deliver(&body).assert_status_json(200, "duplicate");
+}
+
+/// The twin with `on_store_error = "allow"`: the delivery is forwarded,
+/// without replay protection, within about `redis_timeout`; once Redis answers
+/// again deliveries are protected again.
+#[test]
+fn redis_slower_than_redis_timeout_fails_open_with_allow() {
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let redis = RedisServer::start();
+    let (up, p) = rig_with(|b| {
+        b.redis(&redis.url())
+            .set("replay.redis_timeout", "500ms")
+            .set("replay.on_store_error", "allow")
+    });
+    {
+        let _paused = redis.pause();
+        let id = event_id();
+        let started = Instant::now();
+        let r = p.deliver(&event_body(&id, "inquiry.approved"));
+        let took = started.elapsed();
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, DEFAULT_UPSTREAM_BODY),
+            "forwarded while Redis is paused: {}",
+            r.text()
+        );
+        assert!(
+            took < TIMEOUT + Duration::from_millis(1500),
+            "answered after {took:?}; redis_timeout is {TIMEOUT:?}"
+        );
+        let recs = up.wait_for_requests(1, W);
+        assert_eq!(recs[0].header(TRUSTED_ID), Some(id.as_str()));
+        assert_eq!(p.metric("persona_guard_replay_fail_open_total"), 1.0);
+    } // SIGCONT
+    let body = event_body(&event_id(), "inquiry.approved");
+    let r = p.deliver(&body);
+    assert_eq!(r.status, 200, "after SIGCONT: {}", r.text());
+    p.deliver(&body).assert_status_json(200, "duplicate");
+    assert_eq!(up.count(), 2);
+    assert_eq!(
+        p.metric("persona_guard_replay_fail_open_total"),
+        1.0,
+        "protected again after SIGCONT"
+    );
 }
