@@ -5,8 +5,9 @@
 //! - `client.rs`: a raw HTTP/1.1 client: request bytes as sent, responses as read.
 //! - `upstream.rs`: the application: a recording upstream whose answer, delay
 //!   and hold the test controls, and a scripted one that answers raw bytes.
-//! - `proxy.rs`: the `persona-guard` process: its configuration (one builder
-//!   over a `toml::Table`), start, signals, logs, metrics and admin calls.
+//! - `config.rs`: a proxy's configuration: one builder over a `toml::Table`.
+//! - `proxy.rs`: the `persona-guard` process: start, signals, logs, metrics and
+//!   admin calls; the binary's other subcommands.
 //! - `redis.rs`: a real `redis-server` child, stoppable and pausable.
 //!
 //! Waiting is done by polling a condition with a deadline ([`wait_until`],
@@ -16,12 +17,14 @@
 #![allow(dead_code)]
 
 mod client;
+mod config;
 mod persona;
 mod proxy;
 mod redis;
 mod upstream;
 
 pub use client::*;
+pub use config::*;
 pub use persona::*;
 pub use proxy::*;
 pub use redis::*;
