@@ -2,9 +2,8 @@
 
 use std::fs;
 use std::process::Output;
-use std::time::Duration;
 
-use crate::common::*;
+use crate::harness::*;
 
 fn valid_config(secret_ref: &str) -> String {
     format!(
@@ -271,8 +270,7 @@ fn sign_output_verifies_independently() {
 
 #[test]
 fn signed_by_cli_is_accepted_by_proxy() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     let out = run_cli(
@@ -780,9 +778,7 @@ fn run_never_prints_a_secret_written_in_the_wrong_place() {
 
 #[test]
 fn a_refused_reload_never_logs_a_secret_written_in_the_wrong_place() {
-    const W: Duration = Duration::from_secs(10);
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let original = fs::read_to_string(&p.config).unwrap();
     let secrets_line = "secrets = [\"env:PERSONA_WEBHOOK_SECRET\"]";
     assert!(original.contains(secrets_line), "{original}");

@@ -3,9 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::*;
+use crate::harness::*;
 
-const W: Duration = Duration::from_secs(10);
 const MIB: usize = 1024 * 1024;
 
 /// Resident memory of a process, from /proc (kB → bytes).
@@ -33,12 +32,10 @@ fn forged_head(len: usize) -> Vec<u8> {
 
 #[test]
 fn bodies_past_the_memory_budget_are_503_before_any_byte_is_read() {
-    let up = Upstream::start();
-    let p = proxy()
-        .upstream(&up)
-        .max_body("1MiB")
-        .extra_toml("[server]\nmax_buffered = \"3MiB\"\n")
-        .start();
+    let (up, p) = rig_with(|b| {
+        b.route(|r| r.set("max_body", "1MiB"))
+            .set("server.max_buffered", "3MiB")
+    });
     // Three slow forged deliveries hold 1 MiB each: the whole budget.
     let mut slow: Vec<Client> = (0..3)
         .map(|_| {
@@ -106,12 +103,10 @@ fn bodies_past_the_memory_budget_are_503_before_any_byte_is_read() {
 fn memory_stays_within_the_budget_under_a_flood_of_large_forged_bodies() {
     const CLIENTS: usize = 100;
     const BUDGET_MIB: usize = 16;
-    let up = Upstream::start();
-    let p = proxy()
-        .upstream(&up)
-        .max_body("1MiB")
-        .extra_toml(&format!("[server]\nmax_buffered = \"{BUDGET_MIB}MiB\"\n"))
-        .start();
+    let (up, p) = rig_with(|b| {
+        b.route(|r| r.set("max_body", "1MiB"))
+            .set("server.max_buffered", format!("{BUDGET_MIB}MiB"))
+    });
     // Warm up: one genuine delivery, so allocator and pools exist.
     assert_eq!(
         p.deliver(&event_body(&event_id(), "inquiry.approved"))
@@ -140,6 +135,7 @@ fn memory_stays_within_the_budget_under_a_flood_of_large_forged_bodies() {
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut peak = rss(p.pid());
     while Instant::now() < deadline {
+        // Sampling RSS over a fixed window: the interval is the measurement.
         std::thread::sleep(Duration::from_millis(100));
         peak = peak.max(rss(p.pid()));
     }
@@ -191,9 +187,9 @@ fn read_until_closed(addr: std::net::SocketAddr, raw: &[u8]) -> Vec<u8> {
 
 fn scripted_proxy(replies: Vec<Reply>, read_timeout: &str) -> (ScriptedUpstream, Proxy) {
     let up = ScriptedUpstream::start_with(replies);
-    let p = proxy()
-        .upstream_literal(&format!("http://{}", up.addr))
-        .read_timeout(read_timeout)
+    let p = Proxy::builder()
+        .set("upstream.address", format!("http://{}", up.addr))
+        .set("upstream.read_timeout", read_timeout)
         .start();
     (up, p)
 }
@@ -380,9 +376,9 @@ fn a_truncated_app_response_resets_the_http2_stream() {
     ]);
     let pki = Pki::new();
     let leaf = pki.leaf("server");
-    let p = proxy()
-        .upstream_literal(&format!("http://{}", up.addr))
-        .listen_toml(&listen_tls(&leaf))
+    let p = Proxy::builder()
+        .set("upstream.address", format!("http://{}", up.addr))
+        .apply(listen_tls(&leaf))
         .start();
     let (pki, addr) = (&pki, p.listen);
     let rt = tokio::runtime::Builder::new_current_thread()

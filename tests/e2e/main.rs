@@ -1,18 +1,32 @@
 //! Black-box end-to-end tests of the `persona-guard` binary (see `docs/behaviour.md`).
 //!
-//! Each test starts its own recording upstream and its own proxy process on
-//! free ports, so tests are independent and run in parallel.
+//! Each test starts its own upstream and its own proxy process on free
+//! loopback ports, so tests are independent and run in parallel. What goes where:
 
+/// The harness: client, upstreams, the proxy process, Persona's signing, Redis.
+mod harness;
+
+/// `check` and `sign`; configuration errors never quote the file (SPEC §5, §6).
 mod cli;
-mod common;
+/// Ambiguous framing is refused and nothing ambiguous is forwarded (SPEC §2).
 mod framing;
+/// Hostile load and broken upstreams: the body budget, truncated and interim answers.
 mod hostile;
+/// SIGHUP, SIGTERM and SIGINT, with and without deliveries in flight (SPEC §5).
+mod lifecycle;
+/// Logs, admin endpoints, metrics, and the timeouts on slow and idle clients.
 mod operations;
-mod ops;
+/// Paths under no route (SPEC §3).
 mod passthrough;
+/// Route matching and path normalisation (SPEC §3).
 mod paths;
+/// The Redis replay store, shared by replicas; Redis down, slow or cutting connections (SPEC §4).
 mod redis;
+/// The differential router suite: real frameworks behind the proxy.
 mod routers;
+/// The fault soak: nothing lost, nothing doubled while the app and Redis fail.
 mod soak;
+/// TLS on the listener, HTTP/2, certificate reloads, a TLS upstream.
 mod tls;
+/// Outcomes on a webhook route (SPEC §1, §2).
 mod webhook;

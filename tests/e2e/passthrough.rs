@@ -3,16 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::*;
-
-const W: Duration = Duration::from_secs(10);
+use crate::harness::*;
 
 #[test]
 fn passthrough_get_and_post_forwarded_unchanged() {
-    let up = Upstream::start();
+    let (up, p) = rig();
     up.set_status(201);
     up.set_body(b"created-by-app");
-    let p = proxy().upstream(&up).start();
 
     let r = p.send(&request(
         "GET",
@@ -68,8 +65,7 @@ fn passthrough_get_and_post_forwarded_unchanged() {
 
 #[test]
 fn spoofed_trusted_headers_are_removed_on_passthrough() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let r = p.send(&request(
         "POST",
         "/app/hook",
@@ -99,8 +95,7 @@ fn spoofed_trusted_headers_are_removed_on_passthrough() {
 
 #[test]
 fn passthrough_upstream_down_is_502() {
-    let mut up = Upstream::start();
-    let p = proxy().upstream(&up).connect_timeout("1s").start();
+    let (mut up, p) = rig_with(|b| b.set("upstream.connect_timeout", "1s"));
     up.stop();
     let r = p.send(&request("GET", "/app/health", &[], b""));
     r.assert_error(502, "upstream_unavailable");
@@ -111,9 +106,8 @@ fn passthrough_upstream_down_is_502() {
 
 #[test]
 fn passthrough_slow_upstream_is_504() {
-    let up = Upstream::start();
+    let (up, p) = rig_with(|b| b.set("upstream.read_timeout", "1s"));
     up.set_delay(Duration::from_secs(4));
-    let p = proxy().upstream(&up).read_timeout("1s").start();
     let started = Instant::now();
     let r = p.send(&request("GET", "/app/slow", &[], b""));
     r.assert_error(504, "upstream_timeout");
@@ -129,8 +123,7 @@ fn passthrough_slow_upstream_is_504() {
 /// connection, mixed with a delivery, every body arrives byte-identical, in order.
 #[test]
 fn buffered_and_streaming_passthrough_share_a_keepalive_connection() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let limit = 64 * 1024;
     let pattern = |n: usize| -> Vec<u8> { (0..n).map(|i| b'a' + (i % 26) as u8).collect() };
     let bodies: Vec<Vec<u8>> = vec![
@@ -185,8 +178,7 @@ fn buffered_and_streaming_passthrough_share_a_keepalive_connection() {
 /// next request on the same client connection succeeds once the app is back.
 #[test]
 fn buffered_passthrough_survives_an_upstream_restart() {
-    let mut up = Upstream::start();
-    let p = proxy().upstream(&up).connect_timeout("1s").start();
+    let (mut up, p) = rig_with(|b| b.set("upstream.connect_timeout", "1s"));
     let mut c = p.client();
     assert_eq!(
         c.request(&request("POST", "/app/a", &[], b"one")).status,
@@ -221,8 +213,8 @@ fn buffered_passthrough_relays_every_response_framing() {
         b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end".to_vec(),
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter".to_vec(),
     ]);
-    let p = proxy()
-        .upstream_literal(&format!("http://{}", up.addr))
+    let p = Proxy::builder()
+        .set("upstream.address", format!("http://{}", up.addr))
         .start();
     let mut c = p.client();
     let r = c.request(&request("POST", "/app/chunked", &[], b"one"));
@@ -261,8 +253,7 @@ fn buffered_passthrough_relays_every_response_framing() {
 /// client that hangs up mid-body sends the app nothing.
 #[test]
 fn buffered_passthrough_client_behaviour() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
 
     let mut c = p.client();
     let r = c.request(&request(
@@ -283,6 +274,7 @@ fn buffered_passthrough_client_behaviour() {
     let mut c = p.client();
     c.send(&raw[..head_len]);
     for piece in body.chunks(1000) {
+        // A slow sender: the pauses are the test.
         std::thread::sleep(Duration::from_millis(300));
         c.send(piece);
     }
@@ -292,7 +284,8 @@ fn buffered_passthrough_client_behaviour() {
     let mut c = p.client();
     c.send(&raw[..head_len + 100]);
     drop(c);
-    std::thread::sleep(Duration::from_millis(500));
+    // Counted once the proxy has given up on it: nothing of it can follow.
+    p.wait_for_outcome_anywhere("client_error", 1);
     let recs = up.wait_for_requests(2, W);
     assert_eq!(
         recs.len(),

@@ -1,130 +1,36 @@
 //! The Redis replay store: two persona-guard processes sharing one real
 //! `redis-server` (started here on a free loopback port, persistence off).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::fs;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::common::*;
+use crate::harness::*;
 
-const W: Duration = Duration::from_secs(10);
-
-/// A real redis-server child process, stopped by its own PID.
-pub struct RedisServer {
-    pub port: u16,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    pub fn start() -> RedisServer {
-        let dir = tempfile::tempdir().unwrap();
-        let mut r = RedisServer {
-            port: free_port(),
-            child: None,
-            dir,
-        };
-        r.restart();
-        r
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    /// Starts (again) on the same port.
-    pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}). The Redis tests need it: \
-                     `apt-get install redis-server` (scripts/test.sh installs it)"
-                )
-            });
-        self.child = Some(child);
-        assert!(
-            wait_until(W, || self.ping()),
-            "redis-server did not answer PING on port {}",
-            self.port
-        );
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        assert!(
-            wait_until(W, || !self.ping()),
-            "redis still answers after stop"
-        );
-    }
-
-    /// A raw RESP command; returns the reply bytes.
-    pub fn command(&self, args: &[&str]) -> Option<Vec<u8>> {
-        let mut s = TcpStream::connect_timeout(&self.addr(), Duration::from_millis(300)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(req.as_bytes()).ok()?;
-        let mut buf = [0u8; 4096];
-        let n = s.read(&mut buf).ok()?;
-        Some(buf[..n].to_vec())
-    }
-
-    pub fn ping(&self) -> bool {
-        self.command(&["PING"])
-            .is_some_and(|r| r.starts_with(b"+PONG"))
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn pair(up: &Upstream, redis: &RedisServer, extra_replay: &str) -> (Proxy, Proxy) {
+/// Two replicas in front of `up`, sharing `redis` and a secret, each
+/// configured by `f` too.
+fn pair(
+    up: &Upstream,
+    redis: &RedisServer,
+    f: impl Fn(ProxyBuilder) -> ProxyBuilder,
+) -> (Proxy, Proxy) {
     let secret = secret();
     let make = || {
-        proxy()
+        f(Proxy::builder()
             .upstream(up)
             .secrets(vec![secret.clone()])
-            .redis(&redis.url())
-            .replay_toml(extra_replay)
-            .start()
+            .redis(&redis.url()))
+        .start()
     };
     (make(), make())
-}
-
-fn readyz(p: &Proxy) -> u16 {
-    one_shot(p.admin, &request("GET", "/readyz", &[], b"")).status
 }
 
 #[test]
 fn delivered_through_a_replayed_through_b_is_a_duplicate() {
     let redis = RedisServer::start();
     let up = Upstream::start();
-    let (a, b) = pair(&up, &redis, "");
+    let (a, b) = pair(&up, &redis, |b| b);
     let body = event_body(&event_id(), "inquiry.approved");
     assert_eq!(a.deliver(&body).status, 200);
     b.deliver(&body).assert_status_json(200, "duplicate");
@@ -132,7 +38,7 @@ fn delivered_through_a_replayed_through_b_is_a_duplicate() {
     // The mark lives in Redis, readable by operators.
     let keys = redis.command(&["KEYS", "persona-guard:*"]).unwrap();
     assert!(String::from_utf8_lossy(&keys).contains("/webhooks/persona:evt_"));
-    assert_eq!(readyz(&a), 200);
+    assert_eq!(a.readyz(), 200);
 }
 
 #[test]
@@ -140,7 +46,7 @@ fn concurrent_identical_deliveries_over_two_replicas_forward_once() {
     let redis = RedisServer::start();
     let up = Upstream::start();
     up.set_delay(Duration::from_millis(500));
-    let (a, b) = pair(&up, &redis, "");
+    let (a, b) = pair(&up, &redis, |b| b);
     let body = Arc::new(event_body(&event_id(), "inquiry.approved"));
     let secret = a.secret().to_string();
     let targets = [a.listen, b.listen];
@@ -186,7 +92,7 @@ fn concurrent_identical_deliveries_over_two_replicas_forward_once() {
 fn upstream_failure_through_a_then_retry_through_b_is_forwarded() {
     let redis = RedisServer::start();
     let up = Upstream::start();
-    let (a, b) = pair(&up, &redis, "");
+    let (a, b) = pair(&up, &redis, |b| b);
     let body = event_body(&event_id(), "inquiry.approved");
     up.set_status(500);
     assert_eq!(a.deliver(&body).status, 500);
@@ -200,7 +106,7 @@ fn upstream_failure_through_a_then_retry_through_b_is_forwarded() {
 fn redis_down_fails_closed_then_recovers_without_restart() {
     let mut redis = RedisServer::start();
     let up = Upstream::start();
-    let (a, _b) = pair(&up, &redis, "redis_timeout = \"300ms\"\n");
+    let (a, _b) = pair(&up, &redis, |b| b.set("replay.redis_timeout", "300ms"));
     assert_eq!(
         a.deliver(&event_body(&event_id(), "inquiry.approved"))
             .status,
@@ -212,7 +118,7 @@ fn redis_down_fails_closed_then_recovers_without_restart() {
     a.deliver(&body)
         .assert_error(503, "replay_store_unavailable");
     assert_eq!(up.count(), 1, "nothing forwarded while the store is down");
-    assert_eq!(readyz(&a), 503);
+    assert_eq!(a.readyz(), 503);
     // Passthrough traffic does not depend on the store.
     assert_eq!(a.post("/health-of-app", &[], b"").status, 200);
     assert!(
@@ -222,16 +128,10 @@ fn redis_down_fails_closed_then_recovers_without_restart() {
     );
 
     redis.restart();
-    let end = Instant::now() + W;
-    let r = loop {
-        let r = a.deliver(&body);
-        if r.status != 503 || Instant::now() >= end {
-            break r;
-        }
-        thread::sleep(Duration::from_millis(100));
-    };
+    let r = poll(W, || Some(a.deliver(&body)).filter(|r| r.status != 503))
+        .expect("deliveries still 503 after Redis came back");
     assert_eq!(r.status, 200, "after Redis came back: {}", r.text());
-    assert!(wait_until(W, || readyz(&a) == 200));
+    assert!(wait_until(W, || a.readyz() == 200));
     a.deliver(&body).assert_status_json(200, "duplicate");
 }
 
@@ -239,11 +139,10 @@ fn redis_down_fails_closed_then_recovers_without_restart() {
 fn fail_open_forwards_while_redis_is_down() {
     let mut redis = RedisServer::start();
     let up = Upstream::start();
-    let (a, _b) = pair(
-        &up,
-        &redis,
-        "redis_timeout = \"300ms\"\non_store_error = \"allow\"\n",
-    );
+    let (a, _b) = pair(&up, &redis, |b| {
+        b.set("replay.redis_timeout", "300ms")
+            .set("replay.on_store_error", "allow")
+    });
     redis.stop();
     let body = event_body(&event_id(), "inquiry.approved");
     assert_eq!(a.deliver(&body).status, 200);
@@ -258,17 +157,10 @@ fn fail_open_forwards_while_redis_is_down() {
 fn delivered_mark_expires_after_ttl() {
     let redis = RedisServer::start();
     let up = Upstream::start();
-    let secret = secret();
-    let mk = || {
-        proxy()
-            .upstream(&up)
-            .secrets(vec![secret.clone()])
-            .redis(&redis.url())
-            .tolerance("1s")
-            .ttl("2s")
-            .start()
-    };
-    let (a, b) = (mk(), mk());
+    let (a, b) = pair(&up, &redis, |b| {
+        b.route(|r| r.set("tolerance", "1s"))
+            .set("replay.ttl", "2s")
+    });
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     assert_eq!(a.deliver(&body).status, 200);
@@ -290,12 +182,10 @@ fn delivered_mark_expires_after_ttl() {
 /// retried on a new connection, not count as a store error.
 fn idle_cut(on_store_error: &str) -> (RedisServer, Upstream, Proxy) {
     let redis = RedisServer::start();
-    let up = Upstream::start();
-    let p = proxy()
-        .upstream(&up)
-        .redis(&redis.url())
-        .replay_toml(&format!("on_store_error = \"{on_store_error}\"\n"))
-        .start();
+    let (up, p) = rig_with(|b| {
+        b.redis(&redis.url())
+            .set("replay.on_store_error", on_store_error)
+    });
     let set = redis.command(&["CONFIG", "SET", "timeout", "1"]).unwrap();
     assert!(set.starts_with(b"+OK"), "{}", String::from_utf8_lossy(&set));
     // A first delivery opens (warms) the proxy's connection to Redis.
@@ -305,8 +195,11 @@ fn idle_cut(on_store_error: &str) -> (RedisServer, Upstream, Proxy) {
         200
     );
     assert_eq!(up.count(), 1);
-    // Redis drops the connection once it has been idle for over a second.
-    thread::sleep(Duration::from_millis(2500));
+    // Redis drops the connection once it has been idle for over a second:
+    // wait until the only client left is the one asking.
+    wait_for("Redis to cut the proxy's idle connections", W, || {
+        redis.clients() == 1
+    });
     (redis, up, p)
 }
 
@@ -349,12 +242,11 @@ fn route_and_event_id_never_collide_in_redis_keys() {
     // Before, keys were `<prefix><route>:<event id>`: route `/a:b` with event
     // `X` and route `/a` with event `b:X` were both `<prefix>/a:b:X`.
     let redis = RedisServer::start();
-    let up = Upstream::start();
-    let mut b = proxy().upstream(&up).redis(&redis.url());
-    b.route_path = "/a:b".into();
-    let p = b
-        .extra_toml("[[route]]\npath = \"/a\"\nsecrets = [\"env:PERSONA_WEBHOOK_SECRET\"]\n")
-        .start();
+    let (up, p) = rig_with(|b| {
+        b.redis(&redis.url())
+            .route(|r| r.set("path", "/a:b"))
+            .add_route("/a", |r| r)
+    });
     let id = event_id();
     let send = |path: &str, id: &str| {
         let body = event_body(id, "inquiry.approved");
@@ -385,4 +277,151 @@ fn route_and_event_id_never_collide_in_redis_keys() {
         "{keys}"
     );
     assert!(keys.contains(&format!("persona-guard:/a:b:{id}")), "{keys}");
+}
+
+/// Redis slower than `redis_timeout` (paused with SIGSTOP): the delivery is
+/// answered 503 `replay_store_unavailable` within about `redis_timeout` and
+/// nothing is forwarded; once Redis answers again the same event is delivered.
+#[test]
+fn redis_slower_than_redis_timeout_fails_closed_in_time_then_recovers() {
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let redis = RedisServer::start();
+    let (up, p) = rig_with(|b| b.redis(&redis.url()).set("replay.redis_timeout", "500ms"));
+    assert_eq!(
+        p.deliver(&event_body(&event_id(), "inquiry.approved"))
+            .status,
+        200,
+        "a delivery before the pause"
+    );
+    let body = event_body(&event_id(), "inquiry.approved");
+    {
+        let _paused = redis.pause();
+        let started = Instant::now();
+        let r = p.deliver(&body);
+        let took = started.elapsed();
+        r.assert_error(503, "replay_store_unavailable");
+        assert!(
+            took < TIMEOUT + Duration::from_millis(1500),
+            "503 after {took:?}; redis_timeout is {TIMEOUT:?}"
+        );
+        assert_eq!(up.count(), 1, "nothing forwarded while Redis is paused");
+        assert_eq!(p.readyz(), 503, "not ready while Redis does not answer");
+        assert!(
+            p.metric("persona_guard_replay_store_errors_total{op=\"claim\"}") >= 1.0,
+            "{}",
+            p.metrics()
+        );
+    } // SIGCONT
+    // The timed-out claim may still land as an in-flight mark; the proxy
+    // releases it by its token, so the retry goes through after at most a 409.
+    let r = p.deliver_after_inflight(&body, Duration::from_secs(15));
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, DEFAULT_UPSTREAM_BODY),
+        "after SIGCONT: {}",
+        r.text()
+    );
+    assert_eq!(up.count(), 2);
+    wait_for("readyz 200 after SIGCONT", W, || p.readyz() == 200);
+    p.deliver(&body).assert_status_json(200, "duplicate");
+}
+
+/// The twin with `on_store_error = "allow"`: the delivery is forwarded,
+/// without replay protection, within about `redis_timeout`; once Redis answers
+/// again deliveries are protected again.
+#[test]
+fn redis_slower_than_redis_timeout_fails_open_with_allow() {
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let redis = RedisServer::start();
+    let (up, p) = rig_with(|b| {
+        b.redis(&redis.url())
+            .set("replay.redis_timeout", "500ms")
+            .set("replay.on_store_error", "allow")
+    });
+    {
+        let _paused = redis.pause();
+        let id = event_id();
+        let started = Instant::now();
+        let r = p.deliver(&event_body(&id, "inquiry.approved"));
+        let took = started.elapsed();
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, DEFAULT_UPSTREAM_BODY),
+            "forwarded while Redis is paused: {}",
+            r.text()
+        );
+        assert!(
+            took < TIMEOUT + Duration::from_millis(1500),
+            "answered after {took:?}; redis_timeout is {TIMEOUT:?}"
+        );
+        let recs = up.wait_for_requests(1, W);
+        assert_eq!(recs[0].header(TRUSTED_ID), Some(id.as_str()));
+        assert_eq!(p.metric("persona_guard_replay_fail_open_total"), 1.0);
+    } // SIGCONT
+    let body = event_body(&event_id(), "inquiry.approved");
+    let r = p.deliver(&body);
+    assert_eq!(r.status, 200, "after SIGCONT: {}", r.text());
+    p.deliver(&body).assert_status_json(200, "duplicate");
+    assert_eq!(up.count(), 2);
+    assert_eq!(
+        p.metric("persona_guard_replay_fail_open_total"),
+        1.0,
+        "protected again after SIGCONT"
+    );
+}
+
+#[test]
+fn a_rotated_redis_password_takes_effect_on_sighup() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pw_file = dir.path().join("redis-password");
+    fs::write(&pw_file, "first-password\n").unwrap();
+    assert!(
+        redis
+            .command(&["CONFIG", "SET", "requirepass", "first-password"])
+            .is_some_and(|r| r.starts_with(b"+OK"))
+    );
+    let up = Upstream::start();
+    let p = Proxy::builder()
+        .upstream(&up)
+        .redis(&redis.url())
+        .set(
+            "replay.redis_password",
+            format!("file:{}", pw_file.display()),
+        )
+        .set("replay.on_store_error", "reject")
+        .start();
+    assert_eq!(
+        p.deliver(&event_body(&event_id(), "inquiry.approved"))
+            .status,
+        200
+    );
+
+    // Rotate: Redis wants the new password, and drops every connection so
+    // that the old one is asked for again.
+    let rotate = redis.command_as(
+        "first-password",
+        &["CONFIG", "SET", "requirepass", "second-password"],
+    );
+    assert!(rotate.is_some_and(|r| r.starts_with(b"+OK")));
+    redis.command_as("second-password", &["CLIENT", "KILL", "TYPE", "normal"]);
+    p.deliver(&event_body(&event_id(), "inquiry.approved"))
+        .assert_error(503, "replay_store_unavailable");
+
+    // The mounted secret is updated in place, then SIGHUP.
+    fs::write(&pw_file, "second-password\n").unwrap();
+    let before = p.stderr();
+    p.reload_ok();
+    let log = p.stderr()[before.len()..].to_string();
+    assert!(log.contains("Redis client rebuilt"), "{log}");
+    assert!(log.contains("replay.redis_password"), "{log}");
+    assert!(
+        !log.contains("second-password"),
+        "the password is never logged"
+    );
+    let body = event_body(&event_id(), "inquiry.approved");
+    assert_eq!(p.deliver(&body).status, 200);
+    p.deliver(&body).assert_status_json(200, "duplicate");
+    assert_eq!(up.count(), 2, "the refused delivery never reached the app");
+    assert_eq!(p.readyz(), 200);
 }

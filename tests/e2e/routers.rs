@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::common::*;
+use crate::harness::*;
 use crate::tls::{Pki, h2_connect, listen_tls};
 
 const DEFAULT_TARGETS: usize = 2500;
@@ -505,11 +505,11 @@ fn suite(framework: Framework) {
     let app = App::start(framework);
     let pki = Pki::new();
     let leaf = pki.leaf("server");
-    let p = proxy().upstream_addr(app.addr).start();
-    let p2 = proxy()
+    let p = Proxy::builder().upstream_addr(app.addr).start();
+    let p2 = Proxy::builder()
         .upstream_addr(app.addr)
         .secrets(vec![p.secret().to_string()])
-        .listen_toml(&listen_tls(&leaf))
+        .apply(listen_tls(&leaf))
         .start();
 
     // 1. Genuine deliveries reach both handlers: the suite can see a success.

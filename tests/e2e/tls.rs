@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::common::*;
-
-const W: Duration = Duration::from_secs(10);
+use crate::harness::*;
 
 /// A private CA and leaf certificates for `localhost` / 127.0.0.1, as PEM files.
 pub struct Pki {
@@ -97,12 +95,13 @@ impl Pki {
     }
 }
 
-pub fn listen_tls(leaf: &Leaf) -> String {
-    format!(
-        "tls = {{ cert = \"{}\", key = \"{}\" }}\n",
-        leaf.cert.display(),
-        leaf.key.display()
-    )
+/// Serves the public listener over TLS with `leaf` (for [`ProxyBuilder::apply`]).
+pub fn listen_tls(leaf: &Leaf) -> impl FnOnce(ProxyBuilder) -> ProxyBuilder {
+    let (cert, key) = (
+        leaf.cert.display().to_string(),
+        leaf.key.display().to_string(),
+    );
+    move |b| b.set("listen.tls.cert", cert).set("listen.tls.key", key)
 }
 
 /// One HTTP/1.1 request over TLS; returns (status, body, server certificate DER).
@@ -136,11 +135,7 @@ fn closing(raw: Vec<u8>) -> Vec<u8> {
 fn tls_listener_verifies_and_forwards_http1() {
     let pki = Pki::new();
     let leaf = pki.leaf("server");
-    let up = Upstream::start();
-    let p = proxy()
-        .upstream(&up)
-        .listen_toml(&listen_tls(&leaf))
-        .start();
+    let (up, p) = rig_with(|b| b.apply(listen_tls(&leaf)));
     let body = event_body(&event_id(), "inquiry.approved");
     let good = closing(delivery(ROUTE, &sign(p.secret(), now(), &body), &body));
     let (status, _, der) = https_h1(&pki, p.listen, &good);
@@ -160,11 +155,7 @@ fn tls_listener_verifies_and_forwards_http1() {
 fn http2_client_delivery_is_verified_and_forwarded() {
     let pki = Pki::new();
     let leaf = pki.leaf("server");
-    let up = Upstream::start();
-    let p = proxy()
-        .upstream(&up)
-        .listen_toml(&listen_tls(&leaf))
-        .start();
+    let (up, p) = rig_with(|b| b.apply(listen_tls(&leaf)));
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     let sig = sign(p.secret(), now(), &body);
@@ -220,11 +211,7 @@ fn http2_client_delivery_is_verified_and_forwarded() {
 fn sighup_serves_a_renewed_certificate_without_restart() {
     let pki = Pki::new();
     let leaf = pki.leaf("server");
-    let up = Upstream::start();
-    let p = proxy()
-        .upstream(&up)
-        .listen_toml(&listen_tls(&leaf))
-        .start();
+    let (_up, p) = rig_with(|b| b.apply(listen_tls(&leaf)));
     let get = b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     assert_eq!(https_h1(&pki, p.listen, get).2, leaf.der);
 
@@ -346,12 +333,10 @@ fn upstream_over_tls_with_a_private_ca_and_upstream_host() {
     let leaf = pki.leaf("upstream");
     let (addr, seen) = tls_upstream(&leaf);
     let literal = format!("https://localhost:{}", addr.port());
-    let p = proxy()
-        .upstream_literal(&literal)
-        .upstream_toml(&format!(
-            "ca_file = \"{}\"\nhost_header = \"upstream\"\n",
-            pki.ca_file().display()
-        ))
+    let p = Proxy::builder()
+        .set("upstream.address", literal.as_str())
+        .set("upstream.ca_file", pki.ca_file().display().to_string())
+        .set("upstream.host_header", "upstream")
         .start();
     let body = event_body(&event_id(), "inquiry.approved");
     let r = p.deliver(&body);
@@ -367,7 +352,7 @@ fn upstream_over_tls_with_a_private_ca_and_upstream_host() {
     }
 
     // Without the private CA the upstream's certificate is not trusted.
-    let strict = proxy().upstream_literal(&literal).start();
+    let strict = Proxy::builder().set("upstream.address", literal).start();
     strict
         .deliver(&event_body(&event_id(), "inquiry.approved"))
         .assert_error(502, "upstream_unavailable");
@@ -483,15 +468,13 @@ impl RawTls {
 }
 
 /// A TLS proxy with the given `header_timeout` and `idle_timeout`.
-fn tls_proxy(pki: &Pki, up: &Upstream, header_timeout: &str, idle_timeout: &str) -> Proxy {
+fn tls_proxy(pki: &Pki, header_timeout: &str, idle_timeout: &str) -> (Upstream, Proxy) {
     let leaf = pki.leaf("server");
-    proxy()
-        .upstream(up)
-        .listen_toml(&listen_tls(&leaf))
-        .extra_toml(&format!(
-            "[server]\nheader_timeout = \"{header_timeout}\"\nidle_timeout = \"{idle_timeout}\"\n"
-        ))
-        .start()
+    rig_with(|b| {
+        b.apply(listen_tls(&leaf))
+            .set("server.header_timeout", header_timeout)
+            .set("server.idle_timeout", idle_timeout)
+    })
 }
 
 /// Closed about `header_timeout` (1 s here) after the connection began.
@@ -506,8 +489,7 @@ fn assert_cut_at_header_timeout(what: &str, took: Option<Duration>, limit: Durat
 #[test]
 fn a_new_connection_gets_header_timeout_for_tls_the_h2_handshake_and_its_first_head() {
     let pki = Pki::new();
-    let up = Upstream::start();
-    let p = tls_proxy(&pki, &up, "1s", "30s");
+    let (up, p) = tls_proxy(&pki, "1s", "30s");
     let limit = Duration::from_secs(6);
 
     // TCP only: the TLS handshake never starts (pingora alone waits 60 s).
@@ -562,8 +544,7 @@ fn a_new_connection_gets_header_timeout_for_tls_the_h2_handshake_and_its_first_h
 #[test]
 fn each_later_http2_request_head_must_complete_within_header_timeout() {
     let pki = Pki::new();
-    let up = Upstream::start();
-    let p = tls_proxy(&pki, &up, "1s", "30s");
+    let (up, p) = tls_proxy(&pki, "1s", "30s");
     let mut c = RawTls::connect(&pki, p.listen, b"h2");
     let mut hello = PREFACE.to_vec();
     hello.extend(h2_frame(SETTINGS, 0, 0, &[]));
@@ -587,7 +568,8 @@ fn each_later_http2_request_head_must_complete_within_header_timeout() {
     assert_eq!(up.wait_for_requests(1, W)[0].target, "/h2-raw");
 
     // The first head is in: the connection's head deadline is over, and only
-    // idle_timeout (30 s) applies between requests.
+    // idle_timeout (30 s) applies between requests. Idle past header_timeout:
+    // the pause is the test.
     std::thread::sleep(Duration::from_millis(1500));
     c.send(&h2_frame(PING, 0, 0, b"pingpong"));
     loop {
@@ -655,8 +637,7 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn an_idle_http2_connection_is_closed_after_idle_timeout() {
     let pki = Pki::new();
-    let up = Upstream::start();
-    let p = tls_proxy(&pki, &up, "1s", "3s");
+    let (up, p) = tls_proxy(&pki, "1s", "3s");
     runtime().block_on(async {
         let (mut client, conn) = h2_connect(&pki, p.listen).await;
         assert_eq!(h2_get(&mut client, p.listen, "/first").await, 200);
@@ -680,14 +661,14 @@ fn an_idle_http2_connection_is_closed_after_idle_timeout() {
 #[test]
 fn a_busy_http2_connection_stays_open_past_both_timeouts() {
     let pki = Pki::new();
-    let up = Upstream::start();
-    let p = tls_proxy(&pki, &up, "1s", "2s");
+    let (up, p) = tls_proxy(&pki, "1s", "2s");
     runtime().block_on(async {
         let (mut client, conn) = h2_connect(&pki, p.listen).await;
         let started = Instant::now();
         for i in 0..7 {
             let status = h2_get(&mut client, p.listen, &format!("/busy/{i}")).await;
             assert_eq!(status, 200, "request {i}");
+            // Busy at this pace past both timeouts: the pauses are the test.
             tokio::time::sleep(Duration::from_millis(700)).await;
         }
         assert!(started.elapsed() > Duration::from_secs(4));
@@ -725,11 +706,7 @@ fn install(leaf: &Leaf, extra: &str, running: &Leaf) {
 fn sighup_refuses_a_certificate_outside_its_validity_period() {
     let pki = Pki::new();
     let leaf = pki.leaf("server");
-    let up = Upstream::start();
-    let p = proxy()
-        .upstream(&up)
-        .listen_toml(&listen_tls(&leaf))
-        .start();
+    let (_up, p) = rig_with(|b| b.apply(listen_tls(&leaf)));
     assert_eq!(served(&pki, p.listen), leaf.der);
 
     for (n, (name, period, why)) in [
@@ -779,11 +756,7 @@ fn sighup_refuses_a_certificate_outside_its_validity_period() {
 fn sighup_warns_about_an_unrelated_certificate_in_the_chain_and_serves_it() {
     let pki = Pki::new();
     let leaf = pki.leaf("server");
-    let up = Upstream::start();
-    let p = proxy()
-        .upstream(&up)
-        .listen_toml(&listen_tls(&leaf))
-        .start();
+    let (_up, p) = rig_with(|b| b.apply(listen_tls(&leaf)));
     let warning = "did not sign";
 
     // A proper chain: the leaf, then the CA that signed it. No warning.
@@ -829,11 +802,14 @@ fn sighup_warns_about_an_unrelated_certificate_in_the_chain_and_serves_it() {
 fn an_expired_certificate_at_start_is_a_configuration_error() {
     let pki = Pki::new();
     let expired = pki.leaf_valid("expired", EXPIRED);
-    let builder = proxy().listen_toml(&listen_tls(&expired));
+    let builder = Proxy::builder().apply(listen_tls(&expired));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("expired.toml");
-    std::fs::write(&path, builder.toml(free_port(), free_port())).unwrap();
-    let env = [("PERSONA_WEBHOOK_SECRET", builder.secrets[0].as_str())];
+    std::fs::write(&path, builder.toml()).unwrap();
+    let env = [(
+        "PERSONA_WEBHOOK_SECRET",
+        builder.secret_values()[0].as_str(),
+    )];
     // `check` first: the old build would serve on `run` (and time out here).
     for cmd in ["check", "run"] {
         let out = run_cli(&[cmd, "--config", path.to_str().unwrap()], &env, None);

@@ -3,9 +3,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::common::*;
-
-const W: Duration = Duration::from_secs(10);
+use crate::harness::*;
 
 fn assert_trusted(rec: &Recorded, id: &str, name: &str) {
     assert_eq!(
@@ -30,10 +28,9 @@ fn assert_trusted(rec: &Recorded, id: &str, name: &str) {
 
 #[test]
 fn genuine_delivery_forwarded_byte_identical_with_trusted_headers() {
-    let up = Upstream::start();
+    let (up, p) = rig();
     up.set_status(202);
     up.set_body(br#"{"app":"accepted","n":1}"#);
-    let p = proxy().upstream(&up).start();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     let target = "/webhooks/persona?source=persona&b=%20x";
@@ -56,8 +53,7 @@ fn genuine_delivery_forwarded_byte_identical_with_trusted_headers() {
 
 #[test]
 fn event_without_created_at_gets_no_created_at_header() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let id = event_id();
     let body = format!(
         r#"{{"data":{{"type":"event","id":"{id}","attributes":{{"name":"inquiry.completed","payload":{{}}}}}}}}"#
@@ -76,8 +72,7 @@ fn event_without_created_at_gets_no_created_at_header() {
 
 #[test]
 fn missing_signature_is_401() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let body = event_body(&event_id(), "inquiry.approved");
     let resp = p.post(ROUTE, &[("Content-Type", "application/json")], &body);
     resp.assert_error(401, "missing_signature");
@@ -86,8 +81,7 @@ fn missing_signature_is_401() {
 
 #[test]
 fn malformed_signature_is_401() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let body = event_body(&event_id(), "inquiry.approved");
     let t = now();
     let good = hmac_hex(p.secret(), t, &body);
@@ -109,8 +103,7 @@ fn malformed_signature_is_401() {
 /// when each line verifies on its own; the same delivery with one line goes through.
 #[test]
 fn repeated_signature_header_is_401_malformed() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     let t = now();
@@ -129,7 +122,8 @@ fn repeated_signature_header_is_401_malformed() {
         );
         p.send(&raw).assert_error(401, "malformed_signature");
     }
-    thread::sleep(Duration::from_millis(200));
+    // Counted once each request is over: nothing of them can follow.
+    p.wait_for_outcome(ROUTE, "malformed_signature", 2);
     up.assert_nothing_seen("repeated Persona-Signature header");
     // Positive twin: one header line, same body and signature.
     let raw = request(
@@ -152,8 +146,7 @@ fn repeated_signature_header_is_401_malformed() {
 
 #[test]
 fn tampered_body_is_401_invalid_signature() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     let sig = sign(p.secret(), now(), &body);
@@ -170,8 +163,7 @@ fn tampered_body_is_401_invalid_signature() {
 
 #[test]
 fn wrong_secret_is_401_invalid_signature() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let body = event_body(&event_id(), "inquiry.approved");
     let resp = p.send(&delivery(ROUTE, &sign(&secret(), now(), &body), &body));
     resp.assert_error(401, "invalid_signature");
@@ -185,8 +177,7 @@ fn wrong_secret_is_401_invalid_signature() {
 
 #[test]
 fn stale_and_future_timestamps_are_401() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).tolerance("5m").start();
+    let (up, p) = rig_with(|b| b.route(|r| r.set("tolerance", "5m")));
     for t in [now() - 330, now() + 330, now() - 86_400, 0] {
         let body = event_body(&event_id(), "inquiry.approved");
         let resp = p.send(&delivery(ROUTE, &sign(p.secret(), t, &body), &body));
@@ -197,8 +188,7 @@ fn stale_and_future_timestamps_are_401() {
 
 #[test]
 fn timestamp_just_inside_tolerance_is_accepted() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).tolerance("5m").start();
+    let (up, p) = rig_with(|b| b.route(|r| r.set("tolerance", "5m")));
     for (i, off) in [-299i64, 299].into_iter().enumerate() {
         let id = event_id();
         let body = event_body(&id, "inquiry.approved");
@@ -215,8 +205,7 @@ fn timestamp_just_inside_tolerance_is_accepted() {
 
 #[test]
 fn liberal_signature_parsing_strict_acceptance() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let other = secret();
     type Mk = Box<dyn Fn(i64, &str, &str) -> String>;
     // (t, good hex, bad hex) -> header value
@@ -283,8 +272,7 @@ fn liberal_signature_parsing_strict_acceptance() {
 
 #[test]
 fn body_over_max_body_with_content_length_is_413() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).max_body("64KiB").start();
+    let (up, p) = rig_with(|b| b.route(|r| r.set("max_body", "64KiB")));
     let body = big_event_body(&event_id(), "inquiry.approved", 200 * 1024);
     let sig = sign(p.secret(), now(), &body);
     let raw = delivery(ROUTE, &sig, &body);
@@ -307,8 +295,7 @@ fn body_over_max_body_with_content_length_is_413() {
 
 #[test]
 fn chunked_body_over_max_body_is_413() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).max_body("64KiB").start();
+    let (up, p) = rig_with(|b| b.route(|r| r.set("max_body", "64KiB")));
     let body = big_event_body(&event_id(), "inquiry.approved", 300 * 1024);
     let head = signed_chunked_head(p.secret(), &body);
     let mut c = p.client();
@@ -321,8 +308,7 @@ fn chunked_body_over_max_body_is_413() {
 
 #[test]
 fn non_post_on_webhook_route_is_405() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let resp = p.send(&request("GET", ROUTE, &[], b""));
     resp.assert_error(405, "method_not_allowed");
     let body = event_body(&event_id(), "inquiry.approved");
@@ -336,8 +322,7 @@ fn non_post_on_webhook_route_is_405() {
 
 #[test]
 fn early_rejections_close_the_connection() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).max_body("64KiB").start();
+    let (up, p) = rig_with(|b| b.route(|r| r.set("max_body", "64KiB")));
     let body = event_body(&event_id(), "inquiry.approved");
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("405", request("GET", ROUTE, &[], b""), 405),
@@ -378,8 +363,7 @@ fn early_rejections_close_the_connection() {
 
 #[test]
 fn verified_but_invalid_event_is_400() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let id = event_id();
     let bodies: Vec<(&str, String)> = vec![
         ("not JSON", "this is not json {".to_string()),
@@ -404,11 +388,8 @@ fn verified_but_invalid_event_is_400() {
 
 #[test]
 fn event_not_in_allow_list_is_ignored_and_not_remembered() {
-    let up = Upstream::start();
-    let p = proxy()
-        .upstream(&up)
-        .events(&["inquiry.*", "verification.passed"])
-        .start();
+    let (up, p) =
+        rig_with(|b| b.route(|r| r.set("events", vec!["inquiry.*", "verification.passed"])));
     let id = event_id();
     let body = event_body(&id, "account.created");
     let r1 = p.deliver(&body);
@@ -436,8 +417,7 @@ fn event_not_in_allow_list_is_ignored_and_not_remembered() {
 
 #[test]
 fn replay_is_200_duplicate_and_forwarded_once() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     let raw = delivery(ROUTE, &sign(p.secret(), now(), &body), &body);
@@ -464,14 +444,12 @@ fn replay_is_200_duplicate_and_forwarded_once() {
 #[test]
 fn concurrent_deliveries_of_one_event_forward_once() {
     const INFLIGHT_TTL_SECS: u64 = 30;
-    let up = Upstream::start();
-    // A is held by the app for 3 s, so B deterministically arrives while A is in flight.
-    up.set_delay(Duration::from_secs(3));
-    let p = proxy()
-        .upstream(&up)
-        .read_timeout("20s")
-        .replay_toml(&format!("inflight_ttl = \"{INFLIGHT_TTL_SECS}s\"\n"))
-        .start();
+    let (up, p) = rig_with(|b| {
+        b.set("upstream.read_timeout", "20s")
+            .set("replay.inflight_ttl", format!("{INFLIGHT_TTL_SECS}s"))
+    });
+    // The app holds A until B is answered: B arrives while A is in flight.
+    up.hold();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     let raw_a = delivery(ROUTE, &sign(p.secret(), now(), &body), &body);
@@ -485,6 +463,7 @@ fn concurrent_deliveries_of_one_event_forward_once() {
     let raw_b = delivery(ROUTE, &sign(p.secret(), now(), &body), &body);
     let b = one_shot(addr, &raw_b);
     let b_done = Instant::now();
+    up.release();
     let (ra, a_done) = a.join().unwrap();
     assert_eq!(ra.status, 200, "first delivery: {}", ra.text());
     assert_eq!(ra.body, DEFAULT_UPSTREAM_BODY);
@@ -503,22 +482,19 @@ fn concurrent_deliveries_of_one_event_forward_once() {
         "409 should be answered while A is in flight"
     );
     // Once A is settled, Persona's retry of the event is a duplicate.
-    up.set_delay(Duration::ZERO);
     p.deliver(&body).assert_status_json(200, "duplicate");
-    // Let any stray forward land, then count: the app saw the event exactly once.
-    thread::sleep(Duration::from_millis(300));
-    let recs = up.requests();
-    assert_eq!(recs.len(), 1, "forwarded more than once: {recs:?}");
-    assert_eq!(recs[0].header(TRUSTED_ID), Some(id.as_str()));
-    assert_eq!(recs[0].body, body);
+    // Once all three requests are over, count: the app saw the event exactly once.
+    for outcome in ["forwarded", "delivery_in_progress", "duplicate"] {
+        p.wait_for_outcome(ROUTE, outcome, 1);
+    }
+    up.assert_saw_once(&id, &body);
 }
 
 #[test]
 fn upstream_error_is_passed_through_and_retry_is_forwarded() {
-    let up = Upstream::start();
+    let (up, p) = rig();
     up.set_status(500);
     up.set_body(br#"{"app_error":"db down"}"#);
-    let p = proxy().upstream(&up).start();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     let r1 = p.deliver(&body);
@@ -540,8 +516,7 @@ fn upstream_error_is_passed_through_and_retry_is_forwarded() {
 
 #[test]
 fn upstream_down_is_502_and_claim_is_released() {
-    let mut up = Upstream::start();
-    let p = proxy().upstream(&up).connect_timeout("1s").start();
+    let (mut up, p) = rig_with(|b| b.set("upstream.connect_timeout", "1s"));
     up.stop();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
@@ -558,9 +533,8 @@ fn upstream_down_is_502_and_claim_is_released() {
 
 #[test]
 fn slow_upstream_is_504_and_claim_is_released() {
-    let up = Upstream::start();
+    let (up, p) = rig_with(|b| b.set("upstream.read_timeout", "1s"));
     up.set_delay(Duration::from_secs(4));
-    let p = proxy().upstream(&up).read_timeout("1s").start();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     let started = Instant::now();
@@ -582,8 +556,7 @@ fn slow_upstream_is_504_and_claim_is_released() {
 
 #[test]
 fn rotation_header_with_two_sets_second_verifies() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let old = secret();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
@@ -628,12 +601,8 @@ fn rotation_header_with_two_sets_second_verifies() {
 
 #[test]
 fn any_configured_secret_verifies() {
-    let up = Upstream::start();
     let (a, b) = (secret(), secret());
-    let p = proxy()
-        .upstream(&up)
-        .secrets(vec![a.clone(), b.clone()])
-        .start();
+    let (up, p) = rig_with(|p| p.secrets(vec![a.clone(), b.clone()]));
     for (i, s) in [&b, &a].into_iter().enumerate() {
         let id = event_id();
         let body = event_body(&id, "inquiry.approved");
@@ -650,8 +619,7 @@ fn any_configured_secret_verifies() {
 
 #[test]
 fn large_body_with_content_length_arrives_identical() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).max_body("1MiB").start();
+    let (up, p) = rig_with(|b| b.route(|r| r.set("max_body", "1MiB")));
     let id = event_id();
     let body = big_event_body(&id, "document.created", 900 * 1024);
     assert!(body.len() > 890 * 1024 && body.len() < 1024 * 1024);
@@ -665,8 +633,7 @@ fn large_body_with_content_length_arrives_identical() {
 
 #[test]
 fn large_chunked_body_arrives_identical() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).max_body("1MiB").start();
+    let (up, p) = rig_with(|b| b.route(|r| r.set("max_body", "1MiB")));
     let id = event_id();
     let body = big_event_body(&id, "document.created", 900 * 1024);
     let head = signed_chunked_head(p.secret(), &body);
@@ -686,8 +653,7 @@ fn large_chunked_body_arrives_identical() {
 
 #[test]
 fn spoofed_trusted_headers_are_replaced_on_delivery() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     let sig = sign(p.secret(), now(), &body);
@@ -724,8 +690,7 @@ fn spoofed_trusted_headers_are_replaced_on_delivery() {
 
 #[test]
 fn keep_alive_tampered_then_genuine_on_one_connection() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     let sig = sign(p.secret(), now(), &body);
@@ -751,8 +716,7 @@ fn keep_alive_tampered_then_genuine_on_one_connection() {
 
 #[test]
 fn expect_100_continue_delivery_works() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     let sig = sign(p.secret(), now(), &body);
@@ -799,18 +763,17 @@ fn expect_100_continue_delivery_works() {
 
 #[test]
 fn replay_store_is_per_route_and_route_upstream_override_applies() {
-    let up = Upstream::start();
     let up2 = Upstream::start();
     let other_secret = secret();
-    let p = proxy()
-        .upstream(&up)
-        .env("PG_E2E_ROUTE2_SECRET", &other_secret)
-        .extra_toml(&format!(
-            "[[route]]\npath = \"/hooks/second\"\nsecrets = [\"env:PG_E2E_ROUTE2_SECRET\"]\n\
-             tolerance = \"5m\"\nmax_body = \"1MiB\"\nupstream = \"{}\"\n",
-            up2.addr
-        ))
-        .start();
+    let (up, p) = rig_with(|b| {
+        b.env("PG_E2E_ROUTE2_SECRET", &other_secret)
+            .add_route("/hooks/second", |r| {
+                r.set("secrets", vec!["env:PG_E2E_ROUTE2_SECRET"])
+                    .set("tolerance", "5m")
+                    .set("max_body", "1MiB")
+                    .set("upstream", up2.addr.to_string())
+            })
+    });
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     assert_eq!(p.deliver(&body).status, 200);
@@ -843,27 +806,28 @@ fn replay_store_is_per_route_and_route_upstream_override_applies() {
 
 #[test]
 fn delivered_event_is_forgotten_after_ttl() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).tolerance("1s").ttl("2s").start();
+    let (up, p) = rig_with(|b| {
+        b.route(|r| r.set("tolerance", "1s"))
+            .set("replay.ttl", "2s")
+    });
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     let first = Instant::now();
     assert_eq!(p.deliver(&body).status, 200);
     p.deliver(&body).assert_status_json(200, "duplicate");
     // Poll (bounded) until the id is admitted again.
-    let end = Instant::now() + Duration::from_secs(15);
-    loop {
+    let admitted = poll(Duration::from_secs(15), || {
         let r = p.deliver(&body);
         if r.status == 200 && up.count() == 2 {
-            break;
+            return Some(());
         }
         r.assert_status_json(200, "duplicate");
-        assert!(
-            Instant::now() < end,
-            "event id still remembered 15 s after a 2 s ttl"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+        None
+    });
+    assert!(
+        admitted.is_some(),
+        "event id still remembered 15 s after a 2 s ttl"
+    );
     assert!(
         first.elapsed() >= Duration::from_millis(1500),
         "forgotten too early: {:?}",
@@ -871,24 +835,11 @@ fn delivered_event_is_forgotten_after_ttl() {
     );
 }
 
-/// Delivers until the answer is no longer 409 (the other request's claim is settled).
-fn deliver_after_inflight(p: &Proxy, body: &[u8]) -> Response {
-    let end = Instant::now() + W;
-    loop {
-        let r = p.deliver(body);
-        if r.status != 409 || Instant::now() >= end {
-            return r;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn client_gone_mid_delivery_and_app_failing_releases_the_claim() {
-    let up = Upstream::start();
+    let (up, p) = rig();
     up.set_status(500);
-    up.set_delay(Duration::from_millis(800));
-    let p = proxy().upstream(&up).start();
+    up.hold();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     {
@@ -897,35 +848,35 @@ fn client_gone_mid_delivery_and_app_failing_releases_the_claim() {
         // The client hangs up while the app is still working on it.
     }
     assert_eq!(up.wait_for_requests(1, W).len(), 1);
-    up.set_delay(Duration::ZERO);
     up.set_status(200);
-    let r = deliver_after_inflight(&p, &body);
+    up.release();
+    let r = p.deliver_after_inflight(&body, W);
     assert_eq!(r.status, 200, "the retry must be forwarded: {}", r.text());
     assert_eq!(up.wait_for_requests(2, W).len(), 2);
 }
 
 #[test]
 fn client_gone_mid_delivery_but_app_accepting_marks_it_delivered() {
-    let up = Upstream::start();
-    up.set_delay(Duration::from_millis(800));
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
+    up.hold();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     {
         let mut c = p.client();
         c.send(&delivery(ROUTE, &sign(p.secret(), now(), &body), &body));
+        // The client hangs up while the app is still working on it.
     }
     assert_eq!(up.wait_for_requests(1, W).len(), 1);
+    up.release();
     // The app answered 2xx, so Persona's retry is a duplicate: the app has it once.
-    let r = deliver_after_inflight(&p, &body);
+    let r = p.deliver_after_inflight(&body, W);
     r.assert_status_json(200, "duplicate");
     assert_eq!(up.count(), 1);
 }
 
 #[test]
 fn client_gone_mid_body_forwards_nothing_and_claims_nothing() {
-    let up = Upstream::start();
-    let p = proxy().upstream(&up).start();
+    let (up, p) = rig();
     let id = event_id();
     let body = event_body(&id, "inquiry.approved");
     let full = delivery(ROUTE, &sign(p.secret(), now(), &body), &body);
@@ -933,7 +884,8 @@ fn client_gone_mid_body_forwards_nothing_and_claims_nothing() {
         let mut c = p.client();
         c.send(&full[..full.len() - body.len() / 2]);
     }
-    thread::sleep(Duration::from_millis(200));
+    // Counted once the request is over: nothing of it can follow.
+    p.wait_for_outcome_anywhere("client_error", 1);
     up.assert_nothing_seen("a delivery whose body never completed");
     let r = p.deliver(&body);
     assert_eq!(r.status, 200, "{}", r.text());
