@@ -9,7 +9,14 @@
 # of a 4 KiB body counts ~240k instructions that take ~4 µs natively; compare
 # signed runs with each other, not with passthrough.
 #
+# Three proxies, one after the other, in the same run and against the same
+# upstream (persona-guard's `echo`): persona-guard, examples/bare_proxy.rs
+# (pingora's few-line proxy_pass, the floor of the foundation) and nginx.
+#
 #   bench/instructions.sh [requests per mode, default 3000]
+#   BENCH_KEEP_DUMPS=DIR bench/instructions.sh 2000   # also keeps each row's
+#       callgrind dump in DIR (pg-plain.cg, pg-signed.cg, bare-*.cg, nginx-*.cg)
+#       for `callgrind_annotate --inclusive=yes DIR/pg-signed.cg`
 source "$(dirname "$0")/lib.sh"
 N=${1:-3000}
 command -v valgrind >/dev/null || { echo "bench: install valgrind" >&2; exit 1; }
@@ -38,16 +45,21 @@ RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" \
 PIDS+=($VG)
 wait_port "$LISTEN"
 
+KEEP=${BENCH_KEEP_DUMPS:-}
+[ -z "$KEEP" ] || mkdir -p "$KEEP"
+
 # Zeroes the counters of callgrind process $1, sends $N requests of mode $2 to
-# path $3 on port $4, dumps, and prints the instructions per request.
+# path $3 on port $4, dumps, and prints the instructions per request; with
+# BENCH_KEEP_DUMPS the dump is kept as $5.cg.
 count() {
-  local vg=$1 mode=$2 path=$3 port=$4 sent ok dump total
+  local vg=$1 mode=$2 path=$3 port=$4 row=$5 sent ok dump total
   callgrind_control -z "$vg" >/dev/null 2>&1
   read -r sent ok < <(load "$mode" "$path" "$N" "$port")
   callgrind_control -d "$vg" >/dev/null 2>&1
   sleep 1
   dump=$(ls -t "$WORK"/cg."$vg"* | head -1)
   total=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
+  [ -z "$KEEP" ] || cp "$dump" "$KEEP/$row.cg"
   [ "$ok" = "$N" ] || echo "  warning: $ok of $sent answered 2xx" >&2
   echo $((total / N))
 }
@@ -60,8 +72,20 @@ load() { # mode path count port -> "requests ok"
 
 load plain /x 300 "$LISTEN" >/dev/null # warm up pools and caches
 load signed /webhooks/persona 300 "$LISTEN" >/dev/null
-pg_plain=$(count "$VG" plain /x "$LISTEN")
-pg_signed=$(count "$VG" signed /webhooks/persona "$LISTEN")
+pg_plain=$(count "$VG" plain /x "$LISTEN" pg-plain)
+pg_signed=$(count "$VG" signed /webhooks/persona "$LISTEN" pg-signed)
+
+# The floor: pingora's own few-line proxy (examples/bare_proxy.rs), one thread,
+# forwarding the same plain and signed requests (it verifies nothing).
+BARE_PORT=$(free_port)
+valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" \
+  "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP" >"$WORK/bare.log" 2>&1 & BVG=$!
+PIDS+=($BVG)
+wait_port "$BARE_PORT"
+load plain /x 300 "$BARE_PORT" >/dev/null
+load signed /webhooks/persona 300 "$BARE_PORT" >/dev/null
+bare_plain=$(count "$BVG" plain /x "$BARE_PORT" bare-plain)
+bare_signed=$(count "$BVG" signed /webhooks/persona "$BARE_PORT" bare-signed)
 
 # The yardstick: nginx as a plain proxy_pass with upstream keep-alive, one
 # process (no master), under the same counter.
@@ -90,13 +114,23 @@ NGINX
   PIDS+=($NVG)
   wait_port "$NGX"
   load plain /x 300 "$NGX" >/dev/null
-  ngx_plain=$(count "$NVG" plain /x "$NGX")
-  ngx_signed=$(count "$NVG" signed /webhooks/persona "$NGX")
+  ngx_plain=$(count "$NVG" plain /x "$NGX" nginx-plain)
+  ngx_signed=$(count "$NVG" signed /webhooks/persona "$NGX" nginx-signed)
 fi
 
 echo "user-space instructions per request (callgrind, $N requests per row, ~4 KiB bodies)"
 printf '  %-50s %9s %9s\n' "" "plain" "signed"
 printf '  %-50s %9d %9d\n' "persona-guard (passthrough / verified+forwarded)" "$pg_plain" "$pg_signed"
+printf '  %-50s %9d %9d\n' "bare pingora proxy (examples/bare_proxy.rs)" "$bare_plain" "$bare_signed"
 if [ -n "${ngx_plain:-}" ]; then
   printf '  %-50s %9d %9d\n' "nginx proxy_pass (no verification)" "$ngx_plain" "$ngx_signed"
+fi
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+printf '  %-50s %9s %9s\n' "persona-guard / bare pingora (target 1.00 / 1.25)" \
+  "$(ratio "$pg_plain" "$bare_plain")x" "$(ratio "$pg_signed" "$bare_signed")x"
+if [ -n "${ngx_plain:-}" ]; then
+  printf '  %-50s %9s %9s\n' "persona-guard / nginx" \
+    "$(ratio "$pg_plain" "$ngx_plain")x" "$(ratio "$pg_signed" "$ngx_signed")x"
+  printf '  %-50s %9s %9s\n' "bare pingora / nginx" \
+    "$(ratio "$bare_plain" "$ngx_plain")x" "$(ratio "$bare_signed" "$ngx_signed")x"
 fi

@@ -5,6 +5,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=$ROOT/target/release/persona-guard
 LOADGEN=$ROOT/target/release/examples/loadgen
+BARE=$ROOT/target/release/examples/bare_proxy
 WORK=$(mktemp -d /tmp/pg-bench.XXXXXX)
 PIDS=()
 
@@ -43,5 +44,5 @@ peak_rss_kib() {
 json_field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 build() {
-  (cd "$ROOT" && cargo build --release --locked --bin persona-guard --example loadgen >&2)
+  (cd "$ROOT" && cargo build --release --locked --bin persona-guard --example loadgen --example bare_proxy >&2)
 }

@@ -1,18 +1,26 @@
 #!/usr/bin/env python3
-"""The load benchmark: persona-guard's real release binary against nginx in the
-same run, on 127.0.0.1 only, bounded in time. See README "Performance".
+"""The load benchmark: persona-guard's real release binary against nginx and a
+bare pingora proxy in the same run, on 127.0.0.1 only, bounded in time. See
+bench/README.md.
 
 Rows (every one driven by examples/loadgen.rs, ~4 KiB bodies):
   direct        the upstream (nginx answering 200) hit directly: the limit
   nginx         nginx proxy_pass with upstream keep-alive: the yardstick
+  bare-pass     examples/bare_proxy.rs (pingora's few-line proxy, no checks),
+                the same plain POSTs: the floor of pingora itself
   pg-pass       persona-guard, passthrough path
   nginx-signed  nginx proxy_pass of signed deliveries (it does not verify)
+  bare-signed   the bare pingora proxy forwarding the same signed bodies
   pg-signed     persona-guard, signed deliveries verified and forwarded
 Modes: closed loop with 64 connections (throughput), then fixed 500 and 5000 req/s
 (latency, measured from the scheduled send time).
 CPU per request is the proxy processes' user+system time from /proc over the
 closed-loop run divided by the requests served. The load generator is pinned to
 CPU 0, proxies and upstream to CPU 1.
+
+  BENCH_SECONDS=4 python3 bench/run.py   (closed-loop seconds per row, default 8;
+                                          each row also takes 2 s of warm-up and
+                                          2 x max(BENCH_SECONDS/2, 3) s at fixed rates)
 """
 import json
 import os
@@ -26,6 +34,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target/release/persona-guard")
 LOADGEN = os.path.join(ROOT, "target/release/examples/loadgen")
+BARE = os.path.join(ROOT, "target/release/examples/bare_proxy")
 SECS = int(os.environ.get("BENCH_SECONDS", "8"))
 CONNS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 TCK = os.sysconf("SC_CLK_TCK")
@@ -147,7 +156,11 @@ def measure(name, port, pid, mode, path):
 def main():
     if not shutil.which("nginx"):
         sys.exit("bench: nginx is missing (apt-get install nginx-light)")
-    up, ngx, ngx_signed, pg = free_port(), free_port(), free_port(), free_port()
+    for exe in (BIN, LOADGEN, BARE):
+        if not os.path.exists(exe):
+            sys.exit(f"bench: {exe} is missing (cargo build --release --bin persona-guard"
+                     " --example loadgen --example bare_proxy)")
+    up, ngx, pg, bare = free_port(), free_port(), free_port(), free_port()
     nginx("upstream", up, f"server {{ listen 127.0.0.1:{up}; location / {{ return 200 'ok'; }} }}")
     proxy_block = f"""
   upstream app {{ server 127.0.0.1:{up}; keepalive 64; }}
@@ -172,28 +185,44 @@ secrets = ["env:PERSONA_WEBHOOK_SECRET"]
                 env=dict(os.environ, PERSONA_WEBHOOK_SECRET=SECRET, RUST_LOG="warn"))
     wait_port(pg)
     idle_rss = peak_rss_kib(pgp.pid)
+    bp = start([BARE, f"127.0.0.1:{bare}", f"127.0.0.1:{up}"], 1)
+    wait_port(bare)
 
     rows = [
         measure("direct", up, None, "plain", "/x"),
         measure("nginx", ngx, nx.pid, "plain", "/x"),
+        measure("bare-pass", bare, bp.pid, "plain", "/x"),
         measure("pg-pass", pg, pgp.pid, "plain", "/x"),
         measure("nginx-signed", ngx, nx.pid, "signed", "/webhooks/persona"),
+        measure("bare-signed", bare, bp.pid, "signed", "/webhooks/persona"),
         measure("pg-signed", pg, pgp.pid, "signed", "/webhooks/persona"),
     ]
     by = {r["name"]: r for r in rows}
     print(f"persona-guard bench: {SECS}s closed loop x {CONNS} connections, then 500 and 5000 req/s;"
-          f" ~4 KiB bodies; loadgen on CPU 0, proxy + upstream on CPU 1; nginx 1 worker, persona-guard 1 thread")
+          f" ~4 KiB bodies; loadgen on CPU 0, proxy + upstream on CPU 1; nginx 1 worker,"
+          f" persona-guard and the bare pingora proxy 1 thread")
     print(f"{'row':<13}{'req/s':>9}{'p50 us':>9}{'p99 us':>9}{'p99@500':>9}{'p99@5k':>9}{'rps@5k':>8}"
-          f"{'cpu us/req':>11}{'peak RSS':>10}{'x direct':>9}{'x nginx':>8}")
+          f"{'cpu us/req':>11}{'peak RSS':>10}{'x direct':>9}{'x nginx':>8}{'x bare':>7}")
     for r in rows:
-        base = by["nginx-signed"] if r["name"].endswith("signed") else by["nginx"]
+        signed = r["name"].endswith("signed")
+        base = by["nginx-signed"] if signed else by["nginx"]
+        floor = by["bare-signed"] if signed else by["bare-pass"]
         cpu = f"{r['cpu_us']:.1f}" if r["cpu_us"] is not None else "-"
         rss = f"{r['rss_kib'] / 1024:.1f}M" if r["rss_kib"] else "-"
         print(f"{r['name']:<13}{r['rps']:>9.0f}{r['p50']:>9}{r['p99']:>9}{r['p99@500']:>9}{r['p99@5000']:>9}"
               f"{r['rps@5000']:>8.0f}{cpu:>11}{rss:>10}{r['rps'] / by['direct']['rps']:>9.2f}"
-              f"{r['rps'] / base['rps']:>8.2f}")
+              f"{r['rps'] / base['rps']:>8.2f}{r['rps'] / floor['rps']:>7.2f}")
+    print("(x direct, x nginx, x bare: req/s against the row's counterpart of the same mode)")
     s, n, p, npl = by["pg-signed"], by["nginx-signed"], by["pg-pass"], by["nginx"]
-    print("targets (ratios of this run):")
+    bs, bpl = by["bare-signed"], by["bare-pass"]
+    print("persona-guard / bare pingora proxy (ratios of this run):")
+    print(f"  passthrough CPU/req: {p['cpu_us'] / bpl['cpu_us']:.2f}x (target <= 1.0);"
+          f" req/s {p['rps'] / bpl['rps']:.2f}x")
+    print(f"  verified delivery CPU/req vs forwarding the same body: {s['cpu_us'] / bs['cpu_us']:.2f}x"
+          f" (target <= 1.25); req/s {s['rps'] / bs['rps']:.2f}x")
+    print(f"  bare pingora / nginx CPU/req: plain {bpl['cpu_us'] / npl['cpu_us']:.2f}x,"
+          f" signed body {bs['cpu_us'] / n['cpu_us']:.2f}x")
+    print("targets against nginx (ratios of this run):")
     print(f"  signed CPU/req vs nginx proxy_pass of the same body: {s['cpu_us'] / n['cpu_us']:.2f}x (target <= 1.0)")
     print(f"  signed throughput vs nginx plain: {s['rps'] / npl['rps']:.2f}x (target >= 1.0)")
     print(f"  passthrough CPU/req vs nginx: {p['cpu_us'] / npl['cpu_us']:.2f}x (target <= 0.8)")

@@ -9,5 +9,5 @@ if ! command -v nginx >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq && $sudo apt-get install -y -qq nginx-light >/dev/null
 fi
-cargo build --release --locked --bin persona-guard --example loadgen >&2
+cargo build --release --locked --bin persona-guard --example loadgen --example bare_proxy >&2
 python3 bench/run.py
