@@ -42,119 +42,128 @@ pub struct Metrics {
     pub replay_fail_open: IntCounter,
 }
 
+/// Registers `metric` in `registry` and hands it back. Names are static and
+/// unique, so registration cannot fail.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let m = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registered(r, m)
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(
+        r,
+        IntCounter::new(name, help).expect("static metric definition"),
+    )
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    registered(
+        r,
+        IntGauge::new(name, help).expect("static metric definition"),
+    )
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    registered(
+        r,
+        HistogramVec::new(opts, labels).expect("static metric definition"),
+    )
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "persona_guard_requests_total",
-                "Requests by route and outcome.",
-            ),
-            &["route", "outcome"],
-        )
-        .expect("static metric definition");
-        let secret_matches = IntCounterVec::new(
-            Opts::new(
-                "persona_guard_secret_matches_total",
-                "Verified deliveries by the position of the secret that matched.",
-            ),
-            &["route", "secret"],
-        )
-        .expect("static metric definition");
-        let upstream_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "persona_guard_upstream_duration_seconds",
-                "Time from sending a verified delivery upstream to its response head.",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            &["route", "class"],
-        )
-        .expect("static metric definition");
-        let verify_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "persona_guard_verify_duration_seconds",
-                "Time spent verifying a signature (parse and HMAC over the body).",
-            )
-            .buckets(vec![
-                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-            ]),
-            &["route"],
-        )
-        .expect("static metric definition");
-        let replay_entries = IntGauge::new(
-            "persona_guard_replay_entries",
-            "Event ids currently remembered (in flight or delivered).",
-        )
-        .expect("static metric definition");
-        let buffered_body_bytes = IntGauge::new(
-            "persona_guard_buffered_body_bytes",
-            "Webhook body bytes reserved right now against [server] max_buffered.",
-        )
-        .expect("static metric definition");
-        let replay_insertions = IntCounter::new(
-            "persona_guard_replay_insertions_total",
-            "Event ids admitted into the replay memory (claimed for delivery).",
-        )
-        .expect("static metric definition");
-        let replay_evictions = IntCounter::new(
-            "persona_guard_replay_evictions_total",
-            "Event ids evicted for room before their ttl ran out (raise capacity if this moves).",
-        )
-        .expect("static metric definition");
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "persona_guard_config_reloads_total",
-                "Configuration reloads by result.",
-            ),
-            &["result"],
-        )
-        .expect("static metric definition");
-        let replay_store_errors = IntCounterVec::new(
-            Opts::new(
-                "persona_guard_replay_store_errors_total",
-                "Replay store operations that failed, by operation.",
-            ),
+        let r = Registry::new();
+        let replay_store_errors = counter_vec(
+            &r,
+            "persona_guard_replay_store_errors_total",
+            "Replay store operations that failed, by operation.",
             &["op"],
-        )
-        .expect("static metric definition");
+        );
         for op in ["claim", "commit", "release"] {
             replay_store_errors.with_label_values(&[op]);
         }
-        let replay_fail_open = IntCounter::new(
-            "persona_guard_replay_fail_open_total",
-            "Deliveries forwarded without replay protection because the store failed.",
-        )
-        .expect("static metric definition");
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(secret_matches.clone()),
-            Box::new(upstream_duration.clone()),
-            Box::new(verify_duration.clone()),
-            Box::new(replay_entries.clone()),
-            Box::new(buffered_body_bytes.clone()),
-            Box::new(replay_insertions.clone()),
-            Box::new(replay_evictions.clone()),
-            Box::new(reloads.clone()),
-            Box::new(replay_store_errors.clone()),
-            Box::new(replay_fail_open.clone()),
-        ] {
-            registry.register(c).expect("metric names are unique");
-        }
         Metrics {
-            registry,
-            requests,
-            secret_matches,
-            upstream_duration,
-            verify_duration,
-            replay_entries,
-            buffered_body_bytes,
-            replay_insertions,
-            replay_evictions,
-            reloads,
+            requests: counter_vec(
+                &r,
+                "persona_guard_requests_total",
+                "Requests by route and outcome.",
+                &["route", "outcome"],
+            ),
+            secret_matches: counter_vec(
+                &r,
+                "persona_guard_secret_matches_total",
+                "Verified deliveries by the position of the secret that matched.",
+                &["route", "secret"],
+            ),
+            upstream_duration: histogram_vec(
+                &r,
+                "persona_guard_upstream_duration_seconds",
+                "Time from sending a verified delivery upstream to its response head.",
+                &[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0,
+                ],
+                &["route", "class"],
+            ),
+            verify_duration: histogram_vec(
+                &r,
+                "persona_guard_verify_duration_seconds",
+                "Time spent verifying a signature (parse and HMAC over the body).",
+                &[
+                    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                ],
+                &["route"],
+            ),
+            replay_entries: gauge(
+                &r,
+                "persona_guard_replay_entries",
+                "Event ids currently remembered (in flight or delivered).",
+            ),
+            buffered_body_bytes: gauge(
+                &r,
+                "persona_guard_buffered_body_bytes",
+                "Webhook body bytes reserved right now against [server] max_buffered.",
+            ),
+            replay_insertions: counter(
+                &r,
+                "persona_guard_replay_insertions_total",
+                "Event ids admitted into the replay memory (claimed for delivery).",
+            ),
+            replay_evictions: counter(
+                &r,
+                "persona_guard_replay_evictions_total",
+                "Event ids evicted for room before their ttl ran out (raise capacity if this moves).",
+            ),
+            reloads: counter_vec(
+                &r,
+                "persona_guard_config_reloads_total",
+                "Configuration reloads by result.",
+                &["result"],
+            ),
             replay_store_errors,
-            replay_fail_open,
+            replay_fail_open: counter(
+                &r,
+                "persona_guard_replay_fail_open_total",
+                "Deliveries forwarded without replay protection because the store failed.",
+            ),
+            registry: r,
         }
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use pingora::connectors::ConnectorOptions;
 use pingora::connectors::http::v1::Connector;
-use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::tls::{Acceptor, TlsSettings};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
@@ -93,8 +93,8 @@ fn side_runtime(what: &str) -> Option<tokio::runtime::Runtime> {
     }
 }
 
-/// Serves until SIGTERM/SIGINT. Returns after the graceful shutdown.
-pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
+/// pingora's server, configured from the file's process settings.
+fn pingora_server(cfg: &Config) -> Server {
     let mut conf = ServerConf {
         threads: cfg.threads,
         ca_file: cfg
@@ -108,26 +108,35 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     conf.upstream_keepalive_pool_size = 128;
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+    server
+}
 
-    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
-        &server.configuration,
-    )));
-    let store = match build_store(&cfg) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("{e}");
-            return Err(e);
-        }
+/// The listener's TLS acceptor and its replaceable certificate, from the
+/// key pair the configuration loaded; `(None, None)` for plain TCP.
+fn listener_tls(cfg: &Config) -> Result<(Option<Acceptor>, Option<Arc<ReloadableCert>>), String> {
+    let Some(loaded) = &cfg.listen_cert else {
+        return Ok((None, None));
     };
-    let listen = cfg.listen;
-    let cfg_cert = cfg.listen_cert.clone();
-    let process = ProcessConfig::of(&cfg);
-    let idle_timeout = cfg.idle_timeout;
-    let admin_addr = cfg.admin;
-    let routes: Vec<String> = cfg.routes.iter().map(|r| r.path.clone()).collect();
-    let upstream = cfg.upstream.address;
-    let shared = Arc::new(Shared::new(cfg, store, Metrics::new(), connector));
+    let checked = crate::tls::check_loaded(loaded.key()).map_err(|e| format!("listen.tls: {e}"))?;
+    for w in &checked.warnings {
+        tracing::warn!("listen.tls: {w}");
+    }
+    let cert = Arc::new(ReloadableCert::new(checked.key));
+    let mut settings = TlsSettings::intermediate("", "").map_err(|e| format!("listen.tls: {e}"))?;
+    settings.set_cert_resolver(cert.clone());
+    settings.enable_h2();
+    Ok((Some(settings.build()), Some(cert)))
+}
 
+/// The public listener's service: [`ClientConnection`] (TLS, when
+/// configured, and the HTTP/2 preface), [`HeaderTimeout`], then pingora's
+/// proxy app running [`Guard`].
+fn proxy_service(
+    server: &Server,
+    shared: &Arc<Shared>,
+    tls: Option<Acceptor>,
+    idle_timeout: std::time::Duration,
+) -> Service<impl pingora::apps::ServerApp + Send + Sync + 'static> {
     let mut app = pingora::proxy::http_proxy(
         &server.configuration,
         Guard {
@@ -141,25 +150,9 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     let mut server_options = HttpServerOptions::default();
     server_options.h2_idle_timeout = Some(idle_timeout);
     app.server_options = Some(server_options);
-    let (tls, cert) = match cfg_cert {
-        Some(loaded) => {
-            let checked = crate::tls::check_loaded(loaded.key()).map_err(|e| {
-                tracing::error!("listen.tls: {e}");
-                e
-            })?;
-            for w in &checked.warnings {
-                tracing::warn!("listen.tls: {w}");
-            }
-            let cert = Arc::new(ReloadableCert::new(checked.key));
-            let mut settings =
-                TlsSettings::intermediate("", "").map_err(|e| format!("listen.tls: {e}"))?;
-            settings.set_cert_resolver(cert.clone());
-            settings.enable_h2();
-            (Some(settings.build()), Some(cert))
-        }
-        None => (None, None),
-    };
-    let mut proxy = Service::new(
+    // TLS, when configured, is done by `ClientConnection` (pingora's listener
+    // handshake has a fixed 60 s bound).
+    Service::new(
         "persona-guard".to_string(),
         ClientConnection {
             inner: Arc::new(HeaderTimeout {
@@ -169,9 +162,29 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
             tls,
             shared: shared.clone(),
         },
-    );
-    // TLS, when configured, is done by `ClientConnection` (pingora's listener
-    // handshake has a fixed 60 s bound).
+    )
+}
+
+/// Serves until SIGTERM/SIGINT. Returns after the graceful shutdown.
+pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
+    let mut server = pingora_server(&cfg);
+    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
+        &server.configuration,
+    )));
+    let (store, (tls, cert)) = match build_store(&cfg).and_then(|s| Ok((s, listener_tls(&cfg)?))) {
+        Ok(parts) => parts,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Err(e);
+        }
+    };
+    let (listen, admin_addr, upstream) = (cfg.listen, cfg.admin, cfg.upstream.address);
+    let process = ProcessConfig::of(&cfg);
+    let idle_timeout = cfg.idle_timeout;
+    let routes: Vec<String> = cfg.routes.iter().map(|r| r.path.clone()).collect();
+    let shared = Arc::new(Shared::new(cfg, store, Metrics::new(), connector));
+
+    let mut proxy = proxy_service(&server, &shared, tls, idle_timeout);
     proxy.add_tcp(&listen.to_string());
     let mut admin = Service::new(
         "admin".to_string(),
