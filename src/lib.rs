@@ -1,11 +1,26 @@
 //! persona-guard: a reverse proxy that admits only genuine, fresh, first-time
 //! Persona webhook deliveries. See `README.md` and `docs/behaviour.md` for the contract.
 //!
-//! Module map: pure parts first ([`signature`], [`path`], [`event`],
-//! [`framing`], [`replay`], [`config`], [`outcome`]), then the pingora phases
-//! ([`proxy`]), the admin listener ([`admin`]), metrics ([`metrics`]) and the
-//! process wiring ([`server`], with the listener's certificate in [`tls`] and
-//! HTTP/2 head deadlines in [`h2_watch`]).
+//! Module map (no module imports one that imports it back):
+//!
+//! - pure, unit-tested beside the code: [`signature`] (parse and verify
+//!   `Persona-Signature`), [`path`] (percent-decoding and every reading of a
+//!   request target), [`framing`] (ambiguous HTTP/1 heads), [`event`] (id, type,
+//!   created-at), [`outcome`] (every way a request ends: status, code, close,
+//!   `Retry-After`), [`budget`] (the body-memory budget);
+//! - [`config`]: the route file, raw (serde, never quoting the file) then
+//!   compiled one section at a time; [`config::ProcessConfig`] names what only
+//!   a restart changes;
+//! - [`replay`]: the [`replay::ReplayStore`] trait, the memory and Redis
+//!   stores, and the [`replay::Lease`] a winning claim carries;
+//! - [`state`]: what lives across reloads: the compiled [`state::Policy`]
+//!   (peers and metric handles per route), the store, the counters;
+//! - [`proxy`]: the pingora phases, the decision on a webhook route
+//!   (`proxy/webhook.rs`), the client side (`downstream.rs`) and the HTTP/1
+//!   client to the app (`forward.rs`);
+//! - [`server`]: pingora's server, the client connection (TLS via [`tls`],
+//!   HTTP/2 head deadlines via [`h2_watch`]), SIGHUP reload, readiness and the
+//!   SIGTERM drain; [`admin`] and [`metrics`] for operators; [`echo`] the demo app.
 
 pub mod admin;
 pub mod budget;
