@@ -15,7 +15,6 @@ use http::HeaderName;
 
 use super::defaults::MAX_MAX_BODY;
 use super::error::Problem;
-use super::headers::canonical_header;
 use super::secret::{self, Env, Secret};
 
 /// Collects problems while converting fields.
@@ -203,7 +202,7 @@ impl<'e> Check<'e> {
                     key,
                     format!(
                         "cannot read the file ({}; the path is not repeated here)",
-                        io_kind(&e)
+                        secret::io_kind(&e)
                     ),
                 );
                 false
@@ -212,7 +211,8 @@ impl<'e> Check<'e> {
     }
 }
 
-/// The kind of an I/O error, never its text (fixed words: "entity not found").
-pub(super) fn io_kind(e: &std::io::Error) -> String {
-    e.kind().to_string()
+/// A header name compared the way frameworks do: lower-case, `_` as `-`.
+pub fn canonical_header(name: &HeaderName) -> HeaderName {
+    let s = name.as_str().replace('_', "-");
+    HeaderName::from_bytes(s.as_bytes()).unwrap_or_else(|_| name.clone())
 }

@@ -27,12 +27,6 @@ const RESERVED_HEADERS: &[&str] = &[
     "persona-signature",
 ];
 
-/// A header name compared the way frameworks do: lower-case, `_` as `-`.
-pub fn canonical_header(name: &HeaderName) -> HeaderName {
-    let s = name.as_str().replace('_', "-");
-    HeaderName::from_bytes(s.as_bytes()).unwrap_or_else(|_| name.clone())
-}
-
 /// The three names: valid, distinct, none of [`RESERVED_HEADERS`].
 pub(super) fn compile(c: &mut Check, raw: &RawHeaders) -> TrustedHeaders {
     let headers = TrustedHeaders {

@@ -76,9 +76,9 @@ mod server;
 mod tests;
 mod upstream;
 
+pub use check::canonical_header;
 pub use defaults::*;
 pub use error::{ConfigError, Problem};
-pub use headers::canonical_header;
 pub use process::{ProcessConfig, RestartOnly};
 pub use secret::{Env, EnvSource, Secret};
 

@@ -6,8 +6,6 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 
-use super::check::io_kind;
-
 /// A webhook secret. Its bytes never appear in `Debug` output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Vec<u8>);
@@ -135,6 +133,11 @@ pub(super) fn resolve_secret(spec: &str, base: &Path, env: &dyn Env) -> Result<S
         return Err("the secret is empty".into());
     }
     Ok(Secret(bytes))
+}
+
+/// The kind of an I/O error, never its text (fixed words: "entity not found").
+pub(super) fn io_kind(e: &std::io::Error) -> String {
+    e.kind().to_string()
 }
 
 #[cfg(test)]
