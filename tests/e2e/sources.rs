@@ -124,3 +124,35 @@ fn behind_a_trusted_proxy_the_forwarded_client_decides() {
     p.wait_for_outcome(ROUTE, "source_not_allowed", 5);
     assert_eq!(up.count(), 1);
 }
+
+#[test]
+fn allow_from_and_trusted_proxies_follow_a_reload_and_a_bad_list_is_refused() {
+    let (up, p) = rig_with(|b| b);
+    let (_, raw) = genuine(&p, &[]);
+    assert_eq!(
+        send_from(TWO, &p, &raw).status,
+        200,
+        "no allow_from: any source"
+    );
+
+    p.edit_config(|b| b.route(|r| r.set("allow_from", vec!["127.0.0.1"])));
+    p.reload_ok();
+    let (_, raw) = genuine(&p, &[]);
+    send_from(TWO, &p, &raw).assert_error(403, "source_not_allowed");
+
+    p.edit_config(|b| {
+        b.route(|r| r.set("allow_from", vec!["127.0.0.1"]))
+            .set("server.trusted_proxies", vec!["127.0.0.2"])
+    });
+    p.reload_ok();
+    let (_, raw) = genuine(&p, &[("X-Forwarded-For", "127.0.0.1")]);
+    assert_eq!(send_from(TWO, &p, &raw).status, 200, "trusted on reload");
+
+    // A bad entry is refused whole, never quoted; the running lists stay.
+    p.edit_config(|b| b.route(|r| r.set("allow_from", vec!["wbhsec_not_an_address"])));
+    p.reload_refused();
+    assert!(!p.stderr().contains("wbhsec_not_an_address"));
+    let (_, raw) = genuine(&p, &[("X-Forwarded-For", "127.0.0.1")]);
+    assert_eq!(send_from(TWO, &p, &raw).status, 200);
+    assert_eq!(up.wait_for_requests(3, W).len(), 3);
+}
