@@ -7,7 +7,8 @@
 //!   `Persona-Signature`), [`path`] (percent-decoding and every reading of a
 //!   request target), [`framing`] (ambiguous HTTP/1 heads), [`event`] (id, type,
 //!   created-at), [`outcome`] (every way a request ends: status, code, close,
-//!   `Retry-After`), [`budget`] (the body-memory budget);
+//!   `Retry-After`), [`budget`] (the body-memory budget), [`source`] (CIDRs,
+//!   Persona's addresses, the client address behind trusted proxies);
 //! - [`config`]: the route file, raw (serde, never quoting the file) then
 //!   compiled one section at a time; [`config::ProcessConfig`] names what only
 //!   a restart changes;
@@ -36,5 +37,6 @@ pub mod proxy;
 pub mod replay;
 pub mod server;
 pub mod signature;
+pub mod source;
 pub mod state;
 pub mod tls;

@@ -40,6 +40,9 @@ pub enum Outcome {
     NotFound,
     /// The client went away or failed mid-request.
     ClientError,
+    /// The route has `allow_from` and the client address is not in it (or
+    /// cannot be told); decided before any other check on the route.
+    SourceNotAllowed,
 }
 
 impl Outcome {
@@ -67,6 +70,7 @@ impl Outcome {
             Outcome::InvalidPath => "invalid_path",
             Outcome::NotFound => "not_found",
             Outcome::ClientError => "client_error",
+            Outcome::SourceNotAllowed => "source_not_allowed",
         }
     }
 
@@ -93,6 +97,7 @@ impl Outcome {
             }
             Outcome::NotFound => StatusCode::NOT_FOUND,
             Outcome::ClientError => StatusCode::BAD_REQUEST,
+            Outcome::SourceNotAllowed => StatusCode::FORBIDDEN,
         })
     }
 
@@ -126,6 +131,7 @@ impl Outcome {
             Outcome::InvalidPath => "The request path cannot be decoded.",
             Outcome::NotFound => "No route matches this path.",
             Outcome::ClientError => "The request could not be read.",
+            Outcome::SourceNotAllowed => "This route does not accept requests from this address.",
         }
     }
 
@@ -153,6 +159,7 @@ impl Outcome {
             Outcome::InvalidPath => 18,
             Outcome::NotFound => 19,
             Outcome::ClientError => 20,
+            Outcome::SourceNotAllowed => 21,
         }
     }
 
@@ -172,6 +179,7 @@ impl Outcome {
                 | Outcome::InvalidPath
                 | Outcome::NotFound
                 | Outcome::ClientError
+                | Outcome::SourceNotAllowed
         )
     }
 
@@ -209,7 +217,7 @@ impl Outcome {
     }
 
     /// Every outcome, for pre-registering metric labels.
-    pub const ALL: [Outcome; 21] = [
+    pub const ALL: [Outcome; 22] = [
         Outcome::Forwarded,
         Outcome::Passthrough,
         Outcome::MissingSignature,
@@ -231,6 +239,7 @@ impl Outcome {
         Outcome::InvalidPath,
         Outcome::NotFound,
         Outcome::ClientError,
+        Outcome::SourceNotAllowed,
     ];
 }
 
@@ -272,6 +281,15 @@ mod tests {
         );
         assert_eq!(Outcome::Overloaded.retry_after(), Some(1));
         assert_eq!(Outcome::Duplicate.retry_after(), None);
+    }
+
+    #[test]
+    fn a_refused_source_is_403_and_closes() {
+        let o = Outcome::SourceNotAllowed;
+        assert_eq!(o.status(), Some(StatusCode::FORBIDDEN));
+        assert_eq!(o.code(), "source_not_allowed");
+        assert!(o.closes());
+        assert!(!o.applies_off_route());
     }
 
     #[test]

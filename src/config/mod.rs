@@ -59,6 +59,7 @@ use http::HeaderName;
 use pingora::tls::sign::CertifiedKey;
 
 use crate::path;
+use crate::source::AllowList;
 
 mod check;
 mod cross;
@@ -245,6 +246,8 @@ pub struct Route {
     /// `None`: every event type is forwarded.
     pub events: Option<Vec<EventPattern>>,
     pub upstream: Upstream,
+    /// `allow_from`: the client addresses this route accepts (`None`: any).
+    pub allow_from: Option<AllowList>,
 }
 
 impl Route {
@@ -277,6 +280,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Webhook body bytes held at once, all requests together (see `budget`).
     pub max_buffered: u64,
+    /// `[server] trusted_proxies`: peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: AllowList,
     pub upstream: Upstream,
     pub replay: Replay,
     pub headers: TrustedHeaders,
@@ -385,6 +390,7 @@ fn validate(raw: raw::RawConfig, base: &Path, env: &dyn Env) -> Result<Config, V
         idle_timeout: s.idle_timeout,
         header_timeout: s.header_timeout,
         max_buffered: s.max_buffered,
+        trusted_proxies: s.trusted_proxies,
         upstream,
         replay,
         headers,

@@ -57,6 +57,7 @@ pub(super) struct RawServer {
     pub idle_timeout: Option<String>,
     pub header_timeout: Option<String>,
     pub max_buffered: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +104,7 @@ pub(super) struct RawRoute {
     pub max_body: Option<String>,
     pub events: Option<Vec<String>>,
     pub upstream: Option<String>,
+    pub allow_from: Option<Vec<String>>,
 }
 
 /// Parses the TOML text into the raw structs; errors never quote the text (see

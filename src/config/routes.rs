@@ -6,8 +6,10 @@ use std::path::Path;
 use super::check::Check;
 use super::defaults::{DEFAULT_MAX_BODY, DEFAULT_TOLERANCE};
 use super::raw::RawRoute;
+use super::server;
 use super::{EventPattern, Route, Secret, Unmatched, Upstream, upstream};
 use crate::path;
+use crate::source::AllowList;
 
 pub(super) fn unmatched(c: &mut Check, value: Option<&str>) -> Unmatched {
     c.choice(
@@ -63,6 +65,7 @@ fn compile_one(
     let tolerance = c.duration(&k("tolerance"), r.tolerance.as_deref(), DEFAULT_TOLERANCE);
     let max_body = c.size(&k("max_body"), r.max_body.as_deref(), DEFAULT_MAX_BODY);
     let events = r.events.map(|list| events(c, i, &list));
+    let allow_from = r.allow_from.map(|list| allow_from(c, i, &list));
     let upstream = match r.upstream.as_deref() {
         None => default.clone(),
         Some(v) => upstream::for_route(c, &k("upstream"), v, default),
@@ -76,7 +79,20 @@ fn compile_one(
         max_body,
         events,
         upstream,
+        allow_from,
     }
+}
+
+/// `allow_from`: addresses, CIDRs and `"persona"`; never empty.
+fn allow_from(c: &mut Check, i: usize, list: &[String]) -> AllowList {
+    let key = format!("route[{i}].allow_from");
+    if list.is_empty() {
+        c.problem(
+            key.as_str(),
+            "an empty list would refuse every request; remove the key to accept any source",
+        );
+    }
+    AllowList::new(server::cidrs(c, &key, list, true))
 }
 
 /// The path as written and its normalised form (`/` when it has a problem).
@@ -195,6 +211,54 @@ secrets = ["x"]
                 "route[2].path",
             ]
         );
+    }
+
+    #[test]
+    fn allow_from_and_trusted_proxies_are_checked_without_quoting() {
+        let text = r#"
+[server]
+trusted_proxies = ["10.0.0.0/8", "persona", "10.0.0.1/8"]
+[[route]]
+path = "/a"
+secrets = ["x"]
+allow_from = ["persona", "203.0.113.0/24", "wbhsec_pasted", "2001:db8::/129"]
+[[route]]
+path = "/b"
+secrets = ["x"]
+allow_from = []
+"#;
+        let p = from_str(text, &env()).unwrap_err();
+        assert_eq!(
+            keys(&p),
+            vec![
+                "server.trusted_proxies[1]",
+                "server.trusted_proxies[2]",
+                "route[0].allow_from[2]",
+                "route[0].allow_from[3]",
+                "route[1].allow_from",
+            ]
+        );
+        let all = format!("{p:?}");
+        assert!(!all.contains("wbhsec_pasted") && !all.contains("10.0.0.1/8"));
+        assert!(p[2].message.contains("\"persona\""));
+
+        let ok = r#"
+[server]
+trusted_proxies = ["10.0.0.0/8", "::1"]
+[[route]]
+path = "/a"
+secrets = ["x"]
+allow_from = ["persona", "127.0.0.1", "2001:db8::/32"]
+[[route]]
+path = "/b"
+secrets = ["x"]
+"#;
+        let c = from_str(ok, &env()).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        let allow = c.routes[0].allow_from.as_ref().unwrap();
+        assert_eq!(allow.len(), crate::source::persona().len() + 2);
+        assert!(allow.contains("127.0.0.1".parse().unwrap()));
+        assert!(c.routes[1].allow_from.is_none());
     }
 
     #[test]

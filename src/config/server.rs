@@ -12,6 +12,7 @@ use super::defaults::{
 };
 use super::raw::{RawAdmin, RawListen, RawServer, RawTls};
 use super::{ListenCert, ListenTls, LogFormat};
+use crate::source::{self, AllowList, Cidr};
 
 /// The compiled settings of this section, moved into [`super::Config`]'s
 /// fields of the same names.
@@ -25,6 +26,7 @@ pub(super) struct Settings {
     pub idle_timeout: Duration,
     pub header_timeout: Duration,
     pub max_buffered: u64,
+    pub trusted_proxies: AllowList,
 }
 
 pub(super) fn compile(
@@ -79,7 +81,12 @@ pub(super) fn compile(
         raw.max_buffered.as_deref(),
         DEFAULT_MAX_BUFFERED,
     );
+    let trusted_proxies = match &raw.trusted_proxies {
+        None => AllowList::default(),
+        Some(list) => AllowList::new(cidrs(c, "server.trusted_proxies", list, false)),
+    };
     Settings {
+        trusted_proxies,
         log_format,
         listen,
         admin,
@@ -90,6 +97,34 @@ pub(super) fn compile(
         header_timeout,
         max_buffered,
     }
+}
+
+/// A list of CIDRs (and, where `persona` is allowed, the `"persona"`
+/// shorthand) under `key`, each bad entry reported under `key[j]`.
+pub(super) fn cidrs(c: &mut Check, key: &str, list: &[String], persona: bool) -> Vec<Cidr> {
+    let mut out = Vec::new();
+    for (j, entry) in list.iter().enumerate() {
+        let parsed = if persona {
+            source::parse_entry(entry)
+        } else {
+            Cidr::parse(entry).map(|c| vec![c])
+        };
+        match parsed {
+            Ok(mut v) => out.append(&mut v),
+            Err(e) => c.problem_with(format!("{key}[{j}]"), cidr_message(e, persona)),
+        }
+    }
+    out
+}
+
+/// A [`source::CidrError`]'s message (fixed words, never the entry).
+fn cidr_message(e: source::CidrError, persona: bool) -> String {
+    let also = if persona && e == source::CidrError::Syntax {
+        ", or \"persona\" (the value is not repeated here)"
+    } else {
+        " (the value is not repeated here)"
+    };
+    format!("{e}{also}")
 }
 
 /// The public and admin listeners' addresses, which must differ.

@@ -4,7 +4,8 @@
 //! pingora picks and connects an upstream:
 //!
 //! 1. framing (raw HTTP/1 head) and the trusted-header strip, on every path;
-//! 2. the route decision over every reading of the target ([`crate::path`]);
+//! 2. the route decision over every reading of the target ([`crate::path`]),
+//!    then the route's `allow_from` on the client address ([`crate::source`]);
 //! 3. on a webhook route, [`webhook::judge`] (method, signature header, body
 //!    size and memory budget, the whole body bounded in size and time,
 //!    signature and timestamp, event, allow-list, replay claim), then
@@ -38,8 +39,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::config::{HostHeader, RouteError, Unmatched};
+use crate::config::{Config, HostHeader, Route, RouteError, Unmatched};
 use crate::outcome::Outcome;
+use crate::source;
 use crate::state::{InflightGuard, Policy, Shared};
 pub use downstream::Ctx;
 use downstream::{
@@ -55,6 +57,28 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// The proxy application.
 pub struct Guard {
     pub shared: Arc<Shared>,
+}
+
+/// Whether `route` accepts the request's client address: any, without
+/// `allow_from`; otherwise the address ([`source::client_address`]: the TCP
+/// peer, or behind `[server] trusted_proxies` the right-most untrusted
+/// `X-Forwarded-For` entry) must be in the list. An address that cannot be
+/// told (no IP peer, a malformed entry) is refused.
+fn source_allowed(session: &Session, cfg: &Config, route: &Route) -> bool {
+    let Some(allow) = &route.allow_from else {
+        return true;
+    };
+    let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) else {
+        return false;
+    };
+    let forwarded = session
+        .req_header()
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.as_bytes());
+    source::client_address(peer.ip(), &cfg.trusted_proxies, forwarded)
+        .is_some_and(|ip| allow.contains(ip))
 }
 
 /// Carried from one request to the next on a keep-alive connection.
@@ -174,8 +198,13 @@ impl ProxyHttp for Guard {
                 tracing::debug!(reason = %e, "refusing a request target");
                 respond(session, ctx, Outcome::InvalidPath).await
             }
-            Ok(Some((i, _))) => {
+            Ok(Some((i, route))) => {
                 ctx.route = Some(i);
+                // Before any other check on the route: nothing of a refused
+                // source's request is judged, read or forwarded.
+                if !source_allowed(session, cfg, route) {
+                    return respond(session, ctx, Outcome::SourceNotAllowed).await;
+                }
                 self.webhook(session, ctx, &policy, i).await
             }
             Ok(None) if cfg.unmatched == Unmatched::Deny => {

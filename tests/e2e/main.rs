@@ -26,6 +26,8 @@ mod redis;
 mod routers;
 /// The fault soak: nothing lost, nothing doubled while the app and Redis fail.
 mod soak;
+/// Source allow-lists: `allow_from` and `trusted_proxies` (SPEC §7).
+mod sources;
 /// TLS on the listener, HTTP/2, certificate reloads, a TLS upstream.
 mod tls;
 /// Outcomes on a webhook route (SPEC §1, §2).
