@@ -43,7 +43,8 @@
 //!
 //! A retry is safe for every call, even when the first attempt did run in
 //! Redis and only its reply was lost with the connection: commit (`SET
-//! delivered`), release (compare-and-delete) and `PING` are idempotent, and the
+//! delivered`), release (compare-and-delete), renew (compare-and-`PEXPIRE`)
+//! and `PING` are idempotent, and the
 //! claim is retried with the *same* token, which the claim script recognises:
 //! finding its own `inflight:<token>` it answers "claimed" (renewing the
 //! lease) instead of "in flight". Without that, a claim whose first attempt
