@@ -59,6 +59,9 @@ fn main() -> ExitCode {
             // The warnings are logged by `server::run`.
             Ok((cfg, _warnings)) => {
                 server::init_logging(cfg.log_format);
+                for w in cfg.warnings() {
+                    tracing::warn!(key = %w.key, "{}", w.message);
+                }
                 match server::run(&config, cfg) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(_) => ExitCode::FAILURE,
@@ -73,6 +76,9 @@ fn main() -> ExitCode {
             Ok((cfg, warnings)) => {
                 for w in &warnings {
                     eprintln!("warning: listen.tls: {w}");
+                }
+                for w in cfg.warnings() {
+                    eprintln!("warning: {}: {}", w.key, w.message);
                 }
                 println!(
                     "{}: ok ({} route{}, every secret resolved)",

@@ -96,7 +96,7 @@ impl Metrics {
             "Replay store operations that failed, by operation.",
             &["op"],
         );
-        for op in ["claim", "commit", "release"] {
+        for op in ["claim", "commit", "release", "renew"] {
             replay_store_errors.with_label_values(&[op]);
         }
         Metrics {

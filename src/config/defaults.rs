@@ -11,8 +11,17 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:3000";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
-pub const DEFAULT_CAPACITY: u64 = 1_000_000;
+/// How long a delivered id is remembered: longer than Persona's automatic
+/// retries ([`PERSONA_RETRY_WINDOW`]), with a day to spare.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(72 * 3600);
+/// Persona retries a failed delivery up to 7 more times, about 3, 64, 729,
+/// 4096, 15625, 46656 and 117649 s after the first attempt: the last one comes
+/// 184,822 s (about 51.3 h) after it. A `replay.ttl` shorter than this lets a
+/// late retry of a delivered event through; `check` warns about it.
+pub const PERSONA_RETRY_WINDOW: Duration = Duration::from_secs(184_822);
+/// Ids the memory store remembers: ~418 bytes each, so at most ~120 MiB, which
+/// holds 72 h of about 4,100 deliveries an hour (see README, "Sizing").
+pub const DEFAULT_CAPACITY: u64 = 300_000;
 pub const DEFAULT_INFLIGHT_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 pub const DEFAULT_KEY_PREFIX: &str = "persona-guard:";

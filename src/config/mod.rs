@@ -289,6 +289,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// What is valid but probably a mistake (`check` prints these and exits
+    /// 0; `run` logs them): each names its key, never a secret.
+    pub fn warnings(&self) -> Vec<Problem> {
+        cross::warnings(&self.replay, &self.routes)
+    }
+
     /// The route a request target falls under: for each of its readings (see
     /// [`path::readings`]) the most specific route covering it. `Ok(None)`:
     /// no reading is under any route. When two readings fall under different
@@ -375,7 +381,7 @@ fn validate(raw: raw::RawConfig, base: &Path, env: &dyn Env) -> Result<Config, V
     let replay = replay::compile(&mut c, &raw.replay, base);
     let headers = headers::compile(&mut c, &raw.headers);
     let routes = routes::compile(&mut c, raw.route, base, &upstream);
-    cross::check(&mut c, &replay, s.max_buffered, &upstream, &routes);
+    cross::check(&mut c, &replay, s.max_buffered, &routes);
     c.finish(Config {
         unmatched,
         log_format: s.log_format,

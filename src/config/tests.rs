@@ -51,7 +51,8 @@ fn minimal_file_gets_documented_defaults() {
     assert_eq!(c.upstream.address, "127.0.0.1:3000".parse().unwrap());
     assert_eq!(c.upstream.read_timeout, DEFAULT_READ_TIMEOUT);
     assert_eq!(c.replay.ttl, DEFAULT_TTL);
-    assert_eq!(c.replay.capacity, 1_000_000);
+    assert_eq!(c.replay.ttl, Duration::from_secs(72 * 3600));
+    assert_eq!(c.replay.capacity, 300_000);
     assert_eq!(c.replay.inflight_ttl, Duration::from_secs(60));
     let r = &c.routes[0];
     assert_eq!(r.secrets, vec![Secret::new("wbhsec_abc")]);

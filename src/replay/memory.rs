@@ -204,6 +204,23 @@ impl MemoryStore {
         self.cache.insert(*key, Entry::new(DELIVERED, now, ttl));
     }
 
+    /// Extends `key`'s in-flight mark to `inflight_ttl` from now if, and only
+    /// if, it is still this `token`'s and has not expired; whether it was.
+    pub fn renew(&self, key: &Key, token: u64, inflight_ttl: Duration) -> bool {
+        let now = self.clock.now();
+        let mut renewed = false;
+        self.cache.entry(*key).and_compute_with(|existing| {
+            match existing.map(|e| e.into_value()) {
+                Some(e) if token != DELIVERED && e.token == token && !e.left(now).is_zero() => {
+                    renewed = true;
+                    Op::Put(Entry::new(token, now, inflight_ttl))
+                }
+                _ => Op::Nop,
+            }
+        });
+        renewed
+    }
+
     /// Forgets `key` if, and only if, it is still this `token`'s in-flight mark.
     pub fn release(&self, key: &Key, token: u64) {
         self.cache
@@ -246,6 +263,15 @@ impl ReplayStore for MemoryStore {
     async fn release(&self, key: &StoreKey, token: u64) -> Result<(), StoreError> {
         MemoryStore::release(self, digest(key)?, token);
         Ok(())
+    }
+
+    async fn renew(
+        &self,
+        key: &StoreKey,
+        token: u64,
+        inflight_ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(MemoryStore::renew(self, digest(key)?, token, inflight_ttl))
     }
 
     fn release_in_place(&self, key: &StoreKey, token: u64) -> bool {

@@ -5,13 +5,27 @@
 //! ```text
 //!   absent --claim--> in flight(token) --commit--> delivered (for `ttl`)
 //!                        |   \--release(token)--> absent
-//!                        \--inflight_ttl passes--> absent
+//!                        |   \--renew(token)--> in flight(token), for inflight_ttl again
+//!                        \--inflight_ttl passes unrenewed--> absent
 //! ```
 //!
 //! * `claim` is atomic: of two concurrent claims of one id exactly one wins.
 //! * `commit` is called only after the upstream answered 2xx.
 //! * `release` removes only the caller's own in-flight mark, never another
-//!   request's claim nor a delivered mark.
+//!   request's claim nor a delivered mark; `renew` likewise extends only the
+//!   caller's own mark.
+//!
+//! # In-flight leases
+//!
+//! An in-flight mark lives `inflight_ttl`, and the instance delivering the
+//! event renews it every `inflight_ttl / 3` ([`RENEW_EVERY`]) for as long as
+//! the delivery lives: a [`Lease`] runs the renewal as a task from the claim
+//! until it is settled or dropped. So a delivery to a slow application keeps
+//! its mark however long it takes (Persona's retries meanwhile get 409), and an
+//! instance that dies (SIGKILL, a lost node) stops renewing: its mark expires
+//! within `inflight_ttl` and the next retry is delivered. A third of the
+//! lifetime leaves room for one renewal to fail or be late (a store timeout,
+//! a busy runtime) and the next one to still land before the mark expires.
 //!
 //! # Layout
 //!
@@ -30,7 +44,7 @@ pub mod memory;
 pub mod redis;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -95,6 +109,16 @@ pub trait ReplayStore: Send + Sync {
     /// Forgets `key` if, and only if, it is still `token`'s in-flight mark.
     async fn release(&self, key: &StoreKey, token: u64) -> Result<(), StoreError>;
 
+    /// Extends `key`'s in-flight mark to `inflight_ttl` from now if, and only
+    /// if, it is still `token`'s; whether it was (`false`: the mark expired,
+    /// was released, or the event was committed, and renewing is over).
+    async fn renew(
+        &self,
+        key: &StoreKey,
+        token: u64,
+        inflight_ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
     /// Releases as `release` does, without awaiting, when this store can do
     /// that in place; `false` when it cannot and `release` must be awaited.
     /// A [`Lease`] dropped unsettled tries this first.
@@ -124,8 +148,18 @@ pub trait ReplayStore: Send + Sync {
 /// or `"release"`) and the error.
 pub type OnError = Arc<dyn Fn(&'static str, &StoreError) + Send + Sync>;
 
-/// Claims `event_id` on `route` for one delivery lasting at most
-/// `inflight_ttl`. The key is derived here, once; a win is a [`Lease`].
+/// How often a [`Lease`] renews its in-flight mark: a third of its lifetime
+/// (see "In-flight leases" above), at least every millisecond.
+pub fn renew_every(inflight_ttl: Duration) -> Duration {
+    (inflight_ttl / RENEW_EVERY).max(Duration::from_millis(1))
+}
+
+/// The number of renewals per `inflight_ttl`.
+pub const RENEW_EVERY: u32 = 3;
+
+/// Claims `event_id` on `route` for one delivery, its in-flight mark living
+/// `inflight_ttl` and renewed by the [`Lease`] until it is settled. The key is
+/// derived here, once; a win is a [`Lease`].
 pub async fn claim(
     store: &Arc<dyn ReplayStore>,
     route: &[u8],
@@ -134,20 +168,56 @@ pub async fn claim(
 ) -> Result<Claim<Lease>, StoreError> {
     let key = store.key(route, event_id);
     Ok(match store.claim(&key, inflight_ttl).await? {
-        Claim::Claimed(token) => Claim::Claimed(Lease {
-            store: store.clone(),
-            key,
-            token,
-            armed: true,
-            on_error: None,
-        }),
+        Claim::Claimed(token) => {
+            let on_error = Arc::new(OnceLock::new());
+            let renewal = tokio::spawn(renew(
+                store.clone(),
+                key.clone(),
+                token,
+                inflight_ttl,
+                on_error.clone(),
+            ))
+            .abort_handle();
+            Claim::Claimed(Lease {
+                store: store.clone(),
+                key,
+                token,
+                armed: true,
+                on_error,
+                renewal,
+            })
+        }
         Claim::Duplicate => Claim::Duplicate,
         Claim::InFlight { retry_after } => Claim::InFlight { retry_after },
     })
 }
 
-/// A won claim: its store, key and token. Settle it with [`Lease::commit`] or
-/// [`Lease::release`]; dropped unsettled (the client went away, the task was
+/// Renews `key`'s mark every [`renew_every`] while it is `token`'s. Stops when
+/// it no longer is (settled, or expired after renewals failed) or when the
+/// lease aborts it. A failure is reported and the next tick tries again.
+async fn renew(
+    store: Arc<dyn ReplayStore>,
+    key: StoreKey,
+    token: u64,
+    inflight_ttl: Duration,
+    on_error: Arc<OnceLock<OnError>>,
+) {
+    let every = renew_every(inflight_ttl);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match store.renew(&key, token, inflight_ttl).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => report(&on_error, "renew", &e),
+        }
+    }
+}
+
+/// A won claim: its store, key and token, and the task renewing its in-flight
+/// mark. Settle it with [`Lease::commit`] or
+/// [`Lease::release`] (either stops the renewal); dropped unsettled (the client went away, the task was
 /// cancelled) it releases itself: in place when the store can, else in a task
 /// on the current tokio runtime. A failure to settle changes nothing for the
 /// request (its answer is decided): it is reported (see [`Lease::on_error`])
@@ -158,7 +228,10 @@ pub struct Lease {
     token: u64,
     /// Cleared once settled, so the drop does nothing.
     armed: bool,
-    on_error: Option<OnError>,
+    /// Set at most once, by [`Lease::on_error`]; shared with the renewal.
+    on_error: Arc<OnceLock<OnError>>,
+    /// The renewal task, aborted when the lease is settled or dropped.
+    renewal: tokio::task::AbortHandle,
 }
 
 impl fmt::Debug for Lease {
@@ -173,11 +246,9 @@ impl fmt::Debug for Lease {
 
 impl Lease {
     /// Where settle failures go; by default a warning in the log.
-    pub fn on_error(
-        mut self,
-        f: impl Fn(&'static str, &StoreError) + Send + Sync + 'static,
-    ) -> Self {
-        self.on_error = Some(Arc::new(f));
+    pub fn on_error(self, f: impl Fn(&'static str, &StoreError) + Send + Sync + 'static) -> Self {
+        // A second call keeps the first handler.
+        let _ = self.on_error.set(Arc::new(f));
         self
     }
 
@@ -196,6 +267,7 @@ impl Lease {
         // Disarmed first: a commit cancelled midway must not release (the
         // upstream took the event; the mark expires after `inflight_ttl`).
         self.armed = false;
+        self.renewal.abort();
         if let Err(e) = self.store.commit(&self.key, ttl).await {
             report(&self.on_error, "commit", &e);
         }
@@ -204,6 +276,7 @@ impl Lease {
     /// Forgets the claim so that a retry is admitted.
     pub async fn release(mut self) {
         self.armed = false;
+        self.renewal.abort();
         if let Err(e) = self.store.release(&self.key, self.token).await {
             report(&self.on_error, "release", &e);
         }
@@ -212,6 +285,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.renewal.abort();
         if !self.armed || self.store.release_in_place(&self.key, self.token) {
             return;
         }
@@ -222,7 +296,7 @@ impl Drop for Lease {
             return;
         };
         let (store, key, token) = (self.store.clone(), self.key.clone(), self.token);
-        let on_error = self.on_error.take();
+        let on_error = self.on_error.clone();
         runtime.spawn(async move {
             if let Err(e) = store.release(&key, token).await {
                 report(&on_error, "release", &e);
@@ -231,8 +305,8 @@ impl Drop for Lease {
     }
 }
 
-fn report(on_error: &Option<OnError>, op: &'static str, e: &StoreError) {
-    match on_error {
+fn report(on_error: &OnceLock<OnError>, op: &'static str, e: &StoreError) {
+    match on_error.get() {
         Some(f) => f(op, e),
         None => tracing::warn!(op, error = %e, "replay store error"),
     }
@@ -267,6 +341,9 @@ mod tests {
         }
         async fn release(&self, _: &StoreKey, token: u64) -> Result<(), StoreError> {
             self.releases.lock().unwrap().push(token);
+            Err(StoreError::new(Down))
+        }
+        async fn renew(&self, _: &StoreKey, _: u64, _: Duration) -> Result<bool, StoreError> {
             Err(StoreError::new(Down))
         }
         async fn ready(&self) -> Result<(), StoreError> {

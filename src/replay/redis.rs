@@ -9,7 +9,10 @@
 //!   claim's token answers "claimed" (see [retries](#retries));
 //! * commit: `SET key delivered PX ttl`;
 //! * release: a Lua compare-and-delete of *this* claim's value only, so a late
-//!   release never deletes another instance's claim or a delivered mark.
+//!   release never deletes another instance's claim or a delivered mark;
+//! * renew: a Lua compare-and-`PEXPIRE` of *this* claim's value only, run by
+//!   the delivering instance's lease every `inflight_ttl / 3` (see
+//!   [`crate::replay`]); a dead instance stops renewing and its mark expires.
 //!
 //! # Keys
 //!
@@ -30,7 +33,7 @@
 //! only *after* a command failed on it. A connection that Redis closed while
 //! idle (its `timeout` setting), that a NAT or load balancer cut, or that a
 //! failover or restart broke, would make the next call fail although Redis is
-//! healthy. So every call (claim, commit, release, ping) is tried again
+//! healthy. So every call (claim, commit, release, renew, ping) is tried again
 //! **once**, on the new connection, when its first attempt failed because the
 //! connection was dropped (broken pipe, reset, aborted, refused, unexpected
 //! EOF: [`redis::RedisError::is_connection_dropped`]; the manager has already
@@ -40,7 +43,8 @@
 //!
 //! A retry is safe for every call, even when the first attempt did run in
 //! Redis and only its reply was lost with the connection: commit (`SET
-//! delivered`), release (compare-and-delete) and `PING` are idempotent, and the
+//! delivered`), release (compare-and-delete), renew (compare-and-`PEXPIRE`)
+//! and `PING` are idempotent, and the
 //! claim is retried with the *same* token, which the claim script recognises:
 //! finding its own `inflight:<token>` it answers "claimed" (renewing the
 //! lease) instead of "in flight". Without that, a claim whose first attempt
@@ -198,6 +202,19 @@ impl RedisStore {
             .await
     }
 
+    /// Extends this token's in-flight mark to `inflight_ttl`; whether it still held it.
+    pub async fn renew(
+        &self,
+        key: &[u8],
+        token: u64,
+        inflight_ttl: Duration,
+    ) -> Result<bool, RedisStoreError> {
+        let key = key.to_vec();
+        self.inner
+            .on_runtime(|inner| async move { inner.renew(&key, token, inflight_ttl).await })
+            .await
+    }
+
     pub async fn ping(&self) -> Result<(), RedisStoreError> {
         self.inner
             .on_runtime(|inner| async move { inner.ping().await })
@@ -234,6 +251,15 @@ impl ReplayStore for RedisStore {
 
     async fn release(&self, key: &StoreKey, token: u64) -> Result<(), StoreError> {
         Ok(RedisStore::release(self, name(key)?, token).await?)
+    }
+
+    async fn renew(
+        &self,
+        key: &StoreKey,
+        token: u64,
+        inflight_ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(RedisStore::renew(self, name(key)?, token, inflight_ttl).await?)
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

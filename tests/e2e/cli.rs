@@ -75,6 +75,31 @@ fn check_accepts_a_valid_config() {
     );
 }
 
+/// A replay window shorter than Persona's retries (~51.3 h) is valid (exit 0)
+/// but `check` warns, naming `replay.ttl`; the default 72 h gives no warning.
+#[test]
+fn check_warns_when_replay_ttl_is_shorter_than_persona_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short.toml");
+    let env = [("PG_E2E_CHECK_SECRET", secret())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    fs::write(&path, valid_config("env:PG_E2E_CHECK_SECRET")).unwrap();
+    let out = run_cli(&["check", "--config", path.to_str().unwrap()], &env, None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: replay.ttl: 15m is shorter"),
+        "{stderr}"
+    );
+
+    let default_ttl = valid_config("env:PG_E2E_CHECK_SECRET").replace("ttl = \"15m\"\n", "");
+    fs::write(&path, default_ttl).unwrap();
+    let out = run_cli(&["check", "--config", path.to_str().unwrap()], &env, None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
 #[test]
 fn check_reports_every_problem() {
     let dir = tempfile::tempdir().unwrap();

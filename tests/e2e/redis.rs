@@ -88,6 +88,74 @@ fn concurrent_identical_deliveries_over_two_replicas_forward_once() {
     assert_eq!(up.count(), 1);
 }
 
+/// The in-flight lease across replicas: while A delivers to an app that takes
+/// 3 x `inflight_ttl`, A renews the mark in Redis, so retries through A and B
+/// are 409 all along; the app sees the event once and a retry is a duplicate.
+#[test]
+fn a_slow_delivery_through_a_holds_its_claim_against_retries_through_both() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let inflight = Duration::from_secs(1);
+    let (a, b) = pair(&up, &redis, |b| {
+        b.set("upstream.read_timeout", "10s")
+            .set("replay.inflight_ttl", "1s")
+    });
+    up.set_delay(inflight * 3);
+    let id = event_id();
+    let body = event_body(&id, "inquiry.approved");
+    let (first, refused_for) =
+        retries_while_in_flight(&[a.listen, b.listen], a.secret(), &body, &up, inflight);
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.body, DEFAULT_UPSTREAM_BODY);
+    assert!(
+        refused_for >= inflight * 2,
+        "retries were refused for {refused_for:?} only"
+    );
+    b.deliver(&body).assert_status_json(200, "duplicate");
+    a.deliver(&body).assert_status_json(200, "duplicate");
+    up.assert_saw_once(&id, &body);
+}
+
+/// A replica killed mid-delivery stops renewing: its mark expires within
+/// `inflight_ttl` and Persona's retry through the other replica is forwarded.
+#[test]
+fn a_replica_killed_mid_delivery_frees_the_event_within_inflight_ttl() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let inflight = Duration::from_secs(2);
+    let (a, b) = pair(&up, &redis, |b| {
+        b.set("upstream.read_timeout", "30s")
+            .set("replay.inflight_ttl", "2s")
+    });
+    up.hold();
+    let id = event_id();
+    let body = event_body(&id, "inquiry.approved");
+    let raw = delivery(ROUTE, &sign(a.secret(), now(), &body), &body);
+    let a_addr = a.listen;
+    // Its answer never comes (A dies); the thread is left to fail alone.
+    thread::spawn(move || {
+        let _ = std::panic::catch_unwind(|| one_shot(a_addr, &raw));
+    });
+    up.wait_for_requests(1, W);
+    // Past one renewal, so the mark in Redis is A's renewed one.
+    thread::sleep(inflight);
+    a.signal("KILL");
+    let killed = Instant::now();
+    b.deliver(&body).assert_error(409, "delivery_in_progress");
+    up.release();
+    let r = b.deliver_after_inflight(&body, inflight + W);
+    let freed_after = killed.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, DEFAULT_UPSTREAM_BODY);
+    assert!(
+        freed_after <= inflight + Duration::from_secs(1),
+        "the dead replica's mark held the event for {freed_after:?}"
+    );
+    let recs = up.wait_for_requests(2, W);
+    assert_eq!(recs.len(), 2, "A's delivery and B's retry");
+    b.deliver(&body).assert_status_json(200, "duplicate");
+}
+
 #[test]
 fn upstream_failure_through_a_then_retry_through_b_is_forwarded() {
     let redis = RedisServer::start();

@@ -490,6 +490,32 @@ fn concurrent_deliveries_of_one_event_forward_once() {
     up.assert_saw_once(&id, &body);
 }
 
+/// The in-flight lease: an app that takes 3 x `inflight_ttl` to answer keeps
+/// the event's claim all along (the proxy renews it), so Persona's retries
+/// meanwhile are 409, the app sees the event once, and a later retry is a
+/// duplicate.
+#[test]
+fn a_delivery_slower_than_inflight_ttl_keeps_its_claim_until_answered() {
+    let inflight = Duration::from_secs(1);
+    let (up, p) = rig_with(|b| {
+        b.set("upstream.read_timeout", "10s")
+            .set("replay.inflight_ttl", "1s")
+    });
+    up.set_delay(inflight * 3);
+    let id = event_id();
+    let body = event_body(&id, "inquiry.approved");
+    let (first, refused_for) =
+        retries_while_in_flight(&[p.listen], p.secret(), &body, &up, inflight);
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.body, DEFAULT_UPSTREAM_BODY);
+    assert!(
+        refused_for >= inflight * 2,
+        "retries were refused for {refused_for:?} only: the claim was not held past inflight_ttl"
+    );
+    p.deliver(&body).assert_status_json(200, "duplicate");
+    up.assert_saw_once(&id, &body);
+}
+
 #[test]
 fn upstream_error_is_passed_through_and_retry_is_forwarded() {
     let (up, p) = rig();

@@ -86,6 +86,59 @@ fn inflight_mark_expires_on_its_own() {
 }
 
 #[test]
+fn renew_extends_only_the_tokens_own_mark() {
+    let (s, clock) = store();
+    let k = key(b"/r", "evt_1");
+    let t = claimed(s.claim(&k, INFLIGHT));
+    // Renewed before it expires, the mark outlives its first lifetime...
+    clock.advance(Duration::from_secs(40));
+    assert!(s.renew(&k, t, INFLIGHT));
+    clock.advance(Duration::from_secs(40));
+    assert_eq!(
+        s.claim(&k, INFLIGHT),
+        Claim::InFlight {
+            retry_after: Duration::from_secs(20)
+        }
+    );
+    // ...another token renews nothing...
+    assert!(!s.renew(&k, t + 1000, INFLIGHT));
+    assert!(!s.renew(&k, DELIVERED, INFLIGHT));
+    clock.advance(Duration::from_secs(20));
+    // ...and once expired it is gone: a late renewal does not bring it back,
+    // nor extend the claim that replaced it.
+    assert!(!s.renew(&k, t, INFLIGHT));
+    let next = claimed(s.claim(&k, INFLIGHT));
+    assert!(!s.renew(&k, t, INFLIGHT));
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(
+        s.claim(&k, INFLIGHT),
+        Claim::InFlight {
+            retry_after: Duration::from_secs(30)
+        }
+    );
+    // A delivered mark is never renewed (nor shortened) by its old claim.
+    s.commit(&k, TTL);
+    assert!(!s.renew(&k, next, INFLIGHT));
+    clock.advance(TTL - Duration::from_millis(1));
+    assert_eq!(s.claim(&k, INFLIGHT), Claim::Duplicate);
+}
+
+#[test]
+fn a_retry_two_hours_later_is_a_duplicate_under_the_default_ttl() {
+    use crate::config::{DEFAULT_INFLIGHT_TTL, DEFAULT_TTL};
+    let (s, clock) = store();
+    let k = key(b"/r", "evt_1");
+    claimed(s.claim(&k, DEFAULT_INFLIGHT_TTL));
+    s.commit(&k, DEFAULT_TTL);
+    // Persona's retries come ~3 s, 64 s, 729 s, 4096 s (68 min), ... after the
+    // first attempt; the last of them ~51.3 h after it.
+    clock.advance(Duration::from_secs(2 * 3600));
+    assert_eq!(s.claim(&k, DEFAULT_INFLIGHT_TTL), Claim::Duplicate);
+    clock.advance(Duration::from_secs(184_822 - 2 * 3600));
+    assert_eq!(s.claim(&k, DEFAULT_INFLIGHT_TTL), Claim::Duplicate);
+}
+
+#[test]
 fn late_release_never_removes_another_claim_or_a_delivery() {
     let (s, clock) = store();
     let k = key(b"/r", "evt_1");
@@ -256,6 +309,33 @@ mod lease {
             Claim::Claimed(lease) => lease,
             other => panic!("expected a claim, got {other:?}"),
         }
+    }
+
+    /// A lease on the real clock with a short `inflight_ttl`: its renewal
+    /// keeps the mark for several lifetimes, and stops once it is settled.
+    #[tokio::test]
+    async fn a_lease_renews_its_mark_until_it_is_settled() {
+        const SHORT: Duration = Duration::from_millis(150);
+        let store: Arc<dyn ReplayStore> =
+            Arc::new(MemoryStore::new(1000, Arc::new(SystemClock::default())));
+        let Claim::Claimed(lease) = replay::claim(&store, b"/r", "evt_1", SHORT).await.unwrap()
+        else {
+            panic!("expected a claim")
+        };
+        tokio::time::sleep(SHORT * 4).await;
+        match replay::claim(&store, b"/r", "evt_1", SHORT).await.unwrap() {
+            Claim::InFlight { retry_after } => assert!(retry_after <= SHORT, "{retry_after:?}"),
+            other => panic!("expected in flight, got {other:?}"),
+        }
+        let key = lease.key().clone();
+        lease.commit(TTL).await;
+        tokio::time::sleep(SHORT).await;
+        assert!(matches!(
+            replay::claim(&store, b"/r", "evt_1", SHORT).await.unwrap(),
+            Claim::Duplicate
+        ));
+        // A stale renewal of the settled lease changes nothing.
+        assert!(!store.renew(&key, 1, SHORT).await.unwrap());
     }
 
     #[tokio::test]

@@ -53,6 +53,15 @@ end
 return 0
 "#;
 
+/// Compare-and-pexpire: extends the key only while it holds this claim's
+/// in-flight mark; 1 if it did.
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
 /// The value of an in-flight mark.
 pub(super) fn inflight_value(token: u64) -> String {
     format!("inflight:{token:016x}")
@@ -85,6 +94,7 @@ pub(super) struct Inner {
     manager: ConnectionManager,
     claim: Script,
     release: Script,
+    renew: Script,
     pub(super) timeout: Duration,
     /// The store's runtime, where every call and every late release runs.
     pub(super) handle: tokio::runtime::Handle,
@@ -125,6 +135,7 @@ impl Inner {
             manager,
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
+            renew: Script::new(RENEW),
             timeout,
             handle: runtime.handle().clone(),
         })
@@ -214,6 +225,29 @@ impl Inner {
             ))
             .await?;
         Ok(deleted == 1)
+    }
+
+    /// Extends the key to `inflight_ttl` if it still holds this token's
+    /// in-flight mark; whether it did. Idempotent, so retried like the others.
+    pub(super) async fn renew(
+        &self,
+        key: &[u8],
+        token: u64,
+        inflight_ttl: Duration,
+    ) -> Result<bool, RedisStoreError> {
+        let value = inflight_value(token);
+        let ms = millis(inflight_ttl);
+        let renewed: i64 = self
+            .bounded(self.retrying(
+                || true,
+                |mut con| {
+                    let mut inv = self.renew.key(key);
+                    inv.arg(value.as_str()).arg(ms);
+                    async move { inv.invoke_async(&mut con).await }
+                },
+            ))
+            .await?;
+        Ok(renewed == 1)
     }
 
     /// `SET key delivered PX ttl`.

@@ -1,5 +1,6 @@
 //! Against a real `redis-server` (started here on a free loopback port).
 use super::*;
+use crate::replay;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -131,6 +132,54 @@ fn the_state_machine_holds_across_clients() {
 
         // Routes are separate namespaces.
         claimed(a.claim(&a.key(b"/other", "e1"), 9, long).await.unwrap());
+    });
+}
+
+#[test]
+fn renew_extends_only_its_own_tokens_mark_and_a_lease_keeps_renewing() {
+    let server = Server::start();
+    let a = RedisStore::open(&server.url(), None, "t:", Duration::from_secs(1)).unwrap();
+    let b: Arc<dyn ReplayStore> =
+        Arc::new(RedisStore::open(&server.url(), None, "t:", Duration::from_secs(1)).unwrap());
+    rt().block_on(async {
+        let short = Duration::from_millis(300);
+        let long = Duration::from_secs(60);
+        let k = a.key(b"/r", "e1");
+        let pttl = |key: &[u8]| -> i64 {
+            let reply = server.command(&["PTTL", std::str::from_utf8(key).unwrap()]);
+            reply.trim().trim_start_matches(':').parse().unwrap()
+        };
+        claimed(a.claim(&k, 11, short).await.unwrap());
+        // Another token extends nothing; the owner's does.
+        assert!(!a.renew(&k, 12, long).await.unwrap());
+        assert!(pttl(&k) <= 300, "{}", pttl(&k));
+        assert!(a.renew(&k, 11, long).await.unwrap());
+        assert!(pttl(&k) > 50_000, "{}", pttl(&k));
+        // A delivered mark is never touched by its old claim's renewal.
+        a.commit(&k, Duration::from_secs(3600)).await.unwrap();
+        assert!(!a.renew(&k, 11, short).await.unwrap());
+        assert!(pttl(&k) > 3_000_000, "{}", pttl(&k));
+        // Nor is an expired one brought back.
+        let gone = a.key(b"/r", "e2");
+        claimed(a.claim(&gone, 13, Duration::from_millis(50)).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!a.renew(&gone, 13, long).await.unwrap());
+        assert_eq!(pttl(&gone), -2);
+
+        // A lease renews its mark for several lifetimes, until it is settled.
+        let Claim::Claimed(lease) = replay::claim(&b, b"/r", "e3", short).await.unwrap() else {
+            panic!("expected a claim")
+        };
+        tokio::time::sleep(short * 4).await;
+        assert!(matches!(
+            replay::claim(&b, b"/r", "e3", short).await.unwrap(),
+            Claim::InFlight { retry_after } if retry_after <= short
+        ));
+        lease.release().await;
+        assert!(matches!(
+            replay::claim(&b, b"/r", "e3", short).await.unwrap(),
+            Claim::Claimed(_)
+        ));
     });
 }
 

@@ -130,3 +130,46 @@ pub fn rig_with(f: impl FnOnce(ProxyBuilder) -> ProxyBuilder) -> (Upstream, Prox
     let p = f(Proxy::builder().upstream(&up)).start();
     (up, p)
 }
+
+/// Delivers `body` through `targets[0]` to an app that takes longer than
+/// `inflight_ttl` (the test set its delay) and, while that delivery is alive,
+/// sends a freshly signed retry every 250 ms through each target in turn:
+/// every retry must be answered 409 `delivery_in_progress` with
+/// `1 <= Retry-After <= inflight_ttl`. Returns the first delivery's answer and
+/// how long the retries kept being refused.
+pub fn retries_while_in_flight(
+    targets: &[std::net::SocketAddr],
+    secret: &str,
+    body: &[u8],
+    up: &Upstream,
+    inflight_ttl: Duration,
+) -> (Response, Duration) {
+    let raw = delivery(ROUTE, &sign(secret, now(), body), body);
+    let first = targets[0];
+    let start = Instant::now();
+    let delivering = std::thread::spawn(move || one_shot(first, &raw));
+    up.wait_for_requests(1, W);
+    let mut last_refused = start;
+    let mut i = 0;
+    while !delivering.is_finished() {
+        let raw = delivery(ROUTE, &sign(secret, now(), body), body);
+        let sent = Instant::now();
+        let r = one_shot(targets[i % targets.len()], &raw);
+        if delivering.is_finished() && r.status != 409 {
+            break; // the first delivery was settled meanwhile
+        }
+        r.assert_error(409, "delivery_in_progress");
+        let secs: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a 409 carries Retry-After in whole seconds");
+        assert!(
+            (1..=inflight_ttl.as_secs().max(1)).contains(&secs),
+            "Retry-After {secs} is outside 1..=inflight_ttl"
+        );
+        last_refused = sent;
+        i += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    (delivering.join().unwrap(), last_refused - start)
+}
