@@ -1,9 +1,16 @@
 //! Reading the two or three fields persona-guard needs from a Persona event.
 //!
-//! Only `data.id`, `data.attributes.name` and `data.attributes.created-at` are
+//! Only `data.id`, `data.attributes.name` and the created-at attribute are
 //! decoded (borrowed where the JSON has no escapes); the rest of the document is
 //! skipped by the parser without building a tree. Values end up in HTTP headers,
 //! so they are checked to be short, printable and non-empty.
+//!
+//! A webhook's `api-key-inflection` (kebab, the default; camel; snake) renames
+//! the created-at attribute to `created-at`, `createdAt` or `created_at`; all
+//! three are read. `data.id` and `data.attributes.name` are single words, the
+//! same under every inflection, and the payload (also inflected) is never read.
+//! A body carrying two of the created-at spellings is refused like any other
+//! repeated field, so the proxy and the app cannot read different values.
 
 use std::borrow::Cow;
 
@@ -29,7 +36,7 @@ pub enum EventError {
     BadId,
     #[error("data.attributes.name is missing, empty, too long or not printable")]
     BadName,
-    #[error("data.attributes.created-at is too long or not printable")]
+    #[error("data.attributes.created-at (createdAt, created_at) is too long or not printable")]
     BadCreatedAt,
 }
 
@@ -54,7 +61,13 @@ struct Data<'a> {
 struct Attributes<'a> {
     #[serde(borrow, default)]
     name: Cow<'a, str>,
-    #[serde(borrow, default, rename = "created-at")]
+    #[serde(
+        borrow,
+        default,
+        rename = "created-at",
+        alias = "createdAt",
+        alias = "created_at"
+    )]
     created_at: Option<Cow<'a, str>>,
 }
 
@@ -96,6 +109,39 @@ mod tests {
         assert_eq!(e.name, "inquiry.approved");
         assert_eq!(e.created_at.as_deref(), Some("2026-11-26T10:00:00.000Z"));
         assert!(matches!(e.id, Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn created_at_is_read_under_every_inflection() {
+        for key in ["created-at", "createdAt", "created_at"] {
+            let body = format!(
+                r#"{{"data":{{"id":"evt_1","attributes":{{"name":"inquiry.approved","{key}":"2026-11-26T10:00:00.000Z","payload":{{}}}}}}}}"#
+            );
+            let e = parse(body.as_bytes()).unwrap();
+            assert_eq!(e.id, "evt_1", "{key}");
+            assert_eq!(e.name, "inquiry.approved", "{key}");
+            assert_eq!(
+                e.created_at.as_deref(),
+                Some("2026-11-26T10:00:00.000Z"),
+                "{key}"
+            );
+        }
+        // Other spellings are not the created-at.
+        let e = parse(
+            br#"{"data":{"id":"e","attributes":{"name":"n","CreatedAt":"x","created at":"y"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(e.created_at, None);
+        // Each spelling is checked like the kebab one.
+        assert_eq!(
+            parse(br#"{"data":{"id":"e","attributes":{"name":"n","createdAt":"\u0000"}}}"#),
+            Err(EventError::BadCreatedAt)
+        );
+        // Two spellings at once are a repeated field.
+        assert_eq!(
+            parse(br#"{"data":{"id":"e","attributes":{"name":"n","created-at":"a","created_at":"b"}}}"#),
+            Err(EventError::NotJson)
+        );
     }
 
     #[test]
