@@ -3,7 +3,8 @@
 //! order (method, signature header, size and memory budget, body, signature
 //! and timestamp, event, allow-list, replay claim). Its only I/O is reading
 //! the body and the claim; [`deliver`] forwards what was admitted and settles
-//! the claim on the app's answer.
+//! the claim on the app's answer, counting the delivery by Persona's
+//! `Attempts-Made` and flagging a failure on its last attempt.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -15,6 +16,7 @@ use pingora::proxy::Session;
 
 use super::downstream::{Ctx, declared_length, read_body, respond};
 use super::forward::{self, Wire};
+use crate::attempts;
 use crate::budget::Permit;
 use crate::config::{OnStoreError, Route};
 use crate::event;
@@ -200,6 +202,7 @@ pub async fn deliver(
     if let Some(c) = &admitted.created_at {
         trusted.push((&h.event_created_at, c.as_str()));
     }
+    let last_attempt = count_attempt(session, on);
     let body = &admitted.body;
     let wire = Wire::new(
         session.req_header(),
@@ -216,7 +219,11 @@ pub async fn deliver(
             if let Some(c) = admitted.claim {
                 c.release().await;
             }
-            return respond(session, ctx, e.into()).await;
+            let outcome: Outcome = e.into();
+            if last_attempt {
+                final_attempt_failed(on, ctx, outcome.code(), None);
+            }
+            return respond(session, ctx, outcome).await;
         }
     };
     let status = answer.head.status;
@@ -231,11 +238,38 @@ pub async fn deliver(
             c.release().await;
         }
     }
+    if last_attempt && !status.is_success() {
+        final_attempt_failed(on, ctx, "upstream_status", Some(status.as_u16()));
+    }
     ctx.outcome = Some(Outcome::Forwarded);
     ctx.upstream_status = Some(status.as_u16());
     ctx.status = ctx.upstream_status;
     answer.relay(&shared.connector, session, peer).await?;
     Ok(true)
+}
+
+/// Counts a delivery about to be forwarded by its `Attempts-Made`, and says
+/// whether `Attempts-Left` is 0 (Persona will not retry it on its own).
+fn count_attempt(session: &Session, on: &OnRoute<'_>) -> bool {
+    let headers = &session.req_header().headers;
+    let value = |name| attempts::count(headers.get_all(name).iter().map(|v| v.as_bytes()));
+    on.compiled.attempts[attempts::label_index(value(attempts::MADE))].inc();
+    attempts::is_last(value(attempts::LEFT))
+}
+
+/// A forwarded delivery failed on Persona's last automatic attempt: counted
+/// and logged at `error` with the event's id and type (never its body), since
+/// only an operator's manual retry can deliver it now.
+fn final_attempt_failed(on: &OnRoute<'_>, ctx: &Ctx, failure: &'static str, status: Option<u16>) {
+    on.compiled.final_failures.inc();
+    tracing::error!(
+        route = on.route.path.as_str(),
+        event_id = ctx.event_id.as_deref(),
+        event_type = ctx.event_type.as_deref(),
+        failure,
+        upstream_status = status,
+        "delivery failed on Persona's last automatic attempt (Persona-Webhook-Attempts-Left: 0); Persona will not retry it on its own"
+    );
 }
 
 fn unix_now() -> i64 {

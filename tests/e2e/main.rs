@@ -6,6 +6,8 @@
 /// The harness: client, upstreams, the proxy process, Persona's signing, Redis.
 mod harness;
 
+/// Persona's attempt headers: the attempt metrics, failures on the last attempt (SPEC §7).
+mod attempts;
 /// `check` and `sign`; configuration errors never quote the file (SPEC §5, §6).
 mod cli;
 /// Ambiguous framing is refused and nothing ambiguous is forwarded (SPEC §2).
