@@ -38,6 +38,10 @@ pub enum EventError {
     BadName,
     #[error("data.attributes.created-at (createdAt, created_at) is too long or not printable")]
     BadCreatedAt,
+    #[error(
+        "the field at the route's id_pointer is missing, not a string or number, empty, too long or not printable"
+    )]
+    BadPointerId,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +101,23 @@ pub fn parse(body: &[u8]) -> Result<Event<'_>, EventError> {
     })
 }
 
+/// The id at `pointer` (RFC 6901) in a (verified) body of a signature-only
+/// route: a string (checked like `data.id`) or a number (as written in JSON
+/// by serde_json, e.g. `42`). Unlike [`parse`], the whole document is built.
+pub fn id_at(body: &[u8], pointer: &str) -> Result<String, EventError> {
+    let doc: serde_json::Value = serde_json::from_slice(body).map_err(|_| EventError::NotJson)?;
+    let id = match doc.pointer(pointer) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => return Err(EventError::BadPointerId),
+    };
+    if header_safe(&id) {
+        Ok(id)
+    } else {
+        Err(EventError::BadPointerId)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +162,29 @@ mod tests {
         assert_eq!(
             parse(br#"{"data":{"id":"e","attributes":{"name":"n","created-at":"a","created_at":"b"}}}"#),
             Err(EventError::NotJson)
+        );
+    }
+
+    #[test]
+    fn ids_at_a_pointer() {
+        let body = br#"{"inquiry":{"id":"inq_1","n":42,"a/b":"x","f":1.5,"e":"","o":{},"z":null}}"#;
+        assert_eq!(id_at(body, "/inquiry/id").as_deref(), Ok("inq_1"));
+        assert_eq!(id_at(body, "/inquiry/n").as_deref(), Ok("42"));
+        assert_eq!(id_at(body, "/inquiry/a~1b").as_deref(), Ok("x"));
+        assert_eq!(id_at(body, "/inquiry/f").as_deref(), Ok("1.5"));
+        for bad in [
+            "/inquiry/e",
+            "/inquiry/o",
+            "/inquiry/z",
+            "/inquiry/none",
+            "/inquiry",
+        ] {
+            assert_eq!(id_at(body, bad), Err(EventError::BadPointerId), "{bad}");
+        }
+        assert_eq!(id_at(b"nope", "/a"), Err(EventError::NotJson));
+        assert_eq!(
+            id_at(br#"{"a":"x\ny"}"#, "/a"),
+            Err(EventError::BadPointerId)
         );
     }
 
