@@ -103,6 +103,8 @@ pub(super) struct RawRoute {
     pub max_body: Option<String>,
     pub events: Option<Vec<String>>,
     pub upstream: Option<String>,
+    pub kind: Option<String>,
+    pub id_pointer: Option<String>,
 }
 
 /// Parses the TOML text into the raw structs; errors never quote the text (see

@@ -26,6 +26,8 @@ mod paths;
 mod redis;
 /// The differential router suite: real frameworks behind the proxy.
 mod routers;
+/// Signature-only routes: `kind = "signature"`, `id_pointer` (SPEC §7).
+mod signature_routes;
 /// The fault soak: nothing lost, nothing doubled while the app and Redis fail.
 mod soak;
 /// TLS on the listener, HTTP/2, certificate reloads, a TLS upstream.
