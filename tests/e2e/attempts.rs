@@ -2,6 +2,8 @@
 //! `Persona-Webhook-Attempts-Made`; a failure on the last attempt
 //! (`Persona-Webhook-Attempts-Left: 0`) logged at `error` and counted.
 
+use std::time::Duration;
+
 use crate::harness::*;
 
 const FINAL_LOG: &str = "Persona's last automatic attempt";
@@ -132,6 +134,25 @@ fn unreachable_app_on_the_last_attempt_is_logged_and_counted() {
     let line = wait_for_log_line(&p, FINAL_LOG);
     assert!(line.contains(&id), "{line}");
     assert!(line.contains("upstream_unavailable"), "{line}");
+}
+
+#[test]
+fn app_timeout_on_the_last_attempt_is_logged_and_counted() {
+    let (up, p) = rig_with(|b| b.set("upstream.read_timeout", "1s"));
+    up.set_delay(Duration::from_secs(3));
+    let id = event_id();
+    let r = deliver_with(
+        &p,
+        &event_body(&id, "inquiry.approved"),
+        Some("8"),
+        Some("0"),
+    );
+    r.assert_error(504, "upstream_timeout");
+    p.wait_for_metric(&final_series(), 1.0);
+    let line = wait_for_log_line(&p, FINAL_LOG);
+    assert!(line.contains(&id), "{line}");
+    assert!(line.contains("upstream_timeout"), "{line}");
+    up.set_delay(Duration::ZERO);
 }
 
 #[test]
