@@ -1,9 +1,16 @@
 //! Reading the two or three fields persona-guard needs from a Persona event.
 //!
-//! Only `data.id`, `data.attributes.name` and `data.attributes.created-at` are
+//! Only `data.id`, `data.attributes.name` and the created-at attribute are
 //! decoded (borrowed where the JSON has no escapes); the rest of the document is
 //! skipped by the parser without building a tree. Values end up in HTTP headers,
 //! so they are checked to be short, printable and non-empty.
+//!
+//! A webhook's `api-key-inflection` (kebab, the default; camel; snake) renames
+//! the created-at attribute to `created-at`, `createdAt` or `created_at`; all
+//! three are read. `data.id` and `data.attributes.name` are single words, the
+//! same under every inflection, and the payload (also inflected) is never read.
+//! A body carrying two of the created-at spellings is refused like any other
+//! repeated field, so the proxy and the app cannot read different values.
 
 use std::borrow::Cow;
 
@@ -29,8 +36,12 @@ pub enum EventError {
     BadId,
     #[error("data.attributes.name is missing, empty, too long or not printable")]
     BadName,
-    #[error("data.attributes.created-at is too long or not printable")]
+    #[error("data.attributes.created-at (createdAt, created_at) is too long or not printable")]
     BadCreatedAt,
+    #[error(
+        "the field at the route's id_pointer is missing, not a string or number, empty, too long or not printable"
+    )]
+    BadPointerId,
 }
 
 #[derive(Deserialize)]
@@ -54,7 +65,13 @@ struct Data<'a> {
 struct Attributes<'a> {
     #[serde(borrow, default)]
     name: Cow<'a, str>,
-    #[serde(borrow, default, rename = "created-at")]
+    #[serde(
+        borrow,
+        default,
+        rename = "created-at",
+        alias = "createdAt",
+        alias = "created_at"
+    )]
     created_at: Option<Cow<'a, str>>,
 }
 
@@ -84,6 +101,23 @@ pub fn parse(body: &[u8]) -> Result<Event<'_>, EventError> {
     })
 }
 
+/// The id at `pointer` (RFC 6901) in a (verified) body of a signature-only
+/// route: a string (checked like `data.id`) or a number (as written in JSON
+/// by serde_json, e.g. `42`). Unlike [`parse`], the whole document is built.
+pub fn id_at(body: &[u8], pointer: &str) -> Result<String, EventError> {
+    let doc: serde_json::Value = serde_json::from_slice(body).map_err(|_| EventError::NotJson)?;
+    let id = match doc.pointer(pointer) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => return Err(EventError::BadPointerId),
+    };
+    if header_safe(&id) {
+        Ok(id)
+    } else {
+        Err(EventError::BadPointerId)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +130,62 @@ mod tests {
         assert_eq!(e.name, "inquiry.approved");
         assert_eq!(e.created_at.as_deref(), Some("2026-11-26T10:00:00.000Z"));
         assert!(matches!(e.id, Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn created_at_is_read_under_every_inflection() {
+        for key in ["created-at", "createdAt", "created_at"] {
+            let body = format!(
+                r#"{{"data":{{"id":"evt_1","attributes":{{"name":"inquiry.approved","{key}":"2026-11-26T10:00:00.000Z","payload":{{}}}}}}}}"#
+            );
+            let e = parse(body.as_bytes()).unwrap();
+            assert_eq!(e.id, "evt_1", "{key}");
+            assert_eq!(e.name, "inquiry.approved", "{key}");
+            assert_eq!(
+                e.created_at.as_deref(),
+                Some("2026-11-26T10:00:00.000Z"),
+                "{key}"
+            );
+        }
+        // Other spellings are not the created-at.
+        let e = parse(
+            br#"{"data":{"id":"e","attributes":{"name":"n","CreatedAt":"x","created at":"y"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(e.created_at, None);
+        // Each spelling is checked like the kebab one.
+        assert_eq!(
+            parse(br#"{"data":{"id":"e","attributes":{"name":"n","createdAt":"\u0000"}}}"#),
+            Err(EventError::BadCreatedAt)
+        );
+        // Two spellings at once are a repeated field.
+        assert_eq!(
+            parse(br#"{"data":{"id":"e","attributes":{"name":"n","created-at":"a","created_at":"b"}}}"#),
+            Err(EventError::NotJson)
+        );
+    }
+
+    #[test]
+    fn ids_at_a_pointer() {
+        let body = br#"{"inquiry":{"id":"inq_1","n":42,"a/b":"x","f":1.5,"e":"","o":{},"z":null}}"#;
+        assert_eq!(id_at(body, "/inquiry/id").as_deref(), Ok("inq_1"));
+        assert_eq!(id_at(body, "/inquiry/n").as_deref(), Ok("42"));
+        assert_eq!(id_at(body, "/inquiry/a~1b").as_deref(), Ok("x"));
+        assert_eq!(id_at(body, "/inquiry/f").as_deref(), Ok("1.5"));
+        for bad in [
+            "/inquiry/e",
+            "/inquiry/o",
+            "/inquiry/z",
+            "/inquiry/none",
+            "/inquiry",
+        ] {
+            assert_eq!(id_at(body, bad), Err(EventError::BadPointerId), "{bad}");
+        }
+        assert_eq!(id_at(b"nope", "/a"), Err(EventError::NotJson));
+        assert_eq!(
+            id_at(br#"{"a":"x\ny"}"#, "/a"),
+            Err(EventError::BadPointerId)
+        );
     }
 
     #[test]

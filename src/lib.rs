@@ -6,9 +6,10 @@
 //! - pure, unit-tested beside the code: [`signature`] (parse and verify
 //!   `Persona-Signature`), [`path`] (percent-decoding and every reading of a
 //!   request target), [`framing`] (ambiguous HTTP/1 heads), [`event`] (id, type,
-//!   created-at), [`outcome`] (every way a request ends: status, code, close,
-//!   `Retry-After`), [`budget`] (the body-memory budget), [`source`] (CIDRs,
-//!   Persona's addresses, the client address behind trusted proxies);
+//!   created-at), [`attempts`] (Persona's attempt headers), [`outcome`] (every
+//!   way a request ends: status, code, close, `Retry-After`), [`budget`] (the
+//!   body-memory budget), [`source`] (CIDRs, Persona's addresses, the client
+//!   address behind trusted proxies);
 //! - [`config`]: the route file, raw (serde, never quoting the file) then
 //!   compiled one section at a time; [`config::ProcessConfig`] names what only
 //!   a restart changes;
@@ -24,6 +25,7 @@
 //!   SIGTERM drain; [`admin`] and [`metrics`] for operators; [`echo`] the demo app.
 
 pub mod admin;
+pub mod attempts;
 pub mod budget;
 pub mod config;
 pub mod echo;

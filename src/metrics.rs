@@ -40,6 +40,13 @@ pub struct Metrics {
     /// `persona_guard_replay_fail_open_total`: deliveries forwarded without replay
     /// protection because the store failed and `on_store_error = "allow"`.
     pub replay_fail_open: IntCounter,
+    /// `persona_guard_delivery_attempts_total{route, attempt}`: verified
+    /// deliveries forwarded, by `Persona-Webhook-Attempts-Made`
+    /// ([`crate::attempts::LABELS`]).
+    pub delivery_attempts: IntCounterVec,
+    /// `persona_guard_final_attempt_failures_total{route}`: forwarded
+    /// deliveries that failed while `Persona-Webhook-Attempts-Left` was 0.
+    pub final_attempt_failures: IntCounterVec,
 }
 
 /// Registers `metric` in `registry` and hands it back. Names are static and
@@ -163,11 +170,23 @@ impl Metrics {
                 "persona_guard_replay_fail_open_total",
                 "Deliveries forwarded without replay protection because the store failed.",
             ),
+            delivery_attempts: counter_vec(
+                &r,
+                "persona_guard_delivery_attempts_total",
+                "Verified deliveries forwarded, by Persona-Webhook-Attempts-Made (above 8 counted as 8).",
+                &["route", "attempt"],
+            ),
+            final_attempt_failures: counter_vec(
+                &r,
+                "persona_guard_final_attempt_failures_total",
+                "Forwarded deliveries that failed on Persona's last automatic attempt (Attempts-Left 0).",
+                &["route"],
+            ),
             registry: r,
         }
     }
 
-    /// Pre-creates every outcome series of a route at 0, so rates work from the start.
+    /// Pre-creates every outcome, attempt and final-failure series of a route at 0, so rates work from the start.
     pub fn register_route(&self, route: &str) {
         for o in Outcome::ALL {
             if !matches!(
@@ -180,6 +199,10 @@ impl Metrics {
                 self.requests.with_label_values(&[route, o.code()]);
             }
         }
+        for a in crate::attempts::LABELS {
+            self.delivery_attempts.with_label_values(&[route, a]);
+        }
+        self.final_attempt_failures.with_label_values(&[route]);
     }
 
     /// Pre-creates the outcome series of requests under no route.

@@ -168,6 +168,18 @@ pub fn verify<S: AsRef<[u8]>>(
     now: i64,
     tolerance_secs: i64,
 ) -> Verdict {
+    verify_timed(header, secrets, body, now, tolerance_secs).0
+}
+
+/// [`verify`], with the timestamp of the set that verified when the verdict
+/// is `Valid` (what a signed request is told apart by, with its body).
+pub fn verify_timed<S: AsRef<[u8]>>(
+    header: &SignatureHeader,
+    secrets: &[S],
+    body: &[u8],
+    now: i64,
+    tolerance_secs: i64,
+) -> (Verdict, Option<i64>) {
     let mut stale = false;
     for (secret_index, secret) in secrets.iter().enumerate() {
         for set in &header.sets {
@@ -183,15 +195,15 @@ pub fn verify<S: AsRef<[u8]>>(
             }
             let age = i128::from(now) - i128::from(set.timestamp);
             if age.abs() <= i128::from(tolerance_secs) {
-                return Verdict::Valid { secret_index };
+                return (Verdict::Valid { secret_index }, Some(set.timestamp));
             }
             stale = true;
         }
     }
     if stale {
-        Verdict::Stale
+        (Verdict::Stale, None)
     } else {
-        Verdict::Invalid
+        (Verdict::Invalid, None)
     }
 }
 

@@ -13,6 +13,7 @@ use pingora::upstreams::peer::HttpPeer;
 use prometheus::{Histogram, IntCounter};
 use tokio::sync::Notify;
 
+use crate::attempts;
 use crate::budget::BodyBudget;
 use crate::config::{Config, Route, Upstream};
 use crate::metrics::{self, Metrics};
@@ -44,6 +45,11 @@ pub struct CompiledRoute {
     pub secret_matches: Vec<IntCounter>,
     /// `persona_guard_upstream_duration_seconds{route, class}` by status class.
     pub upstream: [Histogram; 5],
+    /// `persona_guard_delivery_attempts_total{route, attempt}` by
+    /// [`attempts::label_index`].
+    pub attempts: [IntCounter; attempts::LABELS.len()],
+    /// `persona_guard_final_attempt_failures_total{route}`.
+    pub final_failures: IntCounter,
 }
 
 /// `persona_guard_requests_total{route, outcome}` for one route, by outcome.
@@ -107,6 +113,9 @@ impl CompiledRoute {
                 class("4xx"),
                 class("5xx"),
             ],
+            attempts: attempts::LABELS
+                .map(|a| metrics.delivery_attempts.with_label_values(&[path, a])),
+            final_failures: metrics.final_attempt_failures.with_label_values(&[path]),
         }
     }
 

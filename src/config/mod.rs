@@ -248,6 +248,20 @@ pub struct Route {
     pub upstream: Upstream,
     /// `allow_from`: the client addresses this route accepts (`None`: any).
     pub allow_from: Option<AllowList>,
+    /// What a verified body must be, and what deduplicates it.
+    pub kind: RouteKind,
+}
+
+/// A route's `kind`: Persona webhook events, or any signed body (Persona
+/// Workflows' "Make HTTPS Request" steps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteKind {
+    /// `kind = "event"` (the default): a JSON:API event, deduplicated on `data.id`.
+    Event,
+    /// `kind = "signature"`: any body. Deduplicated on the string or number at
+    /// `id_pointer` (an RFC 6901 JSON pointer) when set, else on the signed
+    /// request itself (its verified `t` and its body).
+    Signature { id_pointer: Option<String> },
 }
 
 impl Route {

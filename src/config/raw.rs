@@ -105,6 +105,8 @@ pub(super) struct RawRoute {
     pub events: Option<Vec<String>>,
     pub upstream: Option<String>,
     pub allow_from: Option<Vec<String>>,
+    pub kind: Option<String>,
+    pub id_pointer: Option<String>,
 }
 
 /// Parses the TOML text into the raw structs; errors never quote the text (see

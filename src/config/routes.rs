@@ -7,7 +7,7 @@ use super::check::Check;
 use super::defaults::{DEFAULT_MAX_BODY, DEFAULT_TOLERANCE};
 use super::raw::RawRoute;
 use super::server;
-use super::{EventPattern, Route, Secret, Unmatched, Upstream, upstream};
+use super::{EventPattern, Route, RouteKind, Secret, Unmatched, Upstream, upstream};
 use crate::path;
 use crate::source::AllowList;
 
@@ -64,6 +64,13 @@ fn compile_one(
     let secrets = secrets(c, i, r.secrets, base);
     let tolerance = c.duration(&k("tolerance"), r.tolerance.as_deref(), DEFAULT_TOLERANCE);
     let max_body = c.size(&k("max_body"), r.max_body.as_deref(), DEFAULT_MAX_BODY);
+    let kind = kind(c, i, r.kind.as_deref(), r.id_pointer);
+    if kind != RouteKind::Event && r.events.is_some() {
+        c.problem(
+            k("events"),
+            "does not apply to kind = \"signature\" (its bodies are not events); remove it",
+        );
+    }
     let events = r.events.map(|list| events(c, i, &list));
     let allow_from = r.allow_from.map(|list| allow_from(c, i, &list));
     let upstream = match r.upstream.as_deref() {
@@ -80,6 +87,7 @@ fn compile_one(
         events,
         upstream,
         allow_from,
+        kind,
     }
 }
 
@@ -93,6 +101,53 @@ fn allow_from(c: &mut Check, i: usize, list: &[String]) -> AllowList {
         );
     }
     AllowList::new(server::cidrs(c, &key, list, true))
+}
+
+/// `kind` and `id_pointer`: `id_pointer` only on signature routes, and a
+/// JSON pointer (RFC 6901) into the body: `/` then segments, `~` only as
+/// `~0` or `~1`.
+fn kind(c: &mut Check, i: usize, kind: Option<&str>, id_pointer: Option<String>) -> RouteKind {
+    let signature = c.choice(
+        &format!("route[{i}].kind"),
+        kind,
+        &[("event", false), ("signature", true)],
+        false,
+    );
+    let key = format!("route[{i}].id_pointer");
+    match (signature, id_pointer) {
+        (false, None) => RouteKind::Event,
+        (false, Some(_)) => {
+            if kind.is_none_or(|k| k == "event") {
+                c.problem(
+                    key,
+                    "only applies to kind = \"signature\"; add that or remove id_pointer",
+                );
+            }
+            RouteKind::Event
+        }
+        (true, None) => RouteKind::Signature { id_pointer: None },
+        (true, Some(p)) => {
+            if !valid_pointer(&p) {
+                c.problem(
+                    key,
+                    "is not a JSON pointer to a field, such as \"/inquiry/id\" (RFC 6901: starts with `/`, `~` only as `~0` or `~1`; the value is not repeated here)",
+                );
+            }
+            RouteKind::Signature {
+                id_pointer: Some(p),
+            }
+        }
+    }
+}
+
+fn valid_pointer(p: &str) -> bool {
+    let Some(rest) = p.strip_prefix('/') else {
+        return false;
+    };
+    let b = rest.as_bytes();
+    b.iter()
+        .enumerate()
+        .all(|(j, &c)| c != b'~' || matches!(b.get(j + 1), Some(b'0' | b'1')))
 }
 
 /// The path as written and its normalised form (`/` when it has a problem).
@@ -196,7 +251,7 @@ events = []
 path = "hooks"
 events = ["", "a*b", "inquiry.*"]
 [[route]]
-secrets = ["x"]
+secrets = ["env:SECRET"]
 "#;
         let p = from_str(text, &env()).unwrap_err();
         assert_eq!(
@@ -269,5 +324,88 @@ secrets = ["x"]
         );
         assert_eq!(parse_pattern("a"), Ok(EventPattern::Exact("a".into())));
         assert!(parse_pattern("*a").is_err());
+    }
+
+    #[test]
+    fn signature_routes_are_checked_each_under_its_key() {
+        let text = r#"
+[[route]]
+path = "/a"
+secrets = ["env:SECRET"]
+kind = "signature"
+events = ["inquiry.*"]
+id_pointer = "nested/key"
+[[route]]
+path = "/b"
+secrets = ["env:SECRET"]
+id_pointer = "/inquiry/id"
+[[route]]
+path = "/c"
+secrets = ["env:SECRET"]
+kind = "workflow"
+[[route]]
+path = "/d"
+secrets = ["env:SECRET"]
+kind = "signature"
+id_pointer = "/a~2b"
+"#;
+        let p = from_str(text, &env()).unwrap_err();
+        assert_eq!(
+            keys(&p),
+            vec![
+                "route[0].id_pointer",
+                "route[0].events",
+                "route[1].id_pointer",
+                "route[2].kind",
+                "route[3].id_pointer",
+            ]
+        );
+        // The values are never quoted.
+        let text = format!("{p:?}");
+        assert!(
+            !text.contains("nested/key") && !text.contains("workflow") && !text.contains("a~2b"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn signature_routes_compile() {
+        let text = r#"
+[[route]]
+path = "/a"
+secrets = ["env:SECRET"]
+kind = "signature"
+[[route]]
+path = "/b"
+secrets = ["env:SECRET"]
+kind = "signature"
+id_pointer = "/inquiry/id~1x"
+[[route]]
+path = "/c"
+secrets = ["env:SECRET"]
+kind = "event"
+"#;
+        let cfg = from_str(text, &env()).unwrap();
+        assert_eq!(
+            cfg.routes[0].kind,
+            RouteKind::Signature { id_pointer: None }
+        );
+        assert_eq!(
+            cfg.routes[1].kind,
+            RouteKind::Signature {
+                id_pointer: Some("/inquiry/id~1x".into())
+            }
+        );
+        assert_eq!(cfg.routes[2].kind, RouteKind::Event);
+    }
+
+    #[test]
+    fn pointers_follow_rfc_6901() {
+        for ok in ["/a", "/", "/a/0", "/a~0b", "/a~1b"] {
+            assert!(valid_pointer(ok), "{ok}");
+        }
+        for bad in ["", "a", "/a~", "/a~2"] {
+            assert!(!valid_pointer(bad), "{bad}");
+        }
     }
 }

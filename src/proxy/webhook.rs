@@ -1,9 +1,11 @@
 //! The decision on a webhook route: [`judge`] takes a request from its head
 //! to an admitted delivery or the outcome that refuses it, in the contract's
 //! order (method, signature header, size and memory budget, body, signature
-//! and timestamp, event, allow-list, replay claim). Its only I/O is reading
+//! and timestamp, event (or, on a signature-only route, the id to
+//! deduplicate on), allow-list, replay claim). Its only I/O is reading
 //! the body and the claim; [`deliver`] forwards what was admitted and settles
-//! the claim on the app's answer.
+//! the claim on the app's answer, counting the delivery by Persona's
+//! `Attempts-Made` and flagging a failure on its last attempt.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -15,8 +17,9 @@ use pingora::proxy::Session;
 
 use super::downstream::{Ctx, declared_length, read_body, respond};
 use super::forward::{self, Wire};
+use crate::attempts;
 use crate::budget::Permit;
-use crate::config::{OnStoreError, Route};
+use crate::config::{OnStoreError, Route, RouteKind};
 use crate::event;
 use crate::outcome::Outcome;
 use crate::replay::{self, Claim, Lease};
@@ -54,16 +57,28 @@ pub async fn judge(
 ) -> Result<Admitted, Rejection> {
     let parsed = signature_header(session)?;
     let (body, permit) = read_within_budget(shared, session, on).await?;
-    verify(&parsed, &body, on)?;
-    let ev = event::parse(&body).map_err(|_| Outcome::InvalidEvent)?;
-    ctx.event_id = Some(ev.id.to_string());
-    ctx.event_type = Some(ev.name.to_string());
-    // An ignored event is not remembered.
-    if !on.route.allows(&ev.name) {
-        return Err(Outcome::Ignored);
-    }
-    let claim = claim(shared, on, &ev.id).await?;
-    let created_at = ev.created_at.map(|c| c.into_owned());
+    let t = verify(&parsed, &body, on)?;
+    let (key, created_at) = match &on.route.kind {
+        RouteKind::Event => {
+            let ev = event::parse(&body).map_err(|_| Outcome::InvalidEvent)?;
+            ctx.event_id = Some(ev.id.to_string());
+            ctx.event_type = Some(ev.name.to_string());
+            // An ignored event is not remembered.
+            if !on.route.allows(&ev.name) {
+                return Err(Outcome::Ignored);
+            }
+            (ev.id.into_owned(), ev.created_at.map(|c| c.into_owned()))
+        }
+        RouteKind::Signature { id_pointer: None } => (request_key(t, &body), None),
+        RouteKind::Signature {
+            id_pointer: Some(pointer),
+        } => {
+            let id = event::id_at(&body, pointer).map_err(|_| Outcome::InvalidEvent)?;
+            ctx.event_id = Some(id.clone());
+            (id, None)
+        }
+    };
+    let claim = claim(shared, on, &key, ctx.event_id.as_deref()).await?;
     Ok(Admitted {
         body,
         created_at,
@@ -119,10 +134,24 @@ async fn read_within_budget(
     Ok((body, permit))
 }
 
-/// The signature over the raw body, and its timestamp.
-fn verify(parsed: &SignatureHeader, body: &[u8], on: &OnRoute<'_>) -> Result<(), Rejection> {
+/// The replay key of a signed request on a signature-only route without
+/// `id_pointer`: a digest of the verified set's `t` and the body, so the same
+/// signed request is a duplicate and a re-signed one (new `t`) is not. The
+/// header's spelling (spaces, extra sets or keys) does not change it.
+fn request_key(t: i64, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(t.to_string().as_bytes());
+    h.update(b".");
+    h.update(body);
+    format!("signed:{}", hex::encode(h.finalize()))
+}
+
+/// The signature over the raw body, and its timestamp: the `t` of the set
+/// that verified.
+fn verify(parsed: &SignatureHeader, body: &[u8], on: &OnRoute<'_>) -> Result<i64, Rejection> {
     let started = Instant::now();
-    let verdict = signature::verify(
+    let (verdict, t) = signature::verify_timed(
         parsed,
         &on.route.secrets,
         body,
@@ -137,17 +166,19 @@ fn verify(parsed: &SignatureHeader, body: &[u8], on: &OnRoute<'_>) -> Result<(),
             if let Some(c) = on.compiled.secret_matches.get(secret_index) {
                 c.inc();
             }
-            Ok(())
+            Ok(t.unwrap_or_default())
         }
     }
 }
 
-/// The replay claim: the id in flight for this delivery, or the reason not
-/// to forward it.
+/// The replay claim: `id` (the event id, the id at `id_pointer`, or the
+/// signed request's digest) in flight for this delivery, or the reason not
+/// to forward it. `log_id` is what a log line may name (never the digest).
 async fn claim(
     shared: &Arc<Shared>,
     on: &OnRoute<'_>,
     id: &str,
+    log_id: Option<&str>,
 ) -> Result<Option<Lease>, Rejection> {
     let replay = &on.policy.config.replay;
     let store = shared.store();
@@ -168,7 +199,7 @@ async fn claim(
                 OnStoreError::Allow => {
                     tracing::warn!(
                         route = on.route.path.as_str(),
-                        event_id = id,
+                        event_id = log_id,
                         "replay store unavailable: forwarding WITHOUT replay protection (on_store_error = \"allow\")"
                     );
                     shared.metrics.replay_fail_open.inc();
@@ -200,6 +231,7 @@ pub async fn deliver(
     if let Some(c) = &admitted.created_at {
         trusted.push((&h.event_created_at, c.as_str()));
     }
+    let last_attempt = count_attempt(session, on);
     let body = &admitted.body;
     let wire = Wire::new(
         session.req_header(),
@@ -216,7 +248,11 @@ pub async fn deliver(
             if let Some(c) = admitted.claim {
                 c.release().await;
             }
-            return respond(session, ctx, e.into()).await;
+            let outcome: Outcome = e.into();
+            if last_attempt {
+                final_attempt_failed(on, ctx, outcome.code(), None);
+            }
+            return respond(session, ctx, outcome).await;
         }
     };
     let status = answer.head.status;
@@ -231,11 +267,38 @@ pub async fn deliver(
             c.release().await;
         }
     }
+    if last_attempt && !status.is_success() {
+        final_attempt_failed(on, ctx, "upstream_status", Some(status.as_u16()));
+    }
     ctx.outcome = Some(Outcome::Forwarded);
     ctx.upstream_status = Some(status.as_u16());
     ctx.status = ctx.upstream_status;
     answer.relay(&shared.connector, session, peer).await?;
     Ok(true)
+}
+
+/// Counts a delivery about to be forwarded by its `Attempts-Made`, and says
+/// whether `Attempts-Left` is 0 (Persona will not retry it on its own).
+fn count_attempt(session: &Session, on: &OnRoute<'_>) -> bool {
+    let headers = &session.req_header().headers;
+    let value = |name| attempts::count(headers.get_all(name).iter().map(|v| v.as_bytes()));
+    on.compiled.attempts[attempts::label_index(value(attempts::MADE))].inc();
+    attempts::is_last(value(attempts::LEFT))
+}
+
+/// A forwarded delivery failed on Persona's last automatic attempt: counted
+/// and logged at `error` with the event's id and type (never its body), since
+/// only an operator's manual retry can deliver it now.
+fn final_attempt_failed(on: &OnRoute<'_>, ctx: &Ctx, failure: &'static str, status: Option<u16>) {
+    on.compiled.final_failures.inc();
+    tracing::error!(
+        route = on.route.path.as_str(),
+        event_id = ctx.event_id.as_deref(),
+        event_type = ctx.event_type.as_deref(),
+        failure,
+        upstream_status = status,
+        "delivery failed on Persona's last automatic attempt (Persona-Webhook-Attempts-Left: 0); Persona will not retry it on its own"
+    );
 }
 
 fn unix_now() -> i64 {

@@ -6,6 +6,8 @@
 /// The harness: client, upstreams, the proxy process, Persona's signing, Redis.
 mod harness;
 
+/// Persona's attempt headers: the attempt metrics, failures on the last attempt (SPEC §7).
+mod attempts;
 /// `check` and `sign`; configuration errors never quote the file (SPEC §5, §6).
 mod cli;
 /// Ambiguous framing is refused and nothing ambiguous is forwarded (SPEC §2).
@@ -24,6 +26,8 @@ mod paths;
 mod redis;
 /// The differential router suite: real frameworks behind the proxy.
 mod routers;
+/// Signature-only routes: `kind = "signature"`, `id_pointer` (SPEC §7).
+mod signature_routes;
 /// The fault soak: nothing lost, nothing doubled while the app and Redis fail.
 mod soak;
 /// Source allow-lists: `allow_from` and `trusted_proxies` (SPEC §7).

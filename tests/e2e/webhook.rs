@@ -70,6 +70,42 @@ fn event_without_created_at_gets_no_created_at_header() {
     );
 }
 
+/// An event as Persona sends it under an `api-key-inflection`: the
+/// created-at attribute (and the payload's keys) spelt `key`.
+fn inflected_event(id: &str, key: &str) -> Vec<u8> {
+    let payload_key = key.replace("created", "completed");
+    format!(
+        r#"{{"data":{{"type":"event","id":"{id}","attributes":{{"name":"inquiry.approved","{key}":"{CREATED_AT}","payload":{{"data":{{"type":"inquiry","id":"inq_1","attributes":{{"{payload_key}":"2026-11-26T09:59:40.000Z"}}}}}}}}}}}}"#
+    )
+    .into_bytes()
+}
+
+fn created_at_header_under(key: &str) {
+    let (up, p) = rig();
+    let id = event_id();
+    let body = inflected_event(&id, key);
+    let resp = p.deliver(&body);
+    assert_eq!(resp.status, 200, "{key}: {}", resp.text());
+    let r = &up.wait_for_requests(1, W)[0];
+    assert_eq!(r.body, body);
+    assert_trusted(r, &id, "inquiry.approved");
+}
+
+#[test]
+fn created_at_read_under_kebab_inflection() {
+    created_at_header_under("created-at");
+}
+
+#[test]
+fn created_at_read_under_camel_inflection() {
+    created_at_header_under("createdAt");
+}
+
+#[test]
+fn created_at_read_under_snake_inflection() {
+    created_at_header_under("created_at");
+}
+
 #[test]
 fn missing_signature_is_401() {
     let (up, p) = rig();
