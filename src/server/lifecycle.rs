@@ -67,11 +67,27 @@ pub fn spawn_watcher(server: &Server, shared: Arc<Shared>, listen: SocketAddr) {
     };
     std::thread::spawn(move || {
         runtime.block_on(async move {
-            while let Ok(phase) = phases.recv().await {
+            loop {
+                let phase = match phases.recv().await {
+                    Ok(phase) => phase,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
                 match phase {
-                    ExecutionPhase::Running => latch_ready(&shared, listen).await,
+                    // In a task of its own: a SIGTERM that arrives while the
+                    // confirmation still dials must not wait behind it.
+                    ExecutionPhase::Running => {
+                        tokio::spawn(latch_ready(shared.clone(), listen));
+                    }
                     ExecutionPhase::GracefulTerminate => {
                         tokio::time::sleep(LISTENERS_SETTLE).await;
+                        let left = shared.inflight.load(Ordering::SeqCst);
+                        if left > 0 {
+                            tracing::info!(
+                                in_flight = left,
+                                "draining: waiting for requests in flight"
+                            );
+                        }
                         shared.wait_idle().await;
                         tracing::info!("drained: exiting");
                         shared.store().close().await;
@@ -86,12 +102,15 @@ pub fn spawn_watcher(server: &Server, shared: Arc<Shared>, listen: SocketAddr) {
 
 /// Readiness becomes true once, when the public listener first accepts a
 /// connection; probes then read the latch and never dial the port.
-async fn latch_ready(shared: &Shared, mut listen: SocketAddr) {
+async fn latch_ready(shared: Arc<Shared>, mut listen: SocketAddr) {
     if listen.ip().is_unspecified() {
         listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let deadline = tokio::time::Instant::now() + LISTEN_CONFIRM;
     while tokio::time::Instant::now() < deadline {
+        if shared.draining.load(Ordering::SeqCst) {
+            return;
+        }
         if let Ok(Ok(_)) = tokio::time::timeout(
             Duration::from_secs(1),
             tokio::net::TcpStream::connect(listen),

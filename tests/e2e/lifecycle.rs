@@ -131,7 +131,8 @@ fn exits_promptly_on(sig: &str) {
     );
     assert!(
         took < Duration::from_secs(3),
-        "SIG{sig} with nothing in flight: exited after {took:?}, not well before the 10 s grace period"
+        "SIG{sig} with nothing in flight: exited after {took:?}, not well before the 10 s grace period\nstderr:\n{}",
+        p.stderr()
     );
 }
 
