@@ -40,5 +40,6 @@ pub mod replay;
 pub mod server;
 pub mod signature;
 pub mod source;
+pub mod spool;
 pub mod state;
 pub mod tls;

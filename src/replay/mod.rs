@@ -167,29 +167,59 @@ pub async fn claim(
     inflight_ttl: Duration,
 ) -> Result<Claim<Lease>, StoreError> {
     let key = store.key(route, event_id);
+    claim_key(store, key, inflight_ttl).await
+}
+
+async fn claim_key(
+    store: &Arc<dyn ReplayStore>,
+    key: StoreKey,
+    inflight_ttl: Duration,
+) -> Result<Claim<Lease>, StoreError> {
     Ok(match store.claim(&key, inflight_ttl).await? {
-        Claim::Claimed(token) => {
-            let on_error = Arc::new(OnceLock::new());
-            let renewal = tokio::spawn(renew(
-                store.clone(),
-                key.clone(),
-                token,
-                inflight_ttl,
-                on_error.clone(),
-            ))
-            .abort_handle();
-            Claim::Claimed(Lease {
-                store: store.clone(),
-                key,
-                token,
-                armed: true,
-                on_error,
-                renewal,
-            })
-        }
+        Claim::Claimed(token) => Claim::Claimed(hold(store, key, token, inflight_ttl)),
         Claim::Duplicate => Claim::Duplicate,
         Claim::InFlight { retry_after } => Claim::InFlight { retry_after },
     })
+}
+
+/// Takes over the in-flight mark of `event_id` on `route` that the claim
+/// with `token` made (a spooled delivery, whose request detached its lease):
+/// renewed and held as a [`Lease`] while it is still that token's mark; when
+/// it is not (it expired, or a restarted memory store forgot it), the id is
+/// claimed anew, which may find it delivered or in another delivery's hands.
+pub async fn adopt(
+    store: &Arc<dyn ReplayStore>,
+    route: &[u8],
+    event_id: &str,
+    token: u64,
+    inflight_ttl: Duration,
+) -> Result<Claim<Lease>, StoreError> {
+    let key = store.key(route, event_id);
+    if store.renew(&key, token, inflight_ttl).await? {
+        return Ok(Claim::Claimed(hold(store, key, token, inflight_ttl)));
+    }
+    claim_key(store, key, inflight_ttl).await
+}
+
+/// A lease on `key`'s mark held by `token`, renewing it from now on.
+fn hold(store: &Arc<dyn ReplayStore>, key: StoreKey, token: u64, inflight_ttl: Duration) -> Lease {
+    let on_error = Arc::new(OnceLock::new());
+    let renewal = tokio::spawn(renew(
+        store.clone(),
+        key.clone(),
+        token,
+        inflight_ttl,
+        on_error.clone(),
+    ))
+    .abort_handle();
+    Lease {
+        store: store.clone(),
+        key,
+        token,
+        armed: true,
+        on_error,
+        renewal,
+    }
 }
 
 /// Renews `key`'s mark every [`renew_every`] while it is `token`'s. Stops when
@@ -271,6 +301,15 @@ impl Lease {
         if let Err(e) = self.store.commit(&self.key, ttl).await {
             report(&self.on_error, "commit", &e);
         }
+    }
+
+    /// Stops renewing and hands the mark on unsettled: it lives for
+    /// `inflight_ttl` from its last renewal, for whoever [`adopt`]s it by the
+    /// returned token (the spool's redelivery). Nothing is released.
+    pub fn detach(mut self) -> u64 {
+        self.armed = false;
+        self.renewal.abort();
+        self.token
     }
 
     /// Forgets the claim so that a retry is admitted.

@@ -1,0 +1,1 @@
+//! The embedded spool (see [`crate::spool`]).

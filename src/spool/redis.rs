@@ -1,0 +1,1 @@
+//! The Redis spool (see [`crate::spool`]).
