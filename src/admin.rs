@@ -5,6 +5,12 @@
 //!   (latched at start), while the replay store answers and until SIGTERM;
 //!   503 with a JSON reason otherwise.
 //! * `GET /metrics`: Prometheus text exposition (see `metrics.rs`).
+//! * `GET /spool`: per spooling route its depth, oldest age, bytes and dead
+//!   letters (the first [`DEAD_LISTED`] of them listed).
+//! * `POST /spool/retry`: every dead letter back to live, or only those
+//!   whose event id (or entry id) is `?id=`; `DELETE /spool/dead?id=`: deletes
+//!   those dead letters. These change the spool: the admin listener belongs
+//!   on loopback or a network only operators reach.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,7 +20,15 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::spool::{Entry, Handle, Mode};
 use crate::state::Shared;
+
+fn unavailable(e: &crate::spool::SpoolError) -> Response<Vec<u8>> {
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({"error": "spool_unavailable", "message": e.to_string()}),
+    )
+}
 
 pub struct Admin {
     pub shared: Arc<Shared>,
@@ -29,7 +43,170 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
+/// How many dead letters `GET /spool` lists per route (all are counted).
+pub const DEAD_LISTED: usize = 100;
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
+    reply(status, "application/json", v.to_string().into_bytes())
+}
+
+/// The `id` parameter of an admin query, percent-decoded.
+fn query_id(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "id")
+        .map(|(_, v)| v.into_owned())
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+fn age_seconds(ms: u64) -> u64 {
+    crate::spool::now_ms().saturating_sub(ms) / 1000
+}
+
 impl Admin {
+    /// The spool and the routes that spool, or the answer saying there is none.
+    fn spool(&self) -> Result<(&Arc<Handle>, Vec<String>), Response<Vec<u8>>> {
+        let Some(spool) = self.shared.spool.get() else {
+            return Err(json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "no_spool", "message": "No route spools (spool = \"on_failure\" or \"always\")."}),
+            ));
+        };
+        let policy = self.shared.policy.load();
+        let routes = policy
+            .config
+            .routes
+            .iter()
+            .filter(|r| r.spool != Mode::Off)
+            .map(|r| r.path.clone())
+            .collect();
+        Ok((spool, routes))
+    }
+
+    async fn spool_list(&self) -> Response<Vec<u8>> {
+        let (spool, routes) = match self.spool() {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        let mut out = Vec::new();
+        for route in routes {
+            let (stats, dead) = match (spool.store.stats(&route).await, spool.store.dead(&route).await) {
+                (Ok(s), Ok(d)) => (s, d),
+                (Err(e), _) | (_, Err(e)) => return unavailable(&e),
+            };
+            let listed: Vec<_> = dead
+                .iter()
+                .take(DEAD_LISTED)
+                .map(|e| {
+                    serde_json::json!({
+                        "id": e.id,
+                        "event_id": e.record.event_id,
+                        "event_type": e.record.event_type,
+                        "spooled_at": rfc3339(e.record.spooled_at_ms),
+                        "age_seconds": age_seconds(e.record.live_since_ms),
+                    })
+                })
+                .collect();
+            out.push(serde_json::json!({
+                "route": route,
+                "depth": stats.depth,
+                "oldest_age_seconds": stats.oldest_live_ms.map_or(0, age_seconds),
+                "bytes": stats.bytes,
+                "dead_letters": stats.dead,
+                "dead": listed,
+            }));
+        }
+        json(StatusCode::OK, serde_json::json!({ "routes": out }))
+    }
+
+    /// The dead letters `id` names (event id or entry id; every one when
+    /// `None`), per route.
+    async fn dead_matching(
+        &self,
+        id: Option<&str>,
+    ) -> Result<(&Arc<Handle>, Vec<(String, Entry)>), Response<Vec<u8>>> {
+        let (spool, routes) = self.spool()?;
+        let mut found = Vec::new();
+        for route in routes {
+            let dead = spool.store.dead(&route).await.map_err(|e| unavailable(&e))?;
+            for e in dead {
+                if id.is_none_or(|id| e.id == id || e.record.event_id.as_deref() == Some(id)) {
+                    found.push((route.clone(), e));
+                }
+            }
+        }
+        Ok((spool, found))
+    }
+
+    async fn spool_retry(&self, id: Option<&str>) -> Response<Vec<u8>> {
+        let (spool, found) = match self.dead_matching(id).await {
+            Ok(f) => f,
+            Err(r) => return r,
+        };
+        if id.is_some() && found.is_empty() {
+            return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found", "message": "No dead letter has that id."}));
+        }
+        let mut retried = 0;
+        for (route, e) in found {
+            match spool.store.revive(&route, &e.id, crate::spool::now_ms()).await {
+                Ok(_) => retried += 1,
+                Err(crate::spool::SpoolError::NotFound) => {}
+                Err(err) => return unavailable(&err),
+            }
+        }
+        tracing::info!(retried, "spool: dead letters retried by an operator");
+        spool.stored();
+        json(StatusCode::OK, serde_json::json!({ "retried": retried }))
+    }
+
+    async fn spool_delete(&self, id: Option<&str>) -> Response<Vec<u8>> {
+        let Some(id) = id else {
+            return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "missing_id", "message": "DELETE /spool/dead needs ?id=<event id or entry id>."}));
+        };
+        let (spool, found) = match self.dead_matching(Some(id)).await {
+            Ok(f) => f,
+            Err(r) => return r,
+        };
+        let mut deleted = 0;
+        for (route, e) in found {
+            match spool.store.delete_dead(&route, &e.id).await {
+                Ok(()) => {
+                    deleted += 1;
+                    tracing::warn!(route, event_id = e.record.event_id.as_deref(), "spool: dead letter deleted by an operator");
+                }
+                Err(crate::spool::SpoolError::NotFound) => {}
+                Err(err) => return unavailable(&err),
+            }
+        }
+        if deleted == 0 {
+            return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found", "message": "No dead letter has that id."}));
+        }
+        json(StatusCode::OK, serde_json::json!({ "deleted": deleted }))
+    }
+
+    /// Sets the spool gauges of every spooling route (on scrape).
+    async fn spool_gauges(&self) {
+        let Ok((spool, routes)) = self.spool() else {
+            return;
+        };
+        let m = &self.shared.metrics;
+        for route in routes {
+            match spool.store.stats(&route).await {
+                Ok(s) => {
+                    m.spool_depth.with_label_values(&[&route]).set(s.depth as i64);
+                    m.spool_dead_letters.with_label_values(&[&route]).set(s.dead as i64);
+                    m.spool_oldest_age
+                        .with_label_values(&[&route])
+                        .set(s.oldest_live_ms.map_or(0, age_seconds) as i64);
+                }
+                Err(e) => tracing::warn!(route, error = %e, "spool: cannot read its stats for /metrics"),
+            }
+        }
+    }
+
     /// Ready once the public listener has accepted (a latch set at start,
     /// see `server::lifecycle`), while the replay store answers, and until
     /// SIGTERM.
@@ -51,12 +228,19 @@ impl Admin {
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        if req.method != Method::GET {
-            return reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "application/json",
-                br#"{"error":"method_not_allowed"}"#.to_vec(),
-            );
+        let id = query_id(req.uri.query());
+        match (&req.method, req.uri.path()) {
+            (&Method::GET, "/spool") => return self.spool_list().await,
+            (&Method::POST, "/spool/retry") => return self.spool_retry(id.as_deref()).await,
+            (&Method::DELETE, "/spool/dead") => return self.spool_delete(id.as_deref()).await,
+            (_, "/spool" | "/spool/retry" | "/spool/dead") | (&Method::GET, _) => {}
+            _ => {
+                return reply(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "application/json",
+                    br#"{"error":"method_not_allowed"}"#.to_vec(),
+                );
+            }
         }
         match req.uri.path() {
             "/healthz" => reply(
@@ -81,6 +265,7 @@ impl ServeHttp for Admin {
             "/metrics" => {
                 let m = &self.shared.metrics;
                 m.buffered_body_bytes.set(self.shared.budget.held() as i64);
+                self.spool_gauges().await;
                 if let Some(stats) = self.shared.store().local_stats() {
                     m.replay_entries.set(stats.entries as i64);
                     let evicted = stats.evicted_early;
@@ -92,7 +277,7 @@ impl ServeHttp for Admin {
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "application/json",
-                br#"{"error":"not_found","message":"Try /healthz, /readyz or /metrics."}"#.to_vec(),
+                br#"{"error":"not_found","message":"Try /healthz, /readyz, /metrics or /spool."}"#.to_vec(),
             ),
         }
     }

@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod path;
 pub mod proxy;
+pub mod redelivery;
 pub mod replay;
 pub mod server;
 pub mod signature;

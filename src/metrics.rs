@@ -4,8 +4,8 @@
 //! several instances in one process never share counters.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::outcome::Outcome;
@@ -47,7 +47,30 @@ pub struct Metrics {
     /// `persona_guard_final_attempt_failures_total{route}`: forwarded
     /// deliveries that failed while `Persona-Webhook-Attempts-Left` was 0.
     pub final_attempt_failures: IntCounterVec,
+    /// `persona_guard_spool_depth{route}`: live entries in the delivery spool (set on scrape).
+    pub spool_depth: IntGaugeVec,
+    /// `persona_guard_spool_oldest_age_seconds{route}`: age of the oldest live entry (set on scrape).
+    pub spool_oldest_age: IntGaugeVec,
+    /// `persona_guard_spool_dead_letters{route}`: dead letters kept (set on scrape).
+    pub spool_dead_letters: IntGaugeVec,
+    /// `persona_guard_spool_redeliveries_total{route, result}` ([`SPOOL_RESULTS`]).
+    pub spool_redeliveries: IntCounterVec,
+    /// `persona_guard_spool_fallbacks_total{route, reason}`: deliveries that
+    /// should have been spooled but were answered as without a spool
+    /// ([`SPOOL_FALLBACKS`]).
+    pub spool_fallbacks: IntCounterVec,
 }
+
+/// The `result` of a redelivery from the spool: the app answered 2xx
+/// (`delivered`); it failed or did not answer (`failed`); the id was found
+/// delivered already and the entry dropped unsent (`duplicate`); another
+/// delivery holds the id, tried again later (`deferred`); the entry passed
+/// `max_age` (`dead`).
+pub const SPOOL_RESULTS: [&str; 5] = ["delivered", "failed", "duplicate", "deferred", "dead"];
+
+/// Why a delivery was not spooled: `full` (`max_bytes`), `unavailable`
+/// (the disk or Redis failed), `no_claim` (forwarded without a replay claim).
+pub const SPOOL_FALLBACKS: [&str; 3] = ["full", "unavailable", "no_claim"];
 
 /// Registers `metric` in `registry` and hands it back. Names are static and
 /// unique, so registration cannot fail.
@@ -78,6 +101,11 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
         r,
         IntGauge::new(name, help).expect("static metric definition"),
     )
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registered(r, m)
 }
 
 fn histogram_vec(
@@ -182,7 +210,54 @@ impl Metrics {
                 "Forwarded deliveries that failed on Persona's last automatic attempt (Attempts-Left 0).",
                 &["route"],
             ),
+            spool_depth: gauge_vec(
+                &r,
+                "persona_guard_spool_depth",
+                "Live deliveries waiting in the delivery spool.",
+                &["route"],
+            ),
+            spool_oldest_age: gauge_vec(
+                &r,
+                "persona_guard_spool_oldest_age_seconds",
+                "Age of the oldest live delivery in the spool (0 when empty).",
+                &["route"],
+            ),
+            spool_dead_letters: gauge_vec(
+                &r,
+                "persona_guard_spool_dead_letters",
+                "Spooled deliveries past [spool] max_age, kept until an operator retries or deletes them.",
+                &["route"],
+            ),
+            spool_redeliveries: counter_vec(
+                &r,
+                "persona_guard_spool_redeliveries_total",
+                "Redeliveries from the spool by result.",
+                &["route", "result"],
+            ),
+            spool_fallbacks: counter_vec(
+                &r,
+                "persona_guard_spool_fallbacks_total",
+                "Deliveries the spool could not keep, answered as without a spool, by reason.",
+                &["route", "reason"],
+            ),
             registry: r,
+        }
+    }
+
+    /// Pre-creates the spool series of a spooling route at 0.
+    pub fn register_spool_route(&self, route: &str) {
+        for g in [
+            &self.spool_depth,
+            &self.spool_oldest_age,
+            &self.spool_dead_letters,
+        ] {
+            g.with_label_values(&[route]);
+        }
+        for r in SPOOL_RESULTS {
+            self.spool_redeliveries.with_label_values(&[route, r]);
+        }
+        for r in SPOOL_FALLBACKS {
+            self.spool_fallbacks.with_label_values(&[route, r]);
         }
     }
 

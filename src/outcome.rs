@@ -43,6 +43,9 @@ pub enum Outcome {
     /// The route has `allow_from` and the client address is not in it (or
     /// cannot be told); decided before any other check on the route.
     SourceNotAllowed,
+    /// The delivery is kept in the delivery spool (`spool = "on_failure"` or
+    /// `"always"`) and will reach the app from there: 202.
+    Spooled,
 }
 
 impl Outcome {
@@ -71,6 +74,7 @@ impl Outcome {
             Outcome::NotFound => "not_found",
             Outcome::ClientError => "client_error",
             Outcome::SourceNotAllowed => "source_not_allowed",
+            Outcome::Spooled => "spooled",
         }
     }
 
@@ -79,6 +83,7 @@ impl Outcome {
         Some(match self {
             Outcome::Forwarded | Outcome::Passthrough => return None,
             Outcome::Ignored | Outcome::Duplicate => StatusCode::OK,
+            Outcome::Spooled => StatusCode::ACCEPTED,
             Outcome::MissingSignature
             | Outcome::MalformedSignature
             | Outcome::InvalidSignature
@@ -132,6 +137,7 @@ impl Outcome {
             Outcome::NotFound => "No route matches this path.",
             Outcome::ClientError => "The request could not be read.",
             Outcome::SourceNotAllowed => "This route does not accept requests from this address.",
+            Outcome::Spooled => "The delivery is kept durably and will be delivered to the application.",
         }
     }
 
@@ -160,6 +166,7 @@ impl Outcome {
             Outcome::NotFound => 19,
             Outcome::ClientError => 20,
             Outcome::SourceNotAllowed => 21,
+            Outcome::Spooled => 22,
         }
     }
 
@@ -212,12 +219,13 @@ impl Outcome {
         match self {
             Outcome::Ignored => r#"{"status":"ignored"}"#.to_string(),
             Outcome::Duplicate => r#"{"status":"duplicate"}"#.to_string(),
+            Outcome::Spooled => r#"{"status":"spooled"}"#.to_string(),
             _ => serde_json::json!({ "error": self.code(), "message": self.message() }).to_string(),
         }
     }
 
     /// Every outcome, for pre-registering metric labels.
-    pub const ALL: [Outcome; 22] = [
+    pub const ALL: [Outcome; 23] = [
         Outcome::Forwarded,
         Outcome::Passthrough,
         Outcome::MissingSignature,
@@ -240,6 +248,7 @@ impl Outcome {
         Outcome::NotFound,
         Outcome::ClientError,
         Outcome::SourceNotAllowed,
+        Outcome::Spooled,
     ];
 }
 
@@ -254,6 +263,7 @@ mod tests {
             match o {
                 Outcome::Ignored => assert_eq!(v["status"], "ignored"),
                 Outcome::Duplicate => assert_eq!(v["status"], "duplicate"),
+                Outcome::Spooled => assert_eq!(v["status"], "spooled"),
                 _ => {
                     assert_eq!(v["error"], o.code());
                     assert!(v["message"].as_str().unwrap().ends_with('.'));

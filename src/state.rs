@@ -75,6 +75,9 @@ impl Policy {
     pub fn compile(config: Config, metrics: &Metrics) -> Policy {
         for r in &config.routes {
             metrics.register_route(&r.path);
+            if r.spool != crate::spool::Mode::Off {
+                metrics.register_spool_route(&r.path);
+            }
         }
         metrics.register_no_route();
         let routes = config
@@ -145,6 +148,8 @@ pub struct Shared {
     /// settings change (leases of the old one settle on the old one).
     store: ArcSwap<Arc<dyn ReplayStore>>,
     pub metrics: Metrics,
+    /// The delivery spool, when the process started with one.
+    pub spool: std::sync::OnceLock<Arc<crate::spool::Handle>>,
     /// Webhook body bytes held at once (`[server] max_buffered`).
     pub budget: Arc<BodyBudget>,
     pub connector: Connector,
@@ -171,6 +176,7 @@ impl Shared {
             policy: ArcSwap::from_pointee(policy),
             store: ArcSwap::from_pointee(store),
             metrics,
+            spool: std::sync::OnceLock::new(),
             connector,
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),

@@ -189,6 +189,8 @@ pub struct Wire<'a> {
     first: BytesMut,
     /// The body when it is written after the head (over [`COALESCE_LIMIT`]).
     rest: &'a [u8],
+    /// The head's length in `first`.
+    head_len: usize,
 }
 
 impl<'a> Wire<'a> {
@@ -260,11 +262,38 @@ impl<'a> Wire<'a> {
             let _ = write!(first, "Content-Length: {n}\r\n");
         }
         first.put_slice(b"\r\n");
-        if coalesce {
+        Ok(Wire::join(first, body))
+    }
+
+    /// A request whose head was written before (a spooled delivery: see
+    /// [`Wire::head`]), sent again byte for byte.
+    pub fn from_parts(head: &[u8], body: &'a [u8]) -> Wire<'a> {
+        let coalesce = body.len() <= COALESCE_LIMIT;
+        let mut first = BytesMut::with_capacity(head.len() + if coalesce { body.len() } else { 0 });
+        first.put_slice(head);
+        Wire::join(first, body)
+    }
+
+    fn join(mut first: BytesMut, body: &'a [u8]) -> Wire<'a> {
+        let head_len = first.len();
+        if body.len() <= COALESCE_LIMIT {
             first.put_slice(body);
-            return Ok(Wire { first, rest: &[] });
+            return Wire {
+                first,
+                rest: &[],
+                head_len,
+            };
         }
-        Ok(Wire { first, rest: body })
+        Wire {
+            first,
+            rest: body,
+            head_len,
+        }
+    }
+
+    /// The head as written: request line, headers, the blank line.
+    pub fn head(&self) -> &[u8] {
+        &self.first[..self.head_len]
     }
 }
 

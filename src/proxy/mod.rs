@@ -27,7 +27,7 @@
 //! its upstream errors into the JSON 502/504 answers.
 
 mod downstream;
-mod forward;
+pub mod forward;
 mod webhook;
 
 use std::sync::Arc;

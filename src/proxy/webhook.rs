@@ -23,12 +23,16 @@ use crate::config::{OnStoreError, Route, RouteKind};
 use crate::event;
 use crate::outcome::Outcome;
 use crate::replay::{self, Claim, Lease};
+use crate::spool::{self, Mode};
 use crate::signature::{self, SignatureHeader, Verdict};
 use crate::state::{CompiledRoute, Policy, Shared};
 
 /// A delivery that passed every check: forward it.
 pub struct Admitted {
     body: Bytes,
+    /// The id the claim holds (event id, id at `id_pointer`, or the signed
+    /// request's digest): what a spooled entry re-claims.
+    replay_id: String,
     created_at: Option<String>,
     /// `None` when the store failed and `on_store_error = "allow"`.
     claim: Option<Lease>,
@@ -81,6 +85,7 @@ pub async fn judge(
     let claim = claim(shared, on, &key, ctx.event_id.as_deref()).await?;
     Ok(Admitted {
         body,
+        replay_id: key,
         created_at,
         claim,
         _permit: permit,
@@ -232,20 +237,36 @@ pub async fn deliver(
         trusted.push((&h.event_created_at, c.as_str()));
     }
     let last_attempt = count_attempt(session, on);
-    let body = &admitted.body;
+    let Admitted {
+        body,
+        replay_id,
+        mut claim,
+        ..
+    } = admitted;
     let wire = Wire::new(
         session.req_header(),
         &on.route.upstream,
         &trusted,
         Some(body.len()),
-        body,
+        &body,
     )?;
+    let spool = shared.spool.get().filter(|_| on.route.spool != Mode::Off);
+    let ids = (ctx.event_id.clone(), ctx.event_type.clone());
+    let keep = |claim: &mut Option<Lease>| {
+        keep_in_spool(shared, spool, on, &ids, &wire, &body, &replay_id, claim)
+    };
+    if on.route.spool == Mode::Always && keep(&mut claim).await {
+        return respond(session, ctx, Outcome::Spooled).await;
+    }
     let peer = &on.compiled.peer;
     let sent = Instant::now();
     let answer = match forward::exchange(&shared.connector, peer, &wire).await {
         Ok(a) => a,
         Err(e) => {
-            if let Some(c) = admitted.claim {
+            if on.route.spool == Mode::OnFailure && keep(&mut claim).await {
+                return respond(session, ctx, Outcome::Spooled).await;
+            }
+            if let Some(c) = claim {
                 c.release().await;
             }
             let outcome: Outcome = e.into();
@@ -259,10 +280,18 @@ pub async fn deliver(
     on.compiled
         .upstream_duration(status.as_u16())
         .observe(sent.elapsed().as_secs_f64());
+    if on.route.spool == Mode::OnFailure && spools_on(status) && keep(&mut claim).await {
+        // The app's answer is dropped unread, with its connection.
+        drop(answer);
+        return respond(session, ctx, Outcome::Spooled).await;
+    }
     // The application has answered: settle the claim before anything can fail.
-    if let Some(c) = admitted.claim {
+    if let Some(c) = claim {
         if status.is_success() {
             c.commit(on.policy.config.replay.ttl).await;
+            if let Some(spool) = spool {
+                spool.recovered(&on.route.path);
+            }
         } else {
             c.release().await;
         }
@@ -275,6 +304,78 @@ pub async fn deliver(
     ctx.status = ctx.upstream_status;
     answer.relay(&shared.connector, session, peer).await?;
     Ok(true)
+}
+
+/// The app's answers that `spool = "on_failure"` keeps the delivery on:
+/// 5xx, 408 and 429 (a 4xx otherwise says the request itself is refused,
+/// which redelivering would not change).
+fn spools_on(status: http::StatusCode) -> bool {
+    status.is_server_error()
+        || status == http::StatusCode::REQUEST_TIMEOUT
+        || status == http::StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Keeps the delivery in the spool: `true` once it is durable (its claim is
+/// then detached: the id stays in flight for the redelivery worker to adopt).
+/// `false`, counted and logged, when there is no spool, no claim to hand on
+/// (the store failed open), or the spool is full or cannot be written: the
+/// caller answers as without a spool, and Persona retries.
+#[allow(clippy::too_many_arguments)]
+async fn keep_in_spool(
+    shared: &Shared,
+    spool: Option<&Arc<spool::Handle>>,
+    on: &OnRoute<'_>,
+    (event_id, event_type): &(Option<String>, Option<String>),
+    wire: &Wire<'_>,
+    body: &[u8],
+    replay_id: &str,
+    claim: &mut Option<Lease>,
+) -> bool {
+    let route = on.route.path.as_str();
+    let fallback = |reason: &str| {
+        shared
+            .metrics
+            .spool_fallbacks
+            .with_label_values(&[route, reason])
+            .inc();
+    };
+    let Some(spool) = spool else {
+        return false;
+    };
+    let Some(lease) = claim.as_ref() else {
+        fallback("no_claim");
+        tracing::warn!(route, event_id = event_id.as_deref(), "spool: a delivery without a replay claim is not spooled");
+        return false;
+    };
+    let now = spool::now_ms();
+    let record = spool::Record {
+        route: route.to_string(),
+        replay_id: replay_id.to_string(),
+        event_id: event_id.clone(),
+        event_type: event_type.clone(),
+        token: lease.token(),
+        spooled_at_ms: now,
+        live_since_ms: now,
+        head: wire.head().to_vec(),
+        body: body.to_vec(),
+    };
+    match spool.store.put(&record).await {
+        Ok(_) => {
+            if let Some(lease) = claim.take() {
+                lease.detach();
+            }
+            spool.stored();
+            true
+        }
+        Err(e) => {
+            fallback(match e {
+                spool::SpoolError::Full => "full",
+                _ => "unavailable",
+            });
+            tracing::warn!(route, event_id = event_id.as_deref(), error = %e, "spool: cannot keep the delivery; answered as without a spool");
+            false
+        }
+    }
 }
 
 /// Counts a delivery about to be forwarded by its `Attempts-Made`, and says

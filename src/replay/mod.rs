@@ -184,9 +184,13 @@ async fn claim_key(
 
 /// Takes over the in-flight mark of `event_id` on `route` that the claim
 /// with `token` made (a spooled delivery, whose request detached its lease):
-/// renewed and held as a [`Lease`] while it is still that token's mark; when
-/// it is not (it expired, or a restarted memory store forgot it), the id is
-/// claimed anew, which may find it delivered or in another delivery's hands.
+/// that mark is released (compare-and-delete: only if it is still `token`'s)
+/// and the id claimed anew, with a token of its own. Replacing the token
+/// matters when two holders could hold one token (a replica taking over an
+/// entry from one that only looked dead): the old holder's renewals and
+/// [`Lease::confirm`] then fail, so it stops before sending. A claim that
+/// slips in between the release and the claim (a Persona retry) wins, and
+/// this adoption answers `InFlight` or `Duplicate`: nothing is sent twice.
 pub async fn adopt(
     store: &Arc<dyn ReplayStore>,
     route: &[u8],
@@ -195,9 +199,7 @@ pub async fn adopt(
     inflight_ttl: Duration,
 ) -> Result<Claim<Lease>, StoreError> {
     let key = store.key(route, event_id);
-    if store.renew(&key, token, inflight_ttl).await? {
-        return Ok(Claim::Claimed(hold(store, key, token, inflight_ttl)));
-    }
+    store.release(&key, token).await?;
     claim_key(store, key, inflight_ttl).await
 }
 
@@ -301,6 +303,13 @@ impl Lease {
         if let Err(e) = self.store.commit(&self.key, ttl).await {
             report(&self.on_error, "commit", &e);
         }
+    }
+
+    /// Renews the mark now and says whether it is still this lease's (it may
+    /// have expired while renewals failed, or been taken over by
+    /// [`adopt`]): a holder checks before it sends.
+    pub async fn confirm(&self, inflight_ttl: Duration) -> Result<bool, StoreError> {
+        self.store.renew(&self.key, self.token, inflight_ttl).await
     }
 
     /// Stops renewing and hands the mark on unsettled: it lives for

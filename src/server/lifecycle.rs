@@ -91,6 +91,9 @@ pub fn spawn_watcher(server: &Server, shared: Arc<Shared>, listen: SocketAddr) {
                         shared.wait_idle().await;
                         tracing::info!("drained: exiting");
                         shared.store().close().await;
+                        if let Some(spool) = shared.spool.get() {
+                            spool.store.close().await;
+                        }
                         std::process::exit(0);
                     }
                     _ => {}

@@ -24,6 +24,7 @@ use crate::proxy::Guard;
 use crate::replay::ReplayStore;
 use crate::replay::memory::{MemoryStore, SystemClock};
 use crate::replay::redis::RedisStore;
+use crate::spool;
 use crate::state::Shared;
 use crate::tls::ReloadableCert;
 use connection::{ClientConnection, HeaderTimeout};
@@ -70,11 +71,46 @@ fn build_store(cfg: &Config) -> Result<Arc<dyn ReplayStore>, String> {
     })
 }
 
+/// The delivery spool, when a route spools: a directory beside a memory
+/// replay store, Redis streams beside a Redis one (so every replica shares
+/// it). A spool that cannot be opened stops the start: better a clear error
+/// than a process that answers 202 it could not keep.
+fn build_spool(cfg: &Config) -> Result<Option<Arc<spool::Handle>>, String> {
+    if cfg.routes.iter().all(|r| r.spool == spool::Mode::Off) {
+        return Ok(None);
+    }
+    let s = &cfg.spool;
+    let store: Arc<dyn spool::SpoolStore> = match &cfg.replay.store {
+        StoreKind::Redis(r) => Arc::new(
+            spool::redis::RedisSpool::new(r, s.max_bytes, s.key.clone())
+                .map_err(|e| format!("spool: {e}"))?,
+        ),
+        StoreKind::Memory => {
+            let dir = s
+                .dir
+                .as_deref()
+                .ok_or("spool.dir: required when a route spools and replay.store = \"memory\"")?;
+            Arc::new(
+                spool::dir::DirSpool::open(dir, s.max_bytes, s.key.clone())
+                    .map_err(|e| format!("spool.dir: {e}"))?,
+            )
+        }
+    };
+    Ok(Some(Arc::new(spool::Handle::new(store))))
+}
+
 /// Closes the replay store (its background tasks and connections) on a
 /// runtime of its own: pingora's are gone by now.
 fn close_store(shared: &Shared) {
     if let Some(rt) = side_runtime("closing the replay store") {
         rt.block_on(shared.store().close());
+    }
+}
+
+/// Closes the spool's connections (entries stay where they are).
+fn close_spool(shared: &Shared) {
+    if let (Some(spool), Some(rt)) = (shared.spool.get(), side_runtime("closing the spool")) {
+        rt.block_on(spool.store.close());
     }
 }
 
@@ -171,7 +207,8 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
-    let (store, (tls, cert)) = match build_store(&cfg).and_then(|s| Ok((s, listener_tls(&cfg)?))) {
+    let built = build_store(&cfg).and_then(|s| Ok((s, listener_tls(&cfg)?, build_spool(&cfg)?)));
+    let (store, (tls, cert), spool) = match built {
         Ok(parts) => parts,
         Err(e) => {
             tracing::error!("{e}");
@@ -183,6 +220,14 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     let idle_timeout = cfg.idle_timeout;
     let routes: Vec<String> = cfg.routes.iter().map(|r| r.path.clone()).collect();
     let shared = Arc::new(Shared::new(cfg, store, Metrics::new(), connector));
+    if let Some(spool) = spool {
+        let _ = shared.spool.set(spool.clone());
+        // The worker's own pool: a backlog never takes the request path's connections.
+        let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
+            &server.configuration,
+        )));
+        crate::redelivery::spawn(shared.clone(), spool, connector);
+    }
 
     let mut proxy = proxy_service(&server, &shared, tls, idle_timeout);
     proxy.add_tcp(&listen.to_string());
@@ -212,6 +257,7 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     });
     // SIGINT, or a grace period that ran out with requests in flight.
     close_store(&shared);
+    close_spool(&shared);
     tracing::info!("persona-guard stopped");
     Ok(())
 }

@@ -196,3 +196,49 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// The process's spool: where entries are kept, and how the request path
+/// tells the redelivery worker that there is work (an entry stored, a route's
+/// app answering 2xx again).
+pub struct Handle {
+    pub store: std::sync::Arc<dyn SpoolStore>,
+    wake: tokio::sync::Notify,
+    recovered: std::sync::Mutex<Vec<String>>,
+}
+
+impl Handle {
+    pub fn new(store: std::sync::Arc<dyn SpoolStore>) -> Self {
+        Handle {
+            store,
+            wake: tokio::sync::Notify::new(),
+            recovered: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An entry was stored: the worker takes it now rather than at its next poll.
+    pub fn stored(&self) {
+        self.wake.notify_one();
+    }
+
+    /// `route`'s app answered 2xx: the worker retries that route's waiting
+    /// entries now instead of after their backoff.
+    pub fn recovered(&self, route: &str) {
+        let mut r = self.recovered.lock().unwrap_or_else(|e| e.into_inner());
+        if !r.iter().any(|x| x == route) {
+            r.push(route.to_string());
+        }
+        drop(r);
+        self.wake.notify_one();
+    }
+
+    /// The routes reported recovered since the last call.
+    pub fn take_recovered(&self) -> Vec<String> {
+        std::mem::take(&mut *self.recovered.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Resolves when [`Handle::stored`] or [`Handle::recovered`] is called
+    /// (or was, since the last wait).
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+}

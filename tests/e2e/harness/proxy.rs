@@ -249,7 +249,12 @@ impl Proxy {
 
     /// One request to the admin listener.
     pub fn admin_get(&self, path: &str) -> Response {
-        one_shot(self.admin, &request("GET", path, &[], b""))
+        self.admin_request("GET", path)
+    }
+
+    /// One request with `method` (no body) to the admin listener.
+    pub fn admin_request(&self, method: &str, path: &str) -> Response {
+        one_shot(self.admin, &request(method, path, &[], b""))
     }
 
     /// The status of `GET /readyz`.

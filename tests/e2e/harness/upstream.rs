@@ -147,6 +147,8 @@ pub struct Recorded {
     /// Lower-case names, in received order, duplicates kept.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The status this app answered (or was about to answer) with.
+    pub status: u16,
 }
 
 impl Recorded {
@@ -287,14 +289,15 @@ impl Upstream {
                     Ok(b) => b.to_bytes().to_vec(),
                     Err(_) => b"<<body read error>>".to_vec(),
                 };
+                // The answer is decided when the request is taken, held or not.
+                let b = st.behaviour.lock().unwrap().clone();
                 st.requests.lock().unwrap().push(Recorded {
                     method,
                     target,
                     headers,
                     body,
+                    status: b.status,
                 });
-                // The answer is decided when the request is taken, held or not.
-                let b = st.behaviour.lock().unwrap().clone();
                 let _ = st.hold.subscribe().wait_for(|held| !held).await;
                 if !b.delay.is_zero() {
                     // The app's own slowness, as the test asked.
@@ -367,6 +370,16 @@ impl Upstream {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// The `X-Persona-Event-Id` of every request this app answered 2xx, in
+    /// the order they came: an event taken twice appears twice.
+    pub fn accepted_ids(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .filter_map(|r| r.header("x-persona-event-id").map(str::to_string))
+            .collect()
     }
 
     /// The app received exactly one request: event `id`, with `body` as sent.

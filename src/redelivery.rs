@@ -1,0 +1,409 @@
+//! Redelivery from the delivery spool: one worker per process takes the
+//! spool's entries and sends each to its route's app until the app answers
+//! 2xx, holding the entry's replay id *in flight* the whole time.
+//!
+//! # One entry's life in the worker
+//!
+//! ```text
+//!   taken --adopt the replay mark--> held --send--> 2xx: commit, remove  (delivered)
+//!     |          |  delivered already: remove unsent  (duplicate)          \--> otherwise: wait the backoff, send again (failed)
+//!     |          \  another delivery holds it: wait   (deferred)
+//!     \--live for longer than max_age: bury, release the mark  (dead)
+//! ```
+//!
+//! * **Under a lease only.** The request that spooled the entry detached its
+//!   lease ([`crate::replay::Lease::detach`]); the worker adopts the mark by
+//!   the entry's token ([`crate::replay::adopt`]) and renews it for as long
+//!   as it holds the entry, also while it waits out a backoff. So Persona's
+//!   late attempts and a manual retry from its dashboard get 409 or
+//!   `duplicate` meanwhile, and a second replica that took the entry over
+//!   (Redis) cannot send it while this one holds the mark.
+//! * **Delivered, then removed.** The mark is committed on the app's 2xx and
+//!   only then is the entry removed: a crash between the two leaves an entry
+//!   whose adoption finds it delivered (Redis store) and drops it unsent. A
+//!   crash between the app's 2xx and the commit sends the entry once more
+//!   after the restart: the at-least-once window the README describes.
+//! * **Backoff** doubles from 1 s to `[spool] max_backoff`, each wait drawn
+//!   between half and all of it (jitter, so a backlog does not hit a
+//!   recovering app in lockstep). A 2xx from the app (for a redelivery, or
+//!   for a live delivery on the route) makes every waiting entry of that
+//!   route due at once: an app that is back gets its backlog in seconds, not
+//!   after the longest backoff.
+//! * **Oldest first**: entries are sent in the order they were stored, at
+//!   most [`CONCURRENCY`] at a time.
+//!
+//! The worker runs on a thread and runtime of its own with its own upstream
+//! connector, so a backlog never competes with the request path's runtimes
+//! or pool. It stops with the process; what it held stays in the spool.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::connectors::http::v1::Connector;
+use rand::Rng;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::proxy::forward::{self, Wire};
+use crate::replay::{self, Claim, Lease};
+use crate::spool::{self, Entry, EntryId, Handle, Mode};
+use crate::state::Shared;
+
+/// Deliveries in flight from the spool at once (all routes together).
+pub const CONCURRENCY: usize = 32;
+
+/// How often the worker looks for entries it was not told about (another
+/// replica's on Redis, or ones taken over after their consumer died).
+const POLL: Duration = Duration::from_millis(250);
+
+/// Entries taken from a route per look.
+const TAKE: usize = 256;
+
+/// Starts the worker on a thread of its own. It runs until the process ends.
+pub fn spawn(shared: Arc<Shared>, handle: Arc<Handle>, connector: Connector) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the spool's redelivery runtime: {e}; spooled deliveries wait for a restart");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("spool".into())
+        .spawn(move || {
+            runtime.block_on(
+                Worker {
+                    shared,
+                    handle,
+                    connector: Arc::new(connector),
+                    held: BTreeMap::new(),
+                    busy: HashSet::new(),
+                }
+                .run(),
+            )
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the spool's redelivery thread: {e}");
+    }
+}
+
+/// An entry this worker holds.
+struct Held {
+    entry: Entry,
+    /// The replay mark, once adopted; renewed while held.
+    lease: Option<Lease>,
+    /// Failed sends since it was taken (or since its route recovered).
+    failures: u32,
+    due: Instant,
+}
+
+/// (route, entry id): entry ids sort by the time they were stored.
+type HeldKey = (String, EntryId);
+
+/// What one attempt came to.
+enum Step {
+    Delivered,
+    Duplicate,
+    Failed,
+    /// Not sent; try again after this long.
+    Deferred(Duration),
+    Dead,
+}
+
+impl Step {
+    fn result(&self) -> &'static str {
+        match self {
+            Step::Delivered => "delivered",
+            Step::Duplicate => "duplicate",
+            Step::Failed => "failed",
+            Step::Deferred(_) => "deferred",
+            Step::Dead => "dead",
+        }
+    }
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    handle: Arc<Handle>,
+    connector: Arc<Connector>,
+    held: BTreeMap<HeldKey, Held>,
+    /// Entries being sent right now (out of `held` meanwhile).
+    busy: HashSet<HeldKey>,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let mut sending: JoinSet<(HeldKey, Held, Step)> = JoinSet::new();
+        let mut next_look = Instant::now();
+        let mut next_keep = Instant::now();
+        loop {
+            let now = Instant::now();
+            if now >= next_look {
+                self.look().await;
+                next_look = now + POLL;
+            }
+            for route in self.handle.take_recovered() {
+                for ((r, _), h) in self.held.iter_mut() {
+                    if *r == route {
+                        h.due = now;
+                        h.failures = 0;
+                    }
+                }
+            }
+            let inflight_ttl = self.shared.policy.load().config.replay.inflight_ttl;
+            if now >= next_keep {
+                self.keep().await;
+                next_keep = now + replay::renew_every(inflight_ttl);
+            }
+            self.start_due(&mut sending, now);
+            let next_due = self
+                .held
+                .values()
+                .map(|h| h.due)
+                .min()
+                .unwrap_or(next_look);
+            let wake_at = next_due.min(next_look).min(next_keep);
+            tokio::select! {
+                Some(done) = sending.join_next(), if !sending.is_empty() => {
+                    if let Ok((key, held, step)) = done {
+                        self.settle(key, held, step);
+                    }
+                }
+                _ = self.handle.woken() => next_look = Instant::now(),
+                _ = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    /// Takes the entries of every spooling route that this worker does not
+    /// hold yet.
+    async fn look(&mut self) {
+        let policy = self.shared.policy.load_full();
+        let min_idle = policy.config.replay.inflight_ttl;
+        for route in policy.config.routes.iter().filter(|r| r.spool != Mode::Off) {
+            match self.handle.store.take(&route.path, TAKE, min_idle).await {
+                Ok(entries) => {
+                    let now = Instant::now();
+                    for entry in entries {
+                        let key = (route.path.clone(), entry.id.clone());
+                        if self.busy.contains(&key) {
+                            continue;
+                        }
+                        self.held.entry(key).or_insert(Held {
+                            entry,
+                            lease: None,
+                            failures: 0,
+                            due: now,
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(route = route.path.as_str(), error = %e, "spool: cannot take entries");
+                }
+            }
+        }
+    }
+
+    /// Tells the spool this worker still holds its entries (Redis: so that
+    /// no other replica takes them over while they wait out a backoff).
+    async fn keep(&self) {
+        let mut by_route: BTreeMap<&str, Vec<EntryId>> = BTreeMap::new();
+        for (route, id) in self.held.keys().chain(self.busy.iter()) {
+            by_route.entry(route).or_default().push(id.clone());
+        }
+        for (route, ids) in by_route {
+            if let Err(e) = self.handle.store.keep(route, &ids).await {
+                tracing::warn!(route, error = %e, "spool: cannot keep entries");
+            }
+        }
+    }
+
+    /// Sends due entries, oldest first, up to [`CONCURRENCY`] at a time.
+    fn start_due(&mut self, sending: &mut JoinSet<(HeldKey, Held, Step)>, now: Instant) {
+        let mut due: Vec<HeldKey> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.due <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        // Oldest first across routes: by the time the entry became live.
+        due.sort_by_key(|k| self.held[k].entry.record.live_since_ms);
+        for key in due {
+            if sending.len() >= CONCURRENCY {
+                return;
+            }
+            let Some(mut held) = self.held.remove(&key) else {
+                continue;
+            };
+            self.busy.insert(key.clone());
+            let (shared, handle, connector) = (
+                self.shared.clone(),
+                self.handle.clone(),
+                self.connector.clone(),
+            );
+            sending.spawn(async move {
+                let step = attempt(&shared, &handle, &connector, &mut held).await;
+                (key, held, step)
+            });
+        }
+    }
+
+    /// Records what an attempt came to and puts the entry back when it stays.
+    fn settle(&mut self, key: HeldKey, mut held: Held, step: Step) {
+        let route = key.0.as_str();
+        self.shared
+            .metrics
+            .spool_redeliveries
+            .with_label_values(&[route, step.result()])
+            .inc();
+        self.busy.remove(&key);
+        let max_backoff = self.shared.policy.load().config.spool.max_backoff;
+        match step {
+            Step::Delivered => {
+                self.handle.recovered(route);
+            }
+            Step::Duplicate | Step::Dead => {}
+            Step::Failed => {
+                held.failures += 1;
+                held.due = Instant::now() + backoff(held.failures, max_backoff);
+                self.held.insert(key, held);
+            }
+            Step::Deferred(wait) => {
+                held.due = Instant::now() + wait.min(max_backoff);
+                self.held.insert(key, held);
+            }
+        }
+    }
+}
+
+/// The wait after `failures` failed sends: 1 s doubling up to `max`, drawn
+/// between half and all of it.
+pub fn backoff(failures: u32, max: Duration) -> Duration {
+    let full = Duration::from_secs(1)
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
+        .min(max);
+    let half = full / 2;
+    half + rand::thread_rng().gen_range(Duration::ZERO..=full - half)
+}
+
+/// One attempt at one entry: bury it if it is past `max_age`, adopt its
+/// replay mark if not held yet, send it, and settle.
+async fn attempt(shared: &Arc<Shared>, handle: &Handle, connector: &Connector, held: &mut Held) -> Step {
+    let policy = shared.policy.load_full();
+    let cfg = &policy.config;
+    let record = &held.entry.record;
+    let route_path = record.route.as_str();
+    let Some(index) = cfg.routes.iter().position(|r| r.path == record.route) else {
+        tracing::warn!(
+            route = route_path,
+            "spool: the entry's route is no longer configured; the entry is kept"
+        );
+        return Step::Deferred(cfg.spool.max_backoff);
+    };
+    let (route, compiled) = (&cfg.routes[index], &policy.routes[index]);
+    let store = handle.store.as_ref();
+    let age = Duration::from_millis(spool::now_ms().saturating_sub(record.live_since_ms));
+    if age > cfg.spool.max_age {
+        return match store.bury(route_path, &held.entry.id).await {
+            Ok(()) => {
+                if let Some(lease) = held.lease.take() {
+                    // Persona's manual retry from its dashboard may deliver it now.
+                    lease.release().await;
+                }
+                tracing::error!(
+                    route = route_path,
+                    event_id = record.event_id.as_deref(),
+                    event_type = record.event_type.as_deref(),
+                    age_seconds = age.as_secs(),
+                    "spool: delivery not taken by the app within max_age; kept as a dead letter (GET /spool, POST /spool/retry)"
+                );
+                Step::Dead
+            }
+            Err(e) => {
+                tracing::warn!(route = route_path, error = %e, "spool: cannot bury an entry past max_age");
+                Step::Deferred(cfg.spool.max_backoff)
+            }
+        };
+    }
+    match held.lease.as_ref().map(|l| l.confirm(cfg.replay.inflight_ttl)) {
+        Some(confirm) => match confirm.await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Lost (expired while the store failed, or taken over):
+                // adopt again next time, which says who holds it now.
+                if let Some(lease) = held.lease.take() {
+                    lease.detach();
+                }
+                return Step::Deferred(Duration::from_secs(1));
+            }
+            Err(e) => {
+                shared.store_error("renew", &e);
+                return Step::Deferred(backoff(held.failures + 1, cfg.spool.max_backoff));
+            }
+        },
+        None => {
+            let replay_store = shared.store();
+            match replay::adopt(
+                &replay_store,
+                &route.normalized,
+                &record.replay_id,
+                record.token,
+                cfg.replay.inflight_ttl,
+            )
+            .await
+            {
+                Ok(Claim::Claimed(lease)) => {
+                    let shared = shared.clone();
+                    held.lease = Some(lease.on_error(move |op, e| shared.store_error(op, e)));
+                }
+                Ok(Claim::Duplicate) => {
+                    if let Err(e) = store.remove(route_path, &held.entry.id).await {
+                        tracing::warn!(route = route_path, error = %e, "spool: cannot remove an entry found delivered");
+                    }
+                    return Step::Duplicate;
+                }
+                Ok(Claim::InFlight { retry_after }) => return Step::Deferred(retry_after),
+                Err(e) => {
+                    shared.store_error("claim", &e);
+                    return Step::Deferred(backoff(held.failures + 1, cfg.spool.max_backoff));
+                }
+            }
+        }
+    }
+    let wire = Wire::from_parts(&record.head, &record.body);
+    let status = match forward::exchange(connector, &compiled.peer, &wire).await {
+        Ok(answer) => answer.head.status,
+        Err(_) => return Step::Failed,
+    };
+    if !status.is_success() {
+        return Step::Failed;
+    }
+    if let Some(lease) = held.lease.take() {
+        lease.commit(cfg.replay.ttl).await;
+    }
+    if let Err(e) = store.remove(route_path, &held.entry.id).await {
+        tracing::warn!(route = route_path, error = %e, "spool: delivered, but the entry could not be removed; it is dropped unsent when next taken");
+    }
+    Step::Delivered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_the_cap_with_jitter() {
+        let max = Duration::from_secs(60);
+        for (failures, full) in [(1, 1), (2, 2), (3, 4), (6, 32), (7, 60), (40, 60)] {
+            let full = Duration::from_secs(full);
+            for _ in 0..200 {
+                let b = backoff(failures, max);
+                assert!(b >= full / 2 && b <= full, "{failures}: {b:?} not in [{:?}, {full:?}]", full / 2);
+            }
+        }
+    }
+}
