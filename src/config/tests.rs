@@ -286,6 +286,18 @@ const CANARY_CASES: &[(&str, &str, &str, &[&str])] = &[
         &["replay.redis_url"],
     ),
     (
+        "spool key literal",
+        "capacity = 1000",
+        "capacity = 1000\n[spool]\nkey = \"C\"",
+        &["spool.key", "`env:NAME` or `file:/path`"],
+    ),
+    (
+        "spool key env: name",
+        "capacity = 1000",
+        "capacity = 1000\n[spool]\nkey = \"env:C\"",
+        &["spool.key", "not set"],
+    ),
+    (
         "header name",
         r#"event_id = "X-Persona-Event-Id""#,
         r#"event_id = "C: x""#,
