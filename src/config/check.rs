@@ -34,6 +34,11 @@ impl<'e> Check<'e> {
         }
     }
 
+    /// Where `env:` secrets are read.
+    pub(super) fn env(&self) -> &'e dyn Env {
+        self.env
+    }
+
     /// `value` if no problem was recorded, else every problem.
     pub(super) fn finish<T>(self, value: T) -> Result<T, Vec<Problem>> {
         if self.problems.is_empty() {

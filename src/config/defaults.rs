@@ -42,3 +42,13 @@ pub const DEFAULT_EVENT_CREATED_AT_HEADER: &str = "X-Persona-Event-Created-At";
 pub const MAX_MAX_BODY: u64 = 64 * 1024 * 1024;
 /// Default `[server] max_buffered`: webhook body bytes held at once.
 pub const DEFAULT_MAX_BUFFERED: u64 = 64 * 1024 * 1024;
+/// Default `[spool] max_bytes`: the spool's bytes on disk, all entries together.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Smallest `[spool] max_bytes` accepted.
+pub const MIN_SPOOL_MAX_BYTES: u64 = 1024;
+/// Default `[spool] max_age`: a live entry older than this becomes a dead letter.
+pub const DEFAULT_SPOOL_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default `[spool] max_backoff`: the longest wait between two redeliveries.
+pub const DEFAULT_SPOOL_MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Shortest `[spool] max_age` and `max_backoff` accepted.
+pub const MIN_SPOOL_DURATION: Duration = Duration::from_secs(1);

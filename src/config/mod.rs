@@ -73,6 +73,7 @@ mod routes;
 mod safe_de;
 mod secret;
 mod server;
+mod spool;
 #[cfg(test)]
 mod tests;
 mod upstream;
@@ -250,6 +251,8 @@ pub struct Route {
     pub allow_from: Option<AllowList>,
     /// What a verified body must be, and what deduplicates it.
     pub kind: RouteKind,
+    /// `spool`: whether verified deliveries are kept in the delivery spool.
+    pub spool: crate::spool::Mode,
 }
 
 /// A route's `kind`: Persona webhook events, or any signed body (Persona
@@ -269,6 +272,37 @@ impl Route {
         match &self.events {
             None => true,
             Some(patterns) => patterns.iter().any(|p| p.matches(event_type)),
+        }
+    }
+}
+
+/// `[spool]`: the delivery spool (see [`crate::spool`]). `Debug` never shows
+/// the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolSettings {
+    /// The embedded spool's directory (relative paths taken from the file's
+    /// directory); `None` with the Redis store or when no route spools.
+    pub dir: Option<PathBuf>,
+    /// Bytes the spool may hold, all entries together.
+    pub max_bytes: u64,
+    /// A live entry older than this becomes a dead letter.
+    pub max_age: Duration,
+    /// The longest wait between two redeliveries of an entry.
+    pub max_backoff: Duration,
+    /// Seals entries at rest (AES-256-GCM) when set.
+    pub key: Option<crate::spool::codec::Key>,
+}
+
+impl SpoolSettings {
+    /// These settings with `running`'s value of each restart-only key
+    /// (`dir`, `key`, `max_bytes`, the ones [`ProcessConfig::diff`] names);
+    /// `max_age` and `max_backoff` are the new ones. For a SIGHUP reload.
+    pub fn keep_running(self, running: &SpoolSettings) -> SpoolSettings {
+        SpoolSettings {
+            dir: running.dir.clone(),
+            key: running.key.clone(),
+            max_bytes: running.max_bytes,
+            ..self
         }
     }
 }
@@ -299,6 +333,7 @@ pub struct Config {
     pub upstream: Upstream,
     pub replay: Replay,
     pub headers: TrustedHeaders,
+    pub spool: SpoolSettings,
     pub routes: Vec<Route>,
 }
 
@@ -306,7 +341,9 @@ impl Config {
     /// What is valid but probably a mistake (`check` prints these and exits
     /// 0; `run` logs them): each names its key, never a secret.
     pub fn warnings(&self) -> Vec<Problem> {
-        cross::warnings(&self.replay, &self.routes)
+        let mut w = cross::warnings(&self.replay, &self.routes);
+        w.extend(spool::warnings(&self.spool, &self.replay, &self.routes));
+        w
     }
 
     /// The route a request target falls under: for each of its readings (see
@@ -394,8 +431,10 @@ fn validate(raw: raw::RawConfig, base: &Path, env: &dyn Env) -> Result<Config, V
     let (listen_tls, listen_cert) = server::listen_tls(&mut c, raw.listen.tls.as_ref(), base);
     let replay = replay::compile(&mut c, &raw.replay, base);
     let headers = headers::compile(&mut c, &raw.headers);
+    let spool = spool::compile(&mut c, &raw.spool, base);
     let routes = routes::compile(&mut c, raw.route, base, &upstream);
     cross::check(&mut c, &replay, s.max_buffered, &routes);
+    spool::check(&mut c, &spool, &replay, &routes);
     c.finish(Config {
         unmatched,
         log_format: s.log_format,
@@ -414,6 +453,7 @@ fn validate(raw: raw::RawConfig, base: &Path, env: &dyn Env) -> Result<Config, V
         upstream,
         replay,
         headers,
+        spool,
         routes,
     })
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{Config, LogFormat};
+use crate::spool::codec::Key;
 
 /// What the process set up at start from the file and keeps until it exits:
 /// bound listeners, worker threads, the replay store, the log subscriber,
@@ -27,6 +28,12 @@ pub struct ProcessConfig {
     pub grace_period: Duration,
     pub upstream_ca_file: Option<PathBuf>,
     pub idle_timeout: Duration,
+    /// `spool.dir`: the embedded spool's directory, opened at start.
+    pub spool_dir: Option<PathBuf>,
+    /// `spool.key`: entries already sealed with it stay readable only with it.
+    pub spool_key: Option<Key>,
+    /// `spool.max_bytes`: the spool is sized at start.
+    pub spool_max_bytes: u64,
 }
 
 /// A key whose new value a reload cannot apply: the running value stays.
@@ -80,8 +87,21 @@ impl RestartOnly {
         note: "HTTP/2 connections keep the value from start; HTTP/1 uses the new one",
     };
 
+    pub const SPOOL_DIR: RestartOnly = RestartOnly {
+        key: "spool.dir",
+        note: "the spool directory is opened at start; its entries stay where they are",
+    };
+    pub const SPOOL_KEY: RestartOnly = RestartOnly {
+        key: "spool.key",
+        note: "the spool key is loaded at start (entries sealed with it need it to be read)",
+    };
+    pub const SPOOL_MAX_BYTES: RestartOnly = RestartOnly {
+        key: "spool.max_bytes",
+        note: "the spool is sized at start",
+    };
+
     /// Every entry, in the order [`ProcessConfig::diff`] lists them.
-    pub const ALL: [RestartOnly; 10] = [
+    pub const ALL: [RestartOnly; 13] = [
         RestartOnly::LISTEN_ADDRESS,
         RestartOnly::LISTEN_TLS,
         RestartOnly::ADMIN_ADDRESS,
@@ -92,6 +112,9 @@ impl RestartOnly {
         RestartOnly::GRACE_PERIOD,
         RestartOnly::CA_FILE,
         RestartOnly::IDLE_TIMEOUT,
+        RestartOnly::SPOOL_DIR,
+        RestartOnly::SPOOL_KEY,
+        RestartOnly::SPOOL_MAX_BYTES,
     ];
 }
 
@@ -110,6 +133,9 @@ impl ProcessConfig {
             grace_period: cfg.grace_period,
             upstream_ca_file: cfg.upstream_ca_file.clone(),
             idle_timeout: cfg.idle_timeout,
+            spool_dir: cfg.spool.dir.clone(),
+            spool_key: cfg.spool.key.clone(),
+            spool_max_bytes: cfg.spool.max_bytes,
         }
     }
 
@@ -135,6 +161,12 @@ impl ProcessConfig {
             (
                 old.idle_timeout != new.idle_timeout,
                 RestartOnly::IDLE_TIMEOUT,
+            ),
+            (old.spool_dir != new.spool_dir, RestartOnly::SPOOL_DIR),
+            (old.spool_key != new.spool_key, RestartOnly::SPOOL_KEY),
+            (
+                old.spool_max_bytes != new.spool_max_bytes,
+                RestartOnly::SPOOL_MAX_BYTES,
             ),
         ]
         .into_iter()
@@ -165,9 +197,16 @@ address = "127.0.0.1:13000"
 store = "memory"
 ttl = "15m"
 capacity = 1000
+[spool]
+dir = "spool-a"
+max_bytes = "1MiB"
+max_age = "7d"
+max_backoff = "60s"
+key = "env:SPOOL_KEY"
 [[route]]
 path = "/a"
 secrets = ["env:SECRET"]
+spool = "on_failure"
 "#;
 
     const REDIS: &str = "store = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"";
@@ -202,6 +241,9 @@ secrets = ["env:SECRET"]
             grace_period: Duration::from_secs(9),
             upstream_ca_file: Some("ca.pem".into()),
             idle_timeout: Duration::from_secs(9),
+            spool_dir: Some("spool".into()),
+            spool_key: Some(Key([9; 32])),
+            spool_max_bytes: 9,
         };
         assert_eq!(ProcessConfig::diff(&old, &new), RestartOnly::ALL);
     }
@@ -250,6 +292,18 @@ secrets = ["env:SECRET"]
                 "idle_timeout = \"30s\"",
                 RestartOnly::IDLE_TIMEOUT,
             ),
+            ("\"spool-a\"", "\"spool-b\"", RestartOnly::SPOOL_DIR),
+            (
+                "env:SPOOL_KEY",
+                "env:SPOOL_KEY_OTHER",
+                RestartOnly::SPOOL_KEY,
+            ),
+            ("key = \"env:SPOOL_KEY\"", "", RestartOnly::SPOOL_KEY),
+            (
+                "max_bytes = \"1MiB\"",
+                "max_bytes = \"2MiB\"",
+                RestartOnly::SPOOL_MAX_BYTES,
+            ),
         ];
         for (old, new, entry) in cases {
             assert_eq!(diff_after(BASE, old, new), [*entry], "{}", entry.key);
@@ -283,6 +337,12 @@ secrets = ["env:SECRET"]
             ("secrets = [\"env:SECRET\"]", "secrets = [\"another\"]"),
             ("ttl = \"15m\"", "ttl = \"20m\""),
             ("header_timeout = \"10s\"", "header_timeout = \"5s\""),
+            ("max_age = \"7d\"", "max_age = \"1d\""),
+            ("max_backoff = \"60s\"", "max_backoff = \"5m\""),
+            ("spool = \"on_failure\"", "spool = \"always\""),
+            ("spool = \"on_failure\"", "spool = \"off\""),
+            // The same key, written in base64 instead of hex.
+            ("env:SPOOL_KEY", "env:SPOOL_KEY_B64"),
             (
                 "address = \"127.0.0.1:13000\"",
                 "address = \"127.0.0.1:13001\"",

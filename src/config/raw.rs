@@ -25,6 +25,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub headers: RawHeaders,
     #[serde(default)]
+    pub spool: RawSpool,
+    #[serde(default)]
     pub route: Vec<RawRoute>,
 }
 
@@ -107,6 +109,17 @@ pub(super) struct RawRoute {
     pub allow_from: Option<Vec<String>>,
     pub kind: Option<String>,
     pub id_pointer: Option<String>,
+    pub spool: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSpool {
+    pub dir: Option<String>,
+    pub max_bytes: Option<String>,
+    pub max_age: Option<String>,
+    pub max_backoff: Option<String>,
+    pub key: Option<String>,
 }
 
 /// Parses the TOML text into the raw structs; errors never quote the text (see

@@ -73,6 +73,7 @@ fn compile_one(
     }
     let events = r.events.map(|list| events(c, i, &list));
     let allow_from = r.allow_from.map(|list| allow_from(c, i, &list));
+    let spool = super::spool::mode(c, &k("spool"), r.spool.as_deref());
     let upstream = match r.upstream.as_deref() {
         None => default.clone(),
         Some(v) => upstream::for_route(c, &k("upstream"), v, default),
@@ -88,6 +89,7 @@ fn compile_one(
         upstream,
         allow_from,
         kind,
+        spool,
     }
 }
 

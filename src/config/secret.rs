@@ -96,38 +96,50 @@ fn looks_like_env_name(name: &str) -> bool {
         })
 }
 
+/// Where a secret spec's bytes came from, as read (nothing trimmed).
+pub(super) enum Source {
+    /// `env:NAME`: the variable's value.
+    Env(Vec<u8>),
+    /// `file:/path`: the file's bytes.
+    File(Vec<u8>),
+    /// Neither prefix: the spec itself.
+    Literal(Vec<u8>),
+}
+
+/// A secret spec's bytes: `env:NAME`, `file:/path` (relative to `base`) or the
+/// literal. Messages never repeat the spec (only a conventional env name).
+pub(super) fn read_source(spec: &str, base: &Path, env: &dyn Env) -> Result<Source, String> {
+    if let Some(name) = spec.strip_prefix("env:") {
+        match env.var(name) {
+            Some(v) => Ok(Source::Env(v.into_bytes())),
+            None if looks_like_env_name(name) => Err(format!(
+                "environment variable `{name}` is not set; export it or use `file:/path`"
+            )),
+            None => Err("the environment variable after `env:` is not set (its name is not repeated here); export it or use `file:/path`".into()),
+        }
+    } else if let Some(p) = spec.strip_prefix("file:") {
+        std::fs::read(base.join(p)).map(Source::File).map_err(|e| {
+            format!(
+                "cannot read the file after `file:` ({}; the path is not repeated here)",
+                io_kind(&e)
+            )
+        })
+    } else {
+        Ok(Source::Literal(spec.as_bytes().to_vec()))
+    }
+}
+
 /// A secret spec read now: `env:NAME`, `file:/path` (relative to `base`, one
 /// trailing newline trimmed) or the literal bytes. Never empty.
 pub(super) fn resolve_secret(spec: &str, base: &Path, env: &dyn Env) -> Result<Secret, String> {
-    let bytes = if let Some(name) = spec.strip_prefix("env:") {
-        match env.var(name) {
-            Some(v) => v.into_bytes(),
-            None if looks_like_env_name(name) => {
-                return Err(format!(
-                    "environment variable `{name}` is not set; export it or use `file:/path`"
-                ));
+    let bytes = match read_source(spec, base, env)? {
+        Source::Env(b) | Source::Literal(b) => b,
+        Source::File(mut b) => {
+            while matches!(b.last(), Some(b'\n' | b'\r')) {
+                b.pop();
             }
-            None => {
-                return Err("the environment variable after `env:` is not set (its name is not repeated here); export it or use `file:/path`".into());
-            }
+            b
         }
-    } else if let Some(p) = spec.strip_prefix("file:") {
-        match std::fs::read(base.join(p)) {
-            Ok(mut b) => {
-                while matches!(b.last(), Some(b'\n' | b'\r')) {
-                    b.pop();
-                }
-                b
-            }
-            Err(e) => {
-                return Err(format!(
-                    "cannot read the file after `file:` ({}; the path is not repeated here)",
-                    io_kind(&e)
-                ));
-            }
-        }
-    } else {
-        spec.as_bytes().to_vec()
     };
     if bytes.is_empty() {
         return Err("the secret is empty".into());

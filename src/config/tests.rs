@@ -17,9 +17,41 @@ impl Env for MapEnv {
     }
 }
 
+/// `[spool] key`s: [`SPOOL_KEY_BYTES`] in hex and in base64, another key, one too short.
 pub(super) fn env() -> MapEnv {
-    MapEnv(HashMap::from([("SECRET", "wbhsec_abc")]))
+    MapEnv(HashMap::from([
+        ("SECRET", "wbhsec_abc"),
+        (
+            "SPOOL_KEY",
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        ),
+        (
+            "SPOOL_KEY_B64",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
+        ),
+        (
+            "SPOOL_KEY_OTHER",
+            "abababababababababababababababababababababababababababababababab",
+        ),
+        ("SPOOL_KEY_SHORT", "c2hvcnRrZXlfTEVBS0NBTkFSWQ=="),
+        ("SECRET_44", "LEAKCANARY_LEAKCANARY_LEAKCANARY_LEAKCANARY!"),
+        (
+            "SECRET_64",
+            "LEAKCANARYLEAKCANARYLEAKCANARYLEAKCANARYLEAKCANARYLEAKCANARYLEAK",
+        ),
+    ]))
 }
+
+/// The bytes `SPOOL_KEY` and `SPOOL_KEY_B64` decode to.
+pub(super) const SPOOL_KEY_BYTES: [u8; 32] = {
+    let mut k = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        k[i] = i as u8;
+        i += 1;
+    }
+    k
+};
 
 pub(super) const MINIMAL: &str = r#"
 [[route]]
@@ -252,6 +284,18 @@ const CANARY_CASES: &[(&str, &str, &str, &[&str])] = &[
         r#"store = "memory""#,
         "store = \"redis\"\nredis_url = \"redis://:C@127.0.0.1:notaport/0\"",
         &["replay.redis_url"],
+    ),
+    (
+        "spool key literal",
+        "capacity = 1000",
+        "capacity = 1000\n[spool]\nkey = \"C\"",
+        &["spool.key", "`env:NAME` or `file:/path`"],
+    ),
+    (
+        "spool key env: name",
+        "capacity = 1000",
+        "capacity = 1000\n[spool]\nkey = \"env:C\"",
+        &["spool.key", "not set"],
     ),
     (
         "header name",
