@@ -329,8 +329,12 @@ async fn attempt(shared: &Arc<Shared>, handle: &Handle, connector: &Connector, h
             }
         };
     }
-    match held.lease.as_ref().map(|l| l.confirm(cfg.replay.inflight_ttl)) {
-        Some(confirm) => match confirm.await {
+    let confirmed = match &held.lease {
+        Some(lease) => Some(lease.confirm(cfg.replay.inflight_ttl).await),
+        None => None,
+    };
+    match confirmed {
+        Some(confirmed) => match confirmed {
             Ok(true) => {}
             Ok(false) => {
                 // Lost (expired while the store failed, or taken over):

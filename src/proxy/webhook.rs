@@ -252,10 +252,16 @@ pub async fn deliver(
     )?;
     let spool = shared.spool.get().filter(|_| on.route.spool != Mode::Off);
     let ids = (ctx.event_id.clone(), ctx.event_type.clone());
-    let keep = |claim: &mut Option<Lease>| {
-        keep_in_spool(shared, spool, on, &ids, &wire, &body, &replay_id, claim)
+    let keeper = Keeper {
+        shared,
+        spool,
+        on,
+        ids: &ids,
+        wire: &wire,
+        body: &body,
+        replay_id: &replay_id,
     };
-    if on.route.spool == Mode::Always && keep(&mut claim).await {
+    if on.route.spool == Mode::Always && keeper.keep(&mut claim).await {
         return respond(session, ctx, Outcome::Spooled).await;
     }
     let peer = &on.compiled.peer;
@@ -263,7 +269,7 @@ pub async fn deliver(
     let answer = match forward::exchange(&shared.connector, peer, &wire).await {
         Ok(a) => a,
         Err(e) => {
-            if on.route.spool == Mode::OnFailure && keep(&mut claim).await {
+            if on.route.spool == Mode::OnFailure && keeper.keep(&mut claim).await {
                 return respond(session, ctx, Outcome::Spooled).await;
             }
             if let Some(c) = claim {
@@ -280,7 +286,7 @@ pub async fn deliver(
     on.compiled
         .upstream_duration(status.as_u16())
         .observe(sent.elapsed().as_secs_f64());
-    if on.route.spool == Mode::OnFailure && spools_on(status) && keep(&mut claim).await {
+    if on.route.spool == Mode::OnFailure && spools_on(status) && keeper.keep(&mut claim).await {
         // The app's answer is dropped unread, with its connection.
         drop(answer);
         return respond(session, ctx, Outcome::Spooled).await;
@@ -320,17 +326,27 @@ fn spools_on(status: http::StatusCode) -> bool {
 /// `false`, counted and logged, when there is no spool, no claim to hand on
 /// (the store failed open), or the spool is full or cannot be written: the
 /// caller answers as without a spool, and Persona retries.
-#[allow(clippy::too_many_arguments)]
-async fn keep_in_spool(
-    shared: &Shared,
-    spool: Option<&Arc<spool::Handle>>,
-    on: &OnRoute<'_>,
-    (event_id, event_type): &(Option<String>, Option<String>),
-    wire: &Wire<'_>,
-    body: &[u8],
-    replay_id: &str,
-    claim: &mut Option<Lease>,
-) -> bool {
+struct Keeper<'a> {
+    shared: &'a Shared,
+    spool: Option<&'a Arc<spool::Handle>>,
+    on: &'a OnRoute<'a>,
+    ids: &'a (Option<String>, Option<String>),
+    wire: &'a Wire<'a>,
+    body: &'a [u8],
+    replay_id: &'a str,
+}
+
+impl Keeper<'_> {
+    async fn keep(&self, claim: &mut Option<Lease>) -> bool {
+        let Keeper {
+            shared,
+            spool,
+            on,
+            ids: (event_id, event_type),
+            wire,
+            body,
+            replay_id,
+        } = *self;
     let route = on.route.path.as_str();
     let fallback = |reason: &str| {
         shared
@@ -376,6 +392,7 @@ async fn keep_in_spool(
             false
         }
     }
+}
 }
 
 /// Counts a delivery about to be forwarded by its `Attempts-Made`, and says

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::config::{self, Config, ProcessConfig, RedisSettings, StoreKind};
 use crate::replay::redis::RedisStore;
+use crate::spool;
 use crate::state::{Policy, Shared};
 use crate::tls::ReloadableCert;
 
@@ -73,7 +74,7 @@ fn reload(path: &Path, shared: &Shared, cert: Option<&ReloadableCert>, start: &P
         tracing::warn!(key = r.key, "needs a restart to change; {}", r.note);
     }
     let running = shared.policy.load_full();
-    let mut kept = keep_running(new, &running.config);
+    let mut kept = without_spool(keep_running(new, &running.config), shared.spool.get().is_some());
     if let Err(e) = swap_redis(shared, &running.config.replay.store, &kept.replay.store) {
         tracing::error!(
             key = "replay.redis_url",
@@ -113,8 +114,29 @@ fn keep_running(new: Config, running: &Config) -> Config {
         grace_period: running.grace_period,
         upstream_ca_file: running.upstream_ca_file.clone(),
         replay,
+        spool: new.spool.clone().keep_running(&running.spool),
         ..new
     }
+}
+
+/// Routes that a reload turns to spooling when the process started without a
+/// spool (no route spooled then): they cannot spool until a restart, and say
+/// so; until then they answer as `spool = "off"`.
+fn without_spool(mut cfg: Config, has_spool: bool) -> Config {
+    if has_spool {
+        return cfg;
+    }
+    for (i, r) in cfg.routes.iter_mut().enumerate() {
+        if r.spool != spool::Mode::Off {
+            tracing::warn!(
+                key = format!("route[{i}].spool"),
+                route = r.path.as_str(),
+                "needs a restart to change: the process started with no spooling route, so it has no spool; the route answers as spool = \"off\" until then"
+            );
+            r.spool = spool::Mode::Off;
+        }
+    }
+    cfg
 }
 
 /// A new Redis client when the settings changed; the old one stays with the

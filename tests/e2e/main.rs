@@ -26,6 +26,8 @@ mod paths;
 mod redis;
 /// The differential router suite: real frameworks behind the proxy.
 mod routers;
+/// The delivery spool: 202 once durable, redelivered once, dead letters, fallbacks (SPEC §8).
+mod spool;
 /// Signature-only routes: `kind = "signature"`, `id_pointer` (SPEC §7).
 mod signature_routes;
 /// The fault soak: nothing lost, nothing doubled while the app and Redis fail.
