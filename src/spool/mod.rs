@@ -33,6 +33,9 @@ pub mod codec;
 pub mod dir;
 pub mod redis;
 
+#[cfg(test)]
+mod model_tests;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
