@@ -4,7 +4,9 @@
 //! Every replica is a *consumer* of the group `persona-guard` with a name of
 //! its own (`pg-<hostname>-<pid>-<random hex>`, new for every [`RedisSpool`]),
 //! so Redis itself keeps track of which replica holds which entry (the
-//! group's pending entries list) and for how long it has been silent:
+//! group's pending entries list) and for how long it has been silent. A
+//! spool leaves the group on close when it holds nothing, so replicas that
+//! come and go do not pile up consumers:
 //!
 //! * put: a Lua script checks the deployment's byte counter against
 //!   `max_bytes` and, in the same step, `XADD`s the entry (fields `r`, the
@@ -91,6 +93,7 @@ mod scripts;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -172,6 +175,9 @@ pub struct RedisSpool {
     consumer: String,
     max_bytes: u64,
     key: Option<Key>,
+    /// Routes this spool has read through the group (so it is a consumer of
+    /// their streams), for [`SpoolStore::close`] to leave.
+    routes: Mutex<HashSet<String>>,
     /// Drives the connection and every call; shut down in the background on
     /// close or drop (as the replay store's).
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
@@ -239,6 +245,7 @@ impl RedisSpool {
             consumer: consumer_name(),
             max_bytes,
             key,
+            routes: Mutex::new(HashSet::new()),
             runtime: Mutex::new(Some(runtime)),
         })
     }
@@ -365,6 +372,12 @@ impl SpoolStore for RedisSpool {
         }
     }
 
+    /// `XAUTOCLAIM` considers this consumer's own entries too: one this
+    /// spool handed out and did not [`SpoolStore::keep`] for `min_idle` is
+    /// handed out again (here or to another replica). Keeping is what holds an
+    /// entry. One `XAUTOCLAIM` call scans a bounded part of the group's
+    /// pending list (Redis looks at up to ten times `max` entries); the next
+    /// take goes on from the start, which is fine for a spool's short lists.
     async fn take(
         &self,
         route: &str,
@@ -374,6 +387,10 @@ impl SpoolStore for RedisSpool {
         if max == 0 {
             return Ok(Vec::new());
         }
+        self.routes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(route.to_string());
         let raw: Vec<(String, Option<Vec<u8>>)> = self
             .eval(
                 &scripts::TAKE,
@@ -550,7 +567,33 @@ impl SpoolStore for RedisSpool {
         })
     }
 
+    /// Leaves the group of every route this spool read, where it holds no
+    /// entry any more (best effort, bounded by `timeout` in all), so replicas
+    /// that come and go do not pile up consumers in `XINFO CONSUMERS`; a
+    /// consumer that still holds entries stays, and other replicas take its
+    /// entries over after `min_idle`. Then stops the runtime and the connection.
     async fn close(&self) {
+        let routes: Vec<String> = self
+            .routes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .drain()
+            .collect();
+        let leave = async {
+            for route in routes {
+                let left: Result<i64, _> = self
+                    .eval(
+                        &scripts::FORGET,
+                        vec![self.live(&route)],
+                        vec![GROUP.into(), self.consumer.clone().into_bytes()],
+                    )
+                    .await;
+                if let Err(e) = left {
+                    tracing::debug!(route, error = %e, "could not leave the spool's consumer group");
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.inner.timeout, leave).await;
         self.shut_down();
     }
 }

@@ -161,3 +161,18 @@ return {redis.call('XLEN', KEYS[1]), redis.call('XLEN', KEYS[2]), redis.call('GE
 "#,
     )
 });
+
+/// KEYS: stream. ARGV: group, consumer. Deletes the consumer from the group
+/// if it holds no entry (deleting one that does would strand its entries:
+/// they are past the group's last-delivered id, so no `>` read returns them
+/// again); 1 deleted, 0 kept or no such group.
+pub(super) static FORGET: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local ok, p = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if not ok or #p > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#,
+    )
+});

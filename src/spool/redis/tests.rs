@@ -234,15 +234,15 @@ fn keep_prevents_a_takeover() {
     let a = spool(&server, 1 << 20);
     let b = spool(&server, 1 << 20);
     rt().block_on(async {
-        let min_idle = Duration::from_millis(400);
+        let min_idle = Duration::from_millis(800);
         let id = a.put(&record("/r", 1)).await.unwrap();
         let held = ids(&a.take("/r", 10, min_idle).await.unwrap());
-        for _ in 0..4 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
             a.keep("/r", &held).await.unwrap();
             assert!(b.take("/r", 10, min_idle).await.unwrap().is_empty());
         }
-        // 800 ms held in all, never idle for 400: still A's.
+        // Over a second held in all, never idle for 800 ms: still A's.
         let pending = server.command(&["XPENDING", "t:spool:/r", GROUP, "-", "+", "10"]);
         assert!(pending.contains(a.consumer()), "{pending}");
         // Keeping nothing, a foreign id or a gone id is harmless.
@@ -589,4 +589,29 @@ fn every_call_survives_a_dropped_connection() {
         kill();
         assert_eq!(s.stats("/r").await.unwrap().depth, 1);
     });
+}
+
+#[test]
+fn close_leaves_the_group_unless_it_still_holds_entries() {
+    let server = Server::start();
+    let a = spool(&server, 1 << 20);
+    let b = spool(&server, 1 << 20);
+    let consumers = || server.command(&["XINFO", "CONSUMERS", "t:spool:/r", GROUP]);
+    rt().block_on(async {
+        let id = a.put(&record("/r", 1)).await.unwrap();
+        a.put(&record("/r", 2)).await.unwrap();
+        let taken = a.take("/r", 1, LONG).await.unwrap();
+        a.remove("/r", &taken[0].id).await.unwrap();
+        assert_eq!(taken[0].id, id);
+        b.take("/r", 10, LONG).await.unwrap();
+        assert!(consumers().contains(a.consumer()));
+        a.close().await;
+        b.close().await;
+    });
+    let left = consumers();
+    assert!(!left.contains(a.consumer()), "{left}");
+    assert!(
+        left.contains(b.consumer()),
+        "b still holds an entry: {left}"
+    );
 }
