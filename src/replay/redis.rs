@@ -89,7 +89,7 @@
 //! it, `claim` the claim task and its late release; this file is the store.
 
 mod claim;
-mod conn;
+pub(crate) mod conn;
 pub mod keys;
 #[cfg(test)]
 mod tests;

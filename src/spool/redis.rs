@@ -1,1 +1,599 @@
-//! The Redis spool (see [`crate::spool`]).
+//! The Redis spool (see [`crate::spool`]): one spool shared by every replica,
+//! a Redis stream per route read through one consumer group.
+//!
+//! Every replica is a *consumer* of the group `persona-guard` with a name of
+//! its own (`pg-<hostname>-<pid>-<random hex>`, new for every [`RedisSpool`]),
+//! so Redis itself keeps track of which replica holds which entry (the
+//! group's pending entries list) and for how long it has been silent. A
+//! spool leaves the group on close when it holds nothing, so replicas that
+//! come and go do not pile up consumers:
+//!
+//! * put: a Lua script checks the deployment's byte counter against
+//!   `max_bytes` and, in the same step, `XADD`s the entry (fields `r`, the
+//!   encoded record, and `n`, its [`Record::size`]) and `INCRBY`s the counter.
+//!   Check and add are one script so that two replicas cannot both pass the
+//!   check with the last free bytes;
+//! * take: `XAUTOCLAIM` first (entries another consumer held for longer than
+//!   `min_idle`: a replica that died or stalled mid-delivery), then
+//!   `XREADGROUP ... >` for entries never handed out, in one script that also
+//!   creates the group (`XGROUP CREATE ... 0 MKSTREAM`; `BUSYGROUP` is the
+//!   usual answer and ignored). Creating it on every take instead of once per
+//!   route and process is what makes a Redis that lost its data (restart
+//!   without persistence, `FLUSHALL`) work again without a restart of ours.
+//!   `XREADGROUP` has no `BLOCK`: the connection is multiplexed, and a blocked
+//!   read would hold up every other call; the worker polls instead;
+//! * keep: `XCLAIM ... 0 <ids> JUSTID` resets the entries' idle time, so no
+//!   other replica's `XAUTOCLAIM` takes them over while this one delivers;
+//! * remove, bury, delete a dead letter: Lua scripts that read the entry's `n`
+//!   and move or delete it and adjust the counter in one step, so the counter
+//!   never drifts from the entries it counts when a replica dies between two
+//!   commands;
+//! * revive: the dead letter is read and decoded here (the record may be
+//!   sealed with `[spool] key`, which Redis never sees), `live_since_ms` set
+//!   and re-encoded, then a script moves it only if the dead letter is still
+//!   there, so two operators' retries revive it once.
+//!
+//! An entry is `XACK`ed *and* `XDEL`ed when it leaves the live stream, so
+//! `XLEN` is the live depth and the byte counter only counts what is stored.
+//!
+//! # Keys
+//!
+//! With the `[redis] key_prefix` and the route escaped exactly as the replay
+//! store escapes it (every `%` written `%25`, every `:` `%3A`; see
+//! [`crate::replay::redis::keys`]), so distinct routes never share a stream:
+//!
+//! * `<prefix>spool:<route>`: the live stream of a route;
+//! * `<prefix>spool-dead:<route>`: its dead letters;
+//! * `<prefix>spool-bytes`: bytes held, live and dead, of every route (one
+//!   counter per deployment, as `max_bytes` is one limit per deployment);
+//! * `<prefix>spool-put:<random hex>`: a put's own mark for 60 seconds, so a
+//!   put retried after a dropped connection does not store its entry twice
+//!   (see [retries](#retries)).
+//!
+//! Scripts touch several of these keys at once, so a Redis Cluster must keep
+//! them in one slot (a `key_prefix` with a hash tag, e.g. `{pg}:`).
+//!
+//! # Durability
+//!
+//! `put` succeeds once Redis acknowledged the `XADD`: the entry is in Redis's
+//! memory and survives `kill -9` of persona-guard, not necessarily a crash of
+//! Redis. A deployment that wants the entry on disk before Persona hears 202
+//! runs Redis with `appendonly yes` and `appendfsync always` (or accepts
+//! `everysec`'s one second); a replica (`WAIT`) is the deployment's choice
+//! too. Nothing here can make a Redis without persistence durable.
+//!
+//! # Retries
+//!
+//! As in the replay store (and with its code, [`crate::replay::redis`]'s
+//! `conn`): every call runs on a one-thread runtime of the spool's own, is
+//! bounded by `timeout` in all, and is tried once more when its connection
+//! turned out dropped. A retry is safe for every call even when the first
+//! attempt ran and only its reply was lost:
+//!
+//! * put carries a random nonce; the script records the id it stored under
+//!   it, and the retry finds it and answers that id instead of adding again;
+//! * take's lost entries sit in this consumer's pending list and come back
+//!   (to this replica or another) through `XAUTOCLAIM` after `min_idle`;
+//! * keep, remove and bury are idempotent (an absent entry is a no-op);
+//! * revive and delete of a dead letter answer [`SpoolError::NotFound`] on a
+//!   retry whose first attempt did run: the operator sees the outcome in the
+//!   listing.
+//!
+//! # Errors
+//!
+//! Every Redis failure is [`SpoolError::Unavailable`] with the replay store's
+//! sanitised description (a timeout, "connection failed" or the error's kind):
+//! never the URL, the password or a record's bytes.
+//!
+//! # Layout
+//!
+//! `scripts` holds the Lua scripts, this file the spool and the codec shim.
+
+mod scripts;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::{FromRedisValue, Script, Value};
+
+use super::codec::Key;
+use super::{Entry, EntryId, Record, RouteStats, SpoolError, SpoolStore};
+use crate::config::RedisSettings;
+use crate::replay::redis::conn::{Inner, RedisStoreError, millis};
+use crate::replay::redis::keys;
+
+// The codec. Once `src/spool/codec.rs` has `encode` and `decode`, make this
+// line `use super::codec::{decode, encode};` and delete `mod codec_shim` below.
+use codec_shim::{decode, encode};
+
+/// TEMPORARY stand-in for `super::codec` until it lands: the same signatures,
+/// plain `serde_json`, no sealing (the key is ignored). Not for production.
+mod codec_shim {
+    use super::{Key, Record};
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the record does not decode")]
+    pub struct CodecError;
+
+    pub fn encode(record: &Record, _key: Option<&Key>) -> Vec<u8> {
+        serde_json::to_vec(record).expect("a Record always serializes")
+    }
+
+    pub fn decode(bytes: &[u8], _key: Option<&Key>) -> Result<Record, CodecError> {
+        serde_json::from_slice(bytes).map_err(|_| CodecError)
+    }
+}
+
+/// The consumer group every replica reads through.
+pub const GROUP: &str = "persona-guard";
+
+/// How long a put's nonce mark lives: far longer than any call (`timeout`
+/// bounds both attempts of a put), short enough to cost nothing.
+const PUT_MARK_TTL: Duration = Duration::from_secs(60);
+
+fn unavailable(e: RedisStoreError) -> SpoolError {
+    SpoolError::Unavailable(e.to_string())
+}
+
+/// A stream id (`<ms>-<seq>`) as numbers: its order, and whether `id` is one
+/// at all (a foreign id is never sent to Redis, whose error would be a 500).
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// This process's consumer name: readable in `XINFO CONSUMERS` (the host and
+/// pid) and unique (random), so two spools never share a pending list, not
+/// even two in one process (a reload) or a restarted container with the same
+/// hostname and pid.
+fn consumer_name() -> String {
+    let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .take(64)
+        .collect();
+    let random: u64 = rand::random();
+    if host.is_empty() {
+        format!("pg-{}-{random:016x}", std::process::id())
+    } else {
+        format!("pg-{host}-{}-{random:016x}", std::process::id())
+    }
+}
+
+/// The shared spool (see the module documentation).
+pub struct RedisSpool {
+    inner: Arc<Inner>,
+    prefix: String,
+    consumer: String,
+    max_bytes: u64,
+    key: Option<Key>,
+    /// Routes this spool has read through the group (so it is a consumer of
+    /// their streams), for [`SpoolStore::close`] to leave.
+    routes: Mutex<HashSet<String>>,
+    /// Drives the connection and every call; shut down in the background on
+    /// close or drop (as the replay store's).
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+impl Drop for RedisSpool {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+impl std::fmt::Debug for RedisSpool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSpool")
+            .field("prefix", &self.prefix)
+            .field("consumer", &self.consumer)
+            .field("max_bytes", &self.max_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisSpool {
+    /// The spool `settings` describe, holding at most `max_bytes` (every
+    /// route, live and dead, every replica), records sealed with `key`.
+    ///
+    /// Connects lazily, like the replay store: on the first call, and again
+    /// after failures, each attempt bounded by `settings.timeout`. A Redis
+    /// that is down at start-up is therefore not an error here but
+    /// [`SpoolError::Unavailable`] from the calls (readiness asks the replay
+    /// store, which uses the same Redis); only a URL that cannot be parsed or
+    /// a runtime that cannot start fails now.
+    pub fn new(
+        settings: &RedisSettings,
+        max_bytes: u64,
+        key: Option<Key>,
+    ) -> Result<RedisSpool, SpoolError> {
+        Self::open(
+            &settings.url,
+            settings.password.as_ref().map(|p| p.expose()),
+            &settings.key_prefix,
+            settings.timeout,
+            max_bytes,
+            key,
+        )
+    }
+
+    fn open(
+        url: &str,
+        password: Option<&[u8]>,
+        prefix: &str,
+        timeout: Duration,
+        max_bytes: u64,
+        key: Option<Key>,
+    ) -> Result<RedisSpool, SpoolError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("redis-spool")
+            .enable_all()
+            .build()
+            .map_err(|e| SpoolError::Unavailable(format!("cannot start the redis client: {e}")))?;
+        let inner = Inner::connect(url, password, timeout, &runtime).map_err(unavailable)?;
+        Ok(RedisSpool {
+            inner: Arc::new(inner),
+            prefix: prefix.to_string(),
+            consumer: consumer_name(),
+            max_bytes,
+            key,
+            routes: Mutex::new(HashSet::new()),
+            runtime: Mutex::new(Some(runtime)),
+        })
+    }
+
+    /// This spool's consumer name in the group.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// `<prefix><kind>:<escaped route>`, escaped by the replay store's
+    /// [`keys::key`] (its key with an empty event id, without the `:` that
+    /// would separate it).
+    fn route_key(&self, kind: &str, route: &str) -> Vec<u8> {
+        let mut k = keys::key(&format!("{}{kind}:", self.prefix), route.as_bytes(), "");
+        k.pop();
+        k
+    }
+
+    fn live(&self, route: &str) -> Vec<u8> {
+        self.route_key("spool", route)
+    }
+
+    fn dead_key(&self, route: &str) -> Vec<u8> {
+        self.route_key("spool-dead", route)
+    }
+
+    fn bytes_key(&self) -> Vec<u8> {
+        format!("{}spool-bytes", self.prefix).into_bytes()
+    }
+
+    /// Runs `script` with `keys` and `args` on the spool's runtime, bounded
+    /// and retried once on a dropped connection (see the module documentation).
+    async fn eval<T>(
+        &self,
+        script: &Script,
+        keys: Vec<Vec<u8>>,
+        args: Vec<Vec<u8>>,
+    ) -> Result<T, SpoolError>
+    where
+        T: FromRedisValue + Send + 'static,
+    {
+        let script = script.clone();
+        self.inner
+            .on_runtime(move |inner| async move {
+                inner
+                    .bounded(inner.retrying(
+                        || true,
+                        |mut con| {
+                            let mut inv = script.prepare_invoke();
+                            for k in &keys {
+                                inv.key(k.as_slice());
+                            }
+                            for a in &args {
+                                inv.arg(a.as_slice());
+                            }
+                            async move { inv.invoke_async::<T>(&mut con).await }
+                        },
+                    ))
+                    .await
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Decodes `(id, r)` pairs, oldest first; an entry that does not decode
+    /// (a bad key, a corrupted or foreign value) is logged by id and skipped,
+    /// never deleted: an operator may still recover it with the right key.
+    fn entries(&self, route: &str, raw: Vec<(String, Option<Vec<u8>>)>) -> Vec<Entry> {
+        let mut out: Vec<Entry> = raw
+            .into_iter()
+            .filter_map(|(id, bytes)| {
+                match bytes.as_deref().map(|b| decode(b, self.key.as_ref())) {
+                    Some(Ok(record)) => Some(Entry { id, record }),
+                    Some(Err(_)) | None => {
+                        tracing::warn!(
+                            route,
+                            id = id.as_str(),
+                            "a spooled entry does not decode; left in redis, skipped"
+                        );
+                        None
+                    }
+                }
+            })
+            .collect();
+        out.sort_by_key(|e| parse_id(&e.id).unwrap_or((u64::MAX, u64::MAX)));
+        out
+    }
+
+    /// Stops the runtime, and with it the connection and every task on it.
+    fn shut_down(&self) {
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(rt) = runtime {
+            rt.shutdown_background();
+        }
+    }
+}
+
+#[async_trait]
+impl SpoolStore for RedisSpool {
+    async fn put(&self, record: &Record) -> Result<EntryId, SpoolError> {
+        let bytes = encode(record, self.key.as_ref());
+        let nonce: u128 = rand::random();
+        let mark = format!("{}spool-put:{nonce:032x}", self.prefix).into_bytes();
+        let (stored, id): (i64, String) = self
+            .eval(
+                &scripts::PUT,
+                vec![self.live(&record.route), self.bytes_key(), mark],
+                vec![
+                    bytes,
+                    record.size().to_string().into_bytes(),
+                    self.max_bytes.to_string().into_bytes(),
+                    millis(PUT_MARK_TTL).to_string().into_bytes(),
+                ],
+            )
+            .await?;
+        if stored == 1 {
+            Ok(id)
+        } else {
+            Err(SpoolError::Full)
+        }
+    }
+
+    /// `XAUTOCLAIM` considers this consumer's own entries too: one this
+    /// spool handed out and did not [`SpoolStore::keep`] for `min_idle` is
+    /// handed out again (here or to another replica). Keeping is what holds an
+    /// entry. One `XAUTOCLAIM` call scans a bounded part of the group's
+    /// pending list (Redis looks at up to ten times `max` entries); the next
+    /// take goes on from the start, which is fine for a spool's short lists.
+    async fn take(
+        &self,
+        route: &str,
+        max: usize,
+        min_idle: Duration,
+    ) -> Result<Vec<Entry>, SpoolError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        self.routes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(route.to_string());
+        let raw: Vec<(String, Option<Vec<u8>>)> = self
+            .eval(
+                &scripts::TAKE,
+                vec![self.live(route)],
+                vec![
+                    GROUP.into(),
+                    self.consumer.clone().into_bytes(),
+                    millis(min_idle).to_string().into_bytes(),
+                    max.to_string().into_bytes(),
+                ],
+            )
+            .await?;
+        Ok(self.entries(route, raw))
+    }
+
+    /// `XCLAIM` with idle 0: note that it claims the entries even if another
+    /// replica took them over meanwhile (this one was silent for longer than
+    /// `min_idle`); both may then deliver, and the replay lease decides which.
+    async fn keep(&self, route: &str, ids: &[EntryId]) -> Result<(), SpoolError> {
+        let ids: Vec<String> = ids
+            .iter()
+            .filter(|id| parse_id(id).is_some())
+            .cloned()
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(self.live(route))
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(&ids)
+            .arg("JUSTID");
+        self.inner
+            .on_runtime(move |inner| async move {
+                let cmd = &cmd;
+                inner
+                    .bounded(async {
+                        match inner
+                            .retrying(
+                                || true,
+                                |mut con| async move { cmd.query_async::<Value>(&mut con).await },
+                            )
+                            .await
+                        {
+                            // The stream or group is gone (Redis lost its data):
+                            // nothing is held, nothing to keep.
+                            Err(e) if e.code() == Some("NOGROUP") => Ok(()),
+                            other => other.map(|_| ()),
+                        }
+                    })
+                    .await
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn remove(&self, route: &str, id: &EntryId) -> Result<(), SpoolError> {
+        if parse_id(id).is_none() {
+            return Ok(());
+        }
+        let _: i64 = self
+            .eval(
+                &scripts::REMOVE,
+                vec![self.live(route), self.bytes_key()],
+                vec![GROUP.into(), id.clone().into_bytes()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// An entry no longer live (removed, buried already) is a no-op, so a
+    /// retried bury is harmless. The dead letter gets a new id (its burial
+    /// time): dead letters are listed in the order they died.
+    async fn bury(&self, route: &str, id: &EntryId) -> Result<(), SpoolError> {
+        if parse_id(id).is_none() {
+            return Ok(());
+        }
+        let _: i64 = self
+            .eval(
+                &scripts::BURY,
+                vec![self.live(route), self.dead_key(route)],
+                vec![GROUP.into(), id.clone().into_bytes()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn dead(&self, route: &str) -> Result<Vec<Entry>, SpoolError> {
+        let raw: Vec<(String, Option<Vec<u8>>)> = self
+            .eval(
+                &scripts::RANGE,
+                vec![self.dead_key(route)],
+                vec![b"-".to_vec(), b"+".to_vec()],
+            )
+            .await?;
+        Ok(self.entries(route, raw))
+    }
+
+    async fn revive(&self, route: &str, id: &EntryId, now_ms: u64) -> Result<EntryId, SpoolError> {
+        if parse_id(id).is_none() {
+            return Err(SpoolError::NotFound);
+        }
+        let raw: Vec<(String, Option<Vec<u8>>)> = self
+            .eval(
+                &scripts::RANGE,
+                vec![self.dead_key(route)],
+                vec![id.clone().into_bytes(), id.clone().into_bytes()],
+            )
+            .await?;
+        let Some((_, Some(bytes))) = raw.into_iter().next() else {
+            return Err(SpoolError::NotFound);
+        };
+        let mut record = decode(&bytes, self.key.as_ref()).map_err(|_| {
+            tracing::warn!(route, id = id.as_str(), "a dead letter does not decode");
+            SpoolError::Unavailable("the dead letter does not decode".into())
+        })?;
+        record.live_since_ms = now_ms;
+        let new: Option<String> = self
+            .eval(
+                &scripts::REVIVE,
+                vec![self.live(route), self.dead_key(route), self.bytes_key()],
+                vec![
+                    id.clone().into_bytes(),
+                    encode(&record, self.key.as_ref()),
+                    record.size().to_string().into_bytes(),
+                ],
+            )
+            .await?;
+        new.ok_or(SpoolError::NotFound)
+    }
+
+    async fn delete_dead(&self, route: &str, id: &EntryId) -> Result<(), SpoolError> {
+        if parse_id(id).is_none() {
+            return Err(SpoolError::NotFound);
+        }
+        let deleted: i64 = self
+            .eval(
+                &scripts::DELETE_DEAD,
+                vec![self.dead_key(route), self.bytes_key()],
+                vec![id.clone().into_bytes()],
+            )
+            .await?;
+        if deleted == 1 {
+            Ok(())
+        } else {
+            Err(SpoolError::NotFound)
+        }
+    }
+
+    /// One read-only script: two `XLEN`s, a `GET` and the first live entry.
+    /// `bytes` is the deployment's counter (every route), as `max_bytes` is.
+    async fn stats(&self, route: &str) -> Result<RouteStats, SpoolError> {
+        let (depth, dead, bytes, first): (u64, u64, Option<i64>, Option<Vec<u8>>) = self
+            .eval(
+                &scripts::STATS,
+                vec![self.live(route), self.dead_key(route), self.bytes_key()],
+                vec![],
+            )
+            .await?;
+        let oldest_live_ms = first.and_then(|b| match decode(&b, self.key.as_ref()) {
+            Ok(r) => Some(r.live_since_ms),
+            Err(_) => {
+                tracing::warn!(route, "the oldest spooled entry does not decode");
+                None
+            }
+        });
+        Ok(RouteStats {
+            depth,
+            oldest_live_ms,
+            dead,
+            bytes: bytes.unwrap_or(0).max(0) as u64,
+        })
+    }
+
+    /// Leaves the group of every route this spool read, where it holds no
+    /// entry any more (best effort, bounded by `timeout` in all), so replicas
+    /// that come and go do not pile up consumers in `XINFO CONSUMERS`; a
+    /// consumer that still holds entries stays, and other replicas take its
+    /// entries over after `min_idle`. Then stops the runtime and the connection.
+    async fn close(&self) {
+        let routes: Vec<String> = self
+            .routes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .drain()
+            .collect();
+        let leave = async {
+            for route in routes {
+                let left: Result<i64, _> = self
+                    .eval(
+                        &scripts::FORGET,
+                        vec![self.live(&route)],
+                        vec![GROUP.into(), self.consumer.clone().into_bytes()],
+                    )
+                    .await;
+                if let Err(e) = left {
+                    tracing::debug!(route, error = %e, "could not leave the spool's consumer group");
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.inner.timeout, leave).await;
+        self.shut_down();
+    }
+}

@@ -68,7 +68,7 @@ pub(super) fn inflight_value(token: u64) -> String {
 }
 
 /// A duration as the whole milliseconds Redis takes (at least 1).
-pub(super) fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     d.as_millis().clamp(1, u64::MAX as u128) as u64
 }
 
@@ -79,7 +79,7 @@ fn is_dropped(e: &redis::RedisError) -> bool {
 }
 
 /// A short description of a Redis error that cannot contain the URL.
-pub(super) fn describe(e: &redis::RedisError) -> String {
+pub(crate) fn describe(e: &redis::RedisError) -> String {
     if e.is_timeout() {
         "timed out".into()
     } else if e.is_connection_dropped() || e.is_io_error() {
@@ -90,20 +90,20 @@ pub(super) fn describe(e: &redis::RedisError) -> String {
 }
 
 /// What every call shares: the connection, the scripts, the bound.
-pub(super) struct Inner {
+pub(crate) struct Inner {
     manager: ConnectionManager,
     claim: Script,
     release: Script,
     renew: Script,
-    pub(super) timeout: Duration,
+    pub(crate) timeout: Duration,
     /// The store's runtime, where every call and every late release runs.
-    pub(super) handle: tokio::runtime::Handle,
+    pub(crate) handle: tokio::runtime::Handle,
 }
 
 impl Inner {
     /// The client of `url`, its connection made lazily on `runtime` and re-made
     /// after failures.
-    pub(super) fn connect(
+    pub(crate) fn connect(
         url: &str,
         password: Option<&[u8]>,
         timeout: Duration,
@@ -143,7 +143,7 @@ impl Inner {
 
     /// Runs `call` as a task on the store's runtime, so that the connection
     /// and everything it spawns live there (and stop with it), and awaits it.
-    pub(super) async fn on_runtime<T, Fut>(
+    pub(crate) async fn on_runtime<T, Fut>(
         self: &Arc<Self>,
         call: impl FnOnce(Arc<Inner>) -> Fut,
     ) -> Result<T, RedisStoreError>
@@ -159,7 +159,7 @@ impl Inner {
 
     /// Runs `op` on the current connection and, if that connection turned out
     /// dropped and `still_wanted()`, once more on the new one.
-    pub(super) async fn retrying<T, Op, Fut>(
+    pub(crate) async fn retrying<T, Op, Fut>(
         &self,
         still_wanted: impl Fn() -> bool,
         mut op: Op,
@@ -181,7 +181,7 @@ impl Inner {
     }
 
     /// Bounds a whole call (every attempt of it) by `timeout`.
-    pub(super) async fn bounded<T>(
+    pub(crate) async fn bounded<T>(
         &self,
         fut: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, RedisStoreError> {
