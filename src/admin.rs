@@ -23,12 +23,40 @@ use pingora::protocols::http::ServerSession;
 use crate::spool::{Entry, Handle, Mode};
 use crate::state::Shared;
 
-fn unavailable(e: &crate::spool::SpoolError) -> Response<Vec<u8>> {
-    json(
-        StatusCode::SERVICE_UNAVAILABLE,
-        serde_json::json!({"error": "spool_unavailable", "message": e.to_string()}),
-    )
+/// Why a `/spool` request cannot be served.
+enum SpoolRefusal {
+    /// No route spools: the process has no spool.
+    NoSpool,
+    /// The spool failed (its message names no secret and quotes no body).
+    Unavailable(String),
 }
+
+impl SpoolRefusal {
+    fn response(self) -> Response<Vec<u8>> {
+        match self {
+            SpoolRefusal::NoSpool => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "no_spool", "message": "No route spools (spool = \"on_failure\" or \"always\")."}),
+            ),
+            SpoolRefusal::Unavailable(message) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "spool_unavailable", "message": message}),
+            ),
+        }
+    }
+}
+
+impl From<crate::spool::SpoolError> for SpoolRefusal {
+    fn from(e: crate::spool::SpoolError) -> Self {
+        SpoolRefusal::Unavailable(e.to_string())
+    }
+}
+
+/// The process's spool and its spooling routes (by path).
+type Spooling<'a> = (&'a Arc<Handle>, Vec<String>);
+
+/// Dead letters matching a query, with their routes.
+type Matching<'a> = (&'a Arc<Handle>, Vec<(String, Entry)>);
 
 pub struct Admin {
     pub shared: Arc<Shared>,
@@ -68,12 +96,9 @@ fn age_seconds(ms: u64) -> u64 {
 
 impl Admin {
     /// The spool and the routes that spool, or the answer saying there is none.
-    fn spool(&self) -> Result<(&Arc<Handle>, Vec<String>), Response<Vec<u8>>> {
+    fn spool(&self) -> Result<Spooling<'_>, SpoolRefusal> {
         let Some(spool) = self.shared.spool.get() else {
-            return Err(json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "no_spool", "message": "No route spools (spool = \"on_failure\" or \"always\")."}),
-            ));
+            return Err(SpoolRefusal::NoSpool);
         };
         let policy = self.shared.policy.load();
         let routes = policy
@@ -87,16 +112,18 @@ impl Admin {
     }
 
     async fn spool_list(&self) -> Response<Vec<u8>> {
-        let (spool, routes) = match self.spool() {
-            Ok(s) => s,
-            Err(r) => return r,
-        };
+        match self.spool_listing().await {
+            Ok(v) => json(StatusCode::OK, v),
+            Err(r) => r.response(),
+        }
+    }
+
+    async fn spool_listing(&self) -> Result<serde_json::Value, SpoolRefusal> {
+        let (spool, routes) = self.spool()?;
         let mut out = Vec::new();
         for route in routes {
-            let (stats, dead) = match (spool.store.stats(&route).await, spool.store.dead(&route).await) {
-                (Ok(s), Ok(d)) => (s, d),
-                (Err(e), _) | (_, Err(e)) => return unavailable(&e),
-            };
+            let stats = spool.store.stats(&route).await?;
+            let dead = spool.store.dead(&route).await?;
             let listed: Vec<_> = dead
                 .iter()
                 .take(DEAD_LISTED)
@@ -119,19 +146,16 @@ impl Admin {
                 "dead": listed,
             }));
         }
-        json(StatusCode::OK, serde_json::json!({ "routes": out }))
+        Ok(serde_json::json!({ "routes": out }))
     }
 
     /// The dead letters `id` names (event id or entry id; every one when
     /// `None`), per route.
-    async fn dead_matching(
-        &self,
-        id: Option<&str>,
-    ) -> Result<(&Arc<Handle>, Vec<(String, Entry)>), Response<Vec<u8>>> {
+    async fn dead_matching(&self, id: Option<&str>) -> Result<Matching<'_>, SpoolRefusal> {
         let (spool, routes) = self.spool()?;
         let mut found = Vec::new();
         for route in routes {
-            let dead = spool.store.dead(&route).await.map_err(|e| unavailable(&e))?;
+            let dead = spool.store.dead(&route).await?;
             for e in dead {
                 if id.is_none_or(|id| e.id == id || e.record.event_id.as_deref() == Some(id)) {
                     found.push((route.clone(), e));
@@ -144,17 +168,24 @@ impl Admin {
     async fn spool_retry(&self, id: Option<&str>) -> Response<Vec<u8>> {
         let (spool, found) = match self.dead_matching(id).await {
             Ok(f) => f,
-            Err(r) => return r,
+            Err(r) => return r.response(),
         };
         if id.is_some() && found.is_empty() {
-            return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found", "message": "No dead letter has that id."}));
+            return json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not_found", "message": "No dead letter has that id."}),
+            );
         }
         let mut retried = 0;
         for (route, e) in found {
-            match spool.store.revive(&route, &e.id, crate::spool::now_ms()).await {
+            match spool
+                .store
+                .revive(&route, &e.id, crate::spool::now_ms())
+                .await
+            {
                 Ok(_) => retried += 1,
                 Err(crate::spool::SpoolError::NotFound) => {}
-                Err(err) => return unavailable(&err),
+                Err(err) => return SpoolRefusal::from(err).response(),
             }
         }
         tracing::info!(retried, "spool: dead letters retried by an operator");
@@ -164,25 +195,35 @@ impl Admin {
 
     async fn spool_delete(&self, id: Option<&str>) -> Response<Vec<u8>> {
         let Some(id) = id else {
-            return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "missing_id", "message": "DELETE /spool/dead needs ?id=<event id or entry id>."}));
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "missing_id", "message": "DELETE /spool/dead needs ?id=<event id or entry id>."}),
+            );
         };
         let (spool, found) = match self.dead_matching(Some(id)).await {
             Ok(f) => f,
-            Err(r) => return r,
+            Err(r) => return r.response(),
         };
         let mut deleted = 0;
         for (route, e) in found {
             match spool.store.delete_dead(&route, &e.id).await {
                 Ok(()) => {
                     deleted += 1;
-                    tracing::warn!(route, event_id = e.record.event_id.as_deref(), "spool: dead letter deleted by an operator");
+                    tracing::warn!(
+                        route,
+                        event_id = e.record.event_id.as_deref(),
+                        "spool: dead letter deleted by an operator"
+                    );
                 }
                 Err(crate::spool::SpoolError::NotFound) => {}
-                Err(err) => return unavailable(&err),
+                Err(err) => return SpoolRefusal::from(err).response(),
             }
         }
         if deleted == 0 {
-            return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found", "message": "No dead letter has that id."}));
+            return json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not_found", "message": "No dead letter has that id."}),
+            );
         }
         json(StatusCode::OK, serde_json::json!({ "deleted": deleted }))
     }
@@ -196,13 +237,19 @@ impl Admin {
         for route in routes {
             match spool.store.stats(&route).await {
                 Ok(s) => {
-                    m.spool_depth.with_label_values(&[&route]).set(s.depth as i64);
-                    m.spool_dead_letters.with_label_values(&[&route]).set(s.dead as i64);
+                    m.spool_depth
+                        .with_label_values(&[&route])
+                        .set(s.depth as i64);
+                    m.spool_dead_letters
+                        .with_label_values(&[&route])
+                        .set(s.dead as i64);
                     m.spool_oldest_age
                         .with_label_values(&[&route])
                         .set(s.oldest_live_ms.map_or(0, age_seconds) as i64);
                 }
-                Err(e) => tracing::warn!(route, error = %e, "spool: cannot read its stats for /metrics"),
+                Err(e) => {
+                    tracing::warn!(route, error = %e, "spool: cannot read its stats for /metrics")
+                }
             }
         }
     }
@@ -277,7 +324,8 @@ impl ServeHttp for Admin {
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "application/json",
-                br#"{"error":"not_found","message":"Try /healthz, /readyz, /metrics or /spool."}"#.to_vec(),
+                br#"{"error":"not_found","message":"Try /healthz, /readyz, /metrics or /spool."}"#
+                    .to_vec(),
             ),
         }
     }

@@ -137,7 +137,9 @@ impl Outcome {
             Outcome::NotFound => "No route matches this path.",
             Outcome::ClientError => "The request could not be read.",
             Outcome::SourceNotAllowed => "This route does not accept requests from this address.",
-            Outcome::Spooled => "The delivery is kept durably and will be delivered to the application.",
+            Outcome::Spooled => {
+                "The delivery is kept durably and will be delivered to the application."
+            }
         }
     }
 

@@ -68,7 +68,9 @@ pub fn spawn(shared: Arc<Shared>, handle: Arc<Handle>, connector: Connector) {
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!("cannot start the spool's redelivery runtime: {e}; spooled deliveries wait for a restart");
+            tracing::error!(
+                "cannot start the spool's redelivery runtime: {e}; spooled deliveries wait for a restart"
+            );
             return;
         }
     };
@@ -160,12 +162,7 @@ impl Worker {
                 next_keep = now + replay::renew_every(inflight_ttl);
             }
             self.start_due(&mut sending, now);
-            let next_due = self
-                .held
-                .values()
-                .map(|h| h.due)
-                .min()
-                .unwrap_or(next_look);
+            let next_due = self.held.values().map(|h| h.due).min().unwrap_or(next_look);
             let wake_at = next_due.min(next_look).min(next_keep);
             tokio::select! {
                 Some(done) = sending.join_next(), if !sending.is_empty() => {
@@ -292,7 +289,12 @@ pub fn backoff(failures: u32, max: Duration) -> Duration {
 
 /// One attempt at one entry: bury it if it is past `max_age`, adopt its
 /// replay mark if not held yet, send it, and settle.
-async fn attempt(shared: &Arc<Shared>, handle: &Handle, connector: &Connector, held: &mut Held) -> Step {
+async fn attempt(
+    shared: &Arc<Shared>,
+    handle: &Handle,
+    connector: &Connector,
+    held: &mut Held,
+) -> Step {
     let policy = shared.policy.load_full();
     let cfg = &policy.config;
     let record = &held.entry.record;
@@ -406,7 +408,11 @@ mod tests {
             let full = Duration::from_secs(full);
             for _ in 0..200 {
                 let b = backoff(failures, max);
-                assert!(b >= full / 2 && b <= full, "{failures}: {b:?} not in [{:?}, {full:?}]", full / 2);
+                assert!(
+                    b >= full / 2 && b <= full,
+                    "{failures}: {b:?} not in [{:?}, {full:?}]",
+                    full / 2
+                );
             }
         }
     }

@@ -23,8 +23,8 @@ use crate::config::{OnStoreError, Route, RouteKind};
 use crate::event;
 use crate::outcome::Outcome;
 use crate::replay::{self, Claim, Lease};
-use crate::spool::{self, Mode};
 use crate::signature::{self, SignatureHeader, Verdict};
+use crate::spool::{self, Mode};
 use crate::state::{CompiledRoute, Policy, Shared};
 
 /// A delivery that passed every check: forward it.
@@ -347,52 +347,56 @@ impl Keeper<'_> {
             body,
             replay_id,
         } = *self;
-    let route = on.route.path.as_str();
-    let fallback = |reason: &str| {
-        shared
-            .metrics
-            .spool_fallbacks
-            .with_label_values(&[route, reason])
-            .inc();
-    };
-    let Some(spool) = spool else {
-        return false;
-    };
-    let Some(lease) = claim.as_ref() else {
-        fallback("no_claim");
-        tracing::warn!(route, event_id = event_id.as_deref(), "spool: a delivery without a replay claim is not spooled");
-        return false;
-    };
-    let now = spool::now_ms();
-    let record = spool::Record {
-        route: route.to_string(),
-        replay_id: replay_id.to_string(),
-        event_id: event_id.clone(),
-        event_type: event_type.clone(),
-        token: lease.token(),
-        spooled_at_ms: now,
-        live_since_ms: now,
-        head: wire.head().to_vec(),
-        body: body.to_vec(),
-    };
-    match spool.store.put(&record).await {
-        Ok(_) => {
-            if let Some(lease) = claim.take() {
-                lease.detach();
+        let route = on.route.path.as_str();
+        let fallback = |reason: &str| {
+            shared
+                .metrics
+                .spool_fallbacks
+                .with_label_values(&[route, reason])
+                .inc();
+        };
+        let Some(spool) = spool else {
+            return false;
+        };
+        let Some(lease) = claim.as_ref() else {
+            fallback("no_claim");
+            tracing::warn!(
+                route,
+                event_id = event_id.as_deref(),
+                "spool: a delivery without a replay claim is not spooled"
+            );
+            return false;
+        };
+        let now = spool::now_ms();
+        let record = spool::Record {
+            route: route.to_string(),
+            replay_id: replay_id.to_string(),
+            event_id: event_id.clone(),
+            event_type: event_type.clone(),
+            token: lease.token(),
+            spooled_at_ms: now,
+            live_since_ms: now,
+            head: wire.head().to_vec(),
+            body: body.to_vec(),
+        };
+        match spool.store.put(&record).await {
+            Ok(_) => {
+                if let Some(lease) = claim.take() {
+                    lease.detach();
+                }
+                spool.stored();
+                true
             }
-            spool.stored();
-            true
-        }
-        Err(e) => {
-            fallback(match e {
-                spool::SpoolError::Full => "full",
-                _ => "unavailable",
-            });
-            tracing::warn!(route, event_id = event_id.as_deref(), error = %e, "spool: cannot keep the delivery; answered as without a spool");
-            false
+            Err(e) => {
+                fallback(match e {
+                    spool::SpoolError::Full => "full",
+                    _ => "unavailable",
+                });
+                tracing::warn!(route, event_id = event_id.as_deref(), error = %e, "spool: cannot keep the delivery; answered as without a spool");
+                false
+            }
         }
     }
-}
 }
 
 /// Counts a delivery about to be forwarded by its `Attempts-Made`, and says

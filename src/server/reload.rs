@@ -74,7 +74,10 @@ fn reload(path: &Path, shared: &Shared, cert: Option<&ReloadableCert>, start: &P
         tracing::warn!(key = r.key, "needs a restart to change; {}", r.note);
     }
     let running = shared.policy.load_full();
-    let mut kept = without_spool(keep_running(new, &running.config), shared.spool.get().is_some());
+    let mut kept = without_spool(
+        keep_running(new, &running.config),
+        shared.spool.get().is_some(),
+    );
     if let Err(e) = swap_redis(shared, &running.config.replay.store, &kept.replay.store) {
         tracing::error!(
             key = "replay.redis_url",

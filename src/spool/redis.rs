@@ -106,27 +106,7 @@ use crate::config::RedisSettings;
 use crate::replay::redis::conn::{Inner, RedisStoreError, millis};
 use crate::replay::redis::keys;
 
-// The codec. Once `src/spool/codec.rs` has `encode` and `decode`, make this
-// line `use super::codec::{decode, encode};` and delete `mod codec_shim` below.
-use codec_shim::{decode, encode};
-
-/// TEMPORARY stand-in for `super::codec` until it lands: the same signatures,
-/// plain `serde_json`, no sealing (the key is ignored). Not for production.
-mod codec_shim {
-    use super::{Key, Record};
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("the record does not decode")]
-    pub struct CodecError;
-
-    pub fn encode(record: &Record, _key: Option<&Key>) -> Vec<u8> {
-        serde_json::to_vec(record).expect("a Record always serializes")
-    }
-
-    pub fn decode(bytes: &[u8], _key: Option<&Key>) -> Result<Record, CodecError> {
-        serde_json::from_slice(bytes).map_err(|_| CodecError)
-    }
-}
+use super::codec::{decode, encode};
 
 /// The consumer group every replica reads through.
 pub const GROUP: &str = "persona-guard";

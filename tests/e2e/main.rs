@@ -26,14 +26,14 @@ mod paths;
 mod redis;
 /// The differential router suite: real frameworks behind the proxy.
 mod routers;
-/// The delivery spool: 202 once durable, redelivered once, dead letters, fallbacks (SPEC §8).
-mod spool;
 /// Signature-only routes: `kind = "signature"`, `id_pointer` (SPEC §7).
 mod signature_routes;
 /// The fault soak: nothing lost, nothing doubled while the app and Redis fail.
 mod soak;
 /// Source allow-lists: `allow_from` and `trusted_proxies` (SPEC §7).
 mod sources;
+/// The delivery spool: 202 once durable, redelivered once, dead letters, fallbacks (SPEC §8).
+mod spool;
 /// TLS on the listener, HTTP/2, certificate reloads, a TLS upstream.
 mod tls;
 /// Outcomes on a webhook route (SPEC §1, §2).

@@ -80,7 +80,10 @@ fn on_failure_a_5xx_is_spooled_and_redelivered_once_the_app_recovers() {
     assert_eq!(again.body, body);
     assert_eq!(again.headers, first.headers);
     assert_eq!(again.header("x-persona-event-id"), Some(id.as_str()));
-    assert_eq!(again.header("x-persona-event-type"), Some("inquiry.approved"));
+    assert_eq!(
+        again.header("x-persona-event-type"),
+        Some("inquiry.approved")
+    );
     // Delivered: Persona's later retry is a duplicate, and the app saw it once.
     p.deliver(&body).assert_status_json(200, "duplicate");
     assert_eq!(accepted_counts(&up)[&id], 1);
@@ -129,7 +132,8 @@ fn on_failure_408_and_429_spool_other_4xx_are_the_apps_answer() {
 #[test]
 fn always_answers_at_once_while_the_app_is_slow_and_delivers_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (up, p) = rig_with(|b| spooling(b, dir.path(), "always").set("upstream.read_timeout", "20s"));
+    let (up, p) =
+        rig_with(|b| spooling(b, dir.path(), "always").set("upstream.read_timeout", "20s"));
     // Slower than Persona's 5-second deadline.
     up.set_delay(Duration::from_secs(6));
     let ids: Vec<String> = (0..3).map(|_| event_id()).collect();
@@ -157,7 +161,8 @@ fn always_answers_at_once_while_the_app_is_slow_and_delivers_once() {
 #[test]
 fn a_full_spool_answers_with_the_apps_status_and_keeps_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (up, p) = rig_with(|b| spooling(b, dir.path(), "on_failure").set("spool.max_bytes", "1KiB"));
+    let (up, p) =
+        rig_with(|b| spooling(b, dir.path(), "on_failure").set("spool.max_bytes", "1KiB"));
     up.set_status(500);
     let id = event_id();
     let body = big_event_body(&id, "inquiry.approved", 4096);
@@ -166,7 +171,11 @@ fn a_full_spool_answers_with_the_apps_status_and_keeps_nothing() {
     assert_eq!(r.header("x-e2e-upstream"), Some("yes"));
     assert_eq!(p.metric(&fallbacks("full")), 1.0);
     assert_eq!(p.metric(&spool_series("depth")), 0.0);
-    assert!(p.logs().contains("cannot keep the delivery"), "{}", p.logs());
+    assert!(
+        p.logs().contains("cannot keep the delivery"),
+        "{}",
+        p.logs()
+    );
     // The claim was released: Persona's retry reaches the recovered app.
     up.set_status(200);
     assert_eq!(p.deliver(&body).status, 200);
@@ -225,16 +234,38 @@ fn dead_letters_are_kept_listed_and_delivered_when_an_operator_retries() {
     let before = up.count();
     // A negative: the window is the check.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(up.count(), before, "a dead letter was redelivered by itself");
+    assert_eq!(
+        up.count(),
+        before,
+        "a dead letter was redelivered by itself"
+    );
     let r = p.admin_request("POST", &format!("/spool/retry?id={kept}"));
-    assert_eq!((r.status, r.json()["retried"].as_u64()), (200, Some(1)), "{}", r.text());
+    assert_eq!(
+        (r.status, r.json()["retried"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        r.text()
+    );
     wait_accepted(&up, std::slice::from_ref(&kept), Duration::from_secs(10));
     assert_eq!(up.count(), before + 1);
 
     let r = p.admin_request("DELETE", &format!("/spool/dead?id={dropped}"));
-    assert_eq!((r.status, r.json()["deleted"].as_u64()), (200, Some(1)), "{}", r.text());
-    assert_eq!(p.admin_request("DELETE", &format!("/spool/dead?id={dropped}")).status, 404);
-    assert_eq!(p.admin_request("POST", "/spool/retry?id=evt_unknown").status, 404);
+    assert_eq!(
+        (r.status, r.json()["deleted"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        p.admin_request("DELETE", &format!("/spool/dead?id={dropped}"))
+            .status,
+        404
+    );
+    assert_eq!(
+        p.admin_request("POST", "/spool/retry?id=evt_unknown")
+            .status,
+        404
+    );
     wait_for("no dead letters left", W, || {
         p.metric(&spool_series("dead_letters")) == 0.0
     });
@@ -251,7 +282,9 @@ fn sigterm_leaves_the_spool_and_the_next_process_delivers_it() {
         p.deliver(&event_body(id, "inquiry.approved"))
             .assert_status_json(202, "spooled");
     }
-    let st = p.terminate(Duration::from_secs(15)).expect("exits on SIGTERM");
+    let st = p
+        .terminate(Duration::from_secs(15))
+        .expect("exits on SIGTERM");
     assert!(st.success(), "{st:?}");
     up.restart();
     let p2 = spooling(Proxy::builder().upstream(&up), dir.path(), "on_failure").start();
@@ -276,9 +309,11 @@ fn kill_9_while_redelivering_loses_nothing_and_repeats_only_what_the_app_had_tak
     // Back, but slow: redeliveries are in the app's hands when the proxy dies.
     up.set_delay(Duration::from_millis(400));
     up.restart();
-    wait_for("the app to take some redeliveries", Duration::from_secs(15), || {
-        up.count() >= 5
-    });
+    wait_for(
+        "the app to take some redeliveries",
+        Duration::from_secs(15),
+        || up.count() >= 5,
+    );
     kill("KILL", p.pid());
     p.wait_exit(Duration::from_secs(5)).expect("killed");
     let taken_before: HashSet<String> = up
@@ -294,7 +329,10 @@ fn kill_9_while_redelivering_loses_nothing_and_repeats_only_what_the_app_had_tak
     // The documented window: only an event the app had taken before the
     // kill (its 2xx not yet recorded as delivered) may come again, once.
     for id in &twice {
-        assert!(taken_before.contains(*id), "{id} came twice but the app had not taken it before the kill");
+        assert!(
+            taken_before.contains(*id),
+            "{id} came twice but the app had not taken it before the kill"
+        );
         assert_eq!(counts[*id], 2, "{id}");
     }
     eprintln!(
@@ -336,7 +374,12 @@ fn an_outage_of_20_s_with_200_events_from_a_retrying_persona() {
                             assert_eq!(r.status, 202, "{id}: {}", r.text());
                             break;
                         }
-                        assert!(attempt < 7, "{id}: never accepted, last {} {}", r.status, r.text());
+                        assert!(
+                            attempt < 7,
+                            "{id}: never accepted, last {} {}",
+                            r.status,
+                            r.text()
+                        );
                         std::thread::sleep(Duration::from_millis(200));
                     }
                     std::thread::sleep(gap);
@@ -362,7 +405,10 @@ fn an_outage_of_20_s_with_200_events_from_a_retrying_persona() {
     wait_accepted(&up, &ids, Duration::from_secs(90));
     let recovered_in = back.elapsed();
     let counts = accepted_counts(&up);
-    assert!(ids.iter().all(|id| counts[id] == 1), "an event was accepted twice");
+    assert!(
+        ids.iter().all(|id| counts[id] == 1),
+        "an event was accepted twice"
+    );
     assert_eq!(counts.len(), EVENTS);
     eprintln!(
         "outage of {OUTAGE:?}, {EVENTS} events: slowest answer {slowest:?}, recovery to last delivery {recovered_in:?}"
