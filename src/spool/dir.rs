@@ -40,7 +40,10 @@
 //! the trait says, not the files' sizes. [`DirSpool::open`] decodes every
 //! entry once to learn it (and `live_since_ms`), which costs one read of the
 //! spool at start, bounded by `max_bytes`. A file that cannot be decoded
-//! counts with its file size: it still takes the disk.
+//! counts against `max_bytes` with its file size (it still takes the disk)
+//! but in no route's [`RouteStats`], since its route cannot be read. A
+//! crash between the two steps of [`SpoolStore::revive`] leaves the entry
+//! both live and dead; both count until the dead one is deleted.
 //!
 //! An index per route (id → `live_since_ms`, size), built at open and kept by
 //! every call, answers [`SpoolStore::stats`] without touching the disk.
@@ -281,7 +284,8 @@ impl DirSpool {
             let Some(name) = ent.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            if name.len() != 32 || !name.bytes().all(|c| c.is_ascii_hexdigit()) {
+            // Only names `route_dir` makes; anything else is not ours to read.
+            if name.len() != 32 || !name.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
                 continue;
             }
             let mut index = RouteIndex::default();
