@@ -40,7 +40,10 @@
 //! the trait says, not the files' sizes. [`DirSpool::open`] decodes every
 //! entry once to learn it (and `live_since_ms`), which costs one read of the
 //! spool at start, bounded by `max_bytes`. A file that cannot be decoded
-//! counts with its file size: it still takes the disk.
+//! counts against `max_bytes` with its file size (it still takes the disk)
+//! but in no route's [`RouteStats`], since its route cannot be read. A
+//! crash between the two steps of [`SpoolStore::revive`] leaves the entry
+//! both live and dead; both count until the dead one is deleted.
 //!
 //! An index per route (id → `live_since_ms`, size), built at open and kept by
 //! every call, answers [`SpoolStore::stats`] without touching the disk.
@@ -181,11 +184,25 @@ fn valid_id(id: &str) -> bool {
             .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-fn mkdir(path: &Path) -> io::Result<()> {
+/// Creates `path` (0700); whether it was created (not already there).
+fn mkdir_new(path: &Path) -> io::Result<bool> {
     match DirBuilder::new().mode(0o700).create(path) {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        r => r,
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
     }
+}
+
+/// Creates `path` (0700) and, when it is new, fsyncs its parent: an entry
+/// renamed into a directory whose own name is not yet durable would be lost
+/// with it on a power cut.
+fn mkdir_durable(path: &Path) -> io::Result<()> {
+    if mkdir_new(path)?
+        && let Some(parent) = path.parent()
+    {
+        sync_dir(parent)?;
+    }
+    Ok(())
 }
 
 fn sync_dir(path: &Path) -> io::Result<()> {
@@ -239,11 +256,14 @@ impl DirSpool {
                     .recursive(true)
                     .create(dir)
                     .map_err(|e| unavailable("open: create spool dir", e))?;
+                if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    sync_dir(parent).map_err(|e| unavailable("open: fsync parent dir", e))?;
+                }
             }
             Err(e) => return Err(unavailable("open: stat spool dir", e)),
         }
         let tmp = dir.join(TMP);
-        mkdir(&tmp).map_err(|e| unavailable("open: create tmp dir", e))?;
+        mkdir_new(&tmp).map_err(|e| unavailable("open: create tmp dir", e))?;
         for ent in fs::read_dir(&tmp).map_err(|e| unavailable("open: list tmp dir", e))? {
             let ent = ent.map_err(|e| unavailable("open: list tmp dir", e))?;
             fs::remove_file(ent.path()).map_err(|e| unavailable("open: clear tmp dir", e))?;
@@ -264,7 +284,8 @@ impl DirSpool {
             let Some(name) = ent.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            if name.len() != 32 || !name.bytes().all(|c| c.is_ascii_hexdigit()) {
+            // Only names `route_dir` makes; anything else is not ours to read.
+            if name.len() != 32 || !name.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
                 continue;
             }
             let mut index = RouteIndex::default();
@@ -357,8 +378,9 @@ impl Inner {
     fn write_live(&self, record: &Record) -> Result<EntryId, SpoolError> {
         let rdir = route_dir(&record.route);
         let live = self.root.join(&rdir).join(LIVE);
-        mkdir(&self.root.join(&rdir)).map_err(|e| unavailable("put: create route dir", e))?;
-        mkdir(&live).map_err(|e| unavailable("put: create live dir", e))?;
+        mkdir_durable(&self.root.join(&rdir))
+            .map_err(|e| unavailable("put: create route dir", e))?;
+        mkdir_durable(&live).map_err(|e| unavailable("put: create live dir", e))?;
         let id = self.new_id();
         let tmp = self.root.join(TMP).join(format!("{id}.tmp"));
         let bytes = codec::encode(record, self.key.as_ref());
@@ -420,6 +442,27 @@ impl Inner {
     }
 }
 
+/// Un-marks `ids` as handed out when dropped with any left (see `take`).
+struct Unhand {
+    inner: Arc<Inner>,
+    rdir: String,
+    ids: Vec<EntryId>,
+}
+
+impl Drop for Unhand {
+    fn drop(&mut self) {
+        if self.ids.is_empty() {
+            return;
+        }
+        let mut st = self.inner.lock();
+        if let Some(ix) = st.routes.get_mut(&self.rdir) {
+            for id in &self.ids {
+                ix.handed.remove(id);
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl SpoolStore for DirSpool {
     async fn put(&self, record: &Record) -> Result<EntryId, SpoolError> {
@@ -476,10 +519,18 @@ impl SpoolStore for DirSpool {
                 break;
             }
             let rd = rdir.clone();
+            // Should this future be dropped while the files are read, what it
+            // marked goes back to "not handed out": take stays cancel-safe.
+            let mut unhand = Unhand {
+                inner: self.inner.clone(),
+                rdir: rdir.clone(),
+                ids: ids.clone(),
+            };
             let read = self
                 .blocking(move |inner| {
                     let mut got = Vec::new();
-                    for id in ids {
+                    let mut ids = ids.into_iter();
+                    while let Some(id) = ids.next() {
                         match inner.read(&rd, LIVE, &id) {
                             Ok(Some(r)) => got.push(Entry { id, record: r }),
                             // Unreadable (logged, kept, never handed out
@@ -489,24 +540,32 @@ impl SpoolStore for DirSpool {
                             }
                             Ok(None) => inner.forget(&rd, &id, false),
                             Err(e) => {
-                                // Not handed out after all: the next take tries again.
+                                // This one and the rest were not handed out
+                                // after all: the next take tries them again.
                                 let mut st = inner.lock();
                                 if let Some(ix) = st.routes.get_mut(&rd) {
                                     ix.handed.remove(&id);
+                                    for id in ids {
+                                        ix.handed.remove(&id);
+                                    }
                                 }
-                                return Err(e);
+                                return Ok((got, Some(e)));
                             }
                         }
                     }
-                    Ok(got)
+                    Ok((got, None))
                 })
                 .await;
-            let read = match read {
-                Ok(read) => read,
-                Err(e) if out.is_empty() => return Err(e),
-                Err(_) => break,
-            };
-            out.extend(read);
+            unhand.ids.clear();
+            let (got, failed) = read?;
+            out.extend(got);
+            if let Some(e) = failed {
+                // What was read is handed out; the error is for the next call.
+                if out.is_empty() {
+                    return Err(e);
+                }
+                break;
+            }
         }
         Ok(out)
     }
@@ -547,7 +606,7 @@ impl SpoolStore for DirSpool {
             let from = inner.path(&rdir, LIVE, &id);
             let to = inner.path(&rdir, DEAD, &id);
             let dead_dir = inner.root.join(&rdir).join(DEAD);
-            match mkdir(&dead_dir) {
+            match mkdir_durable(&dead_dir) {
                 Ok(()) => {}
                 // No route dir: the route never had an entry.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SpoolError::NotFound),

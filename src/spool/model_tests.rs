@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::task::Poll;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -584,5 +585,43 @@ fn ids_sort_by_time_and_are_unique() {
         sorted.sort();
         sorted.dedup();
         assert_eq!(ids, sorted);
+    });
+}
+
+#[test]
+fn a_dropped_take_hands_nothing_out() {
+    // One blocking thread, kept busy: the take's read cannot finish before
+    // the take is dropped.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(1)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = DirSpool::open(&tmp.path().join("s"), u64::MAX, None).unwrap();
+        let id = spool
+            .put(&record(ROUTES[0], b"a".to_vec(), 1))
+            .await
+            .unwrap();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let busy = tokio::task::spawn_blocking(move || wait.recv());
+        // Polled once (it marks the entry and queues the read), then dropped.
+        let mut take = spool.take(ROUTES[0], 10, Duration::ZERO);
+        let first = std::future::poll_fn(|cx| Poll::Ready(take.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        drop(take);
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        let got = spool.take(ROUTES[0], 10, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id, id);
+        assert!(
+            spool
+                .take(ROUTES[0], 10, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     });
 }
