@@ -52,8 +52,9 @@ impl From<crate::spool::SpoolError> for SpoolRefusal {
     }
 }
 
-/// The process's spool and its spooling routes (by path).
-type Spooling<'a> = (&'a Arc<Handle>, Vec<String>);
+/// The process's spool and every configured route (by path), with whether
+/// it spools now (a route a reload turned off may still hold entries).
+type Spooling<'a> = (&'a Arc<Handle>, Vec<(String, bool)>);
 
 /// Dead letters matching a query, with their routes.
 type Matching<'a> = (&'a Arc<Handle>, Vec<(String, Entry)>);
@@ -105,8 +106,7 @@ impl Admin {
             .config
             .routes
             .iter()
-            .filter(|r| r.spool != Mode::Off)
-            .map(|r| r.path.clone())
+            .map(|r| (r.path.clone(), r.spool != Mode::Off))
             .collect();
         Ok((spool, routes))
     }
@@ -121,8 +121,11 @@ impl Admin {
     async fn spool_listing(&self) -> Result<serde_json::Value, SpoolRefusal> {
         let (spool, routes) = self.spool()?;
         let mut out = Vec::new();
-        for route in routes {
+        for (route, spooling) in routes {
             let stats = spool.store.stats(&route).await?;
+            if !spooling && stats.depth == 0 && stats.dead == 0 {
+                continue;
+            }
             let dead = spool.store.dead(&route).await?;
             let listed: Vec<_> = dead
                 .iter()
@@ -154,7 +157,7 @@ impl Admin {
     async fn dead_matching(&self, id: Option<&str>) -> Result<Matching<'_>, SpoolRefusal> {
         let (spool, routes) = self.spool()?;
         let mut found = Vec::new();
-        for route in routes {
+        for (route, _) in routes {
             let dead = spool.store.dead(&route).await?;
             for e in dead {
                 if id.is_none_or(|id| e.id == id || e.record.event_id.as_deref() == Some(id)) {
@@ -234,8 +237,9 @@ impl Admin {
             return;
         };
         let m = &self.shared.metrics;
-        for route in routes {
+        for (route, spooling) in routes {
             match spool.store.stats(&route).await {
+                Ok(s) if !spooling && s.depth == 0 && s.dead == 0 => {}
                 Ok(s) => {
                     m.spool_depth
                         .with_label_values(&[&route])

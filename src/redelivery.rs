@@ -47,7 +47,7 @@ use tokio::time::Instant;
 
 use crate::proxy::forward::{self, Wire};
 use crate::replay::{self, Claim, Lease};
-use crate::spool::{self, Entry, EntryId, Handle, Mode};
+use crate::spool::{self, Entry, EntryId, Handle};
 use crate::state::Shared;
 
 /// Deliveries in flight from the spool at once (all routes together).
@@ -181,7 +181,9 @@ impl Worker {
     async fn look(&mut self) {
         let policy = self.shared.policy.load_full();
         let min_idle = policy.config.replay.inflight_ttl;
-        for route in policy.config.routes.iter().filter(|r| r.spool != Mode::Off) {
+        // Every route, spooling or not: a route whose `spool` a reload turned
+        // off still delivers what its spool holds.
+        for route in &policy.config.routes {
             match self.handle.store.take(&route.path, TAKE, min_idle).await {
                 Ok(entries) => {
                     let now = Instant::now();
@@ -382,7 +384,11 @@ async fn attempt(
     }
     let wire = Wire::from_parts(&record.head, &record.body);
     let status = match forward::exchange(connector, &compiled.peer, &wire).await {
-        Ok(answer) => answer.head.status,
+        Ok(answer) => {
+            let status = answer.head.status;
+            answer.discard(connector, &compiled.peer).await;
+            status
+        }
         Err(_) => return Step::Failed,
     };
     if !status.is_success() {

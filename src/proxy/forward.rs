@@ -123,6 +123,33 @@ async fn send(
 }
 
 impl Answer {
+    /// Reads the answer's body and drops it (a redelivery from the spool
+    /// has no client to relay to), then returns the connection to the pool.
+    /// A body longer than `DISCARD_LIMIT` or cut short ends the connection
+    /// instead: nobody waits on it, and a pooled connection must be clean.
+    pub async fn discard(self, connector: &Connector, peer: &HttpPeer) {
+        const DISCARD_LIMIT: usize = 64 * 1024;
+        let Answer { mut up, .. } = self;
+        let mut read = 0;
+        while !up.response_done() {
+            match up.read_response_body().await {
+                Ok(Some(chunk)) if read + chunk.len() <= DISCARD_LIMIT => read += chunk.len(),
+                Ok(None) => break,
+                _ => {
+                    up.shutdown().await;
+                    return;
+                }
+            }
+        }
+        if up.response_done()
+            && let UpstreamSession::H1(h1) = up
+        {
+            connector
+                .release_http_session(h1, peer, Some(UPSTREAM_IDLE))
+                .await;
+        }
+    }
+
     /// Streams the answer to the client and returns the connection to the
     /// pool. An error means the answer could not be relayed whole (the app's
     /// body ended early, or the client went away): the caller returns it, so

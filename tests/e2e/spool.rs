@@ -414,3 +414,87 @@ fn an_outage_of_20_s_with_200_events_from_a_retrying_persona() {
         "outage of {OUTAGE:?}, {EVENTS} events: slowest answer {slowest:?}, recovery to last delivery {recovered_in:?}"
     );
 }
+
+/// Every byte of every file under `dir`.
+fn files_under(dir: &Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(std::fs::read(&path).unwrap());
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_sealed_spool_holds_no_readable_body_and_still_delivers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "7f".repeat(32);
+    let (mut up, p) = rig_with(|b| {
+        spooling(b, dir.path(), "on_failure")
+            .set("spool.key", "env:PERSONA_GUARD_SPOOL_KEY")
+            .env("PERSONA_GUARD_SPOOL_KEY", &key)
+    });
+    up.stop();
+    let id = event_id();
+    let body = event_body(&id, "inquiry.approved");
+    p.deliver(&body).assert_status_json(202, "spooled");
+    let files = files_under(dir.path());
+    assert!(!files.is_empty(), "the spool wrote no file");
+    // The positive control: the needles are in the plaintext body.
+    assert!(contains(&body, id.as_bytes()) && contains(&body, b"Jane"));
+    for f in &files {
+        assert!(
+            !contains(f, id.as_bytes()),
+            "an event id in a sealed spool file"
+        );
+        assert!(
+            !contains(f, b"Jane"),
+            "personal data in a sealed spool file"
+        );
+    }
+    up.restart();
+    wait_accepted(&up, std::slice::from_ref(&id), Duration::from_secs(10));
+    let got = up.requests();
+    assert_eq!(got.last().unwrap().body, body);
+    assert!(!p.logs().contains(&key), "the key reached the logs");
+}
+
+#[test]
+fn a_reload_cannot_start_spooling_in_a_process_started_without_a_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, p) = rig();
+    p.edit_config(|b| spooling(b, dir.path(), "on_failure"));
+    p.reload_ok();
+    assert!(p.logs().contains("needs a restart"), "{}", p.logs());
+    up.set_status(500);
+    let r = p.deliver(&event_body(&event_id(), "inquiry.approved"));
+    assert_eq!(r.status, 500, "answered as spool = \"off\": {}", r.text());
+    assert_eq!(p.admin_get("/spool").status, 404);
+}
+
+#[test]
+fn a_route_turned_off_by_a_reload_still_delivers_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, p) = rig_with(|b| spooling(b, dir.path(), "on_failure"));
+    up.set_status(500);
+    let id = event_id();
+    p.deliver(&event_body(&id, "inquiry.approved"))
+        .assert_status_json(202, "spooled");
+    p.edit_config(|b| spooling(b, dir.path(), "off"));
+    p.reload_ok();
+    // Off now: a new failure is the app's answer...
+    let r = p.deliver(&event_body(&event_id(), "inquiry.approved"));
+    assert_eq!(r.status, 500, "{}", r.text());
+    // ...and what the spool held still reaches the app once it is back.
+    up.set_status(200);
+    wait_accepted(&up, std::slice::from_ref(&id), Duration::from_secs(10));
+    assert_eq!(accepted_counts(&up)[&id], 1);
+}
