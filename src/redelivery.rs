@@ -30,7 +30,8 @@
 //!   route due at once: an app that is back gets its backlog in seconds, not
 //!   after the longest backoff.
 //! * **Oldest first**: entries are sent in the order they were stored, at
-//!   most [`CONCURRENCY`] at a time.
+//!   most [`CONCURRENCY`] at a time, and at most [`HELD_MAX`] are held in
+//!   memory (bodies included) at once.
 //!
 //! The worker runs on a thread and runtime of its own with its own upstream
 //! connector, so a backlog never competes with the request path's runtimes
@@ -59,6 +60,13 @@ const POLL: Duration = Duration::from_millis(250);
 
 /// Entries taken from a route per look.
 const TAKE: usize = 256;
+
+/// Entries held in memory at once (each with its body): the rest wait in
+/// the spool, oldest first, until room frees up. A held entry keeps its id in
+/// flight; one not yet taken keeps the mark its request detached until that
+/// expires, after which a manual retry from Persona's dashboard may deliver
+/// it first, and taking it later finds it delivered (never a second copy).
+pub const HELD_MAX: usize = 1024;
 
 /// Starts the worker on a thread of its own. It runs until the process ends.
 pub fn spawn(shared: Arc<Shared>, handle: Arc<Handle>, connector: Connector) {
@@ -184,7 +192,16 @@ impl Worker {
         // Every route, spooling or not: a route whose `spool` a reload turned
         // off still delivers what its spool holds.
         for route in &policy.config.routes {
-            match self.handle.store.take(&route.path, TAKE, min_idle).await {
+            let room = HELD_MAX.saturating_sub(self.held.len() + self.busy.len());
+            if room == 0 {
+                return;
+            }
+            match self
+                .handle
+                .store
+                .take(&route.path, room.min(TAKE), min_idle)
+                .await
+            {
                 Ok(entries) => {
                     let now = Instant::now();
                     for entry in entries {
