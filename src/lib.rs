@@ -15,6 +15,10 @@
 //!   a restart changes;
 //! - [`replay`]: the [`replay::ReplayStore`] trait, the memory and Redis
 //!   stores, and the [`replay::Lease`] a winning claim carries;
+//! - [`spool`]: the delivery spool's [`spool::SpoolStore`] trait, its records
+//!   (sealed by [`spool::codec`]), the embedded directory spool and the Redis
+//!   stream spool; [`redelivery`]: the worker that sends spooled entries to
+//!   the app under their replay lease;
 //! - [`state`]: what lives across reloads: the compiled [`state::Policy`]
 //!   (peers and metric handles per route), the store, the counters;
 //! - [`proxy`]: the pingora phases, the decision on a webhook route
