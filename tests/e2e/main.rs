@@ -34,6 +34,8 @@ mod soak;
 mod sources;
 /// The delivery spool: 202 once durable, redelivered once, dead letters, fallbacks (SPEC §8).
 mod spool;
+/// The delivery spool on Redis: a stream shared by replicas, takeover after kill -9, Redis down, dead letters, sealed entries.
+mod spool_redis;
 /// TLS on the listener, HTTP/2, certificate reloads, a TLS upstream.
 mod tls;
 /// Outcomes on a webhook route (SPEC §1, §2).
