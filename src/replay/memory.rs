@@ -221,6 +221,30 @@ impl MemoryStore {
         renewed
     }
 
+    /// Gives `key` a new token's in-flight mark for `inflight_ttl` when it is
+    /// absent, expired or still `old`'s mark; otherwise answers as a claim.
+    /// One atomic step: no other claim can come between.
+    pub fn take_over(&self, key: &Key, old: u64, inflight_ttl: Duration) -> Claim {
+        let now = self.clock.now();
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let mut outcome = Claim::Claimed(token);
+        self.cache.entry(*key).and_compute_with(|existing| {
+            match existing.map(|e| e.into_value()) {
+                Some(e) if !e.left(now).is_zero() && (e.token != old || old == DELIVERED) => {
+                    outcome = match e.token {
+                        DELIVERED => Claim::Duplicate,
+                        _ => Claim::InFlight {
+                            retry_after: e.left(now),
+                        },
+                    };
+                    Op::Nop
+                }
+                _ => Op::Put(Entry::new(token, now, inflight_ttl)),
+            }
+        });
+        outcome
+    }
+
     /// Forgets `key` if, and only if, it is still this `token`'s in-flight mark.
     pub fn release(&self, key: &Key, token: u64) {
         self.cache
@@ -272,6 +296,20 @@ impl ReplayStore for MemoryStore {
         inflight_ttl: Duration,
     ) -> Result<bool, StoreError> {
         Ok(MemoryStore::renew(self, digest(key)?, token, inflight_ttl))
+    }
+
+    async fn take_over(
+        &self,
+        key: &StoreKey,
+        old: u64,
+        inflight_ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        Ok(MemoryStore::take_over(
+            self,
+            digest(key)?,
+            old,
+            inflight_ttl,
+        ))
     }
 
     fn release_in_place(&self, key: &StoreKey, token: u64) -> bool {

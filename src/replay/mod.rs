@@ -119,6 +119,19 @@ pub trait ReplayStore: Send + Sync {
         inflight_ttl: Duration,
     ) -> Result<bool, StoreError>;
 
+    /// In one atomic step: gives `key` a new token's in-flight mark for
+    /// `inflight_ttl` when it is absent, expired, or still the mark of the
+    /// claim with token `old`; otherwise answers as [`ReplayStore::claim`]
+    /// (delivered, or another delivery's mark). How a spooled delivery's
+    /// mark passes to the instance that redelivers it ([`adopt`]), with no
+    /// moment in which the id is free for another claim.
+    async fn take_over(
+        &self,
+        key: &StoreKey,
+        old: u64,
+        inflight_ttl: Duration,
+    ) -> Result<Claim, StoreError>;
+
     /// Releases as `release` does, without awaiting, when this store can do
     /// that in place; `false` when it cannot and `release` must be awaited.
     /// A [`Lease`] dropped unsettled tries this first.
@@ -184,13 +197,14 @@ async fn claim_key(
 
 /// Takes over the in-flight mark of `event_id` on `route` that the claim
 /// with `token` made (a spooled delivery, whose request detached its lease):
-/// that mark is released (compare-and-delete: only if it is still `token`'s)
-/// and the id claimed anew, with a token of its own. Replacing the token
-/// matters when two holders could hold one token (a replica taking over an
-/// entry from one that only looked dead): the old holder's renewals and
-/// [`Lease::confirm`] then fail, so it stops before sending. A claim that
-/// slips in between the release and the claim (a Persona retry) wins, and
-/// this adoption answers `InFlight` or `Duplicate`: nothing is sent twice.
+/// in one atomic step ([`ReplayStore::take_over`]) the mark becomes this
+/// lease's, with a token of its own, when it is still `token`'s (or has
+/// expired, or a restarted memory store forgot it); a delivered id answers
+/// `Duplicate`, another delivery's mark `InFlight`. No claim can come between
+/// (a Persona retry racing the spool gets 409). The new token matters when
+/// two holders could hold one token (a replica taking over an entry from one
+/// that only looked dead): the old holder's renewals and [`Lease::confirm`]
+/// then fail, so it stops before sending.
 pub async fn adopt(
     store: &Arc<dyn ReplayStore>,
     route: &[u8],
@@ -199,8 +213,11 @@ pub async fn adopt(
     inflight_ttl: Duration,
 ) -> Result<Claim<Lease>, StoreError> {
     let key = store.key(route, event_id);
-    store.release(&key, token).await?;
-    claim_key(store, key, inflight_ttl).await
+    Ok(match store.take_over(&key, token, inflight_ttl).await? {
+        Claim::Claimed(new) => Claim::Claimed(hold(store, key, new, inflight_ttl)),
+        Claim::Duplicate => Claim::Duplicate,
+        Claim::InFlight { retry_after } => Claim::InFlight { retry_after },
+    })
 }
 
 /// A lease on `key`'s mark held by `token`, renewing it from now on.
@@ -392,6 +409,9 @@ mod tests {
             Err(StoreError::new(Down))
         }
         async fn renew(&self, _: &StoreKey, _: u64, _: Duration) -> Result<bool, StoreError> {
+            Err(StoreError::new(Down))
+        }
+        async fn take_over(&self, _: &StoreKey, _: u64, _: Duration) -> Result<Claim, StoreError> {
             Err(StoreError::new(Down))
         }
         async fn ready(&self) -> Result<(), StoreError> {

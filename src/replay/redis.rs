@@ -188,6 +188,31 @@ impl RedisStore {
         claim::claim(&self.inner, key.to_vec(), token, inflight_ttl).await
     }
 
+    /// Takes over `old`'s in-flight mark with `token` (see
+    /// [`ReplayStore::take_over`]).
+    pub async fn take_over(
+        &self,
+        key: &[u8],
+        old: u64,
+        token: u64,
+        inflight_ttl: Duration,
+    ) -> Result<Claim, RedisStoreError> {
+        let key = key.to_vec();
+        let (code, pttl) = self
+            .inner
+            .on_runtime(
+                |inner| async move { inner.take_over(&key, old, token, inflight_ttl).await },
+            )
+            .await?;
+        Ok(match code {
+            1 => Claim::Claimed(token),
+            2 => Claim::Duplicate,
+            _ => Claim::InFlight {
+                retry_after: Duration::from_millis(pttl.max(0) as u64),
+            },
+        })
+    }
+
     pub async fn commit(&self, key: &[u8], ttl: Duration) -> Result<(), RedisStoreError> {
         let key = key.to_vec();
         self.inner
@@ -260,6 +285,16 @@ impl ReplayStore for RedisStore {
         inflight_ttl: Duration,
     ) -> Result<bool, StoreError> {
         Ok(RedisStore::renew(self, name(key)?, token, inflight_ttl).await?)
+    }
+
+    async fn take_over(
+        &self,
+        key: &StoreKey,
+        old: u64,
+        inflight_ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        let token = rand::random::<u64>();
+        Ok(RedisStore::take_over(self, name(key)?, old, token, inflight_ttl).await?)
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

@@ -330,12 +330,11 @@ fn a_spool_key_keeps_bodies_sealed_in_redis() {
 
 /// While an entry waits, Persona's retries are refused 409, also the ones
 /// that arrive while the worker adopts the entry's mark (right after the 202:
-/// the worker is woken by the put). `replay::adopt` releases the mark
-/// (compare-and-delete) and then claims it anew in a second call; a retry
-/// that lands in between is claimed, forwarded to the app (500 here) and
-/// spooled a second time (202).
+/// the worker is woken by the put). `replay::adopt` takes the mark over in
+/// one atomic step; before, it released the mark and claimed it anew in two
+/// calls, and a retry landing in between was claimed, forwarded to the app
+/// (500 here) and spooled a second time (202).
 #[test]
-#[ignore = "bug: a retry arriving between adopt's release and claim is forwarded to the app and spooled again instead of 409"]
 fn a_retry_racing_the_spools_adoption_is_refused() {
     const EVENTS: usize = 20;
     let redis = RedisServer::start();

@@ -413,3 +413,30 @@ mod lease {
         assert_eq!(stats.evicted_early, 0);
     }
 }
+
+#[test]
+fn take_over_swaps_only_the_old_tokens_mark_in_one_step() {
+    let (s, clock) = store();
+    let k = key(b"/r", "evt_1");
+    let old = claimed(s.claim(&k, INFLIGHT));
+    // The old token's live mark passes to a new token...
+    let new = claimed(s.take_over(&k, old, INFLIGHT));
+    assert_ne!(new, old);
+    // ...which the old holder can no longer renew, and a claim finds held.
+    assert!(!s.renew(&k, old, INFLIGHT));
+    assert!(s.renew(&k, new, INFLIGHT));
+    assert!(matches!(s.claim(&k, INFLIGHT), Claim::InFlight { .. }));
+    // Another delivery's mark is not taken over: answered as a claim.
+    assert!(matches!(
+        s.take_over(&k, old, INFLIGHT),
+        Claim::InFlight { retry_after } if retry_after == INFLIGHT
+    ));
+    // An expired or absent mark is simply claimed.
+    clock.advance(INFLIGHT);
+    claimed(s.take_over(&k, old, INFLIGHT));
+    claimed(s.take_over(&key(b"/r", "evt_2"), 12345, INFLIGHT));
+    // A delivered id is a duplicate, whatever token asks.
+    s.commit(&k, TTL);
+    assert_eq!(s.take_over(&k, old, INFLIGHT), Claim::Duplicate);
+    assert_eq!(s.take_over(&k, DELIVERED, INFLIGHT), Claim::Duplicate);
+}

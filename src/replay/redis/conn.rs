@@ -53,6 +53,25 @@ end
 return 0
 "#;
 
+/// Take-over (a spooled delivery's mark passing to the instance that
+/// redelivers it): the key gets the new token's mark (ARGV[1], for ARGV[2] ms)
+/// when it is absent or still holds the old token's mark (ARGV[3]) or already
+/// the new one (a retried call); otherwise answered like a claim.
+const TAKE_OVER: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v == false or v == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {1, 0}
+end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, 0}
+end
+local ttl = redis.call('PTTL', KEYS[1])
+if v == 'delivered' then return {2, ttl} end
+return {3, ttl}
+"#;
+
 /// Compare-and-pexpire: extends the key only while it holds this claim's
 /// in-flight mark; 1 if it did.
 const RENEW: &str = r#"
@@ -95,6 +114,7 @@ pub(crate) struct Inner {
     claim: Script,
     release: Script,
     renew: Script,
+    take_over: Script,
     pub(crate) timeout: Duration,
     /// The store's runtime, where every call and every late release runs.
     pub(crate) handle: tokio::runtime::Handle,
@@ -136,6 +156,7 @@ impl Inner {
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
             renew: Script::new(RENEW),
+            take_over: Script::new(TAKE_OVER),
             timeout,
             handle: runtime.handle().clone(),
         })
@@ -248,6 +269,29 @@ impl Inner {
             ))
             .await?;
         Ok(renewed == 1)
+    }
+
+    /// Gives the key `token`'s in-flight mark when it is absent or holds
+    /// `old`'s (see `TAKE_OVER`); answered like a claim otherwise. Idempotent
+    /// for one `token`, so retried like the others.
+    pub(super) async fn take_over(
+        &self,
+        key: &[u8],
+        old: u64,
+        token: u64,
+        inflight_ttl: Duration,
+    ) -> Result<(i64, i64), RedisStoreError> {
+        let (value, old) = (inflight_value(token), inflight_value(old));
+        let ms = millis(inflight_ttl);
+        self.bounded(self.retrying(
+            || true,
+            |mut con| {
+                let mut inv = self.take_over.key(key);
+                inv.arg(value.as_str()).arg(ms).arg(old.as_str());
+                async move { inv.invoke_async(&mut con).await }
+            },
+        ))
+        .await
     }
 
     /// `SET key delivered PX ttl`.

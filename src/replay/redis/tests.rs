@@ -184,6 +184,45 @@ fn renew_extends_only_its_own_tokens_mark_and_a_lease_keeps_renewing() {
 }
 
 #[test]
+fn take_over_swaps_only_the_old_tokens_mark_in_one_step() {
+    let server = Server::start();
+    let a = RedisStore::open(&server.url(), None, "t:", Duration::from_secs(1)).unwrap();
+    rt().block_on(async {
+        let long = Duration::from_secs(60);
+        let k = a.key(b"/r", "e1");
+        claimed(a.claim(&k, 21, long).await.unwrap());
+        // The old token's mark passes to the new token, at once.
+        assert_eq!(
+            a.take_over(&k, 21, 22, long).await.unwrap(),
+            Claim::Claimed(22)
+        );
+        assert!(!a.renew(&k, 21, long).await.unwrap());
+        assert!(a.renew(&k, 22, long).await.unwrap());
+        // Retried with the same new token (a lost reply): still its own.
+        assert_eq!(
+            a.take_over(&k, 21, 22, long).await.unwrap(),
+            Claim::Claimed(22)
+        );
+        // Another delivery's mark is not taken over.
+        assert!(matches!(
+            a.take_over(&k, 21, 23, long).await.unwrap(),
+            Claim::InFlight { .. }
+        ));
+        // An absent mark is claimed; a delivered id is a duplicate.
+        let absent = a.key(b"/r", "e2");
+        assert_eq!(
+            a.take_over(&absent, 1, 24, long).await.unwrap(),
+            Claim::Claimed(24)
+        );
+        a.commit(&k, Duration::from_secs(3600)).await.unwrap();
+        assert_eq!(
+            a.take_over(&k, 22, 25, long).await.unwrap(),
+            Claim::Duplicate
+        );
+    });
+}
+
+#[test]
 fn a_claim_retried_with_its_own_token_is_still_claimed() {
     // What a retry sees when the first attempt ran but its reply was lost.
     let server = Server::start();
