@@ -85,6 +85,15 @@ fn reload(path: &Path, shared: &Shared, cert: Option<&ReloadableCert>, start: &P
         );
         kept.replay.store = running.config.replay.store.clone();
     }
+    if let (Some(_), StoreKind::Redis(old), StoreKind::Redis(new)) =
+        (shared.spool.get(), &running.config.replay.store, &kept.replay.store)
+        && old != new
+    {
+        tracing::warn!(
+            key = "replay.redis_url",
+            "needs a restart to change for the delivery spool: it keeps the Redis client it started with"
+        );
+    }
     let routes: Vec<&str> = kept.routes.iter().map(|r| r.path.as_str()).collect();
     tracing::info!(?routes, "configuration reloaded");
     shared.budget.set_limit(kept.max_buffered);
