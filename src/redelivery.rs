@@ -240,18 +240,28 @@ impl Worker {
 
     /// Sends due entries, oldest first, up to [`CONCURRENCY`] at a time.
     fn start_due(&mut self, sending: &mut JoinSet<(HeldKey, Held, Step)>, now: Instant) {
-        let mut due: Vec<HeldKey> = self
+        let free = CONCURRENCY.saturating_sub(sending.len());
+        if free == 0 {
+            return;
+        }
+        // Oldest first across routes (by the time the entry became live):
+        // the `free` oldest due entries, found in one pass over what is held
+        // (at most HELD_MAX), without sorting the rest. Before, every turn
+        // sorted every due entry by looking each one up again per
+        // comparison, and a backlog of thousands drained at a few per second.
+        let mut due: Vec<(u64, &HeldKey)> = self
             .held
             .iter()
             .filter(|(_, h)| h.due <= now)
-            .map(|(k, _)| k.clone())
+            .map(|(k, h)| (h.entry.record.live_since_ms, k))
             .collect();
-        // Oldest first across routes: by the time the entry became live.
-        due.sort_by_key(|k| self.held[k].entry.record.live_since_ms);
+        if due.len() > free {
+            due.select_nth_unstable(free - 1);
+            due.truncate(free);
+        }
+        due.sort_unstable();
+        let due: Vec<HeldKey> = due.into_iter().map(|(_, k)| k.clone()).collect();
         for key in due {
-            if sending.len() >= CONCURRENCY {
-                return;
-            }
             let Some(mut held) = self.held.remove(&key) else {
                 continue;
             };

@@ -85,9 +85,11 @@ fn reload(path: &Path, shared: &Shared, cert: Option<&ReloadableCert>, start: &P
         );
         kept.replay.store = running.config.replay.store.clone();
     }
-    if let (Some(_), StoreKind::Redis(old), StoreKind::Redis(new)) =
-        (shared.spool.get(), &running.config.replay.store, &kept.replay.store)
-        && old != new
+    if let (Some(_), StoreKind::Redis(old), StoreKind::Redis(new)) = (
+        shared.spool.get(),
+        &running.config.replay.store,
+        &kept.replay.store,
+    ) && old != new
     {
         tracing::warn!(
             key = "replay.redis_url",
