@@ -204,17 +204,19 @@ def main():
           f" starts; persona-guard 1 thread + its spool worker, nginx and redis-server on CPU 1,"
           f" loadgen on CPU 0; max_backoff 60 s (default)")
     print(f"{'spool':<10}{'202/sent':>13}{'spooling/s':>11}{'depth':>7}{'fallbk':>7}{'1st deliv s':>12}"
-          f"{'empty s':>9}{'drain ev/s':>11}{'delivered':>10}{'failed':>8}{'dup':>5}{'defer':>6}")
+          f"{'empty s':>9}{'drain ev/s':>11}{'left':>6}{'delivered':>10}{'failed':>8}{'dup':>5}{'defer':>6}")
     for r in rows:
         s = r["sent"]
         rate = r["delivered"] / r["empty"] if r["empty"] else 0
         first = f"{r['first']:.2f}" if r["first"] is not None else "-"
+        empty = f"{r['empty']:.2f}" if r["done"] else f">{r['empty']:.0f}"
         print(f"{r['name']:<10}{str(s['ok']) + '/' + str(s['requests']):>13}{s['ok'] / s['seconds']:>11.0f}"
-              f"{r['depth0']:>7.0f}{r['fallbacks']:>7.0f}{first:>12}{r['empty']:>9.2f}{rate:>11.0f}"
+              f"{r['depth0']:>7.0f}{r['fallbacks']:>7.0f}{first:>12}{empty:>9}{rate:>11.0f}{r['depth']:>6.0f}"
               f"{r['delivered']:>10.0f}{r['failed']:>8.0f}{r['duplicate']:>5.0f}{r['deferred']:>6.0f}")
     print("(202/sent: deliveries answered 2xx by persona-guard / answered at all; depth: the spool when"
           " the app came back; 1st deliv, empty: seconds from the app's start to the first delivered"
-          " redelivery and to depth 0; drain ev/s: delivered / empty; failed: redeliveries refused"
+          " redelivery and to depth 0 (>T: not empty when the wait ended); drain ev/s: delivered / that time;"
+          " left: depth then; failed: redeliveries refused"
           " while the app was down, counted over the whole run)")
     for r in rows:
         if not r["done"]:
