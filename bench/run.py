@@ -12,6 +12,13 @@ Rows (every one driven by examples/loadgen.rs, ~4 KiB bodies):
   nginx-signed  nginx proxy_pass of signed deliveries (it does not verify)
   bare-signed   the bare pingora proxy forwarding the same signed bodies
   pg-signed     persona-guard, signed deliveries verified and forwarded
+  pg-spool-onfail  persona-guard, the same, on a route with spool = "on_failure"
+                (a healthy app: the cost of the spool armed but unused)
+  pg-spool-always  persona-guard, spool = "always": each delivery written to
+                the spool dir (fsync, rename, dir fsync), answered 202, then
+                redelivered by the spool worker (its CPU is in the row's: the
+                closed loop's CPU is read once the spool has drained)
+                (skip both with BENCH_SPOOL=0)
 Modes: closed loop with 64 connections (throughput), then fixed 500 and 5000 req/s
 (latency, measured from the scheduled send time).
 CPU per request is the proxy processes' user+system time from /proc over the
@@ -24,6 +31,7 @@ CPU 0, proxies and upstream to CPU 1.
 """
 import json
 import os
+import urllib.request
 import shutil
 import socket
 import subprocess
@@ -37,6 +45,7 @@ LOADGEN = os.path.join(ROOT, "target/release/examples/loadgen")
 BARE = os.path.join(ROOT, "target/release/examples/bare_proxy")
 SECS = int(os.environ.get("BENCH_SECONDS", "8"))
 CONNS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
+SPOOL = os.environ.get("BENCH_SPOOL", "1") != "0"
 TCK = os.sysconf("SC_CLK_TCK")
 SECRET = "wbhsec_bench_secret"
 WORK = tempfile.mkdtemp(prefix="pg-bench.")
@@ -131,10 +140,46 @@ def loadgen(port, mode, path, rate=0, secs=SECS, conns=CONNS):
     return json.loads(out.stdout)
 
 
-def measure(name, port, pid, mode, path):
+def metrics(admin):
+    """Sums of the persona_guard_spool_* series on the admin /metrics, by name
+    (and name{result=...} for the redeliveries, name{reason=...} for fallbacks)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith("persona_guard_spool_"):
+            continue
+        key, value = line.rsplit(" ", 1)
+        name = key.split("{", 1)[0]
+        out[name] = out.get(name, 0) + float(value)
+        for label in ("result", "reason"):
+            if f'{label}="' in key:
+                v = key.split(f'{label}="', 1)[1].split('"', 1)[0]
+                out[f"{name}{{{v}}}"] = out.get(f"{name}{{{v}}}", 0) + float(value)
+    return out
+
+
+def drained(admin, timeout=int(os.environ.get("BENCH_SPOOL_DRAIN", "60"))):
+    """Waits until the spool is empty; returns (depth seen first, seconds waited)."""
+    t0 = time.monotonic()
+    first = metrics(admin).get("persona_guard_spool_depth", 0)
+    depth = first
+    while depth > 0 and time.monotonic() - t0 < timeout:
+        time.sleep(0.1)
+        depth = metrics(admin).get("persona_guard_spool_depth", 0)
+    if depth > 0:
+        print(f"bench: the spool still holds {depth:.0f} entries after {timeout} s", file=sys.stderr)
+    return first, time.monotonic() - t0
+
+
+def measure(name, port, pid, mode, path, admin=None):
     loadgen(port, mode, path, secs=2)  # warm up pools and caches
+    if admin:
+        drained(admin)
     before = cpu_seconds(pid) if pid else 0
     closed = loadgen(port, mode, path)
+    backlog = drain_s = None
+    if admin:  # "always": the worker's redelivery of this run is part of its cost
+        backlog, drain_s = drained(admin)
     after = cpu_seconds(pid) if pid else 0
     row = {
         "name": name,
@@ -145,12 +190,47 @@ def measure(name, port, pid, mode, path):
         "requests": closed["requests"],
         "cpu_us": (after - before) * 1e6 / max(closed["requests"], 1) if pid else None,
         "rss_kib": peak_rss_kib(pid) if pid else None,
+        "mode": mode,
+        "backlog": backlog,
+        "drain_s": drain_s,
     }
     for rate in (500, 5000):
         r = loadgen(port, mode, path, rate=rate, secs=max(SECS // 2, 3))
         row[f"p99@{rate}"] = r["p99_us"]
         row[f"rps@{rate}"] = r["rps"]
+        row["ok"] += r["ok"]
+        row["requests"] += r["requests"]
+        if admin:
+            row[f"backlog@{rate}"], row[f"drain_s@{rate}"] = drained(admin)
+    if admin:
+        row["spool"] = metrics(admin)
     return row
+
+
+def persona_guard(name, up, route_extra="", extra=""):
+    """A persona-guard process of its own: (process, listen port, admin port)."""
+    port, admin = free_port(), free_port()
+    cfg = os.path.join(WORK, f"{name}.toml")
+    open(cfg, "w").write(f"""
+[listen]
+address = "127.0.0.1:{port}"
+[admin]
+address = "127.0.0.1:{admin}"
+[server]
+threads = 1
+[upstream]
+address = "127.0.0.1:{up}"
+{extra}
+[[route]]
+path = "/webhooks/persona"
+secrets = ["env:PERSONA_WEBHOOK_SECRET"]
+{route_extra}
+""")
+    p = start([BIN, "run", "--config", cfg], 1,
+              env=dict(os.environ, PERSONA_WEBHOOK_SECRET=SECRET, RUST_LOG="warn"),
+              stderr=open(os.path.join(WORK, f"{name}.log"), "w"))
+    wait_port(port)
+    return p, port, admin
 
 
 def main():
@@ -197,19 +277,27 @@ secrets = ["env:PERSONA_WEBHOOK_SECRET"]
         measure("bare-signed", bare, bp.pid, "signed", "/webhooks/persona"),
         measure("pg-signed", pg, pgp.pid, "signed", "/webhooks/persona"),
     ]
+    if SPOOL:
+        for name, mode in (("pg-spool-onfail", "on_failure"), ("pg-spool-always", "always")):
+            spool_dir = os.path.join(WORK, f"{name}.spool")  # fresh, created by persona-guard
+            proc, port, admin = persona_guard(
+                name, up, route_extra=f'spool = "{mode}"', extra=f'[spool]\ndir = "{spool_dir}"')
+            rows.append(measure(name, port, proc.pid, "signed", "/webhooks/persona", admin=admin))
+            proc.terminate()
+            proc.wait(timeout=15)
     by = {r["name"]: r for r in rows}
     print(f"persona-guard bench: {SECS}s closed loop x {CONNS} connections, then 500 and 5000 req/s;"
           f" ~4 KiB bodies; loadgen on CPU 0, proxy + upstream on CPU 1; nginx 1 worker,"
           f" persona-guard and the bare pingora proxy 1 thread")
-    print(f"{'row':<13}{'req/s':>9}{'p50 us':>9}{'p99 us':>9}{'p99@500':>9}{'p99@5k':>9}{'rps@5k':>8}"
+    print(f"{'row':<16}{'req/s':>9}{'p50 us':>9}{'p99 us':>9}{'p99@500':>9}{'p99@5k':>9}{'rps@5k':>8}"
           f"{'cpu us/req':>11}{'peak RSS':>10}{'x direct':>9}{'x nginx':>8}{'x bare':>7}")
     for r in rows:
-        signed = r["name"].endswith("signed")
+        signed = r["mode"] == "signed"
         base = by["nginx-signed"] if signed else by["nginx"]
         floor = by["bare-signed"] if signed else by["bare-pass"]
         cpu = f"{r['cpu_us']:.1f}" if r["cpu_us"] is not None else "-"
         rss = f"{r['rss_kib'] / 1024:.1f}M" if r["rss_kib"] else "-"
-        print(f"{r['name']:<13}{r['rps']:>9.0f}{r['p50']:>9}{r['p99']:>9}{r['p99@500']:>9}{r['p99@5000']:>9}"
+        print(f"{r['name']:<16}{r['rps']:>9.0f}{r['p50']:>9}{r['p99']:>9}{r['p99@500']:>9}{r['p99@5000']:>9}"
               f"{r['rps@5000']:>8.0f}{cpu:>11}{rss:>10}{r['rps'] / by['direct']['rps']:>9.2f}"
               f"{r['rps'] / base['rps']:>8.2f}{r['rps'] / floor['rps']:>7.2f}")
     print("(x direct, x nginx, x bare: req/s against the row's counterpart of the same mode)")
@@ -228,6 +316,26 @@ secrets = ["env:PERSONA_WEBHOOK_SECRET"]
     print(f"  passthrough CPU/req vs nginx: {p['cpu_us'] / npl['cpu_us']:.2f}x (target <= 0.8)")
     print(f"  p99 at 5000 req/s, signed vs nginx: {s['p99@5000'] / n['p99@5000']:.2f}x (target <= 1.2)")
     print(f"  idle RSS: {idle_rss / 1024:.1f} MiB (target <= 16)")
+    if SPOOL:
+        print("delivery spool, against pg-signed (spool off) in this run:")
+        for name in ("pg-spool-onfail", "pg-spool-always"):
+            r = by[name]
+            print(f"  {name}: CPU/delivery {r['cpu_us'] / s['cpu_us']:.2f}x ({r['cpu_us']:.1f} against"
+                  f" {s['cpu_us']:.1f} us); req/s {r['rps'] / s['rps']:.2f}x; p99@500"
+                  f" {r['p99@500'] / s['p99@500']:.2f}x; p99@5000 {r['p99@5000'] / s['p99@5000']:.2f}x")
+        for name in ("pg-spool-onfail", "pg-spool-always"):
+            r, m = by[name], by[name]["spool"]
+            red = ", ".join(f"{k.split('{')[1][:-1]} {v:.0f}" for k, v in sorted(m.items())
+                            if k.startswith("persona_guard_spool_redeliveries_total{") and v)
+            fb = ", ".join(f"{k.split('{')[1][:-1]} {v:.0f}" for k, v in sorted(m.items())
+                           if k.startswith("persona_guard_spool_fallbacks_total{") and v)
+            print(f"  {name} spool at the end: depth {m.get('persona_guard_spool_depth', 0):.0f},"
+                  f" dead letters {m.get('persona_guard_spool_dead_letters', 0):.0f},"
+                  f" fallbacks {m.get('persona_guard_spool_fallbacks_total', 0):.0f}"
+                  f"{' (' + fb + ')' if fb else ''}; redeliveries: {red or 'none'}")
+            print(f"    backlog left when the load stopped: closed loop {r['backlog']:.0f}"
+                  f" (drained in {r['drain_s']:.1f} s), 500/s {r['backlog@500']:.0f}"
+                  f" ({r['drain_s@500']:.1f} s), 5000/s {r['backlog@5000']:.0f} ({r['drain_s@5000']:.1f} s)")
     bad = [r["name"] for r in rows if r["ok"] != r["requests"]]
     if bad:
         print(f"  non-2xx answers in: {bad}")

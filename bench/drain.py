@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""The spool's drain benchmark: how fast persona-guard keeps deliveries while
+the app is down, and how fast it hands the backlog over once the app is back.
+Loopback only, bounded in time, cleans up after itself. See bench/README.md.
+
+For each spool (the embedded one under a fresh temp dir, then the Redis stream
+with `replay.store = "redis"` on a redis-server this script starts on a free
+port with no persistence):
+  1. persona-guard (1 thread) with a route `spool = "on_failure"` whose
+     upstream port has nothing listening (a refused connect: immediate);
+  2. examples/loadgen.rs sends BENCH_DRAIN_EVENTS (10000) signed ~4 KiB
+     deliveries over 64 connections: each is refused upstream, spooled and
+     answered 202 (the spooling rate);
+  3. nginx (1 worker, answering 200) starts on the upstream port; /metrics is
+     scraped every 50 ms until `persona_guard_spool_depth` is 0 and
+     `persona_guard_spool_redeliveries_total{result="delivered"}` has counted
+     every event (the drain rate, the time to empty).
+The load generator runs on CPU 0; persona-guard, nginx and redis-server on CPU 1.
+
+  python3 bench/drain.py     (expects the release binaries: bench/run.sh builds them)
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target/release/persona-guard")
+LOADGEN = os.path.join(ROOT, "target/release/examples/loadgen")
+EVENTS = int(os.environ.get("BENCH_DRAIN_EVENTS", "10000"))
+CONNS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
+TIMEOUT = int(os.environ.get("BENCH_DRAIN_TIMEOUT", "300"))  # seconds, per phase
+SECRET = "wbhsec_bench_secret"
+WORK = tempfile.mkdtemp(prefix="pg-drain.")
+procs = []
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port):
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"drain: nothing listens on {port}")
+
+
+def start(args, cpu, **kw):
+    p = subprocess.Popen(["taskset", "-c", str(cpu)] + args, stdout=subprocess.DEVNULL,
+                         stderr=kw.pop("stderr", subprocess.DEVNULL), **kw)
+    procs.append(p)
+    return p
+
+
+def stop(p):
+    p.terminate()
+    try:
+        p.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def metrics(admin):
+    """The persona_guard_spool_* series summed by name, and by name{result|reason}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith("persona_guard_spool_"):
+            continue
+        key, value = line.rsplit(" ", 1)
+        name = key.split("{", 1)[0]
+        out[name] = out.get(name, 0) + float(value)
+        for label in ("result", "reason"):
+            if f'{label}="' in key:
+                v = key.split(f'{label}="', 1)[1].split('"', 1)[0]
+                out[f"{name}{{{v}}}"] = out.get(f"{name}{{{v}}}", 0) + float(value)
+    return out
+
+
+def nginx(name, port):
+    conf = os.path.join(WORK, f"{name}.conf")
+    open(conf, "w").write(f"""
+worker_processes 1;
+daemon off;
+pid {WORK}/{name}.pid;
+error_log {WORK}/{name}.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_buffer_size 2m;
+  client_max_body_size 2m;
+  keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 'ok'; }} }}
+}}
+""")
+    p = start(["nginx", "-c", conf, "-p", WORK], 1)
+    wait_port(port)
+    return p
+
+
+def run(name, store_toml):
+    up, port, admin = free_port(), free_port(), free_port()
+    cfg = os.path.join(WORK, f"{name}.toml")
+    open(cfg, "w").write(f"""
+[listen]
+address = "127.0.0.1:{port}"
+[admin]
+address = "127.0.0.1:{admin}"
+[server]
+threads = 1
+[upstream]
+address = "127.0.0.1:{up}"
+connect_timeout = "100ms"
+{store_toml}
+[[route]]
+path = "/webhooks/persona"
+secrets = ["env:PERSONA_WEBHOOK_SECRET"]
+spool = "on_failure"
+""")
+    pg = start([BIN, "run", "--config", cfg], 1,
+               env=dict(os.environ, PERSONA_WEBHOOK_SECRET=SECRET, RUST_LOG="warn"),
+               stderr=open(os.path.join(WORK, f"{name}.log"), "w"))
+    wait_port(port)
+    # 1. The app is down: every delivery is refused upstream, spooled, answered 202.
+    out = subprocess.run(
+        ["taskset", "-c", "0", LOADGEN, "--target", f"127.0.0.1:{port}", "--mode", "signed",
+         "--path", "/webhooks/persona", "--connections", str(CONNS), "--duration", f"{TIMEOUT}s",
+         "--max-requests", str(EVENTS)],
+        capture_output=True, text=True, env=dict(os.environ, PERSONA_WEBHOOK_SECRET=SECRET),
+        check=True, timeout=TIMEOUT + 30)
+    sent = json.loads(out.stdout)
+    print(f"drain: {name}: spooled {sent}", file=sys.stderr)
+    before = metrics(admin)
+    depth0 = before.get("persona_guard_spool_depth", 0)
+    # 2. The app is back.
+    ngx = nginx(f"{name}-app", up)
+    t0 = time.monotonic()
+    first = None
+    m = before
+    while time.monotonic() - t0 < TIMEOUT:
+        m = metrics(admin)
+        delivered = m.get('persona_guard_spool_redeliveries_total{delivered}', 0)
+        if first is None and delivered > 0:
+            first = time.monotonic() - t0
+        if m.get("persona_guard_spool_depth", 0) == 0 and delivered >= sent["ok"]:
+            break
+        time.sleep(0.05)
+    else:
+        print(f"drain: {name}: timed out: {m}", file=sys.stderr)
+    empty = time.monotonic() - t0
+    stop(pg)
+    stop(ngx)
+    delivered = m.get('persona_guard_spool_redeliveries_total{delivered}', 0)
+    return {
+        "name": name,
+        "sent": sent,
+        "depth0": depth0,
+        "depth": m.get("persona_guard_spool_depth", 0),
+        "fallbacks": m.get("persona_guard_spool_fallbacks_total", 0),
+        "failed": m.get('persona_guard_spool_redeliveries_total{failed}', 0),
+        "failed_before": before.get('persona_guard_spool_redeliveries_total{failed}', 0),
+        "delivered": delivered,
+        "duplicate": m.get('persona_guard_spool_redeliveries_total{duplicate}', 0),
+        "deferred": m.get('persona_guard_spool_redeliveries_total{deferred}', 0),
+        "first": first,
+        "empty": empty,
+        "done": m.get("persona_guard_spool_depth", 0) == 0,
+    }
+
+
+def main():
+    if not shutil.which("nginx"):
+        sys.exit("drain: nginx is missing (apt-get install nginx-light)")
+    for exe in (BIN, LOADGEN):
+        if not os.path.exists(exe):
+            sys.exit(f"drain: {exe} is missing (cargo build --release --bin persona-guard"
+                     " --example loadgen)")
+    rows = [run("embedded", f'[spool]\ndir = "{os.path.join(WORK, "spool")}"')]
+    if shutil.which("redis-server"):
+        rport = free_port()
+        redis = start(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                       "--appendonly", "no"], 1)
+        wait_port(rport)
+        rows.append(run("redis", f'[replay]\nstore = "redis"\nredis_url = "redis://127.0.0.1:{rport}/0"'))
+        stop(redis)
+    else:
+        print("drain: redis-server is missing; the Redis spool is skipped", file=sys.stderr)
+    print(f"spool drain: {EVENTS} signed ~4 KiB deliveries over {CONNS} connections to a route with"
+          f" spool = \"on_failure\" while the app is down (connect refused), then nginx answering 200"
+          f" starts; persona-guard 1 thread + its spool worker, nginx and redis-server on CPU 1,"
+          f" loadgen on CPU 0; max_backoff 60 s (default)")
+    print(f"{'spool':<10}{'202/sent':>13}{'spooling/s':>11}{'depth':>7}{'fallbk':>7}{'1st deliv s':>12}"
+          f"{'empty s':>9}{'drain ev/s':>11}{'left':>6}{'delivered':>10}{'failed':>8}{'dup':>5}{'defer':>6}")
+    for r in rows:
+        s = r["sent"]
+        rate = r["delivered"] / r["empty"] if r["empty"] else 0
+        first = f"{r['first']:.2f}" if r["first"] is not None else "-"
+        empty = f"{r['empty']:.2f}" if r["done"] else f">{r['empty']:.0f}"
+        print(f"{r['name']:<10}{str(s['ok']) + '/' + str(s['requests']):>13}{s['ok'] / s['seconds']:>11.0f}"
+              f"{r['depth0']:>7.0f}{r['fallbacks']:>7.0f}{first:>12}{empty:>9}{rate:>11.0f}{r['depth']:>6.0f}"
+              f"{r['delivered']:>10.0f}{r['failed']:>8.0f}{r['duplicate']:>5.0f}{r['deferred']:>6.0f}")
+    print("(202/sent: deliveries answered 2xx by persona-guard / answered at all; depth: the spool when"
+          " the app came back; 1st deliv, empty: seconds from the app's start to the first delivered"
+          " redelivery and to depth 0 (>T: not empty when the wait ended); drain ev/s: delivered / that time;"
+          " left: depth then; failed: redeliveries refused"
+          " while the app was down, counted over the whole run)")
+    for r in rows:
+        if not r["done"]:
+            print(f"  {r['name']}: NOT drained within {TIMEOUT} s: depth {r['depth']:.0f}")
+        if r["sent"]["non_2xx"] or r["sent"]["errors"]:
+            print(f"  {r['name']}: {r['sent']['non_2xx']} non-2xx answers, {r['sent']['errors']}"
+                  " connection errors while spooling")
+    if len(rows) == 2:
+        e, rd = rows
+        print(f"redis / embedded: spooling rate {rd['sent']['ok'] / rd['sent']['seconds'] / (e['sent']['ok'] / e['sent']['seconds']):.2f}x,"
+              f" drain rate {(rd['delivered'] / rd['empty']) / (e['delivered'] / e['empty']):.2f}x")
+
+
+try:
+    main()
+finally:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    shutil.rmtree(WORK, ignore_errors=True)
