@@ -170,6 +170,8 @@ impl Worker {
                 next_keep = now + replay::renew_every(inflight_ttl);
             }
             self.start_due(&mut sending, now);
+            self.handle
+                .set_waiting(self.held.values().any(|h| h.failures > 0));
             let next_due = self.held.values().map(|h| h.due).min().unwrap_or(next_look);
             let wake_at = next_due.min(next_look).min(next_keep);
             tokio::select! {
@@ -178,7 +180,11 @@ impl Worker {
                         self.settle(key, held, step);
                     }
                 }
-                _ = self.handle.woken() => next_look = Instant::now(),
+                _ = self.handle.woken() => {
+                    if self.handle.take_stored() {
+                        next_look = Instant::now();
+                    }
+                }
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
         }

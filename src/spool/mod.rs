@@ -207,6 +207,11 @@ pub struct Handle {
     pub store: std::sync::Arc<dyn SpoolStore>,
     wake: tokio::sync::Notify,
     recovered: std::sync::Mutex<Vec<String>>,
+    /// An entry was stored since the worker last looked.
+    stored: std::sync::atomic::AtomicBool,
+    /// The worker holds entries waiting out a backoff: only then is a live
+    /// 2xx news to it (so a healthy route's deliveries cost one atomic read).
+    waiting: std::sync::atomic::AtomicBool,
 }
 
 impl Handle {
@@ -215,17 +220,36 @@ impl Handle {
             store,
             wake: tokio::sync::Notify::new(),
             recovered: std::sync::Mutex::new(Vec::new()),
+            stored: std::sync::atomic::AtomicBool::new(false),
+            waiting: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// An entry was stored: the worker takes it now rather than at its next poll.
     pub fn stored(&self) {
+        self.stored
+            .store(true, std::sync::atomic::Ordering::Release);
         self.wake.notify_one();
     }
 
+    /// Whether an entry was stored since the last call (the worker's).
+    pub fn take_stored(&self) -> bool {
+        self.stored.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Set by the worker: whether it holds entries waiting out a backoff.
+    pub fn set_waiting(&self, waiting: bool) {
+        self.waiting
+            .store(waiting, std::sync::atomic::Ordering::Release);
+    }
+
     /// `route`'s app answered 2xx: the worker retries that route's waiting
-    /// entries now instead of after their backoff.
+    /// entries now instead of after their backoff. Nothing to do (one atomic
+    /// read) when no entry waits.
     pub fn recovered(&self, route: &str) {
+        if !self.waiting.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let mut r = self.recovered.lock().unwrap_or_else(|e| e.into_inner());
         if !r.iter().any(|x| x == route) {
             r.push(route.to_string());
