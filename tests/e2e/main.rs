@@ -36,5 +36,7 @@ mod sources;
 mod spool;
 /// TLS on the listener, HTTP/2, certificate reloads, a TLS upstream.
 mod tls;
+/// OpenTelemetry: spans exported over OTLP/HTTP, the trace context passed to the app.
+mod tracing;
 /// Outcomes on a webhook route (SPEC §1, §2).
 mod webhook;
