@@ -370,3 +370,26 @@ fn without_an_endpoint_nothing_is_exported_and_the_context_passes_unchanged() {
         "{logs}"
     );
 }
+
+#[test]
+fn an_unreachable_collector_is_logged_and_deliveries_go_on() {
+    // Nothing listens on this port.
+    let port = free_port();
+    let (up, p) = rig_with(|b| {
+        b.set(
+            "tracing.otlp_endpoint",
+            format!("http://127.0.0.1:{port}/v1/traces"),
+        )
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+    });
+    let (_, _, tp) = client_context();
+    let body = event_body(&event_id(), "inquiry.completed");
+    let r = p.send(&traced_delivery(p.secret(), &body, &tp));
+    assert_eq!(r.status, 200);
+    assert_eq!(up.wait_for_requests(1, W).len(), 1);
+    wait_for("the export error in the log", W, || {
+        p.logs().contains("BatchSpanProcessor.ExportError")
+    });
+    let logs = p.logs();
+    assert!(!logs.contains(p.secret()), "{logs}");
+}
