@@ -393,3 +393,33 @@ fn an_unreachable_collector_is_logged_and_deliveries_go_on() {
     let logs = p.logs();
     assert!(!logs.contains(p.secret()), "{logs}");
 }
+
+#[test]
+fn a_spool_redelivery_carries_the_original_context_and_records_no_span() {
+    let c = Collector::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (up, p) = rig_with(|b| crate::spool::spooling(traced(&c)(b), dir.path(), "on_failure"));
+    up.set_status(500);
+    let (trace, _, tp) = client_context();
+    let body = event_body(&event_id(), "inquiry.approved");
+    p.send(&traced_delivery(p.secret(), &body, &tp))
+        .assert_status_json(202, "spooled");
+    let spans = c.wait_for_spans(&trace, &["request", "upstream"]);
+    let upstream = one(&spans, "upstream");
+    assert_eq!(upstream.attr("http.response.status_code"), Some("500"));
+    assert_eq!(
+        one(&spans, "request").attr("persona_guard.outcome"),
+        Some("spooled")
+    );
+
+    up.set_status(200);
+    let recs = up.wait_for_requests(2, W);
+    let want = format!("00-{trace}-{}-01", upstream.span_id);
+    for r in &recs {
+        assert_eq!(r.header_all("traceparent"), vec![want.as_str()]);
+    }
+    // Two more batches' time: still one upstream span in the trace.
+    std::thread::sleep(Duration::from_millis(300));
+    let upstreams = c.trace(&trace).into_iter().filter(|s| s.name == "upstream");
+    assert_eq!(upstreams.count(), 1);
+}
