@@ -288,6 +288,16 @@ fn post(request: &Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
         request.body().len()
     );
     for (name, value) in request.headers() {
+        // Framing and connection headers are this client's own.
+        let own = [
+            http::header::HOST,
+            http::header::CONTENT_LENGTH,
+            http::header::CONNECTION,
+            http::header::TRANSFER_ENCODING,
+        ];
+        if own.contains(name) {
+            continue;
+        }
         if let Ok(v) = value.to_str() {
             head.push_str(name.as_str());
             head.push_str(": ");
