@@ -47,4 +47,5 @@ pub mod signature;
 pub mod source;
 pub mod spool;
 pub mod state;
+pub mod telemetry;
 pub mod tls;

@@ -150,6 +150,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The delivery spool, when the process started with one.
     pub spool: std::sync::OnceLock<Arc<crate::spool::Handle>>,
+    /// OpenTelemetry export (`[tracing]`), when the process started with it.
+    pub telemetry: std::sync::OnceLock<crate::telemetry::Telemetry>,
     /// Webhook body bytes held at once (`[server] max_buffered`).
     pub budget: Arc<BodyBudget>,
     pub connector: Connector,
@@ -177,6 +179,7 @@ impl Shared {
             store: ArcSwap::from_pointee(store),
             metrics,
             spool: std::sync::OnceLock::new(),
+            telemetry: std::sync::OnceLock::new(),
             connector,
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),

@@ -52,3 +52,7 @@ pub const DEFAULT_SPOOL_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_SPOOL_MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Shortest `[spool] max_age` and `max_backoff` accepted.
 pub const MIN_SPOOL_DURATION: Duration = Duration::from_secs(1);
+/// Default `[tracing] sampling_ratio`: every new trace is recorded.
+pub const DEFAULT_SAMPLING_RATIO: f64 = 1.0;
+/// Default `[tracing] service_name`.
+pub const DEFAULT_SERVICE_NAME: &str = "persona-guard";

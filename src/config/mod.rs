@@ -76,8 +76,10 @@ mod server;
 mod spool;
 #[cfg(test)]
 mod tests;
+mod tracing;
 mod upstream;
 
+pub use self::tracing::{SamplingRatio, TracingSettings};
 pub use check::canonical_header;
 pub use defaults::*;
 pub use error::{ConfigError, Problem};
@@ -334,6 +336,8 @@ pub struct Config {
     pub replay: Replay,
     pub headers: TrustedHeaders,
     pub spool: SpoolSettings,
+    /// `[tracing]`: OpenTelemetry export (restart-only).
+    pub tracing: TracingSettings,
     pub routes: Vec<Route>,
 }
 
@@ -432,6 +436,7 @@ fn validate(raw: raw::RawConfig, base: &Path, env: &dyn Env) -> Result<Config, V
     let replay = replay::compile(&mut c, &raw.replay, base);
     let headers = headers::compile(&mut c, &raw.headers);
     let spool = spool::compile(&mut c, &raw.spool, base);
+    let tracing = self::tracing::compile(&mut c, &raw.tracing);
     let routes = routes::compile(&mut c, raw.route, base, &upstream);
     cross::check(&mut c, &replay, s.max_buffered, &routes);
     spool::check(&mut c, &spool, &replay, &routes);
@@ -454,6 +459,7 @@ fn validate(raw: raw::RawConfig, base: &Path, env: &dyn Env) -> Result<Config, V
         replay,
         headers,
         spool,
+        tracing,
         routes,
     })
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Config, LogFormat};
+use super::{Config, LogFormat, TracingSettings};
 use crate::spool::codec::Key;
 
 /// What the process set up at start from the file and keeps until it exits:
@@ -34,6 +34,8 @@ pub struct ProcessConfig {
     pub spool_key: Option<Key>,
     /// `spool.max_bytes`: the spool is sized at start.
     pub spool_max_bytes: u64,
+    /// `[tracing]`: the exporter and sampler are built at start.
+    pub tracing: TracingSettings,
 }
 
 /// A key whose new value a reload cannot apply: the running value stays.
@@ -100,8 +102,21 @@ impl RestartOnly {
         note: "the spool is sized at start",
     };
 
+    pub const TRACING_ENDPOINT: RestartOnly = RestartOnly {
+        key: "tracing.otlp_endpoint",
+        note: "the span exporter is built at start",
+    };
+    pub const TRACING_SAMPLING_RATIO: RestartOnly = RestartOnly {
+        key: "tracing.sampling_ratio",
+        note: "the sampler is built at start",
+    };
+    pub const TRACING_SERVICE_NAME: RestartOnly = RestartOnly {
+        key: "tracing.service_name",
+        note: "the service name is set on the exporter at start",
+    };
+
     /// Every entry, in the order [`ProcessConfig::diff`] lists them.
-    pub const ALL: [RestartOnly; 13] = [
+    pub const ALL: [RestartOnly; 16] = [
         RestartOnly::LISTEN_ADDRESS,
         RestartOnly::LISTEN_TLS,
         RestartOnly::ADMIN_ADDRESS,
@@ -115,6 +130,9 @@ impl RestartOnly {
         RestartOnly::SPOOL_DIR,
         RestartOnly::SPOOL_KEY,
         RestartOnly::SPOOL_MAX_BYTES,
+        RestartOnly::TRACING_ENDPOINT,
+        RestartOnly::TRACING_SAMPLING_RATIO,
+        RestartOnly::TRACING_SERVICE_NAME,
     ];
 }
 
@@ -136,6 +154,7 @@ impl ProcessConfig {
             spool_dir: cfg.spool.dir.clone(),
             spool_key: cfg.spool.key.clone(),
             spool_max_bytes: cfg.spool.max_bytes,
+            tracing: cfg.tracing.clone(),
         }
     }
 
@@ -167,6 +186,18 @@ impl ProcessConfig {
             (
                 old.spool_max_bytes != new.spool_max_bytes,
                 RestartOnly::SPOOL_MAX_BYTES,
+            ),
+            (
+                old.tracing.otlp_endpoint != new.tracing.otlp_endpoint,
+                RestartOnly::TRACING_ENDPOINT,
+            ),
+            (
+                old.tracing.sampling_ratio != new.tracing.sampling_ratio,
+                RestartOnly::TRACING_SAMPLING_RATIO,
+            ),
+            (
+                old.tracing.service_name != new.tracing.service_name,
+                RestartOnly::TRACING_SERVICE_NAME,
             ),
         ]
         .into_iter()
@@ -203,6 +234,10 @@ max_bytes = "1MiB"
 max_age = "7d"
 max_backoff = "60s"
 key = "env:SPOOL_KEY"
+[tracing]
+otlp_endpoint = "http://127.0.0.1:4318/v1/traces"
+sampling_ratio = 0.5
+service_name = "guard-a"
 [[route]]
 path = "/a"
 secrets = ["env:SECRET"]
@@ -244,6 +279,11 @@ spool = "on_failure"
             spool_dir: Some("spool".into()),
             spool_key: Some(Key([9; 32])),
             spool_max_bytes: 9,
+            tracing: TracingSettings {
+                otlp_endpoint: None,
+                sampling_ratio: super::super::SamplingRatio(0.1),
+                service_name: "other".into(),
+            },
         };
         assert_eq!(ProcessConfig::diff(&old, &new), RestartOnly::ALL);
     }
@@ -303,6 +343,26 @@ spool = "on_failure"
                 "max_bytes = \"1MiB\"",
                 "max_bytes = \"2MiB\"",
                 RestartOnly::SPOOL_MAX_BYTES,
+            ),
+            (
+                "4318/v1/traces",
+                "4319/v1/traces",
+                RestartOnly::TRACING_ENDPOINT,
+            ),
+            (
+                "otlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"",
+                "",
+                RestartOnly::TRACING_ENDPOINT,
+            ),
+            (
+                "sampling_ratio = 0.5",
+                "sampling_ratio = 0.25",
+                RestartOnly::TRACING_SAMPLING_RATIO,
+            ),
+            (
+                "\"guard-a\"",
+                "\"guard-b\"",
+                RestartOnly::TRACING_SERVICE_NAME,
             ),
         ];
         for (old, new, entry) in cases {

@@ -27,6 +27,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub spool: RawSpool,
     #[serde(default)]
+    pub tracing: RawTracing,
+    #[serde(default)]
     pub route: Vec<RawRoute>,
 }
 
@@ -120,6 +122,14 @@ pub(super) struct RawSpool {
     pub max_age: Option<String>,
     pub max_backoff: Option<String>,
     pub key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTracing {
+    pub otlp_endpoint: Option<String>,
+    pub sampling_ratio: Option<f64>,
+    pub service_name: Option<String>,
 }
 
 /// Parses the TOML text into the raw structs; errors never quote the text (see

@@ -35,6 +35,9 @@ pub struct Ctx {
     pub upstream_status: Option<u16>,
     pub event_id: Option<String>,
     pub event_type: Option<String>,
+    /// The request's spans, when tracing is on (`[tracing]`); `None` costs
+    /// nothing.
+    pub trace: Option<Box<crate::telemetry::RequestTrace>>,
 }
 
 /// Writes a JSON answer of persona-guard's own. The outcome says whether the

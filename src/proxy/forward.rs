@@ -41,6 +41,7 @@ const HOP_BY_HOP: [&str; 9] = [
 const MAX_INTERIM: usize = 8;
 
 /// Why forwarding failed before a response head arrived.
+#[derive(Clone, Copy)]
 pub enum ForwardError {
     Unavailable,
     Timeout,
@@ -224,7 +225,8 @@ impl<'a> Wire<'a> {
     /// Hop-by-hop headers and the client's `Content-Length` are left out; the
     /// target is in origin form; `Host` follows the upstream's `host_header`
     /// (an HTTP/2 client's `:authority` becomes `Host`); then `extra`, and
-    /// `Content-Length` when given.
+    /// `Content-Length` when given. A `traceparent` in `extra` replaces the
+    /// client's `traceparent` and `tracestate`.
     pub fn new(
         client: &RequestHeader,
         up: &Upstream,
@@ -260,6 +262,9 @@ impl<'a> Wire<'a> {
         let own_host = up.host_header == HostHeader::Upstream;
         let replace_host = own_host || absolute_authority.is_some();
         let mut has_host = false;
+        // A `traceparent` in `extra` (tracing on) replaces the client's trace
+        // context: its `traceparent` and `tracestate` are not forwarded.
+        let own_trace = extra.iter().any(|(n, _)| *n == "traceparent");
         client.map(|name, value| {
             let name = match name {
                 HeaderNameVariant::Case(c) => c.as_slice(),
@@ -269,7 +274,8 @@ impl<'a> Wire<'a> {
             has_host |= is("host");
             if !(HOP_BY_HOP.iter().any(|h| is(h))
                 || is("content-length")
-                || replace_host && is("host"))
+                || replace_host && is("host")
+                || own_trace && (is("traceparent") || is("tracestate")))
             {
                 put_header(&mut first, name, value.as_bytes());
             }
@@ -457,6 +463,24 @@ mod tests {
              Content-Length: 4\r\n\r\nbody"
         );
         assert!(w.rest.is_empty());
+    }
+
+    #[test]
+    fn a_traceparent_in_extra_replaces_the_clients_trace_context() {
+        let up = upstream(HostHeader::Keep);
+        let mut req = client();
+        req.append_header("TraceParent", "00-client").unwrap();
+        req.append_header("tracestate", "client=1").unwrap();
+        let tp = HeaderName::from_static("traceparent");
+        let w = Wire::new(&req, &up, &[(&tp, "00-ours")], None, b"").unwrap();
+        let t = text(&w);
+        assert!(t.contains("traceparent: 00-ours\r\n"), "{t}");
+        assert!(!t.contains("client"), "{t}");
+        // Without one (tracing off), the client's are forwarded as they are.
+        let w = Wire::new(&req, &up, &[], None, b"").unwrap();
+        let t = text(&w);
+        assert!(t.contains("TraceParent: 00-client\r\n"), "{t}");
+        assert!(t.contains("tracestate: client=1\r\n"), "{t}");
     }
 
     #[test]

@@ -43,6 +43,7 @@ use crate::config::{Config, HostHeader, Route, RouteError, Unmatched};
 use crate::outcome::Outcome;
 use crate::source;
 use crate::state::{InflightGuard, Policy, Shared};
+use crate::telemetry;
 pub use downstream::Ctx;
 use downstream::{
     COALESCE_LIMIT, TargetForm, bad_body_framing, body_refused, read_body, refused_head, respond,
@@ -127,12 +128,17 @@ impl Guard {
         let client = session.req_header();
         let declared = client.headers.contains_key(http::header::CONTENT_LENGTH);
         let up = &policy.config.upstream;
-        let wire = Wire::new(client, up, &[], declared.then_some(body.len()), &body)?;
+        let propagation = ctx.trace.as_mut().map(|t| t.start_upstream(None));
+        let traced: Vec<_> = propagation.iter().flat_map(|p| p.headers()).collect();
+        let wire = Wire::new(client, up, &traced, declared.then_some(body.len()), &body)?;
         let peer = &policy.passthrough;
         let answer = match forward::exchange(&self.shared.connector, peer, &wire).await {
             Ok(a) => a,
             Err(e) => return respond(session, ctx, e.into()).await,
         };
+        if let Some(t) = &mut ctx.trace {
+            t.end_upstream(Some(answer.head.status.as_u16()), None);
+        }
         ctx.outcome = Some(Outcome::Passthrough);
         ctx.upstream_status = Some(answer.head.status.as_u16());
         ctx.status = ctx.upstream_status;
@@ -161,10 +167,14 @@ impl ProxyHttp for Guard {
             upstream_status: None,
             event_id: None,
             event_type: None,
+            trace: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        if let Some(t) = self.shared.telemetry.get() {
+            ctx.trace = Some(t.request(&session.req_header().headers));
+        }
         let policy = self.shared.policy.load_full();
         ctx.policy = Some(policy.clone());
         let cfg = &policy.config;
@@ -245,6 +255,15 @@ impl ProxyHttp for Guard {
                 upstream_request.insert_header(http::header::HOST, up.authority.as_str())?;
             }
         }
+        if let Some(t) = &mut ctx.trace {
+            // The client's trace context is replaced by the upstream span's.
+            let p = t.start_upstream(None);
+            upstream_request.remove_header(&telemetry::TRACESTATE);
+            upstream_request.insert_header(&telemetry::TRACEPARENT, p.traceparent.as_str())?;
+            if !p.tracestate.is_empty() {
+                upstream_request.insert_header(&telemetry::TRACESTATE, p.tracestate.as_str())?;
+            }
+        }
         Ok(())
     }
 
@@ -257,6 +276,9 @@ impl ProxyHttp for Guard {
         ctx.outcome = Some(Outcome::Passthrough);
         ctx.upstream_status = Some(upstream_response.status.as_u16());
         ctx.status = ctx.upstream_status;
+        if let Some(t) = &mut ctx.trace {
+            t.end_upstream(ctx.upstream_status, None);
+        }
         Ok(())
     }
 
@@ -330,7 +352,17 @@ impl ProxyHttp for Guard {
         let counters = route.map_or(&policy.no_route, |(_, r)| &r.outcomes);
         counters.inc(outcome);
         let elapsed_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
-        match route.and_then(|(i, _)| policy.config.routes.get(i)) {
+        let route_cfg = route.and_then(|(i, _)| policy.config.routes.get(i));
+        if let Some(t) = ctx.trace.take() {
+            t.finish(
+                route_cfg.map(|r| r.path.as_str()),
+                outcome.code(),
+                ctx.status,
+                ctx.event_id.as_deref(),
+                ctx.event_type.as_deref(),
+            );
+        }
+        match route_cfg {
             Some(route) => tracing::info!(
                 route = route.path.as_str(),
                 outcome = outcome.code(),

@@ -26,6 +26,7 @@ use crate::replay::{self, Claim, Lease};
 use crate::signature::{self, SignatureHeader, Verdict};
 use crate::spool::{self, Mode};
 use crate::state::{CompiledRoute, Policy, Shared};
+use crate::telemetry;
 
 /// A delivery that passed every check: forward it.
 pub struct Admitted {
@@ -61,7 +62,13 @@ pub async fn judge(
 ) -> Result<Admitted, Rejection> {
     let parsed = signature_header(session)?;
     let (body, permit) = read_within_budget(shared, session, on).await?;
-    let t = verify(&parsed, &body, on)?;
+    let span = ctx.trace.as_ref().map(|t| t.child("verify"));
+    let verified = verify(&parsed, &body, on);
+    if let Some(span) = span {
+        let outcome = verified.as_ref().map_or_else(|o| o.code(), |_| "valid");
+        telemetry::end_child(span, outcome, &on.route.path, None);
+    }
+    let t = verified?;
     let (key, created_at) = match &on.route.kind {
         RouteKind::Event => {
             let ev = event::parse(&body).map_err(|_| Outcome::InvalidEvent)?;
@@ -82,7 +89,18 @@ pub async fn judge(
             (id, None)
         }
     };
-    let claim = claim(shared, on, &key, ctx.event_id.as_deref()).await?;
+    let span = ctx.trace.as_ref().map(|t| t.child("claim"));
+    let claimed = claim(shared, on, &key, ctx.event_id.as_deref()).await;
+    if let Some(span) = span {
+        let outcome = match &claimed {
+            Ok(Some(_)) => "claimed",
+            // The store failed and `on_store_error = "allow"`.
+            Ok(None) => "unclaimed",
+            Err(o) => o.code(),
+        };
+        telemetry::end_child(span, outcome, &on.route.path, ctx.event_id.as_deref());
+    }
+    let claim = claimed?;
     Ok(Admitted {
         body,
         replay_id: key,
@@ -226,7 +244,7 @@ pub async fn deliver(
     admitted: Admitted,
 ) -> pingora::Result<bool> {
     let h = &on.policy.config.headers;
-    let mut trusted = Vec::with_capacity(3);
+    let mut trusted = Vec::with_capacity(5);
     if let Some(name) = &ctx.event_type {
         trusted.push((&h.event_type, name.as_str()));
     }
@@ -236,6 +254,11 @@ pub async fn deliver(
     if let Some(c) = &admitted.created_at {
         trusted.push((&h.event_created_at, c.as_str()));
     }
+    let propagation = ctx
+        .trace
+        .as_mut()
+        .map(|t| t.start_upstream(Some(&on.route.path)));
+    trusted.extend(propagation.iter().flat_map(|p| p.headers()));
     let last_attempt = count_attempt(session, on);
     let Admitted {
         body,
@@ -266,7 +289,14 @@ pub async fn deliver(
     }
     let peer = &on.compiled.peer;
     let sent = Instant::now();
-    let answer = match forward::exchange(&shared.connector, peer, &wire).await {
+    let exchanged = forward::exchange(&shared.connector, peer, &wire).await;
+    if let Some(t) = &mut ctx.trace {
+        match &exchanged {
+            Ok(a) => t.end_upstream(Some(a.head.status.as_u16()), None),
+            Err(e) => t.end_upstream(None, Some(Outcome::from(*e).code())),
+        }
+    }
+    let answer = match exchanged {
         Ok(a) => a,
         Err(e) => {
             if on.route.spool == Mode::OnFailure && keeper.keep(&mut claim).await {

@@ -94,6 +94,8 @@ pub fn spawn_watcher(server: &Server, shared: Arc<Shared>, listen: SocketAddr) {
                         if let Some(spool) = shared.spool.get() {
                             spool.store.close().await;
                         }
+                        // The batched spans go out before the process does.
+                        super::flush_traces(&shared);
                         std::process::exit(0);
                     }
                     _ => {}

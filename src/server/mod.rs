@@ -26,6 +26,7 @@ use crate::replay::memory::{MemoryStore, SystemClock};
 use crate::replay::redis::RedisStore;
 use crate::spool;
 use crate::state::Shared;
+use crate::telemetry::Telemetry;
 use crate::tls::ReloadableCert;
 use connection::{ClientConnection, HeaderTimeout};
 use lifecycle::Drain;
@@ -111,6 +112,13 @@ fn close_store(shared: &Shared) {
 fn close_spool(shared: &Shared) {
     if let (Some(spool), Some(rt)) = (shared.spool.get(), side_runtime("closing the spool")) {
         rt.block_on(spool.store.close());
+    }
+}
+
+/// Exports the spans still batched and stops the exporter (tracing on).
+fn flush_traces(shared: &Shared) {
+    if let Some(t) = shared.telemetry.get() {
+        t.shutdown();
     }
 }
 
@@ -207,8 +215,15 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
-    let built = build_store(&cfg).and_then(|s| Ok((s, listener_tls(&cfg)?, build_spool(&cfg)?)));
-    let (store, (tls, cert), spool) = match built {
+    let built = build_store(&cfg).and_then(|s| {
+        Ok((
+            s,
+            listener_tls(&cfg)?,
+            build_spool(&cfg)?,
+            Telemetry::start(&cfg.tracing)?,
+        ))
+    });
+    let (store, (tls, cert), spool, telemetry) = match built {
         Ok(parts) => parts,
         Err(e) => {
             tracing::error!("{e}");
@@ -220,6 +235,9 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     let idle_timeout = cfg.idle_timeout;
     let routes: Vec<String> = cfg.routes.iter().map(|r| r.path.clone()).collect();
     let shared = Arc::new(Shared::new(cfg, store, Metrics::new(), connector));
+    if let Some(t) = telemetry {
+        let _ = shared.telemetry.set(t);
+    }
     if let Some(spool) = spool {
         let _ = shared.spool.set(spool.clone());
         // The worker's own pool: a backlog never takes the request path's connections.
@@ -258,6 +276,7 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     // SIGINT, or a grace period that ran out with requests in flight.
     close_store(&shared);
     close_spool(&shared);
+    flush_traces(&shared);
     tracing::info!("persona-guard stopped");
     Ok(())
 }

@@ -38,5 +38,7 @@ mod spool;
 mod spool_redis;
 /// TLS on the listener, HTTP/2, certificate reloads, a TLS upstream.
 mod tls;
+/// OpenTelemetry: spans exported over OTLP/HTTP, the trace context passed to the app.
+mod tracing;
 /// Outcomes on a webhook route (SPEC §1, §2).
 mod webhook;

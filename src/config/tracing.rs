@@ -1,0 +1,182 @@
+//! `[tracing]`: OpenTelemetry span export over OTLP/HTTP (see
+//! [`crate::telemetry`]). Off unless `otlp_endpoint` is set; every key is
+//! restart-only (the exporter is built at start).
+
+use super::check::Check;
+use super::defaults::{DEFAULT_SAMPLING_RATIO, DEFAULT_SERVICE_NAME};
+use super::raw::RawTracing;
+
+/// `[tracing]` as validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracingSettings {
+    /// The OTLP/HTTP traces URL (`http://host:port/v1/traces`; a URL with no
+    /// path gets `/v1/traces`). `None`: tracing is off.
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces recorded (parent-based: a client's sampled
+    /// flag decides for its own trace).
+    pub sampling_ratio: SamplingRatio,
+    /// `service.name` on every span.
+    pub service_name: String,
+}
+
+impl Default for TracingSettings {
+    fn default() -> Self {
+        TracingSettings {
+            otlp_endpoint: None,
+            sampling_ratio: SamplingRatio(DEFAULT_SAMPLING_RATIO),
+            service_name: DEFAULT_SERVICE_NAME.to_string(),
+        }
+    }
+}
+
+/// A ratio in 0.0..=1.0 (checked, so never NaN: equality is total).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct SamplingRatio(pub f64);
+
+impl Eq for SamplingRatio {}
+
+pub(super) fn compile(c: &mut Check, raw: &RawTracing) -> TracingSettings {
+    let otlp_endpoint = raw.otlp_endpoint.as_deref().and_then(|e| endpoint(c, e));
+    let sampling_ratio = match raw.sampling_ratio {
+        None => DEFAULT_SAMPLING_RATIO,
+        Some(r) if (0.0..=1.0).contains(&r) => r,
+        Some(_) => {
+            c.problem("tracing.sampling_ratio", "must be a number from 0.0 to 1.0");
+            DEFAULT_SAMPLING_RATIO
+        }
+    };
+    let service_name = match raw.service_name.as_deref() {
+        None => DEFAULT_SERVICE_NAME.to_string(),
+        Some(s) if !s.is_empty() && s.len() <= 255 && !s.bytes().any(|b| b.is_ascii_control()) => {
+            s.to_string()
+        }
+        Some(_) => {
+            c.problem(
+                "tracing.service_name",
+                "must be 1 to 255 characters with no control characters",
+            );
+            DEFAULT_SERVICE_NAME.to_string()
+        }
+    };
+    TracingSettings {
+        otlp_endpoint,
+        sampling_ratio: SamplingRatio(sampling_ratio),
+        service_name,
+    }
+}
+
+/// An `http://` URL with a host; no path or `/` becomes `/v1/traces`.
+fn endpoint(c: &mut Check, value: &str) -> Option<String> {
+    const KEY: &str = "tracing.otlp_endpoint";
+    let Ok(uri) = value.parse::<http::Uri>() else {
+        c.problem(
+            KEY,
+            "is not a URL (the value is not repeated here); write e.g. \"http://127.0.0.1:4318/v1/traces\"",
+        );
+        return None;
+    };
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            c.problem(
+                KEY,
+                "https is not supported: the exporter speaks plain HTTP to a local collector or sidecar",
+            );
+            return None;
+        }
+        _ => {
+            c.problem(KEY, "must be an http:// URL");
+            return None;
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        c.problem(KEY, "must name a host");
+        return None;
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        c.problem(KEY, "must not hold credentials");
+        return None;
+    }
+    let path = uri.path_and_query().map_or("", |p| p.as_str());
+    Some(if path.is_empty() || path == "/" {
+        format!("http://{}/v1/traces", uri.authority()?.as_str())
+    } else {
+        format!("http://{}{}", uri.authority()?.as_str(), path)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::from_str;
+    use super::super::tests::{MINIMAL, env, keys};
+    use super::*;
+
+    fn with(tracing: &str) -> String {
+        format!("[tracing]\n{tracing}\n{MINIMAL}")
+    }
+
+    #[test]
+    fn off_by_default() {
+        let c = from_str(MINIMAL, &env()).unwrap();
+        assert_eq!(c.tracing, TracingSettings::default());
+        assert_eq!(c.tracing.otlp_endpoint, None);
+        assert_eq!(c.tracing.sampling_ratio, SamplingRatio(1.0));
+        assert_eq!(c.tracing.service_name, "persona-guard");
+    }
+
+    #[test]
+    fn settings_are_parsed() {
+        let c = from_str(
+            &with("otlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\nsampling_ratio = 0.25\nservice_name = \"guard-eu\""),
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tracing.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        assert_eq!(c.tracing.sampling_ratio, SamplingRatio(0.25));
+        assert_eq!(c.tracing.service_name, "guard-eu");
+        // An integer ratio is a number too.
+        let c = from_str(&with("sampling_ratio = 0"), &env()).unwrap();
+        assert_eq!(c.tracing.sampling_ratio, SamplingRatio(0.0));
+    }
+
+    #[test]
+    fn an_endpoint_without_a_path_gets_the_traces_path() {
+        for e in ["http://collector:4318", "http://collector:4318/"] {
+            let c = from_str(&with(&format!("otlp_endpoint = \"{e}\"")), &env()).unwrap();
+            assert_eq!(
+                c.tracing.otlp_endpoint.as_deref(),
+                Some("http://collector:4318/v1/traces"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn problems_are_reported_under_their_keys_without_the_value() {
+        for bad in [
+            "not a url",
+            "https://collector:4318",
+            "ftp://collector",
+            "http://user:LEAKCANARY@collector:4318",
+            "/v1/traces",
+        ] {
+            let p = from_str(&with(&format!("otlp_endpoint = \"{bad}\"")), &env()).unwrap_err();
+            assert_eq!(keys(&p), vec!["tracing.otlp_endpoint"], "{bad}");
+            assert!(!format!("{p:?}").contains("LEAKCANARY"), "{p:?}");
+        }
+        for bad in ["1.5", "-0.1", "nan"] {
+            let p = from_str(&with(&format!("sampling_ratio = {bad}")), &env()).unwrap_err();
+            assert_eq!(keys(&p), vec!["tracing.sampling_ratio"], "{bad}");
+        }
+        let p = from_str(&with("sampling_ratio = \"half\""), &env()).unwrap_err();
+        assert_eq!(keys(&p), vec!["tracing.sampling_ratio"]);
+        let p = from_str(&with("service_name = \"\""), &env()).unwrap_err();
+        assert_eq!(keys(&p), vec!["tracing.service_name"]);
+        let p = from_str(&with("exporter = \"grpc\""), &env()).unwrap_err();
+        assert_eq!(keys(&p), vec!["tracing"]);
+        assert!(p[0].message.contains("otlp_endpoint"), "{p:?}");
+    }
+}
