@@ -24,15 +24,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve with the given route file.
+    /// Serve with the given route file (none: the defaults), with the
+    /// PERSONA_GUARD_* environment variables laid over it.
     Run {
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
-    /// Validate the route file and resolve every secret; exit 0 if all is well.
+    /// Validate the configuration (the route file, if any, and the
+    /// PERSONA_GUARD_* variables) and resolve every secret; exit 0 if all is well.
     Check {
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Print the effective configuration: every key, with where its value
+        /// came from (file, environment variable, default); secrets redacted.
+        #[arg(long)]
+        print: bool,
     },
     /// Print the Persona-Signature value (no header name) for a body.
     Sign {
@@ -55,14 +61,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => match load(&config) {
+        Command::Run { config } => match load(config.as_deref()) {
             // The warnings are logged by `server::run`.
-            Ok((cfg, _warnings)) => {
+            Ok((config::Effective { config: cfg, .. }, _warnings)) => {
                 server::init_logging(cfg.log_format);
                 for w in cfg.warnings() {
                     tracing::warn!(key = %w.key, "{}", w.message);
                 }
-                match server::run(&config, cfg) {
+                match server::run(config.as_deref(), cfg) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(_) => ExitCode::FAILURE,
                 }
@@ -72,17 +78,23 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Check { config } => match load(&config) {
+        Command::Check { config, print } => match load(config.as_deref()) {
             Ok((cfg, warnings)) => {
+                if print {
+                    print!("{}", cfg.printed);
+                }
+                let cfg = cfg.config;
                 for w in &warnings {
                     eprintln!("warning: listen.tls: {w}");
                 }
                 for w in cfg.warnings() {
                     eprintln!("warning: {}: {}", w.key, w.message);
                 }
+                let shown = config
+                    .as_deref()
+                    .map_or_else(|| config::NO_FILE.into(), |p| p.display().to_string());
                 println!(
-                    "{}: ok ({} route{}, every secret resolved)",
-                    config.display(),
+                    "{shown}: ok ({} route{}, every secret resolved)",
                     cfg.routes.len(),
                     if cfg.routes.len() == 1 { "" } else { "s" }
                 );
@@ -135,16 +147,16 @@ fn main() -> ExitCode {
 /// ([`tls::check_chain`]: a leaf outside its validity period is refused like any
 /// other problem of the file; an odd chain gives warnings). The messages are
 /// fixed words: no path, no certificate field.
-fn load(path: &Path) -> Result<(config::Config, Vec<String>), config::ConfigError> {
-    let cfg = config::load(path)?;
-    let Some(loaded) = &cfg.listen_cert else {
+fn load(path: Option<&Path>) -> Result<(config::Effective, Vec<String>), config::ConfigError> {
+    let cfg = config::load_with(path, &config::EnvSource)?;
+    let Some(loaded) = &cfg.config.listen_cert else {
         return Ok((cfg, Vec::new()));
     };
     let checked = tls::check_chain(&loaded.key().cert, SystemTime::now());
     match checked {
         Ok(warnings) => Ok((cfg, warnings)),
         Err(message) => Err(config::ConfigError {
-            file: path.to_path_buf(),
+            file: path.map_or_else(|| config::NO_FILE.into(), Path::to_path_buf),
             problems: vec![config::Problem {
                 key: "listen.tls".to_string(),
                 message,
