@@ -48,3 +48,4 @@ pub mod source;
 pub mod spool;
 pub mod state;
 pub mod tls;
+pub mod trigger;

@@ -1,4 +1,4 @@
-//! `persona-guard run | check | sign`: a thin shell over the library.
+//! `persona-guard run | check | sign | trigger | echo`: a thin shell over the library.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use clap::{Parser, Subcommand};
-use persona_guard::{config, echo, server, signature, tls};
+use persona_guard::{config, echo, server, signature, tls, trigger};
 
 /// Exit code for an invalid configuration or usage (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -51,11 +51,46 @@ enum Command {
         /// The body file, or `-` for standard input (the default).
         file: Option<PathBuf>,
     },
+    /// Send a realistic, signed Persona event (like `stripe trigger`) and
+    /// print the answer's status line and body.
+    Trigger {
+        /// The event type: `inquiry.approved`, `verification.passed`,
+        /// `report.run.completed`, `case.created`, ...
+        event_type: String,
+        /// Where to send it (plain HTTP only).
+        #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/persona")]
+        url: String,
+        /// Environment variable holding the webhook secret.
+        #[arg(long)]
+        secret_env: String,
+        /// Send the same event again (re-signed now): shows `duplicate`.
+        #[arg(long)]
+        again: bool,
+        /// `Persona-Webhook-Attempts-Made`.
+        #[arg(long, default_value_t = 1)]
+        attempts_made: u32,
+        /// `Persona-Webhook-Attempts-Left` (0: Persona's last attempt).
+        #[arg(long, default_value_t = 7)]
+        attempts_left: u32,
+        /// How the attribute keys are spelled.
+        #[arg(long, value_enum, default_value = "kebab")]
+        inflection: InflectionArg,
+        /// The event id (default: a fresh random `evt_...`).
+        #[arg(long)]
+        id: Option<String>,
+    },
     /// Run a tiny upstream that answers 200 and prints what it received (for trying it out).
     Echo {
         #[arg(long, default_value = "127.0.0.1:3000")]
         listen: String,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum InflectionArg {
+    Kebab,
+    Camel,
+    Snake,
 }
 
 fn main() -> ExitCode {
@@ -105,6 +140,58 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Trigger {
+            event_type,
+            url,
+            secret_env,
+            again,
+            attempts_made,
+            attempts_left,
+            inflection,
+            id,
+        } => {
+            let Some(secret) = std::env::var_os(&secret_env).filter(|s| !s.is_empty()) else {
+                eprintln!("persona-guard trigger: environment variable `{secret_env}` is not set");
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let target = match trigger::parse_url(&url) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("persona-guard trigger: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let inflection = match inflection {
+                InflectionArg::Kebab => trigger::Inflection::Kebab,
+                InflectionArg::Camel => trigger::Inflection::Camel,
+                InflectionArg::Snake => trigger::Inflection::Snake,
+            };
+            let id = id.unwrap_or_else(|| trigger::random_id("evt_"));
+            let body = trigger::event_body(&event_type, &id, inflection, SystemTime::now());
+            for n in 0..if again { 2 } else { 1 } {
+                if n == 1 {
+                    println!();
+                }
+                println!("POST {url} ({event_type}, {id})");
+                match trigger::send(
+                    &target,
+                    secret.as_encoded_bytes(),
+                    &body,
+                    attempts_made,
+                    attempts_left,
+                ) {
+                    Ok(answer) => {
+                        println!("{}", answer.status_line);
+                        println!("{}", String::from_utf8_lossy(&answer.body));
+                    }
+                    Err(e) => {
+                        eprintln!("persona-guard trigger: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
         Command::Echo { listen } => {
             server::init_logging(config::LogFormat::Text);
             echo::run(&listen);
