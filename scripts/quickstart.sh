@@ -21,6 +21,7 @@ trap 'kill "$echo_pid" 2>/dev/null || true' EXIT
 cat <<'TRY'
 quickstart: proxy on http://127.0.0.1:8080, admin on http://127.0.0.1:9090
 Try, in another shell (with the same PERSONA_WEBHOOK_SECRET exported):
+  ./target/release/persona-guard trigger inquiry.approved --secret-env PERSONA_WEBHOOK_SECRET --again   # 200 forwarded, then duplicate
   body='{"data":{"type":"event","id":"evt_demo_1","attributes":{"name":"inquiry.approved","created-at":"2026-01-01T00:00:00.000Z"}}}'
   sig=$(printf '%s' "$body" | ./target/release/persona-guard sign --secret-env PERSONA_WEBHOOK_SECRET -)
   curl -i http://127.0.0.1:8080/webhooks/persona -H "Persona-Signature: $sig" --data-binary "$body"        # 200, forwarded

@@ -49,3 +49,4 @@ pub mod spool;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod trigger;

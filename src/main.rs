@@ -1,4 +1,4 @@
-//! `persona-guard run | check | sign`: a thin shell over the library.
+//! `persona-guard run | check | sign | trigger | echo`: a thin shell over the library.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use clap::{Parser, Subcommand};
-use persona_guard::{config, echo, server, signature, tls};
+use persona_guard::{config, echo, server, signature, tls, trigger};
 
 /// Exit code for an invalid configuration or usage (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -24,15 +24,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve with the given route file.
+    /// Serve with the given route file (none: the defaults), with the
+    /// PERSONA_GUARD_* environment variables laid over it.
     Run {
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
-    /// Validate the route file and resolve every secret; exit 0 if all is well.
+    /// Validate the configuration (the route file, if any, and the
+    /// PERSONA_GUARD_* variables) and resolve every secret; exit 0 if all is well.
     Check {
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Print the effective configuration: every key, with where its value
+        /// came from (file, environment variable, default); secrets redacted.
+        #[arg(long)]
+        print: bool,
     },
     /// Print the Persona-Signature value (no header name) for a body.
     Sign {
@@ -45,6 +51,34 @@ enum Command {
         /// The body file, or `-` for standard input (the default).
         file: Option<PathBuf>,
     },
+    /// Send a realistic, signed Persona event (like `stripe trigger`) and
+    /// print the answer's status line and body.
+    Trigger {
+        /// The event type: `inquiry.approved`, `verification.passed`,
+        /// `report.run.completed`, `case.created`, ...
+        event_type: String,
+        /// Where to send it (plain HTTP only).
+        #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/persona")]
+        url: String,
+        /// Environment variable holding the webhook secret.
+        #[arg(long)]
+        secret_env: String,
+        /// Send the same event again (re-signed now): shows `duplicate`.
+        #[arg(long)]
+        again: bool,
+        /// `Persona-Webhook-Attempts-Made`.
+        #[arg(long, default_value_t = 1)]
+        attempts_made: u32,
+        /// `Persona-Webhook-Attempts-Left` (0: Persona's last attempt).
+        #[arg(long, default_value_t = 7)]
+        attempts_left: u32,
+        /// How the attribute keys are spelled.
+        #[arg(long, value_enum, default_value = "kebab")]
+        inflection: InflectionArg,
+        /// The event id (default: a fresh random `evt_...`).
+        #[arg(long)]
+        id: Option<String>,
+    },
     /// Run a tiny upstream that answers 200 and prints what it received (for trying it out).
     Echo {
         #[arg(long, default_value = "127.0.0.1:3000")]
@@ -52,17 +86,24 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum InflectionArg {
+    Kebab,
+    Camel,
+    Snake,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => match load(&config) {
+        Command::Run { config } => match load(config.as_deref()) {
             // The warnings are logged by `server::run`.
-            Ok((cfg, _warnings)) => {
+            Ok((config::Effective { config: cfg, .. }, _warnings)) => {
                 server::init_logging(cfg.log_format);
                 for w in cfg.warnings() {
                     tracing::warn!(key = %w.key, "{}", w.message);
                 }
-                match server::run(&config, cfg) {
+                match server::run(config.as_deref(), cfg) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(_) => ExitCode::FAILURE,
                 }
@@ -72,17 +113,23 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Check { config } => match load(&config) {
+        Command::Check { config, print } => match load(config.as_deref()) {
             Ok((cfg, warnings)) => {
+                if print {
+                    print!("{}", cfg.printed);
+                }
+                let cfg = cfg.config;
                 for w in &warnings {
                     eprintln!("warning: listen.tls: {w}");
                 }
                 for w in cfg.warnings() {
                     eprintln!("warning: {}: {}", w.key, w.message);
                 }
+                let shown = config
+                    .as_deref()
+                    .map_or_else(|| config::NO_FILE.into(), |p| p.display().to_string());
                 println!(
-                    "{}: ok ({} route{}, every secret resolved)",
-                    config.display(),
+                    "{shown}: ok ({} route{}, every secret resolved)",
                     cfg.routes.len(),
                     if cfg.routes.len() == 1 { "" } else { "s" }
                 );
@@ -93,6 +140,58 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Trigger {
+            event_type,
+            url,
+            secret_env,
+            again,
+            attempts_made,
+            attempts_left,
+            inflection,
+            id,
+        } => {
+            let Some(secret) = std::env::var_os(&secret_env).filter(|s| !s.is_empty()) else {
+                eprintln!("persona-guard trigger: environment variable `{secret_env}` is not set");
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let target = match trigger::parse_url(&url) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("persona-guard trigger: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let inflection = match inflection {
+                InflectionArg::Kebab => trigger::Inflection::Kebab,
+                InflectionArg::Camel => trigger::Inflection::Camel,
+                InflectionArg::Snake => trigger::Inflection::Snake,
+            };
+            let id = id.unwrap_or_else(|| trigger::random_id("evt_"));
+            let body = trigger::event_body(&event_type, &id, inflection, SystemTime::now());
+            for n in 0..if again { 2 } else { 1 } {
+                if n == 1 {
+                    println!();
+                }
+                println!("POST {url} ({event_type}, {id})");
+                match trigger::send(
+                    &target,
+                    secret.as_encoded_bytes(),
+                    &body,
+                    attempts_made,
+                    attempts_left,
+                ) {
+                    Ok(answer) => {
+                        println!("{}", answer.status_line);
+                        println!("{}", String::from_utf8_lossy(&answer.body));
+                    }
+                    Err(e) => {
+                        eprintln!("persona-guard trigger: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
         Command::Echo { listen } => {
             server::init_logging(config::LogFormat::Text);
             echo::run(&listen);
@@ -135,16 +234,16 @@ fn main() -> ExitCode {
 /// ([`tls::check_chain`]: a leaf outside its validity period is refused like any
 /// other problem of the file; an odd chain gives warnings). The messages are
 /// fixed words: no path, no certificate field.
-fn load(path: &Path) -> Result<(config::Config, Vec<String>), config::ConfigError> {
-    let cfg = config::load(path)?;
-    let Some(loaded) = &cfg.listen_cert else {
+fn load(path: Option<&Path>) -> Result<(config::Effective, Vec<String>), config::ConfigError> {
+    let cfg = config::load_with(path, &config::EnvSource)?;
+    let Some(loaded) = &cfg.config.listen_cert else {
         return Ok((cfg, Vec::new()));
     };
     let checked = tls::check_chain(&loaded.key().cert, SystemTime::now());
     match checked {
         Ok(warnings) => Ok((cfg, warnings)),
         Err(message) => Err(config::ConfigError {
-            file: path.to_path_buf(),
+            file: path.map_or_else(|| config::NO_FILE.into(), Path::to_path_buf),
             problems: vec![config::Problem {
                 key: "listen.tls".to_string(),
                 message,

@@ -21,6 +21,12 @@
 //!    under the key as the file spells it with the fix, so an operator sees
 //!    every mistake in one run instead of one per restart.
 //!
+//! Between the two, `env.rs` lays the `PERSONA_GUARD_*` environment variables
+//! over the parsed table (one naming rule, one key list: `env::KEYS`),
+//! recording where each value came from for `check --print`; a file is
+//! optional (none: the defaults and the environment). Problems under a key a
+//! variable set are named by the variable.
+//!
 //! The compiled [`Config`] serves two lifetimes: [`ProcessConfig`] is the part
 //! fixed at start (listeners, threads, the store's kind...) and
 //! [`ProcessConfig::diff`] names what a SIGHUP reload could not apply; the
@@ -64,6 +70,7 @@ use crate::source::AllowList;
 mod check;
 mod cross;
 mod defaults;
+pub mod env;
 mod error;
 mod headers;
 mod process;
@@ -397,26 +404,78 @@ pub enum RouteError {
     Form,
 }
 
-/// Reads, parses and validates a route file, resolving every secret.
-pub fn load(file: &Path) -> Result<Config, ConfigError> {
-    let fail = |problems| ConfigError {
-        file: file.to_path_buf(),
-        problems,
-    };
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        fail(vec![Problem {
-            key: "(file)".into(),
-            message: format!("cannot read the file: {e}"),
-        }])
-    })?;
-    let raw = raw::parse(&text).map_err(|p| fail(vec![p]))?;
-    validate(raw, file.parent().unwrap_or(Path::new(".")), &EnvSource).map_err(fail)
+/// The file name problems are shown under when there is no file.
+pub const NO_FILE: &str = "(environment)";
+
+/// A loaded configuration with the record of where each value came from.
+#[derive(Debug)]
+pub struct Effective {
+    pub config: Config,
+    /// `check --print`: every key in TOML form, annotated with its origin.
+    pub printed: String,
 }
 
-/// Parses TOML text and validates it (for tests and callers with text in hand).
+/// Reads, parses and validates a route file (or none: the defaults), lays the
+/// `PERSONA_GUARD_*` variables over it (see `env`) and resolves every secret.
+pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    load_with(file, &EnvSource).map(|e| e.config)
+}
+
+/// [`load`] with the environment given, keeping where each value came from.
+pub fn load_with(file: Option<&Path>, env: &dyn Env) -> Result<Effective, ConfigError> {
+    let fail = |problems| ConfigError {
+        file: file.map_or_else(|| PathBuf::from(NO_FILE), Path::to_path_buf),
+        problems,
+    };
+    let (text, base, source) = match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                fail(vec![Problem {
+                    key: "(file)".into(),
+                    message: format!("cannot read the file: {e}"),
+                }])
+            })?;
+            let base = f.parent().unwrap_or(Path::new(".")).to_path_buf();
+            (text, base, format!("file {}", f.display()))
+        }
+        None => (String::new(), PathBuf::from("."), "no file".to_string()),
+    };
+    compile(&text, &base, env, &source).map_err(fail)
+}
+
+/// Parses TOML text, lays the environment's settings over it and validates it
+/// (for tests and callers with text in hand).
 pub fn from_str(text: &str, env: &dyn Env) -> Result<Config, Vec<Problem>> {
+    compile(text, Path::new("."), env, "text").map(|e| e.config)
+}
+
+/// The file's text, then the environment over it, then validation; problems
+/// under a key a variable set name the variable.
+fn compile(
+    text: &str,
+    base: &Path,
+    env: &dyn Env,
+    source: &str,
+) -> Result<Effective, Vec<Problem>> {
     let raw = raw::parse(text).map_err(|p| vec![p])?;
-    validate(raw, Path::new("."), env)
+    // Parsed once more as a table for the overlay: it cannot fail now.
+    let mut table: toml::Table = text.parse().unwrap_or_default();
+    let prov = env::overlay(&mut table, env)?;
+    let raw = if prov.any_env() {
+        raw::from_table(table.clone()).map_err(|p| {
+            let mut v = vec![p];
+            prov.name_vars(&mut v);
+            v
+        })?
+    } else {
+        raw
+    };
+    let config = validate(raw, base, env).map_err(|mut v| {
+        prov.name_vars(&mut v);
+        v
+    })?;
+    let printed = env::render(&table, &prov, source);
+    Ok(Effective { config, printed })
 }
 
 /// Compiles each section in turn (the order problems are reported in), then

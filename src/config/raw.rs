@@ -139,3 +139,11 @@ pub(super) fn parse(text: &str) -> Result<RawConfig, Problem> {
     let de = safe_de::Wrap::new(toml::Deserializer::new(text), &ctx);
     RawConfig::deserialize(de).map_err(|e| error::from_toml(text, &ctx, &e))
 }
+
+/// The raw structs from a parsed table (the file with the environment laid
+/// over it); errors name the key path only.
+pub(super) fn from_table(table: toml::Table) -> Result<RawConfig, Problem> {
+    let ctx = safe_de::Ctx::default();
+    let de = safe_de::Wrap::new(toml::Value::Table(table), &ctx);
+    RawConfig::deserialize(de).map_err(|e| error::from_toml("", &ctx, &e))
+}

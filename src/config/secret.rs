@@ -37,6 +37,12 @@ impl fmt::Debug for Secret {
 pub trait Env {
     fn var(&self, name: &str) -> Option<String>;
 
+    /// Every variable (name and value) whose name starts with `PERSONA_GUARD_`,
+    /// the settings laid over the file (see `config::env`). None by default.
+    fn settings(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
     /// `host:port` or `ip:port` to one socket address. The error message is
     /// shown to the operator: it must not repeat `addr` (a secret may have
     /// been written there).
@@ -51,6 +57,16 @@ pub struct EnvSource;
 impl Env for EnvSource {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
+    }
+
+    fn settings(&self) -> Vec<(String, String)> {
+        std::env::vars_os()
+            .filter_map(|(n, v)| {
+                let n = n.into_string().ok()?;
+                n.starts_with(super::env::PREFIX)
+                    .then(|| (n, v.to_string_lossy().into_owned()))
+            })
+            .collect()
     }
 }
 

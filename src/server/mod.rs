@@ -210,7 +210,7 @@ fn proxy_service(
 }
 
 /// Serves until SIGTERM/SIGINT. Returns after the graceful shutdown.
-pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
+pub fn run(config_path: Option<&Path>, cfg: Config) -> Result<(), String> {
     let mut server = pingora_server(&cfg);
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
@@ -260,7 +260,12 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     server.add_service(admin);
 
     lifecycle::spawn_watcher(&server, shared.clone(), listen);
-    reload::spawn_reloader(config_path.to_path_buf(), shared.clone(), cert, process);
+    reload::spawn_reloader(
+        config_path.map(Path::to_path_buf),
+        shared.clone(),
+        cert,
+        process,
+    );
     tracing::info!(
         listen = %listen,
         admin = %admin_addr,

@@ -21,7 +21,7 @@ use crate::tls::ReloadableCert;
 
 /// Re-reads the route file on every SIGHUP, on a thread of its own.
 pub fn spawn_reloader(
-    path: PathBuf,
+    path: Option<PathBuf>,
     shared: Arc<Shared>,
     cert: Option<Arc<ReloadableCert>>,
     start: ProcessConfig,
@@ -43,14 +43,19 @@ pub fn spawn_reloader(
     std::thread::spawn(move || {
         runtime.block_on(async move {
             while hup.recv().await.is_some() {
-                reload(&path, &shared, cert.as_deref(), &start);
+                reload(path.as_deref(), &shared, cert.as_deref(), &start);
             }
         })
     });
 }
 
 /// `start`: the settings the process was started with.
-fn reload(path: &Path, shared: &Shared, cert: Option<&ReloadableCert>, start: &ProcessConfig) {
+fn reload(
+    path: Option<&Path>,
+    shared: &Shared,
+    cert: Option<&ReloadableCert>,
+    start: &ProcessConfig,
+) {
     let refused = |why: &dyn std::fmt::Display| {
         tracing::error!("reload refused, the running configuration stays: {why}");
         shared.metrics.reloads.with_label_values(&["error"]).inc();

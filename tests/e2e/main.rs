@@ -10,6 +10,8 @@ mod harness;
 mod attempts;
 /// `check` and `sign`; configuration errors never quote the file (SPEC §5, §6).
 mod cli;
+/// Configuration from `PERSONA_GUARD_*` variables, with no file; `check --print`.
+mod env;
 /// Ambiguous framing is refused and nothing ambiguous is forwarded (SPEC §2).
 mod framing;
 /// Hostile load and broken upstreams: the body budget, truncated and interim answers.
