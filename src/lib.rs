@@ -26,7 +26,9 @@
 //!   client to the app (`forward.rs`);
 //! - [`server`]: pingora's server, the client connection (TLS via [`tls`],
 //!   HTTP/2 head deadlines via [`h2_watch`]), SIGHUP reload, readiness and the
-//!   SIGTERM drain; [`admin`] and [`metrics`] for operators; [`echo`] the demo app.
+//!   SIGTERM drain; [`admin`] and [`metrics`] for operators; [`telemetry`]
+//!   the OpenTelemetry spans and trace-context propagation; [`echo`] the demo
+//!   app and [`trigger`] the signed test event sender.
 
 pub mod admin;
 pub mod attempts;
