@@ -27,6 +27,9 @@ for f in config/*.toml; do
 done
 echo "== Kubernetes examples"
 python3 deploy/kubernetes/validate.py ./target/debug/persona-guard
+echo "== Prometheus alert rules (promtool)"
+promtool check rules deploy/prometheus/persona-guard-rules.yaml
+(cd deploy/prometheus && promtool test rules persona-guard-rules.test.yaml)
 echo "== hadolint Dockerfile"
 hadolint Dockerfile
 echo "== cargo test"
