@@ -30,6 +30,8 @@ python3 deploy/kubernetes/validate.py ./target/debug/persona-guard
 echo "== Prometheus alert rules (promtool)"
 promtool check rules deploy/prometheus/persona-guard-rules.yaml
 (cd deploy/prometheus && promtool test rules persona-guard-rules.test.yaml)
+echo "== Grafana dashboard"
+python3 deploy/grafana/check-dashboard.py
 echo "== hadolint Dockerfile"
 hadolint Dockerfile
 echo "== cargo test"
