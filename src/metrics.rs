@@ -134,6 +134,16 @@ impl Metrics {
         for op in ["claim", "commit", "release", "renew"] {
             replay_store_errors.with_label_values(&[op]);
         }
+        let reloads = counter_vec(
+            &r,
+            "persona_guard_config_reloads_total",
+            "Configuration reloads by result.",
+            &["result"],
+        );
+        // At 0 from the start, so the first refused reload is an increase.
+        for result in ["ok", "error"] {
+            reloads.with_label_values(&[result]);
+        }
         Metrics {
             requests: counter_vec(
                 &r,
@@ -186,12 +196,7 @@ impl Metrics {
                 "persona_guard_replay_evictions_total",
                 "Event ids evicted for room before their ttl ran out (raise capacity if this moves).",
             ),
-            reloads: counter_vec(
-                &r,
-                "persona_guard_config_reloads_total",
-                "Configuration reloads by result.",
-                &["result"],
-            ),
+            reloads,
             replay_store_errors,
             replay_fail_open: counter(
                 &r,

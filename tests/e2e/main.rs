@@ -20,6 +20,8 @@ mod hostile;
 mod lifecycle;
 /// Logs, admin endpoints, metrics, and the timeouts on slow and idle clients.
 mod operations;
+/// The operator kit in `deploy/`: every metric the alert rules and the Grafana dashboard name is exported.
+mod operator_kit;
 /// Paths under no route (SPEC §3).
 mod passthrough;
 /// Route matching and path normalisation (SPEC §3).
