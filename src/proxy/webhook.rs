@@ -274,7 +274,11 @@ pub async fn deliver(
         &body,
     )?;
     let spool = shared.spool.get().filter(|_| on.route.spool != Mode::Off);
-    let ids = (ctx.event_id.clone(), ctx.event_type.clone());
+    // Copied only for a route that may spool (the answer needs `ctx` mutably).
+    let ids = match spool {
+        Some(_) => (ctx.event_id.clone(), ctx.event_type.clone()),
+        None => (None, None),
+    };
     let keeper = Keeper {
         shared,
         spool,

@@ -176,26 +176,10 @@ impl MemoryStore {
         self.cache.run_pending_tasks();
     }
 
-    /// Atomically claims `key` for one delivery lasting at most `inflight_ttl`.
+    /// Atomically claims `key` for one delivery lasting at most `inflight_ttl`:
+    /// a take-over that no mark matches (`DELIVERED` is never a claim's token).
     pub fn claim(&self, key: &Key, inflight_ttl: Duration) -> Claim {
-        let now = self.clock.now();
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let mut outcome = Claim::Claimed(token);
-        self.cache.entry(*key).and_compute_with(|existing| {
-            match existing.map(|e| e.into_value()) {
-                Some(e) if !e.left(now).is_zero() => {
-                    outcome = match e.token {
-                        DELIVERED => Claim::Duplicate,
-                        _ => Claim::InFlight {
-                            retry_after: e.left(now),
-                        },
-                    };
-                    Op::Nop
-                }
-                _ => Op::Put(Entry::new(token, now, inflight_ttl)),
-            }
-        });
-        outcome
+        self.take_over(key, DELIVERED, inflight_ttl)
     }
 
     /// Marks `key` delivered for `ttl` (the upstream answered 2xx).
@@ -222,8 +206,8 @@ impl MemoryStore {
     }
 
     /// Gives `key` a new token's in-flight mark for `inflight_ttl` when it is
-    /// absent, expired or still `old`'s mark; otherwise answers as a claim.
-    /// One atomic step: no other claim can come between.
+    /// absent, expired or still `old`'s mark; otherwise `Duplicate` (delivered) or
+    /// `InFlight` (another's mark). One atomic step: no other claim can come between.
     pub fn take_over(&self, key: &Key, old: u64, inflight_ttl: Duration) -> Claim {
         let now = self.clock.now();
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);

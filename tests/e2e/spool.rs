@@ -17,20 +17,20 @@ pub fn spooling(b: ProxyBuilder, dir: &Path, mode: &str) -> ProxyBuilder {
         .route(|r| r.set("spool", mode))
 }
 
-fn spool_series(name: &str) -> String {
+pub(crate) fn spool_series(name: &str) -> String {
     format!("persona_guard_spool_{name}{{route=\"{ROUTE}\"}}")
 }
 
-fn redeliveries(result: &str) -> String {
+pub(crate) fn redeliveries(result: &str) -> String {
     format!("persona_guard_spool_redeliveries_total{{result=\"{result}\",route=\"{ROUTE}\"}}")
 }
 
-fn fallbacks(reason: &str) -> String {
+pub(crate) fn fallbacks(reason: &str) -> String {
     format!("persona_guard_spool_fallbacks_total{{reason=\"{reason}\",route=\"{ROUTE}\"}}")
 }
 
 /// Waits until the app has accepted (answered 2xx) every id of `ids`.
-fn wait_accepted(up: &Upstream, ids: &[String], within: Duration) {
+pub(crate) fn wait_accepted(up: &Upstream, ids: &[String], within: Duration) {
     let want: HashSet<&String> = ids.iter().collect();
     let ok = wait_until(within, || {
         let got = up.accepted_ids();
@@ -44,7 +44,7 @@ fn wait_accepted(up: &Upstream, ids: &[String], within: Duration) {
 }
 
 /// How often the app accepted each id.
-fn accepted_counts(up: &Upstream) -> HashMap<String, usize> {
+pub(crate) fn accepted_counts(up: &Upstream) -> HashMap<String, usize> {
     let mut n = HashMap::new();
     for id in up.accepted_ids() {
         *n.entry(id).or_default() += 1;

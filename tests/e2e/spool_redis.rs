@@ -4,12 +4,13 @@
 //! a replica killed mid-redelivery, a Redis that is down answered as without
 //! a spool, dead letters, and bodies sealed at rest with `[spool] key`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
+use crate::spool::{accepted_counts, fallbacks, redeliveries, spool_series, wait_accepted};
 
 /// The route's live stream with the default `key_prefix` (`persona-guard:`):
 /// `<prefix>spool:<route>` (src/spool/redis.rs; the route has no `%` or `:`
@@ -25,41 +26,6 @@ fn on_redis(b: ProxyBuilder, redis: &RedisServer) -> ProxyBuilder {
     b.redis(&redis.url())
         .set("spool.max_backoff", "1s")
         .route(|r| r.set("spool", "on_failure"))
-}
-
-fn spool_series(name: &str) -> String {
-    format!("persona_guard_spool_{name}{{route=\"{ROUTE}\"}}")
-}
-
-fn redeliveries(result: &str) -> String {
-    format!("persona_guard_spool_redeliveries_total{{result=\"{result}\",route=\"{ROUTE}\"}}")
-}
-
-fn fallbacks(reason: &str) -> String {
-    format!("persona_guard_spool_fallbacks_total{{reason=\"{reason}\",route=\"{ROUTE}\"}}")
-}
-
-/// How often the app accepted each id.
-fn accepted_counts(up: &Upstream) -> HashMap<String, usize> {
-    let mut n = HashMap::new();
-    for id in up.accepted_ids() {
-        *n.entry(id).or_default() += 1;
-    }
-    n
-}
-
-/// Waits until the app has accepted (answered 2xx) every id of `ids`.
-fn wait_accepted(up: &Upstream, ids: &[String], within: Duration) {
-    let want: HashSet<&String> = ids.iter().collect();
-    let ok = wait_until(within, || {
-        let got = up.accepted_ids();
-        want.iter().all(|id| got.contains(id))
-    });
-    if !ok {
-        let got: HashSet<String> = up.accepted_ids().into_iter().collect();
-        let missing: Vec<_> = want.iter().filter(|id| !got.contains(**id)).collect();
-        panic!("not accepted by the app within {within:?}: {missing:?}");
-    }
 }
 
 /// `XLEN key`, or `None` when Redis does not answer an integer.
