@@ -20,7 +20,8 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::spool::{Entry, Handle, Mode};
+use crate::config::SpoolMode;
+use crate::spool::{Entry, Handle};
 use crate::state::Shared;
 
 /// Why a `/spool` request cannot be served.
@@ -106,7 +107,7 @@ impl Admin {
             .config
             .routes
             .iter()
-            .map(|r| (r.path.clone(), r.spool != Mode::Off))
+            .map(|r| (r.path.clone(), r.spool != SpoolMode::Off))
             .collect();
         Ok((spool, routes))
     }

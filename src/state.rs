@@ -75,7 +75,7 @@ impl Policy {
     pub fn compile(config: Config, metrics: &Metrics) -> Policy {
         for r in &config.routes {
             metrics.register_route(&r.path);
-            if r.spool != crate::spool::Mode::Off {
+            if r.spool != crate::config::SpoolMode::Off {
                 metrics.register_spool_route(&r.path);
             }
         }

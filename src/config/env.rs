@@ -278,7 +278,7 @@ pub(super) fn overlay(table: &mut Table, env: &dyn Env) -> Result<Provenance, Ve
     record_file(table, "", &mut prov);
 
     let vars: BTreeMap<String, String> = env
-        .settings()
+        .settings(PREFIX)
         .into_iter()
         .filter(|(name, _)| name.starts_with(PREFIX))
         .collect();
@@ -614,10 +614,10 @@ mod tests {
         fn var(&self, name: &str) -> Option<String> {
             self.0.get(name).map(|s| s.to_string())
         }
-        fn settings(&self) -> Vec<(String, String)> {
+        fn settings(&self, prefix: &str) -> Vec<(String, String)> {
             self.0
                 .iter()
-                .filter(|(n, _)| n.starts_with(PREFIX))
+                .filter(|(n, _)| n.starts_with(prefix))
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect()
         }

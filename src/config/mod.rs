@@ -92,6 +92,7 @@ pub use defaults::*;
 pub use error::{ConfigError, Problem};
 pub use process::{ProcessConfig, RestartOnly};
 pub use secret::{Env, EnvSource, Secret};
+pub use spool::{SpoolKey, SpoolMode, SpoolSettings};
 
 /// Certificate and key (PEM files) of the public TLS listener; defined by
 /// `tls`, which takes paths rather than configuration types.
@@ -261,7 +262,7 @@ pub struct Route {
     /// What a verified body must be, and what deduplicates it.
     pub kind: RouteKind,
     /// `spool`: whether verified deliveries are kept in the delivery spool.
-    pub spool: crate::spool::Mode,
+    pub spool: SpoolMode,
 }
 
 /// A route's `kind`: Persona webhook events, or any signed body (Persona
@@ -281,37 +282,6 @@ impl Route {
         match &self.events {
             None => true,
             Some(patterns) => patterns.iter().any(|p| p.matches(event_type)),
-        }
-    }
-}
-
-/// `[spool]`: the delivery spool (see [`crate::spool`]). `Debug` never shows
-/// the key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpoolSettings {
-    /// The embedded spool's directory (relative paths taken from the file's
-    /// directory); `None` with the Redis store or when no route spools.
-    pub dir: Option<PathBuf>,
-    /// Bytes the spool may hold, all entries together.
-    pub max_bytes: u64,
-    /// A live entry older than this becomes a dead letter.
-    pub max_age: Duration,
-    /// The longest wait between two redeliveries of an entry.
-    pub max_backoff: Duration,
-    /// Seals entries at rest (AES-256-GCM) when set.
-    pub key: Option<crate::spool::codec::Key>,
-}
-
-impl SpoolSettings {
-    /// These settings with `running`'s value of each restart-only key
-    /// (`dir`, `key`, `max_bytes`, the ones [`ProcessConfig::diff`] names);
-    /// `max_age` and `max_backoff` are the new ones. For a SIGHUP reload.
-    pub fn keep_running(self, running: &SpoolSettings) -> SpoolSettings {
-        SpoolSettings {
-            dir: running.dir.clone(),
-            key: running.key.clone(),
-            max_bytes: running.max_bytes,
-            ..self
         }
     }
 }

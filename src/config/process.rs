@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::SpoolKey;
 use super::{Config, LogFormat, TracingSettings};
-use crate::spool::codec::Key;
 
 /// What the process set up at start from the file and keeps until it exits:
 /// bound listeners, worker threads, the replay store, the log subscriber,
@@ -31,7 +31,7 @@ pub struct ProcessConfig {
     /// `spool.dir`: the embedded spool's directory, opened at start.
     pub spool_dir: Option<PathBuf>,
     /// `spool.key`: entries already sealed with it stay readable only with it.
-    pub spool_key: Option<Key>,
+    pub spool_key: Option<SpoolKey>,
     /// `spool.max_bytes`: the spool is sized at start.
     pub spool_max_bytes: u64,
     /// `[tracing]`: the exporter and sampler are built at start.
@@ -277,7 +277,7 @@ spool = "on_failure"
             upstream_ca_file: Some("ca.pem".into()),
             idle_timeout: Duration::from_secs(9),
             spool_dir: Some("spool".into()),
-            spool_key: Some(Key([9; 32])),
+            spool_key: Some(SpoolKey([9; 32])),
             spool_max_bytes: 9,
             tracing: TracingSettings {
                 otlp_endpoint: None,

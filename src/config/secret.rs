@@ -37,9 +37,9 @@ impl fmt::Debug for Secret {
 pub trait Env {
     fn var(&self, name: &str) -> Option<String>;
 
-    /// Every variable (name and value) whose name starts with `PERSONA_GUARD_`,
-    /// the settings laid over the file (see `config::env`). None by default.
-    fn settings(&self) -> Vec<(String, String)> {
+    /// Every variable (name and value) whose name starts with `prefix`: the
+    /// settings laid over the file (see `config::env`). None by default.
+    fn settings(&self, _prefix: &str) -> Vec<(String, String)> {
         Vec::new()
     }
 
@@ -59,11 +59,11 @@ impl Env for EnvSource {
         std::env::var(name).ok()
     }
 
-    fn settings(&self) -> Vec<(String, String)> {
+    fn settings(&self, prefix: &str) -> Vec<(String, String)> {
         std::env::vars_os()
             .filter_map(|(n, v)| {
                 let n = n.into_string().ok()?;
-                n.starts_with(super::env::PREFIX)
+                n.starts_with(prefix)
                     .then(|| (n, v.to_string_lossy().into_owned()))
             })
             .collect()

@@ -19,12 +19,13 @@ use super::downstream::{Ctx, declared_length, read_body, respond};
 use super::forward::{self, Wire};
 use crate::attempts;
 use crate::budget::Permit;
+use crate::config::SpoolMode;
 use crate::config::{OnStoreError, Route, RouteKind};
 use crate::event;
 use crate::outcome::Outcome;
 use crate::replay::{self, Claim, Lease};
 use crate::signature::{self, SignatureHeader, Verdict};
-use crate::spool::{self, Mode};
+use crate::spool;
 use crate::state::{CompiledRoute, Policy, Shared};
 use crate::telemetry;
 
@@ -273,7 +274,10 @@ pub async fn deliver(
         Some(body.len()),
         &body,
     )?;
-    let spool = shared.spool.get().filter(|_| on.route.spool != Mode::Off);
+    let spool = shared
+        .spool
+        .get()
+        .filter(|_| on.route.spool != SpoolMode::Off);
     // Copied only for a route that may spool (the answer needs `ctx` mutably).
     let ids = match spool {
         Some(_) => (ctx.event_id.clone(), ctx.event_type.clone()),
@@ -288,7 +292,7 @@ pub async fn deliver(
         body: &body,
         replay_id: &replay_id,
     };
-    if on.route.spool == Mode::Always && keeper.keep(&mut claim).await {
+    if on.route.spool == SpoolMode::Always && keeper.keep(&mut claim).await {
         return respond(session, ctx, Outcome::Spooled).await;
     }
     let peer = &on.compiled.peer;
@@ -303,7 +307,7 @@ pub async fn deliver(
     let answer = match exchanged {
         Ok(a) => a,
         Err(e) => {
-            if on.route.spool == Mode::OnFailure && keeper.keep(&mut claim).await {
+            if on.route.spool == SpoolMode::OnFailure && keeper.keep(&mut claim).await {
                 return respond(session, ctx, Outcome::Spooled).await;
             }
             if let Some(c) = claim {
@@ -320,7 +324,8 @@ pub async fn deliver(
     on.compiled
         .upstream_duration(status.as_u16())
         .observe(sent.elapsed().as_secs_f64());
-    if on.route.spool == Mode::OnFailure && spools_on(status) && keeper.keep(&mut claim).await {
+    if on.route.spool == SpoolMode::OnFailure && spools_on(status) && keeper.keep(&mut claim).await
+    {
         // The app's answer is dropped unread, with its connection.
         drop(answer);
         return respond(session, ctx, Outcome::Spooled).await;

@@ -77,7 +77,11 @@ fn build_store(cfg: &Config) -> Result<Arc<dyn ReplayStore>, String> {
 /// it). A spool that cannot be opened stops the start: better a clear error
 /// than a process that answers 202 it could not keep.
 fn build_spool(cfg: &Config) -> Result<Option<Arc<spool::Handle>>, String> {
-    if cfg.routes.iter().all(|r| r.spool == spool::Mode::Off) {
+    if cfg
+        .routes
+        .iter()
+        .all(|r| r.spool == crate::config::SpoolMode::Off)
+    {
         return Ok(None);
     }
     let s = &cfg.spool;

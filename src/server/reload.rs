@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use crate::config::{self, Config, ProcessConfig, RedisSettings, StoreKind};
 use crate::replay::redis::RedisStore;
-use crate::spool;
 use crate::state::{Policy, Shared};
 use crate::tls::ReloadableCert;
 
@@ -146,13 +145,13 @@ fn without_spool(mut cfg: Config, has_spool: bool) -> Config {
         return cfg;
     }
     for (i, r) in cfg.routes.iter_mut().enumerate() {
-        if r.spool != spool::Mode::Off {
+        if r.spool != config::SpoolMode::Off {
             tracing::warn!(
                 key = format!("route[{i}].spool"),
                 route = r.path.as_str(),
                 "needs a restart to change: the process started with no spooling route, so it has no spool; the route answers as spool = \"off\" until then"
             );
-            r.spool = spool::Mode::Off;
+            r.spool = config::SpoolMode::Off;
         }
     }
     cfg

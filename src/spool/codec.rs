@@ -34,16 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Record;
 
-/// `[spool] key`: the 32-byte AES-256-GCM key that seals spooled records at
-/// rest. Its `Debug` never shows the key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Key(pub [u8; 32]);
-
-impl std::fmt::Debug for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Key(<redacted>)")
-    }
-}
+use crate::config::SpoolKey;
 
 /// The format this build writes (and the only one it reads).
 pub const VERSION: u8 = 1;
@@ -110,12 +101,12 @@ struct Wire {
     body: Vec<u8>,
 }
 
-fn cipher(key: &Key) -> Aes256Gcm {
+fn cipher(key: &SpoolKey) -> Aes256Gcm {
     Aes256Gcm::new(&key.0.into())
 }
 
 /// `record` as bytes: sealed with `key` when there is one.
-pub fn encode(record: &Record, key: Option<&Key>) -> Vec<u8> {
+pub fn encode(record: &Record, key: Option<&SpoolKey>) -> Vec<u8> {
     let wire = WireRef {
         route: &record.route,
         replay_id: &record.replay_id,
@@ -162,7 +153,7 @@ pub fn encode(record: &Record, key: Option<&Key>) -> Vec<u8> {
 
 /// The record in `bytes`. A sealed record needs `key`; with a key only
 /// sealed records are accepted (see the module docs).
-pub fn decode(bytes: &[u8], key: Option<&Key>) -> Result<Record, CodecError> {
+pub fn decode(bytes: &[u8], key: Option<&SpoolKey>) -> Result<Record, CodecError> {
     if bytes.len() < HEADER_LEN {
         return Err(CodecError::Truncated);
     }
@@ -231,8 +222,8 @@ mod tests {
         }
     }
 
-    fn key(b: u8) -> Key {
-        Key([b; 32])
+    fn key(b: u8) -> SpoolKey {
+        SpoolKey([b; 32])
     }
 
     #[test]

@@ -72,8 +72,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-use super::codec::{self, Key};
+use super::codec;
 use super::{Entry, EntryId, Record, RouteStats, SpoolError, SpoolStore};
+use crate::config::SpoolKey;
 
 const TMP: &str = "tmp";
 const LIVE: &str = "live";
@@ -90,7 +91,7 @@ pub struct DirSpool {
 #[derive(Debug)]
 struct Inner {
     root: PathBuf,
-    key: Option<Key>,
+    key: Option<SpoolKey>,
     max_bytes: u64,
     /// Random per process: the id suffix and the temp file names.
     suffix: u32,
@@ -236,7 +237,7 @@ impl DirSpool {
     /// previous process left. A `dir` readable by group or others is
     /// tightened to 0700, with a warning: entries hold webhook bodies.
     /// Leftover temp files (never acknowledged) are deleted.
-    pub fn open(dir: &Path, max_bytes: u64, key: Option<Key>) -> Result<DirSpool, SpoolError> {
+    pub fn open(dir: &Path, max_bytes: u64, key: Option<SpoolKey>) -> Result<DirSpool, SpoolError> {
         match fs::metadata(dir) {
             Ok(md) => {
                 let mode = md.permissions().mode() & 0o777;

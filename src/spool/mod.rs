@@ -23,7 +23,8 @@
 //!
 //! # Layout
 //!
-//! * this file: [`Record`] (what is kept), [`SpoolStore`] (where), [`Mode`];
+//! * this file: [`Record`] (what is kept) and [`SpoolStore`] (where); the
+//!   route setting is [`crate::config::SpoolMode`];
 //! * [`codec`]: a record to bytes and back, sealed with AES-256-GCM when
 //!   `[spool] key` is set;
 //! * [`dir`]: the embedded spool, one file per entry in a local directory;
@@ -40,19 +41,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-
-/// A route's `spool` setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// `"off"` (the default): the app's answer is Persona's answer.
-    #[default]
-    Off,
-    /// `"on_failure"`: forwarded first; kept when the app cannot take it
-    /// (connection failure, `read_timeout`, 5xx, 408, 429).
-    OnFailure,
-    /// `"always"`: kept first, answered 202 at once, delivered from the spool.
-    Always,
-}
 
 /// One spooled delivery: the request exactly as it was (or would have been)
 /// first forwarded, and what redelivery needs to hold its replay id.

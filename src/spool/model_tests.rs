@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use super::codec::Key;
 use super::dir::{DirSpool, route_dir};
 use super::{Entry, Record, RouteStats, SpoolError, SpoolStore};
+use crate::config::SpoolKey;
 
 const ROUTES: [&str; 2] = ["/webhooks/persona", "/hooks/other"];
 /// A well-formed id no entry has.
@@ -124,7 +124,7 @@ fn pick(ids: &BTreeMap<String, Record>, pick: Option<usize>) -> String {
     }
 }
 
-async fn run(ops: Vec<Op>, key: Option<Key>) {
+async fn run(ops: Vec<Op>, key: Option<SpoolKey>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spool");
     let open = || DirSpool::open(&path, u64::MAX, key.clone()).unwrap();
@@ -251,7 +251,7 @@ proptest! {
         ops in prop::collection::vec(op(), 1..30),
         sealed in any::<bool>(),
     ) {
-        let key = sealed.then_some(Key([9; 32]));
+        let key = sealed.then_some(SpoolKey([9; 32]));
         runtime().block_on(run(ops, key));
     }
 }
@@ -421,7 +421,7 @@ fn sealed_files_do_not_contain_the_body() {
     runtime().block_on(async {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("spool");
-        let spool = DirSpool::open(&root, u64::MAX, Some(Key([3; 32]))).unwrap();
+        let spool = DirSpool::open(&root, u64::MAX, Some(SpoolKey([3; 32]))).unwrap();
         let body = b"{\"name-first\":\"Alexander\",\"ssn\":\"123-45-6789\"}".to_vec();
         let id = spool
             .put(&record(ROUTES[0], body.clone(), 1))
@@ -449,7 +449,7 @@ fn corrupt_file_is_skipped_and_kept() {
     runtime().block_on(async {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("spool");
-        let spool = DirSpool::open(&root, u64::MAX, Some(Key([1; 32]))).unwrap();
+        let spool = DirSpool::open(&root, u64::MAX, Some(SpoolKey([1; 32]))).unwrap();
         let a = spool
             .put(&record(ROUTES[0], b"a".to_vec(), 1))
             .await
@@ -485,7 +485,7 @@ fn corrupt_file_is_skipped_and_kept() {
 
         // After a restart: found at open, skipped, still kept.
         drop(spool);
-        let spool = DirSpool::open(&root, u64::MAX, Some(Key([1; 32]))).unwrap();
+        let spool = DirSpool::open(&root, u64::MAX, Some(SpoolKey([1; 32]))).unwrap();
         assert_eq!(spool.unreadable(), 1);
         let got = spool.take(ROUTES[0], 10, Duration::ZERO).await.unwrap();
         assert_eq!(got.iter().map(|e| &e.id).collect::<Vec<_>>(), [&b]);
@@ -493,7 +493,7 @@ fn corrupt_file_is_skipped_and_kept() {
 
         // Another key: every file unreadable, none deleted.
         drop(spool);
-        let spool = DirSpool::open(&root, u64::MAX, Some(Key([2; 32]))).unwrap();
+        let spool = DirSpool::open(&root, u64::MAX, Some(SpoolKey([2; 32]))).unwrap();
         assert_eq!(spool.unreadable(), 2);
         assert!(
             spool

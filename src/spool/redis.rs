@@ -100,9 +100,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::{FromRedisValue, Script, Value};
 
-use super::codec::Key;
 use super::{Entry, EntryId, Record, RouteStats, SpoolError, SpoolStore};
 use crate::config::RedisSettings;
+use crate::config::SpoolKey;
 use crate::replay::redis::conn::{Inner, RedisStoreError, millis};
 use crate::replay::redis::keys;
 
@@ -154,7 +154,7 @@ pub struct RedisSpool {
     prefix: String,
     consumer: String,
     max_bytes: u64,
-    key: Option<Key>,
+    key: Option<SpoolKey>,
     /// Routes this spool has read through the group (so it is a consumer of
     /// their streams), for [`SpoolStore::close`] to leave.
     routes: Mutex<HashSet<String>>,
@@ -192,7 +192,7 @@ impl RedisSpool {
     pub fn new(
         settings: &RedisSettings,
         max_bytes: u64,
-        key: Option<Key>,
+        key: Option<SpoolKey>,
     ) -> Result<RedisSpool, SpoolError> {
         Self::open(
             &settings.url,
@@ -210,7 +210,7 @@ impl RedisSpool {
         prefix: &str,
         timeout: Duration,
         max_bytes: u64,
-        key: Option<Key>,
+        key: Option<SpoolKey>,
     ) -> Result<RedisSpool, SpoolError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
