@@ -7,6 +7,8 @@
 //! the claim on the app's answer, counting the delivery by Persona's
 //! `Attempts-Made` and flagging a failure on its last attempt.
 
+mod keeper;
+
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +18,7 @@ use http::header::EXPECT;
 use pingora::proxy::Session;
 
 use super::downstream::{Ctx, declared_length, read_body, respond};
-use super::forward::{self, Wire};
+use super::forward::{self, Answer, ForwardError, Wire};
 use crate::attempts;
 use crate::budget::Permit;
 use crate::config::SpoolMode;
@@ -25,9 +27,9 @@ use crate::event;
 use crate::outcome::Outcome;
 use crate::replay::{self, Claim, Lease};
 use crate::signature::{self, SignatureHeader, Verdict};
-use crate::spool;
 use crate::state::{CompiledRoute, Policy, Shared};
-use crate::telemetry;
+use crate::telemetry::{self, Propagation};
+use keeper::Keeper;
 
 /// A delivery that passed every check: forward it.
 pub struct Admitted {
@@ -244,36 +246,19 @@ pub async fn deliver(
     on: &OnRoute<'_>,
     admitted: Admitted,
 ) -> pingora::Result<bool> {
-    let h = &on.policy.config.headers;
-    let mut trusted = Vec::with_capacity(5);
-    if let Some(name) = &ctx.event_type {
-        trusted.push((&h.event_type, name.as_str()));
-    }
-    if let Some(id) = &ctx.event_id {
-        trusted.push((&h.event_id, id.as_str()));
-    }
-    if let Some(c) = &admitted.created_at {
-        trusted.push((&h.event_created_at, c.as_str()));
-    }
     let propagation = ctx
         .trace
         .as_mut()
         .map(|t| t.start_upstream(Some(&on.route.path)));
-    trusted.extend(propagation.iter().flat_map(|p| p.headers()));
     let last_attempt = count_attempt(session, on);
     let Admitted {
         body,
         replay_id,
-        mut claim,
+        claim,
         ..
     } = admitted;
-    let wire = Wire::new(
-        session.req_header(),
-        &on.route.upstream,
-        &trusted,
-        Some(body.len()),
-        &body,
-    )?;
+    let created_at = admitted.created_at.as_deref();
+    let wire = request(session, ctx, on, created_at, propagation.as_ref(), &body)?;
     let spool = shared
         .spool
         .get()
@@ -283,72 +268,166 @@ pub async fn deliver(
         Some(_) => (ctx.event_id.clone(), ctx.event_type.clone()),
         None => (None, None),
     };
-    let keeper = Keeper {
-        shared,
-        spool,
-        on,
-        ids: &ids,
-        wire: &wire,
-        body: &body,
-        replay_id: &replay_id,
+    let mut pending = Pending {
+        keeper: Keeper {
+            shared,
+            spool,
+            on,
+            ids: &ids,
+            wire: &wire,
+            body: &body,
+            replay_id: &replay_id,
+        },
+        claim,
+        last_attempt,
     };
-    if on.route.spool == SpoolMode::Always && keeper.keep(&mut claim).await {
+    if pending.spooled(SpoolMode::Always).await {
         return respond(session, ctx, Outcome::Spooled).await;
     }
-    let peer = &on.compiled.peer;
     let sent = Instant::now();
-    let exchanged = forward::exchange(&shared.connector, peer, &wire).await;
+    match exchange(shared, ctx, on, &wire).await {
+        Ok(answer) => pending.answered(session, ctx, answer, sent).await,
+        Err(e) => pending.unanswered(session, ctx, e).await,
+    }
+}
+
+/// The request to the app: the client's head with the trusted headers (the
+/// event's type, id and creation time, then the trace context) and the body.
+fn request<'b>(
+    session: &Session,
+    ctx: &Ctx,
+    on: &OnRoute<'_>,
+    created_at: Option<&str>,
+    propagation: Option<&Propagation>,
+    body: &'b [u8],
+) -> pingora::Result<Wire<'b>> {
+    let h = &on.policy.config.headers;
+    let mut trusted = Vec::with_capacity(5);
+    if let Some(name) = &ctx.event_type {
+        trusted.push((&h.event_type, name.as_str()));
+    }
+    if let Some(id) = &ctx.event_id {
+        trusted.push((&h.event_id, id.as_str()));
+    }
+    if let Some(c) = created_at {
+        trusted.push((&h.event_created_at, c));
+    }
+    trusted.extend(propagation.iter().flat_map(|p| p.headers()));
+    Wire::new(
+        session.req_header(),
+        &on.route.upstream,
+        &trusted,
+        Some(body.len()),
+        body,
+    )
+}
+
+/// Sends the request to the app and ends the trace's upstream span with its
+/// answer's status, or the failure that took its place.
+async fn exchange(
+    shared: &Shared,
+    ctx: &mut Ctx,
+    on: &OnRoute<'_>,
+    wire: &Wire<'_>,
+) -> Result<Answer, ForwardError> {
+    let exchanged = forward::exchange(&shared.connector, &on.compiled.peer, wire).await;
     if let Some(t) = &mut ctx.trace {
         match &exchanged {
             Ok(a) => t.end_upstream(Some(a.head.status.as_u16()), None),
             Err(e) => t.end_upstream(None, Some(Outcome::from(*e).code())),
         }
     }
-    let answer = match exchanged {
-        Ok(a) => a,
-        Err(e) => {
-            if on.route.spool == SpoolMode::OnFailure && keeper.keep(&mut claim).await {
-                return respond(session, ctx, Outcome::Spooled).await;
-            }
-            if let Some(c) = claim {
-                c.release().await;
-            }
-            let outcome: Outcome = e.into();
-            if last_attempt {
-                final_attempt_failed(on, ctx, outcome.code(), None);
-            }
-            return respond(session, ctx, outcome).await;
-        }
-    };
-    let status = answer.head.status;
-    on.compiled
-        .upstream_duration(status.as_u16())
-        .observe(sent.elapsed().as_secs_f64());
-    if on.route.spool == SpoolMode::OnFailure && spools_on(status) && keeper.keep(&mut claim).await
-    {
-        // The app's answer is dropped unread, with its connection.
-        drop(answer);
-        return respond(session, ctx, Outcome::Spooled).await;
+    exchanged
+}
+
+/// A delivery on its way to the app: its claim, which the app's answer (or
+/// its failure) settles, or the spool takes over.
+struct Pending<'a> {
+    keeper: Keeper<'a>,
+    claim: Option<Lease>,
+    /// `Attempts-Left` is 0: Persona will not retry the delivery on its own.
+    last_attempt: bool,
+}
+
+impl Pending<'_> {
+    /// Keeps the delivery in the spool when the route's `spool` mode is
+    /// `mode`: `true` once it is durable (see [`Keeper`]).
+    async fn spooled(&mut self, mode: SpoolMode) -> bool {
+        self.keeper.on.route.spool == mode && self.keeper.keep(&mut self.claim).await
     }
-    // The application has answered: settle the claim before anything can fail.
-    if let Some(c) = claim {
-        if status.is_success() {
-            c.commit(on.policy.config.replay.ttl).await;
-            if let Some(spool) = spool {
-                spool.recovered(&on.route.path);
-            }
-        } else {
+
+    /// The app did not answer: the delivery is spooled under
+    /// `spool = "on_failure"`; otherwise its claim is released and the
+    /// failure answered.
+    async fn unanswered(
+        mut self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        e: ForwardError,
+    ) -> pingora::Result<bool> {
+        if self.spooled(SpoolMode::OnFailure).await {
+            return respond(session, ctx, Outcome::Spooled).await;
+        }
+        if let Some(c) = self.claim {
             c.release().await;
         }
+        let outcome: Outcome = e.into();
+        if self.last_attempt {
+            final_attempt_failed(self.keeper.on, ctx, outcome.code(), None);
+        }
+        respond(session, ctx, outcome).await
     }
-    if last_attempt && !status.is_success() {
-        final_attempt_failed(on, ctx, "upstream_status", Some(status.as_u16()));
+
+    /// The app answered: its time is observed; a failing answer under
+    /// `spool = "on_failure"` is spooled instead; otherwise the claim is
+    /// settled and the answer relayed.
+    async fn answered(
+        mut self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        answer: Answer,
+        sent: Instant,
+    ) -> pingora::Result<bool> {
+        let on = self.keeper.on;
+        let status = answer.head.status;
+        on.compiled
+            .upstream_duration(status.as_u16())
+            .observe(sent.elapsed().as_secs_f64());
+        if spools_on(status) && self.spooled(SpoolMode::OnFailure).await {
+            // The app's answer is dropped unread, with its connection.
+            drop(answer);
+            return respond(session, ctx, Outcome::Spooled).await;
+        }
+        // The application has answered: settle the claim before anything can fail.
+        self.settle(status).await;
+        if self.last_attempt && !status.is_success() {
+            final_attempt_failed(on, ctx, "upstream_status", Some(status.as_u16()));
+        }
+        ctx.outcome = Some(Outcome::Forwarded);
+        ctx.upstream_status = Some(status.as_u16());
+        ctx.status = ctx.upstream_status;
+        let peer = &on.compiled.peer;
+        answer
+            .relay(&self.keeper.shared.connector, session, peer)
+            .await?;
+        Ok(true)
     }
-    ctx.outcome = Some(Outcome::Forwarded);
-    ctx.upstream_status = Some(status.as_u16());
-    ctx.status = ctx.upstream_status;
-    answer.relay(&shared.connector, session, peer).await?;
-    Ok(true)
+
+    /// Settles the claim on the app's status: delivered on 2xx (the route's
+    /// spool told it has recovered), released otherwise.
+    async fn settle(&mut self, status: http::StatusCode) {
+        let Keeper { on, spool, .. } = self.keeper;
+        if let Some(c) = self.claim.take() {
+            if status.is_success() {
+                c.commit(on.policy.config.replay.ttl).await;
+                if let Some(spool) = spool {
+                    spool.recovered(&on.route.path);
+                }
+            } else {
+                c.release().await;
+            }
+        }
+    }
 }
 
 /// The app's answers that `spool = "on_failure"` keeps the delivery on:
@@ -358,84 +437,6 @@ fn spools_on(status: http::StatusCode) -> bool {
     status.is_server_error()
         || status == http::StatusCode::REQUEST_TIMEOUT
         || status == http::StatusCode::TOO_MANY_REQUESTS
-}
-
-/// Keeps the delivery in the spool: `true` once it is durable (its claim is
-/// then detached: the id stays in flight for the redelivery worker to adopt).
-/// `false`, counted and logged, when there is no spool, no claim to hand on
-/// (the store failed open), or the spool is full or cannot be written: the
-/// caller answers as without a spool, and Persona retries.
-struct Keeper<'a> {
-    shared: &'a Shared,
-    spool: Option<&'a Arc<spool::Handle>>,
-    on: &'a OnRoute<'a>,
-    ids: &'a (Option<String>, Option<String>),
-    wire: &'a Wire<'a>,
-    body: &'a [u8],
-    replay_id: &'a str,
-}
-
-impl Keeper<'_> {
-    async fn keep(&self, claim: &mut Option<Lease>) -> bool {
-        let Keeper {
-            shared,
-            spool,
-            on,
-            ids: (event_id, event_type),
-            wire,
-            body,
-            replay_id,
-        } = *self;
-        let route = on.route.path.as_str();
-        let fallback = |reason: &str| {
-            shared
-                .metrics
-                .spool_fallbacks
-                .with_label_values(&[route, reason])
-                .inc();
-        };
-        let Some(spool) = spool else {
-            return false;
-        };
-        let Some(lease) = claim.as_ref() else {
-            fallback("no_claim");
-            tracing::warn!(
-                route,
-                event_id = event_id.as_deref(),
-                "spool: a delivery without a replay claim is not spooled"
-            );
-            return false;
-        };
-        let now = spool::now_ms();
-        let record = spool::Record {
-            route: route.to_string(),
-            replay_id: replay_id.to_string(),
-            event_id: event_id.clone(),
-            event_type: event_type.clone(),
-            token: lease.token(),
-            spooled_at_ms: now,
-            live_since_ms: now,
-            head: wire.head().to_vec(),
-            body: body.to_vec(),
-        };
-        match spool.store.put(&record).await {
-            Ok(_) => {
-                if let Some(lease) = claim.take() {
-                    lease.detach();
-                }
-                spool.stored();
-                true
-            }
-            Err(e) => {
-                fallback(match e {
-                    spool::SpoolError::Full => "full",
-                    _ => "unavailable",
-                });
-                tracing::warn!(route, event_id = event_id.as_deref(), error = %e, "spool: cannot keep the delivery; answered as without a spool");
-                false
-            }
-        }
-    }
 }
 
 /// Counts a delivery about to be forwarded by its `Attempts-Made`, and says
