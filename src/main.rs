@@ -53,37 +53,42 @@ enum Command {
     },
     /// Send a realistic, signed Persona event (like `stripe trigger`) and
     /// print the answer's status line and body.
-    Trigger {
-        /// The event type: `inquiry.approved`, `verification.passed`,
-        /// `report.run.completed`, `case.created`, ...
-        event_type: String,
-        /// Where to send it (plain HTTP only).
-        #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/persona")]
-        url: String,
-        /// Environment variable holding the webhook secret.
-        #[arg(long)]
-        secret_env: String,
-        /// Send the same event again (re-signed now): shows `duplicate`.
-        #[arg(long)]
-        again: bool,
-        /// `Persona-Webhook-Attempts-Made`.
-        #[arg(long, default_value_t = 1)]
-        attempts_made: u32,
-        /// `Persona-Webhook-Attempts-Left` (0: Persona's last attempt).
-        #[arg(long, default_value_t = 7)]
-        attempts_left: u32,
-        /// How the attribute keys are spelled.
-        #[arg(long, value_enum, default_value = "kebab")]
-        inflection: InflectionArg,
-        /// The event id (default: a fresh random `evt_...`).
-        #[arg(long)]
-        id: Option<String>,
-    },
+    Trigger(TriggerArgs),
     /// Run a tiny upstream that answers 200 and prints what it received (for trying it out).
     Echo {
         #[arg(long, default_value = "127.0.0.1:3000")]
         listen: String,
     },
+}
+
+// The arguments of `trigger` (no doc comment here: the subcommand's help is
+// the variant's).
+#[derive(clap::Args)]
+struct TriggerArgs {
+    /// The event type: `inquiry.approved`, `verification.passed`,
+    /// `report.run.completed`, `case.created`, ...
+    event_type: String,
+    /// Where to send it (plain HTTP only).
+    #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/persona")]
+    url: String,
+    /// Environment variable holding the webhook secret.
+    #[arg(long)]
+    secret_env: String,
+    /// Send the same event again (re-signed now): shows `duplicate`.
+    #[arg(long)]
+    again: bool,
+    /// `Persona-Webhook-Attempts-Made`.
+    #[arg(long, default_value_t = 1)]
+    attempts_made: u32,
+    /// `Persona-Webhook-Attempts-Left` (0: Persona's last attempt).
+    #[arg(long, default_value_t = 7)]
+    attempts_left: u32,
+    /// How the attribute keys are spelled.
+    #[arg(long, value_enum, default_value = "kebab")]
+    inflection: InflectionArg,
+    /// The event id (default: a fresh random `evt_...`).
+    #[arg(long)]
+    id: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -94,104 +99,10 @@ enum InflectionArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Run { config } => match load(config.as_deref()) {
-            // The warnings are logged by `server::run`.
-            Ok((config::Effective { config: cfg, .. }, _warnings)) => {
-                server::init_logging(cfg.log_format);
-                for w in cfg.warnings() {
-                    tracing::warn!(key = %w.key, "{}", w.message);
-                }
-                match server::run(config.as_deref(), cfg) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(_) => ExitCode::FAILURE,
-                }
-            }
-            Err(e) => {
-                eprintln!("persona-guard: invalid configuration\n{e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
-        Command::Check { config, print } => match load(config.as_deref()) {
-            Ok((cfg, warnings)) => {
-                if print {
-                    print!("{}", cfg.printed);
-                }
-                let cfg = cfg.config;
-                for w in &warnings {
-                    eprintln!("warning: listen.tls: {w}");
-                }
-                for w in cfg.warnings() {
-                    eprintln!("warning: {}: {}", w.key, w.message);
-                }
-                let shown = config
-                    .as_deref()
-                    .map_or_else(|| config::NO_FILE.into(), |p| p.display().to_string());
-                println!(
-                    "{shown}: ok ({} route{}, every secret resolved)",
-                    cfg.routes.len(),
-                    if cfg.routes.len() == 1 { "" } else { "s" }
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
-        Command::Trigger {
-            event_type,
-            url,
-            secret_env,
-            again,
-            attempts_made,
-            attempts_left,
-            inflection,
-            id,
-        } => {
-            let Some(secret) = std::env::var_os(&secret_env).filter(|s| !s.is_empty()) else {
-                eprintln!("persona-guard trigger: environment variable `{secret_env}` is not set");
-                return ExitCode::from(EXIT_CONFIG);
-            };
-            let target = match trigger::parse_url(&url) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("persona-guard trigger: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            let inflection = match inflection {
-                InflectionArg::Kebab => trigger::Inflection::Kebab,
-                InflectionArg::Camel => trigger::Inflection::Camel,
-                InflectionArg::Snake => trigger::Inflection::Snake,
-            };
-            let id = id.unwrap_or_else(|| trigger::random_id("evt_"));
-            let body = trigger::event_body(&event_type, &id, inflection, SystemTime::now());
-            for n in 0..if again { 2 } else { 1 } {
-                if n == 1 {
-                    println!();
-                }
-                println!("POST {url} ({event_type}, {id})");
-                match trigger::send(
-                    &target,
-                    secret.as_encoded_bytes(),
-                    &body,
-                    attempts_made,
-                    attempts_left,
-                ) {
-                    Ok(answer) => {
-                        println!("{}", answer.status_line);
-                        println!("{}", String::from_utf8_lossy(&answer.body));
-                    }
-                    Err(e) => {
-                        eprintln!("persona-guard trigger: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            }
-            ExitCode::SUCCESS
-        }
+    match Cli::parse().command {
+        Command::Run { config } => cmd_run(config.as_deref()),
+        Command::Check { config, print } => cmd_check(config.as_deref(), print),
+        Command::Trigger(args) => cmd_trigger(args),
         Command::Echo { listen } => {
             server::init_logging(config::LogFormat::Text);
             echo::run(&listen);
@@ -201,33 +112,143 @@ fn main() -> ExitCode {
             secret_env,
             timestamp,
             file,
-        } => {
-            let Some(secret) = std::env::var_os(&secret_env).filter(|s| !s.is_empty()) else {
-                eprintln!("persona-guard sign: environment variable `{secret_env}` is not set");
-                return ExitCode::from(EXIT_CONFIG);
-            };
-            let body = match file.as_deref() {
-                None => read_stdin(),
-                Some(p) if p.as_os_str() == "-" => read_stdin(),
-                Some(p) => std::fs::read(p),
-            };
-            let body = match body {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("persona-guard sign: cannot read the body: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            let t = timestamp.unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0)
-            });
-            println!("{}", signature::sign(secret.as_encoded_bytes(), t, &body));
-            ExitCode::SUCCESS
+        } => cmd_sign(&secret_env, timestamp, file.as_deref()),
+    }
+}
+
+/// `run`: load the configuration, then serve until told to stop.
+fn cmd_run(config: Option<&Path>) -> ExitCode {
+    match load(config) {
+        // The warnings are logged by `server::run`.
+        Ok((config::Effective { config: cfg, .. }, _warnings)) => {
+            server::init_logging(cfg.log_format);
+            for w in cfg.warnings() {
+                tracing::warn!(key = %w.key, "{}", w.message);
+            }
+            match server::run(config, cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            }
+        }
+        Err(e) => {
+            eprintln!("persona-guard: invalid configuration\n{e}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+/// `check`: load the configuration, print its warnings (and with `print` the
+/// effective configuration) and a one-line verdict.
+fn cmd_check(config: Option<&Path>, print: bool) -> ExitCode {
+    match load(config) {
+        Ok((cfg, warnings)) => {
+            if print {
+                print!("{}", cfg.printed);
+            }
+            let cfg = cfg.config;
+            for w in &warnings {
+                eprintln!("warning: listen.tls: {w}");
+            }
+            for w in cfg.warnings() {
+                eprintln!("warning: {}: {}", w.key, w.message);
+            }
+            let shown = config.map_or_else(|| config::NO_FILE.into(), |p| p.display().to_string());
+            println!(
+                "{shown}: ok ({} route{}, every secret resolved)",
+                cfg.routes.len(),
+                if cfg.routes.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `trigger`: send a signed event (twice with `--again`) and print each answer.
+fn cmd_trigger(args: TriggerArgs) -> ExitCode {
+    let TriggerArgs {
+        event_type,
+        url,
+        secret_env,
+        again,
+        attempts_made,
+        attempts_left,
+        inflection,
+        id,
+    } = args;
+    let Some(secret) = std::env::var_os(&secret_env).filter(|s| !s.is_empty()) else {
+        eprintln!("persona-guard trigger: environment variable `{secret_env}` is not set");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let target = match trigger::parse_url(&url) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("persona-guard trigger: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let inflection = match inflection {
+        InflectionArg::Kebab => trigger::Inflection::Kebab,
+        InflectionArg::Camel => trigger::Inflection::Camel,
+        InflectionArg::Snake => trigger::Inflection::Snake,
+    };
+    let id = id.unwrap_or_else(|| trigger::random_id("evt_"));
+    let body = trigger::event_body(&event_type, &id, inflection, SystemTime::now());
+    for n in 0..if again { 2 } else { 1 } {
+        if n == 1 {
+            println!();
+        }
+        println!("POST {url} ({event_type}, {id})");
+        match trigger::send(
+            &target,
+            secret.as_encoded_bytes(),
+            &body,
+            attempts_made,
+            attempts_left,
+        ) {
+            Ok(answer) => {
+                println!("{}", answer.status_line);
+                println!("{}", String::from_utf8_lossy(&answer.body));
+            }
+            Err(e) => {
+                eprintln!("persona-guard trigger: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `sign`: print the `Persona-Signature` value for the body in `file` (or
+/// standard input).
+fn cmd_sign(secret_env: &str, timestamp: Option<i64>, file: Option<&Path>) -> ExitCode {
+    let Some(secret) = std::env::var_os(secret_env).filter(|s| !s.is_empty()) else {
+        eprintln!("persona-guard sign: environment variable `{secret_env}` is not set");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let body = match file {
+        None => read_stdin(),
+        Some(p) if p.as_os_str() == "-" => read_stdin(),
+        Some(p) => std::fs::read(p),
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("persona-guard sign: cannot read the body: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let t = timestamp.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    });
+    println!("{}", signature::sign(secret.as_encoded_bytes(), t, &body));
+    ExitCode::SUCCESS
 }
 
 /// [`config::load`], plus the checks of the listener's certificate chain

@@ -122,129 +122,208 @@ fn histogram_vec(
     )
 }
 
+/// `persona_guard_replay_store_errors_total{op}`, every operation at 0.
+fn replay_store_errors(r: &Registry) -> IntCounterVec {
+    let replay_store_errors = counter_vec(
+        r,
+        "persona_guard_replay_store_errors_total",
+        "Replay store operations that failed, by operation.",
+        &["op"],
+    );
+    for op in ["claim", "commit", "release", "renew"] {
+        replay_store_errors.with_label_values(&[op]);
+    }
+    replay_store_errors
+}
+
+/// `persona_guard_config_reloads_total{result}`, both results at 0.
+fn reloads(r: &Registry) -> IntCounterVec {
+    let reloads = counter_vec(
+        r,
+        "persona_guard_config_reloads_total",
+        "Configuration reloads by result.",
+        &["result"],
+    );
+    // At 0 from the start, so the first refused reload is an increase.
+    for result in ["ok", "error"] {
+        reloads.with_label_values(&[result]);
+    }
+    reloads
+}
+
+/// The request metrics: `requests`, `secret_matches`, `upstream_duration`,
+/// `verify_duration` (in that order).
+fn request_metrics(r: &Registry) -> (IntCounterVec, IntCounterVec, HistogramVec, HistogramVec) {
+    (
+        counter_vec(
+            r,
+            "persona_guard_requests_total",
+            "Requests by route and outcome.",
+            &["route", "outcome"],
+        ),
+        counter_vec(
+            r,
+            "persona_guard_secret_matches_total",
+            "Verified deliveries by the position of the secret that matched.",
+            &["route", "secret"],
+        ),
+        histogram_vec(
+            r,
+            "persona_guard_upstream_duration_seconds",
+            "Time from sending a verified delivery upstream to its response head.",
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ],
+            &["route", "class"],
+        ),
+        histogram_vec(
+            r,
+            "persona_guard_verify_duration_seconds",
+            "Time spent verifying a signature (parse and HMAC over the body).",
+            &[
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+            ],
+            &["route"],
+        ),
+    )
+}
+
+/// The replay memory's metrics: `replay_entries`, `buffered_body_bytes`,
+/// `replay_insertions`, `replay_evictions`, `replay_fail_open` (in that order).
+fn replay_metrics(r: &Registry) -> (IntGauge, IntGauge, IntCounter, IntCounter, IntCounter) {
+    (
+        gauge(
+            r,
+            "persona_guard_replay_entries",
+            "Event ids currently remembered (in flight or delivered).",
+        ),
+        gauge(
+            r,
+            "persona_guard_buffered_body_bytes",
+            "Webhook body bytes reserved right now against [server] max_buffered.",
+        ),
+        counter(
+            r,
+            "persona_guard_replay_insertions_total",
+            "Event ids admitted into the replay memory (claimed for delivery).",
+        ),
+        counter(
+            r,
+            "persona_guard_replay_evictions_total",
+            "Event ids evicted for room before their ttl ran out (raise capacity if this moves).",
+        ),
+        counter(
+            r,
+            "persona_guard_replay_fail_open_total",
+            "Deliveries forwarded without replay protection because the store failed.",
+        ),
+    )
+}
+
+/// The delivery attempt metrics: `delivery_attempts`, `final_attempt_failures`.
+fn attempt_metrics(r: &Registry) -> (IntCounterVec, IntCounterVec) {
+    (
+        counter_vec(
+            r,
+            "persona_guard_delivery_attempts_total",
+            "Verified deliveries forwarded, by Persona-Webhook-Attempts-Made (above 8 counted as 8).",
+            &["route", "attempt"],
+        ),
+        counter_vec(
+            r,
+            "persona_guard_final_attempt_failures_total",
+            "Forwarded deliveries that failed on Persona's last automatic attempt (Attempts-Left 0).",
+            &["route"],
+        ),
+    )
+}
+
+/// The delivery spool's metrics: `spool_depth`, `spool_oldest_age`,
+/// `spool_dead_letters`, `spool_redeliveries`, `spool_fallbacks` (in that order).
+fn spool_metrics(
+    r: &Registry,
+) -> (
+    IntGaugeVec,
+    IntGaugeVec,
+    IntGaugeVec,
+    IntCounterVec,
+    IntCounterVec,
+) {
+    (
+        gauge_vec(
+            r,
+            "persona_guard_spool_depth",
+            "Live deliveries waiting in the delivery spool.",
+            &["route"],
+        ),
+        gauge_vec(
+            r,
+            "persona_guard_spool_oldest_age_seconds",
+            "Age of the oldest live delivery in the spool (0 when empty).",
+            &["route"],
+        ),
+        gauge_vec(
+            r,
+            "persona_guard_spool_dead_letters",
+            "Spooled deliveries past [spool] max_age, kept until an operator retries or deletes them.",
+            &["route"],
+        ),
+        counter_vec(
+            r,
+            "persona_guard_spool_redeliveries_total",
+            "Redeliveries from the spool by result.",
+            &["route", "result"],
+        ),
+        counter_vec(
+            r,
+            "persona_guard_spool_fallbacks_total",
+            "Deliveries the spool could not keep, answered as without a spool, by reason.",
+            &["route", "reason"],
+        ),
+    )
+}
+
 impl Metrics {
+    /// Registers every metric, by family, in a registry of its own.
     pub fn new() -> Self {
         let r = Registry::new();
-        let replay_store_errors = counter_vec(
-            &r,
-            "persona_guard_replay_store_errors_total",
-            "Replay store operations that failed, by operation.",
-            &["op"],
-        );
-        for op in ["claim", "commit", "release", "renew"] {
-            replay_store_errors.with_label_values(&[op]);
-        }
-        let reloads = counter_vec(
-            &r,
-            "persona_guard_config_reloads_total",
-            "Configuration reloads by result.",
-            &["result"],
-        );
-        // At 0 from the start, so the first refused reload is an increase.
-        for result in ["ok", "error"] {
-            reloads.with_label_values(&[result]);
-        }
+        let replay_store_errors = replay_store_errors(&r);
+        let reloads = reloads(&r);
+        let (requests, secret_matches, upstream_duration, verify_duration) = request_metrics(&r);
+        let (
+            replay_entries,
+            buffered_body_bytes,
+            replay_insertions,
+            replay_evictions,
+            replay_fail_open,
+        ) = replay_metrics(&r);
+        let (delivery_attempts, final_attempt_failures) = attempt_metrics(&r);
+        let (
+            spool_depth,
+            spool_oldest_age,
+            spool_dead_letters,
+            spool_redeliveries,
+            spool_fallbacks,
+        ) = spool_metrics(&r);
         Metrics {
-            requests: counter_vec(
-                &r,
-                "persona_guard_requests_total",
-                "Requests by route and outcome.",
-                &["route", "outcome"],
-            ),
-            secret_matches: counter_vec(
-                &r,
-                "persona_guard_secret_matches_total",
-                "Verified deliveries by the position of the secret that matched.",
-                &["route", "secret"],
-            ),
-            upstream_duration: histogram_vec(
-                &r,
-                "persona_guard_upstream_duration_seconds",
-                "Time from sending a verified delivery upstream to its response head.",
-                &[
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                    30.0,
-                ],
-                &["route", "class"],
-            ),
-            verify_duration: histogram_vec(
-                &r,
-                "persona_guard_verify_duration_seconds",
-                "Time spent verifying a signature (parse and HMAC over the body).",
-                &[
-                    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-                ],
-                &["route"],
-            ),
-            replay_entries: gauge(
-                &r,
-                "persona_guard_replay_entries",
-                "Event ids currently remembered (in flight or delivered).",
-            ),
-            buffered_body_bytes: gauge(
-                &r,
-                "persona_guard_buffered_body_bytes",
-                "Webhook body bytes reserved right now against [server] max_buffered.",
-            ),
-            replay_insertions: counter(
-                &r,
-                "persona_guard_replay_insertions_total",
-                "Event ids admitted into the replay memory (claimed for delivery).",
-            ),
-            replay_evictions: counter(
-                &r,
-                "persona_guard_replay_evictions_total",
-                "Event ids evicted for room before their ttl ran out (raise capacity if this moves).",
-            ),
+            requests,
+            secret_matches,
+            upstream_duration,
+            verify_duration,
+            replay_entries,
+            buffered_body_bytes,
+            replay_insertions,
+            replay_evictions,
             reloads,
             replay_store_errors,
-            replay_fail_open: counter(
-                &r,
-                "persona_guard_replay_fail_open_total",
-                "Deliveries forwarded without replay protection because the store failed.",
-            ),
-            delivery_attempts: counter_vec(
-                &r,
-                "persona_guard_delivery_attempts_total",
-                "Verified deliveries forwarded, by Persona-Webhook-Attempts-Made (above 8 counted as 8).",
-                &["route", "attempt"],
-            ),
-            final_attempt_failures: counter_vec(
-                &r,
-                "persona_guard_final_attempt_failures_total",
-                "Forwarded deliveries that failed on Persona's last automatic attempt (Attempts-Left 0).",
-                &["route"],
-            ),
-            spool_depth: gauge_vec(
-                &r,
-                "persona_guard_spool_depth",
-                "Live deliveries waiting in the delivery spool.",
-                &["route"],
-            ),
-            spool_oldest_age: gauge_vec(
-                &r,
-                "persona_guard_spool_oldest_age_seconds",
-                "Age of the oldest live delivery in the spool (0 when empty).",
-                &["route"],
-            ),
-            spool_dead_letters: gauge_vec(
-                &r,
-                "persona_guard_spool_dead_letters",
-                "Spooled deliveries past [spool] max_age, kept until an operator retries or deletes them.",
-                &["route"],
-            ),
-            spool_redeliveries: counter_vec(
-                &r,
-                "persona_guard_spool_redeliveries_total",
-                "Redeliveries from the spool by result.",
-                &["route", "result"],
-            ),
-            spool_fallbacks: counter_vec(
-                &r,
-                "persona_guard_spool_fallbacks_total",
-                "Deliveries the spool could not keep, answered as without a spool, by reason.",
-                &["route", "reason"],
-            ),
+            replay_fail_open,
+            delivery_attempts,
+            final_attempt_failures,
+            spool_depth,
+            spool_oldest_age,
+            spool_dead_letters,
+            spool_redeliveries,
+            spool_fallbacks,
             registry: r,
         }
     }

@@ -1,0 +1,129 @@
+//! Loading: the file (or none), the environment over it, then validation,
+//! section by section; the entry points [`load`], [`load_with`] and
+//! [`from_str`].
+
+use std::path::{Path, PathBuf};
+
+use super::{
+    Config, ConfigError, Env, EnvSource, Problem, check, cross, env, headers, raw, replay, routes,
+    server, spool, upstream,
+};
+
+/// The file name problems are shown under when there is no file.
+pub const NO_FILE: &str = "(environment)";
+
+/// A loaded configuration with the record of where each value came from.
+#[derive(Debug)]
+pub struct Effective {
+    pub config: Config,
+    /// `check --print`: every key in TOML form, annotated with its origin.
+    pub printed: String,
+}
+
+/// Reads, parses and validates a route file (or none: the defaults), lays the
+/// `PERSONA_GUARD_*` variables over it (see `env`) and resolves every secret.
+pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    load_with(file, &EnvSource).map(|e| e.config)
+}
+
+/// [`load`] with the environment given, keeping where each value came from.
+pub fn load_with(file: Option<&Path>, env: &dyn Env) -> Result<Effective, ConfigError> {
+    let fail = |problems| ConfigError {
+        file: file.map_or_else(|| PathBuf::from(NO_FILE), Path::to_path_buf),
+        problems,
+    };
+    let (text, base, source) = match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                fail(vec![Problem {
+                    key: "(file)".into(),
+                    message: format!("cannot read the file: {e}"),
+                }])
+            })?;
+            let base = f.parent().unwrap_or(Path::new(".")).to_path_buf();
+            (text, base, format!("file {}", f.display()))
+        }
+        None => (String::new(), PathBuf::from("."), "no file".to_string()),
+    };
+    compile(&text, &base, env, &source).map_err(fail)
+}
+
+/// Parses TOML text, lays the environment's settings over it and validates it
+/// (for tests and callers with text in hand).
+pub fn from_str(text: &str, env: &dyn Env) -> Result<Config, Vec<Problem>> {
+    compile(text, Path::new("."), env, "text").map(|e| e.config)
+}
+
+/// The file's text, then the environment over it, then validation; problems
+/// under a key a variable set name the variable.
+pub(super) fn compile(
+    text: &str,
+    base: &Path,
+    env: &dyn Env,
+    source: &str,
+) -> Result<Effective, Vec<Problem>> {
+    let raw = raw::parse(text).map_err(|p| vec![p])?;
+    // Parsed once more as a table for the overlay: it cannot fail now.
+    let mut table: toml::Table = text.parse().unwrap_or_default();
+    let prov = env::overlay(&mut table, env)?;
+    let raw = if prov.any_env() {
+        raw::from_table(table.clone()).map_err(|p| {
+            let mut v = vec![p];
+            prov.name_vars(&mut v);
+            v
+        })?
+    } else {
+        raw
+    };
+    let config = validate(raw, base, env).map_err(|mut v| {
+        prov.name_vars(&mut v);
+        v
+    })?;
+    let printed = env::render(&table, &prov, source);
+    Ok(Effective { config, printed })
+}
+
+/// Compiles each section in turn (the order problems are reported in), then
+/// the rules across sections. Relative paths are taken from `base`.
+fn validate(raw: raw::RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Problem>> {
+    let mut c = check::Check::new(env);
+    let unmatched = routes::unmatched(&mut c, raw.unmatched.as_deref());
+    let s = server::compile(
+        &mut c,
+        raw.log_format.as_deref(),
+        &raw.listen,
+        &raw.admin,
+        &raw.server,
+    );
+    let (upstream, upstream_ca_file) = upstream::compile(&mut c, &raw.upstream, base);
+    let (listen_tls, listen_cert) = server::listen_tls(&mut c, raw.listen.tls.as_ref(), base);
+    let replay = replay::compile(&mut c, &raw.replay, base);
+    let headers = headers::compile(&mut c, &raw.headers);
+    let spool = spool::compile(&mut c, &raw.spool, base);
+    let tracing = super::tracing::compile(&mut c, &raw.tracing);
+    let routes = routes::compile(&mut c, raw.route, base, &upstream);
+    cross::check(&mut c, &replay, s.max_buffered, &routes);
+    spool::check(&mut c, &spool, &replay, &routes);
+    c.finish(Config {
+        unmatched,
+        log_format: s.log_format,
+        listen: s.listen,
+        listen_tls,
+        listen_cert,
+        admin: s.admin,
+        upstream_ca_file,
+        threads: s.threads,
+        grace_period: s.grace_period,
+        body_timeout: s.body_timeout,
+        idle_timeout: s.idle_timeout,
+        header_timeout: s.header_timeout,
+        max_buffered: s.max_buffered,
+        trusted_proxies: s.trusted_proxies,
+        upstream,
+        replay,
+        headers,
+        spool,
+        tracing,
+        routes,
+    })
+}
