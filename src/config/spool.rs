@@ -57,7 +57,7 @@ pub struct SpoolSettings {
 
 impl SpoolSettings {
     /// These settings with `running`'s value of each restart-only key
-    /// (`dir`, `key`, `max_bytes`, the ones [`ProcessConfig::diff`] names);
+    /// (`dir`, `key`, `max_bytes`, the ones [`super::ProcessConfig::diff`] names);
     /// `max_age` and `max_backoff` are the new ones. For a SIGHUP reload.
     pub fn keep_running(self, running: &SpoolSettings) -> SpoolSettings {
         SpoolSettings {
