@@ -2,6 +2,8 @@
 //! the replay store's tests).
 use super::*;
 use crate::config::Secret;
+use crate::spool::codec::encode;
+use crate::spool::{EntryId, Record, RouteStats, SpoolStore};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
