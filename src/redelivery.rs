@@ -36,6 +36,13 @@
 //! The worker runs on a thread and runtime of its own with its own upstream
 //! connector, so a backlog never competes with the request path's runtimes
 //! or pool. It stops with the process; what it held stays in the spool.
+//!
+//! # Layout
+//!
+//! This file: the worker and its backoff; `attempt`: one attempt at one
+//! entry (bury, hold the replay mark, send).
+
+mod attempt;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -46,10 +53,10 @@ use rand::Rng;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::proxy::forward::{self, Wire};
-use crate::replay::{self, Claim, Lease};
-use crate::spool::{self, Entry, EntryId, Handle};
+use crate::replay::{self, Lease};
+use crate::spool::{Entry, EntryId, Handle};
 use crate::state::Shared;
+use attempt::attempt;
 
 /// Deliveries in flight from the spool at once (all routes together).
 pub const CONCURRENCY: usize = 32;
@@ -320,120 +327,6 @@ pub fn backoff(failures: u32, max: Duration) -> Duration {
         .min(max);
     let half = full / 2;
     half + rand::thread_rng().gen_range(Duration::ZERO..=full - half)
-}
-
-/// One attempt at one entry: bury it if it is past `max_age`, adopt its
-/// replay mark if not held yet, send it, and settle.
-async fn attempt(
-    shared: &Arc<Shared>,
-    handle: &Handle,
-    connector: &Connector,
-    held: &mut Held,
-) -> Step {
-    let policy = shared.policy.load_full();
-    let cfg = &policy.config;
-    let record = &held.entry.record;
-    let route_path = record.route.as_str();
-    let Some(index) = cfg.routes.iter().position(|r| r.path == record.route) else {
-        tracing::warn!(
-            route = route_path,
-            "spool: the entry's route is no longer configured; the entry is kept"
-        );
-        return Step::Deferred(cfg.spool.max_backoff);
-    };
-    let (route, compiled) = (&cfg.routes[index], &policy.routes[index]);
-    let store = handle.store.as_ref();
-    let age = Duration::from_millis(spool::now_ms().saturating_sub(record.live_since_ms));
-    if age > cfg.spool.max_age {
-        return match store.bury(route_path, &held.entry.id).await {
-            Ok(()) => {
-                if let Some(lease) = held.lease.take() {
-                    // Persona's manual retry from its dashboard may deliver it now.
-                    lease.release().await;
-                }
-                tracing::error!(
-                    route = route_path,
-                    event_id = record.event_id.as_deref(),
-                    event_type = record.event_type.as_deref(),
-                    age_seconds = age.as_secs(),
-                    "spool: delivery not taken by the app within max_age; kept as a dead letter (GET /spool, POST /spool/retry)"
-                );
-                Step::Dead
-            }
-            Err(e) => {
-                tracing::warn!(route = route_path, error = %e, "spool: cannot bury an entry past max_age");
-                Step::Deferred(cfg.spool.max_backoff)
-            }
-        };
-    }
-    let confirmed = match &held.lease {
-        Some(lease) => Some(lease.confirm(cfg.replay.inflight_ttl).await),
-        None => None,
-    };
-    match confirmed {
-        Some(confirmed) => match confirmed {
-            Ok(true) => {}
-            Ok(false) => {
-                // Lost (expired while the store failed, or taken over):
-                // adopt again next time, which says who holds it now.
-                if let Some(lease) = held.lease.take() {
-                    lease.detach();
-                }
-                return Step::Deferred(Duration::from_secs(1));
-            }
-            Err(e) => {
-                shared.store_error("renew", &e);
-                return Step::Deferred(backoff(held.failures + 1, cfg.spool.max_backoff));
-            }
-        },
-        None => {
-            let replay_store = shared.store();
-            match replay::adopt(
-                &replay_store,
-                &route.normalized,
-                &record.replay_id,
-                record.token,
-                cfg.replay.inflight_ttl,
-            )
-            .await
-            {
-                Ok(Claim::Claimed(lease)) => {
-                    let shared = shared.clone();
-                    held.lease = Some(lease.on_error(move |op, e| shared.store_error(op, e)));
-                }
-                Ok(Claim::Duplicate) => {
-                    if let Err(e) = store.remove(route_path, &held.entry.id).await {
-                        tracing::warn!(route = route_path, error = %e, "spool: cannot remove an entry found delivered");
-                    }
-                    return Step::Duplicate;
-                }
-                Ok(Claim::InFlight { retry_after }) => return Step::Deferred(retry_after),
-                Err(e) => {
-                    shared.store_error("claim", &e);
-                    return Step::Deferred(backoff(held.failures + 1, cfg.spool.max_backoff));
-                }
-            }
-        }
-    }
-    let wire = Wire::from_parts(&record.head, &record.body);
-    let status = match forward::exchange(connector, &compiled.peer, &wire).await {
-        Ok(answer) => {
-            let status = answer.head.status;
-            answer.discard(connector, &compiled.peer).await;
-            status
-        }
-        Err(_) => return Step::Failed,
-    };
-    if !status.is_success() {
-        return Step::Failed;
-    }
-    if let Some(lease) = held.lease.take() {
-        lease.commit(cfg.replay.ttl).await;
-    }
-    if let Err(e) = store.remove(route_path, &held.entry.id).await {
-        tracing::warn!(route = route_path, error = %e, "spool: delivered, but the entry could not be removed; it is dropped unsent when next taken");
-    }
-    Step::Delivered
 }
 
 #[cfg(test)]

@@ -1,7 +1,15 @@
 //! Against a real `redis-server` (started here on a free loopback port, as in
 //! the replay store's tests).
+//!
+//! This file: the spool's calls and what they leave in Redis; `connection`:
+//! a stopped or closed Redis, passwords, retries and leaving the group.
+
+mod connection;
+
 use super::*;
 use crate::config::Secret;
+use crate::spool::codec::encode;
+use crate::spool::{EntryId, Record, RouteStats, SpoolStore};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -283,39 +291,6 @@ fn a_full_spool_refuses_and_adds_nothing() {
 }
 
 #[test]
-fn a_stopped_redis_is_unavailable_within_the_timeout() {
-    let mut server = Server::start();
-    let s = RedisSpool::open(
-        &server.url(),
-        None,
-        "t:",
-        Duration::from_millis(300),
-        1 << 20,
-        None,
-    )
-    .unwrap();
-    let rt = rt();
-    rt.block_on(async { s.put(&record("/r", 1)).await.unwrap() });
-    server.stop();
-    for _ in 0..2 {
-        let started = Instant::now();
-        let r = rt.block_on(s.put(&record("/r", 2)));
-        assert!(matches!(r, Err(SpoolError::Unavailable(_))), "{r:?}");
-        assert!(
-            started.elapsed() < Duration::from_millis(800),
-            "{:?}",
-            started.elapsed()
-        );
-        let started = Instant::now();
-        assert!(matches!(
-            rt.block_on(s.take("/r", 1, LONG)),
-            Err(SpoolError::Unavailable(_))
-        ));
-        assert!(started.elapsed() < Duration::from_millis(800));
-    }
-}
-
-#[test]
 fn bury_dead_revive_and_delete_dead() {
     let server = Server::start();
     let s = spool(&server, 1 << 20);
@@ -460,158 +435,4 @@ fn an_entry_that_does_not_decode_is_skipped_and_left_pending() {
         );
         assert_eq!(s.stats("/r").await.unwrap().depth, 2);
     });
-}
-
-#[test]
-fn errors_never_show_the_password() {
-    let mut server = Server::start_with(Some("s3cretPW"));
-    let port = server.port;
-    let with_pw = format!("redis://:s3cretPW@127.0.0.1:{port}/0");
-    let rt = rt();
-    let secret_free = |e: SpoolError| {
-        let text = format!("{e} {e:?}");
-        assert!(!text.contains("s3cretPW"), "{text}");
-        assert!(!text.contains("wr0ngPW"), "{text}");
-        assert!(!text.contains("redis://"), "{text}");
-    };
-
-    // The right password, in the URL and in the settings: it works.
-    let ok = RedisSpool::open(&with_pw, None, "t:", Duration::from_secs(1), 1 << 20, None).unwrap();
-    rt.block_on(ok.put(&record("/r", 1))).unwrap();
-    let settings = RedisSettings {
-        url: server.url(),
-        password: Some(Secret::new(b"s3cretPW".to_vec())),
-        key_prefix: "t:".into(),
-        timeout: Duration::from_secs(1),
-    };
-    let by_settings = RedisSpool::new(&settings, 1 << 20, None).unwrap();
-    assert_eq!(rt.block_on(by_settings.stats("/r")).unwrap().depth, 1);
-
-    // A wrong one, either way: Unavailable, and the text shows neither.
-    let wrong_url = format!("redis://:wr0ngPW@127.0.0.1:{port}/0");
-    let bad = RedisSpool::open(
-        &wrong_url,
-        None,
-        "t:",
-        Duration::from_secs(1),
-        1 << 20,
-        None,
-    )
-    .unwrap();
-    let e = rt.block_on(bad.put(&record("/r", 2))).unwrap_err();
-    assert!(matches!(e, SpoolError::Unavailable(_)), "{e:?}");
-    secret_free(e);
-    let bad = RedisSpool::open(
-        &server.url(),
-        Some(b"wr0ngPW"),
-        "t:",
-        Duration::from_secs(1),
-        1 << 20,
-        None,
-    )
-    .unwrap();
-    secret_free(rt.block_on(bad.take("/r", 1, LONG)).unwrap_err());
-
-    eprintln!(
-        "wrong password: {}",
-        rt.block_on(bad.take("/r", 1, LONG)).unwrap_err()
-    );
-    // Redis gone, with the password in the URL: still not in the error.
-    server.stop();
-    secret_free(rt.block_on(ok.put(&record("/r", 3))).unwrap_err());
-}
-
-#[test]
-fn a_closed_spool_fails_its_calls_at_once() {
-    let server = Server::start();
-    let s = spool(&server, 1 << 20);
-    rt().block_on(async {
-        s.put(&record("/r", 1)).await.unwrap();
-        s.close().await;
-        let started = Instant::now();
-        assert!(matches!(
-            s.put(&record("/r", 2)).await,
-            Err(SpoolError::Unavailable(_))
-        ));
-        assert!(s.stats("/r").await.is_err());
-        assert!(started.elapsed() < Duration::from_secs(1));
-        s.close().await;
-    });
-    assert_eq!(server.int(&["XLEN", "t:spool:/r"]), 1, "entries stay");
-}
-
-#[test]
-fn a_put_retried_after_its_first_attempt_ran_stores_once() {
-    // The second attempt of a put whose reply was lost: the same nonce mark.
-    let server = Server::start();
-    let s = spool(&server, 1 << 20);
-    rt().block_on(async {
-        let r = record("/r", 1);
-        let attempt = || {
-            s.eval::<(i64, String)>(
-                &scripts::PUT,
-                vec![s.live("/r"), s.bytes_key(), b"t:spool-put:feed".to_vec()],
-                vec![
-                    encode(&r, None),
-                    r.size().to_string().into_bytes(),
-                    b"1048576".to_vec(),
-                    b"60000".to_vec(),
-                ],
-            )
-        };
-        let first = attempt().await.unwrap();
-        assert_eq!(attempt().await.unwrap(), first);
-        assert_eq!(server.int(&["XLEN", "t:spool:/r"]), 1);
-        assert_eq!(server.int(&["GET", "t:spool-bytes"]), r.size() as i64);
-    });
-}
-
-#[test]
-fn every_call_survives_a_dropped_connection() {
-    let server = Server::start();
-    let s = spool(&server, 1 << 20);
-    let kill = || {
-        let killed = server.command(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
-        assert_eq!(killed.trim(), ":1", "one client connection was cut");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    rt().block_on(async {
-        let id = s.put(&record("/r", 1)).await.unwrap();
-        kill();
-        s.put(&record("/r", 2)).await.unwrap();
-        kill();
-        let taken = s.take("/r", 10, LONG).await.unwrap();
-        assert_eq!(taken.len(), 2);
-        kill();
-        s.keep("/r", &ids(&taken)).await.unwrap();
-        kill();
-        s.remove("/r", &id).await.unwrap();
-        kill();
-        assert_eq!(s.stats("/r").await.unwrap().depth, 1);
-    });
-}
-
-#[test]
-fn close_leaves_the_group_unless_it_still_holds_entries() {
-    let server = Server::start();
-    let a = spool(&server, 1 << 20);
-    let b = spool(&server, 1 << 20);
-    let consumers = || server.command(&["XINFO", "CONSUMERS", "t:spool:/r", GROUP]);
-    rt().block_on(async {
-        let id = a.put(&record("/r", 1)).await.unwrap();
-        a.put(&record("/r", 2)).await.unwrap();
-        let taken = a.take("/r", 1, LONG).await.unwrap();
-        a.remove("/r", &taken[0].id).await.unwrap();
-        assert_eq!(taken[0].id, id);
-        b.take("/r", 10, LONG).await.unwrap();
-        assert!(consumers().contains(a.consumer()));
-        a.close().await;
-        b.close().await;
-    });
-    let left = consumers();
-    assert!(!left.contains(a.consumer()), "{left}");
-    assert!(
-        left.contains(b.consumer()),
-        "b still holds an entry: {left}"
-    );
 }

@@ -1,0 +1,184 @@
+//! One redelivery attempt at one held entry (see [`super`]): bury it past
+//! `max_age`, hold its replay mark, send it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::connectors::http::v1::Connector;
+use pingora::upstreams::peer::HttpPeer;
+
+use super::{Held, Step, backoff};
+use crate::proxy::forward::{self, Wire};
+use crate::replay::{self, Claim};
+use crate::spool::{self, Handle, SpoolStore};
+use crate::state::Shared;
+
+/// One attempt at one entry: bury it if it is past `max_age`, adopt its
+/// replay mark if not held yet, send it, and settle.
+pub(super) async fn attempt(
+    shared: &Arc<Shared>,
+    handle: &Handle,
+    connector: &Connector,
+    held: &mut Held,
+) -> Step {
+    let policy = shared.policy.load_full();
+    let cfg = &policy.config;
+    let record = &held.entry.record;
+    let route_path = record.route.as_str();
+    let Some(index) = cfg.routes.iter().position(|r| r.path == record.route) else {
+        tracing::warn!(
+            route = route_path,
+            "spool: the entry's route is no longer configured; the entry is kept"
+        );
+        return Step::Deferred(cfg.spool.max_backoff);
+    };
+    let (route, compiled) = (&cfg.routes[index], &policy.routes[index]);
+    let store = handle.store.as_ref();
+    let age = Duration::from_millis(spool::now_ms().saturating_sub(record.live_since_ms));
+    if age > cfg.spool.max_age {
+        return bury(store, held, age, cfg.spool.max_backoff).await;
+    }
+    let (inflight_ttl, max_backoff) = (cfg.replay.inflight_ttl, cfg.spool.max_backoff);
+    if let Some(step) = hold(
+        shared,
+        store,
+        held,
+        &route.normalized,
+        inflight_ttl,
+        max_backoff,
+    )
+    .await
+    {
+        return step;
+    }
+    send(connector, &compiled.peer, store, held, cfg.replay.ttl).await
+}
+
+/// Buries an entry that is past `max_age` (it was live for `age`) and
+/// releases its replay mark.
+async fn bury(
+    store: &dyn SpoolStore,
+    held: &mut Held,
+    age: Duration,
+    max_backoff: Duration,
+) -> Step {
+    let record = &held.entry.record;
+    let route_path = record.route.as_str();
+    match store.bury(route_path, &held.entry.id).await {
+        Ok(()) => {
+            if let Some(lease) = held.lease.take() {
+                // Persona's manual retry from its dashboard may deliver it now.
+                lease.release().await;
+            }
+            tracing::error!(
+                route = route_path,
+                event_id = record.event_id.as_deref(),
+                event_type = record.event_type.as_deref(),
+                age_seconds = age.as_secs(),
+                "spool: delivery not taken by the app within max_age; kept as a dead letter (GET /spool, POST /spool/retry)"
+            );
+            Step::Dead
+        }
+        Err(e) => {
+            tracing::warn!(route = route_path, error = %e, "spool: cannot bury an entry past max_age");
+            Step::Deferred(max_backoff)
+        }
+    }
+}
+
+/// Makes sure the entry's replay mark is held: confirms the lease this
+/// worker has, or adopts the mark (route key `normalized`). `None` when it
+/// is held and the entry may be sent; otherwise what the attempt came to.
+async fn hold(
+    shared: &Arc<Shared>,
+    store: &dyn SpoolStore,
+    held: &mut Held,
+    normalized: &[u8],
+    inflight_ttl: Duration,
+    max_backoff: Duration,
+) -> Option<Step> {
+    let record = &held.entry.record;
+    let route_path = record.route.as_str();
+    let confirmed = match &held.lease {
+        Some(lease) => Some(lease.confirm(inflight_ttl).await),
+        None => None,
+    };
+    match confirmed {
+        Some(confirmed) => match confirmed {
+            Ok(true) => {}
+            Ok(false) => {
+                // Lost (expired while the store failed, or taken over):
+                // adopt again next time, which says who holds it now.
+                if let Some(lease) = held.lease.take() {
+                    lease.detach();
+                }
+                return Some(Step::Deferred(Duration::from_secs(1)));
+            }
+            Err(e) => {
+                shared.store_error("renew", &e);
+                return Some(Step::Deferred(backoff(held.failures + 1, max_backoff)));
+            }
+        },
+        None => {
+            let replay_store = shared.store();
+            match replay::adopt(
+                &replay_store,
+                normalized,
+                &record.replay_id,
+                record.token,
+                inflight_ttl,
+            )
+            .await
+            {
+                Ok(Claim::Claimed(lease)) => {
+                    let shared = shared.clone();
+                    held.lease = Some(lease.on_error(move |op, e| shared.store_error(op, e)));
+                }
+                Ok(Claim::Duplicate) => {
+                    if let Err(e) = store.remove(route_path, &held.entry.id).await {
+                        tracing::warn!(route = route_path, error = %e, "spool: cannot remove an entry found delivered");
+                    }
+                    return Some(Step::Duplicate);
+                }
+                Ok(Claim::InFlight { retry_after }) => return Some(Step::Deferred(retry_after)),
+                Err(e) => {
+                    shared.store_error("claim", &e);
+                    return Some(Step::Deferred(backoff(held.failures + 1, max_backoff)));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Sends the entry to `peer` under its lease; on the app's 2xx commits the
+/// lease (for `ttl`) and removes the entry.
+async fn send(
+    connector: &Connector,
+    peer: &HttpPeer,
+    store: &dyn SpoolStore,
+    held: &mut Held,
+    ttl: Duration,
+) -> Step {
+    let record = &held.entry.record;
+    let route_path = record.route.as_str();
+    let wire = Wire::from_parts(&record.head, &record.body);
+    let status = match forward::exchange(connector, peer, &wire).await {
+        Ok(answer) => {
+            let status = answer.head.status;
+            answer.discard(connector, peer).await;
+            status
+        }
+        Err(_) => return Step::Failed,
+    };
+    if !status.is_success() {
+        return Step::Failed;
+    }
+    if let Some(lease) = held.lease.take() {
+        lease.commit(ttl).await;
+    }
+    if let Err(e) = store.remove(route_path, &held.entry.id).await {
+        tracing::warn!(route = route_path, error = %e, "spool: delivered, but the entry could not be removed; it is dropped unsent when next taken");
+    }
+    Step::Delivered
+}
