@@ -157,7 +157,7 @@ pub enum Verdict {
     Stale,
 }
 
-/// Verifies; a set is accepted iff one of its v1 equals HMAC(secret, "<t>.<body>") for some secret
+/// Verifies; a set is accepted iff one of its v1 equals `HMAC(secret, "<t>.<body>")` for some secret
 /// AND |now - t| <= tolerance_secs (exactly tolerance away is still fresh). Constant-time comparison (subtle).
 /// `secrets` are raw key bytes. Compute each HMAC once per (set, secret), not per v1.
 /// When several secrets verify fresh sets, the lowest secret index is reported.
@@ -207,7 +207,7 @@ pub fn verify_timed<S: AsRef<[u8]>>(
     }
 }
 
-/// The header value (without header name) for a body: "t=<t>,v1=<lower hex>".
+/// The header value (without header name) for a body: `t=<t>,v1=<lower hex>`.
 pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     match hmac_of(secret, timestamp, body) {
         Some(mac) => format!("t={timestamp},v1={}", hex::encode(mac)),

@@ -8,7 +8,7 @@
 //! 1. *Raw* (`raw.rs`): `serde` + `toml` turn the text into `Raw*` structs
 //!    that mirror the file, every field optional and unknown keys refused,
 //!    through `safe_de.rs` so that no error repeats the text.
-//! 2. *Compiled*: `validate` (`load.rs`, with the entry points [`load`],
+//! 2. *Compiled*: `validate` (`load.rs`, with the entry points [`load()`],
 //!    [`load_with`] and [`from_str`]) hands each section to the file that
 //!    owns it (`server.rs`: `log_format`, `[listen]`, `[admin]`, `[server]`;
 //!    `upstream.rs`; `replay.rs`; `headers.rs`; `routes.rs`: `unmatched` and

@@ -117,7 +117,7 @@ fn expected(exp: &dyn Expected) -> String {
     }
 }
 
-/// The error type handed to every visitor under [`Wrap`]: either an error that
+/// The error type handed to every visitor under the `Wrap*` adapters: either an error that
 /// came up from the TOML layer (already safe: made below us), or a [`Fault`].
 #[derive(Debug)]
 pub(crate) enum Caught<E> {

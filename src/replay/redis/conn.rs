@@ -54,8 +54,8 @@ return 0
 "#;
 
 /// Take-over (a spooled delivery's mark passing to the instance that
-/// redelivers it): the key gets the new token's mark (ARGV[1], for ARGV[2] ms)
-/// when it is absent or still holds the old token's mark (ARGV[3]) or already
+/// redelivers it): the key gets the new token's mark (`ARGV[1]`, for `ARGV[2]` ms)
+/// when it is absent or still holds the old token's mark (`ARGV[3]`) or already
 /// the new one (a retried call); otherwise answered like a claim.
 const TAKE_OVER: &str = r#"
 local v = redis.call('GET', KEYS[1])
