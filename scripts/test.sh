@@ -11,6 +11,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+echo "== house rules: file and function size, no import cycle (scripts/shape.py)"
+python3 scripts/shape.py
 echo "== cargo build"
 cargo build --locked --all-targets
 echo "== persona-guard check on shipped configs"

@@ -1,7 +1,8 @@
 //! persona-guard: a reverse proxy that admits only genuine, fresh, first-time
 //! Persona webhook deliveries. See `README.md` and `docs/behaviour.md` for the contract.
 //!
-//! Module map (no module imports one that imports it back):
+//! Module map (no module imports one that imports it back; `scripts/shape.py`
+//! checks that, and that no file is over 500 lines or function over 80):
 //!
 //! - pure, unit-tested beside the code: [`signature`] (parse and verify
 //!   `Persona-Signature`), [`path`] (percent-decoding and every reading of a
@@ -10,9 +11,9 @@
 //!   way a request ends: status, code, close, `Retry-After`), [`budget`] (the
 //!   body-memory budget), [`source`] (CIDRs, Persona's addresses, the client
 //!   address behind trusted proxies);
-//! - [`config`]: the route file, raw (serde, never quoting the file) then
-//!   compiled one section at a time; [`config::ProcessConfig`] names what only
-//!   a restart changes;
+//! - [`config`]: the route file, raw (serde, never quoting the file), the
+//!   `PERSONA_GUARD_*` environment laid over it, then compiled one section at
+//!   a time; [`config::ProcessConfig`] names what only a restart changes;
 //! - [`replay`]: the [`replay::ReplayStore`] trait, the memory and Redis
 //!   stores, and the [`replay::Lease`] a winning claim carries;
 //! - [`spool`]: the delivery spool's [`spool::SpoolStore`] trait, its records
