@@ -9,7 +9,7 @@ use pingora::upstreams::peer::HttpPeer;
 
 use super::{Held, Step, backoff};
 use crate::proxy::forward::{self, Wire};
-use crate::replay::{self, Claim};
+use crate::replay::{self, Claim, Lease};
 use crate::spool::{self, Handle, SpoolStore};
 use crate::state::Shared;
 
@@ -97,58 +97,72 @@ async fn hold(
     inflight_ttl: Duration,
     max_backoff: Duration,
 ) -> Option<Step> {
+    let replay_store = shared.store();
+    let mut from = held.entry.record.token;
+    if let Some(lease) = held.lease.take() {
+        if lease.is_on(&replay_store) {
+            return confirm(shared, held, lease, inflight_ttl, max_backoff).await;
+        }
+        // A reload replaced the replay store's client (a rotated Redis
+        // password, say), and the old one may no longer be let in: the mark
+        // moves to the new client by this lease's token.
+        from = lease.detach();
+    }
     let record = &held.entry.record;
     let route_path = record.route.as_str();
-    let confirmed = match &held.lease {
-        Some(lease) => Some(lease.confirm(inflight_ttl).await),
-        None => None,
-    };
-    match confirmed {
-        Some(confirmed) => match confirmed {
-            Ok(true) => {}
-            Ok(false) => {
-                // Lost (expired while the store failed, or taken over):
-                // adopt again next time, which says who holds it now.
-                if let Some(lease) = held.lease.take() {
-                    lease.detach();
-                }
-                return Some(Step::Deferred(Duration::from_secs(1)));
+    match replay::adopt(
+        &replay_store,
+        normalized,
+        &record.replay_id,
+        from,
+        inflight_ttl,
+    )
+    .await
+    {
+        Ok(Claim::Claimed(lease)) => {
+            let shared = shared.clone();
+            held.lease = Some(lease.on_error(move |op, e| shared.store_error(op, e)));
+            None
+        }
+        Ok(Claim::Duplicate) => {
+            if let Err(e) = store.remove(route_path, &held.entry.id).await {
+                tracing::warn!(route = route_path, error = %e, "spool: cannot remove an entry found delivered");
             }
-            Err(e) => {
-                shared.store_error("renew", &e);
-                return Some(Step::Deferred(backoff(held.failures + 1, max_backoff)));
-            }
-        },
-        None => {
-            let replay_store = shared.store();
-            match replay::adopt(
-                &replay_store,
-                normalized,
-                &record.replay_id,
-                record.token,
-                inflight_ttl,
-            )
-            .await
-            {
-                Ok(Claim::Claimed(lease)) => {
-                    let shared = shared.clone();
-                    held.lease = Some(lease.on_error(move |op, e| shared.store_error(op, e)));
-                }
-                Ok(Claim::Duplicate) => {
-                    if let Err(e) = store.remove(route_path, &held.entry.id).await {
-                        tracing::warn!(route = route_path, error = %e, "spool: cannot remove an entry found delivered");
-                    }
-                    return Some(Step::Duplicate);
-                }
-                Ok(Claim::InFlight { retry_after }) => return Some(Step::Deferred(retry_after)),
-                Err(e) => {
-                    shared.store_error("claim", &e);
-                    return Some(Step::Deferred(backoff(held.failures + 1, max_backoff)));
-                }
-            }
+            Some(Step::Duplicate)
+        }
+        Ok(Claim::InFlight { retry_after }) => Some(Step::Deferred(retry_after)),
+        Err(e) => {
+            shared.store_error("claim", &e);
+            Some(Step::Deferred(backoff(held.failures + 1, max_backoff)))
         }
     }
-    None
+}
+
+/// Confirms the lease the worker holds on the entry's mark (see [`hold`]).
+async fn confirm(
+    shared: &Arc<Shared>,
+    held: &mut Held,
+    lease: Lease,
+    inflight_ttl: Duration,
+    max_backoff: Duration,
+) -> Option<Step> {
+    match lease.confirm(inflight_ttl).await {
+        Ok(true) => {
+            held.lease = Some(lease);
+            None
+        }
+        Ok(false) => {
+            // Lost (expired while the store failed, or taken over): adopt
+            // again next time, which says who holds it now.
+            lease.detach();
+            Some(Step::Deferred(Duration::from_secs(1)))
+        }
+        Err(e) => {
+            held.lease = Some(lease);
+            shared.store_error("renew", &e);
+            Some(Step::Deferred(backoff(held.failures + 1, max_backoff)))
+        }
+    }
 }
 
 /// Sends the entry to `peer` under its lease; on the app's 2xx commits the

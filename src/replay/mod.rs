@@ -311,6 +311,12 @@ impl Lease {
         self.token
     }
 
+    /// Whether the lease is held through `store` (a SIGHUP reload may have
+    /// replaced the store's client since the claim was made).
+    pub fn is_on(&self, store: &Arc<dyn ReplayStore>) -> bool {
+        Arc::ptr_eq(&self.store, store)
+    }
+
     /// Marks the event delivered for `ttl` (the upstream answered 2xx).
     pub async fn commit(mut self, ttl: Duration) {
         // Disarmed first: a commit cancelled midway must not release (the

@@ -89,16 +89,13 @@ fn reload(
         );
         kept.replay.store = running.config.replay.store.clone();
     }
-    if let (Some(_), StoreKind::Redis(old), StoreKind::Redis(new)) = (
+    if let (Some(spool), StoreKind::Redis(old), StoreKind::Redis(new)) = (
         shared.spool.get(),
         &running.config.replay.store,
         &kept.replay.store,
     ) && old != new
     {
-        tracing::warn!(
-            key = "replay.redis_url",
-            "needs a restart to change for the delivery spool: it keeps the Redis client it started with"
-        );
+        follow_in_spool(&*spool.store, old, new);
     }
     let routes: Vec<&str> = kept.routes.iter().map(|r| r.path.as_str()).collect();
     tracing::info!(?routes, "configuration reloaded");
@@ -170,6 +167,26 @@ fn swap_redis(shared: &Shared, running: &StoreKind, new: &StoreKind) -> Result<(
     drop(shared.swap_store(Arc::new(store)));
     tracing::info!(changed = ?changed_keys(old, new), "Redis client rebuilt");
     Ok(())
+}
+
+/// The delivery spool's Redis client follows new credentials, TLS or
+/// timeout; another server, database or `key_prefix` (where none of its
+/// entries are) waits for a restart, and says so.
+fn follow_in_spool(spool: &dyn crate::spool::SpoolStore, old: &RedisSettings, new: &RedisSettings) {
+    match spool.follow_redis(old, new) {
+        Ok(true) => tracing::info!(
+            changed = ?changed_keys(old, new),
+            "the delivery spool's Redis client rebuilt"
+        ),
+        Ok(false) => tracing::warn!(
+            key = "replay.redis_url",
+            "needs a restart to change for the delivery spool: a new Redis server, database or key_prefix holds none of its entries; it keeps the Redis client it started with"
+        ),
+        Err(e) => tracing::error!(
+            key = "replay.redis_url",
+            "the delivery spool keeps its running Redis client: {e}"
+        ),
+    }
 }
 
 /// Which Redis settings differ (names only, never values).

@@ -42,6 +42,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::config::RedisSettings;
+
 /// One spooled delivery: the request exactly as it was (or would have been)
 /// first forwarded, and what redelivery needs to hold its replay id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +180,13 @@ pub trait SpoolStore: Send + Sync {
 
     /// Stops background work (connections); entries stay where they are.
     async fn close(&self);
+
+    /// Follows a reload's changed Redis settings where this store can (see
+    /// [`redis::RedisSpool::follow`]); `Ok(false)`: it cannot, or it has no
+    /// Redis client, and keeps what it started with.
+    fn follow_redis(&self, _old: &RedisSettings, _new: &RedisSettings) -> Result<bool, SpoolError> {
+        Ok(false)
+    }
 }
 
 /// Now, in Unix milliseconds.

@@ -99,6 +99,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use redis::{FromRedisValue, Script};
 
 use super::{Entry, SpoolError};
@@ -129,6 +130,18 @@ fn parse_id(id: &str) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
+/// Whether `new` reaches the same data as `old`: the same server (host and
+/// port, or socket path), database and `key_prefix`. Unreadable URLs never do
+/// (the loader has parsed both, so that is only a safeguard).
+pub fn same_data(old: &RedisSettings, new: &RedisSettings) -> bool {
+    let place = |url: &str| {
+        redis::IntoConnectionInfo::into_connection_info(url)
+            .ok()
+            .map(|i| (i.addr().to_string(), i.redis_settings().db()))
+    };
+    old.key_prefix == new.key_prefix && place(&old.url).is_some_and(|a| Some(a) == place(&new.url))
+}
+
 /// This process's consumer name: readable in `XINFO CONSUMERS` (the host and
 /// pid) and unique (random), so two spools never share a pending list, not
 /// even two in one process (a reload) or a restarted container with the same
@@ -153,7 +166,9 @@ fn consumer_name() -> String {
 
 /// The shared spool (see the module documentation).
 pub struct RedisSpool {
-    inner: Arc<Inner>,
+    /// The client every call uses; a reload may put a new one in its place
+    /// ([`RedisSpool::follow`]).
+    inner: ArcSwap<Inner>,
     prefix: String,
     consumer: String,
     max_bytes: u64,
@@ -223,7 +238,7 @@ impl RedisSpool {
             .map_err(|e| SpoolError::Unavailable(format!("cannot start the redis client: {e}")))?;
         let inner = Inner::connect(url, password, timeout, &runtime).map_err(unavailable)?;
         Ok(RedisSpool {
-            inner: Arc::new(inner),
+            inner: ArcSwap::from_pointee(inner),
             prefix: prefix.to_string(),
             consumer: consumer_name(),
             max_bytes,
@@ -231,6 +246,30 @@ impl RedisSpool {
             routes: Mutex::new(HashSet::new()),
             runtime: Mutex::new(Some(runtime)),
         })
+    }
+
+    /// Follows a reload's Redis settings (`new`, where the spool started with or
+    /// last followed `old`): a new client on the spool's runtime serves every
+    /// later call, and calls under way finish on the old one. Only credentials,
+    /// TLS and `redis_timeout` may change: `Ok(false)`, nothing done, when `new`
+    /// names another server, database or `key_prefix`, where none of this
+    /// spool's entries are (that takes a restart).
+    pub fn follow(&self, old: &RedisSettings, new: &RedisSettings) -> Result<bool, SpoolError> {
+        if !same_data(old, new) {
+            return Ok(false);
+        }
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(runtime) = runtime.as_ref() else {
+            return Err(SpoolError::Unavailable("the spool is closed".into()));
+        };
+        let password = new.password.as_ref().map(|p| p.expose());
+        let inner =
+            Inner::connect(&new.url, password, new.timeout, runtime).map_err(unavailable)?;
+        self.inner.store(Arc::new(inner));
+        Ok(true)
     }
 
     /// This spool's consumer name in the group.
@@ -272,6 +311,7 @@ impl RedisSpool {
     {
         let script = script.clone();
         self.inner
+            .load_full()
             .on_runtime(move |inner| async move {
                 inner
                     .bounded(inner.retrying(

@@ -324,3 +324,81 @@ fn a_retry_racing_the_spools_adoption_is_refused() {
     );
     assert!(not_409.is_empty(), "{not_409:?}");
 }
+
+/// A Redis password rotated, then SIGHUP with the new one: the spool's own
+/// client follows as the replay store's does. The entry spooled before the
+/// rotation is still delivered once, and a new failure is spooled again.
+/// (Before, the spool kept the client it started with, so after the
+/// rotation every take, keep and put failed until a restart.)
+#[test]
+fn a_rotated_redis_password_reaches_the_spool_on_sighup() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pw_file = dir.path().join("redis-password");
+    std::fs::write(&pw_file, "first-password\n").unwrap();
+    assert!(
+        redis
+            .command(&["CONFIG", "SET", "requirepass", "first-password"])
+            .is_some_and(|r| r.starts_with(b"+OK"))
+    );
+    let (up, p) = rig_with(|b| {
+        on_redis(b, &redis)
+            .set(
+                "replay.redis_password",
+                format!("file:{}", pw_file.display()),
+            )
+            .set("replay.on_store_error", "reject")
+    });
+    up.set_status(500);
+    let before_rotation = event_id();
+    p.deliver(&event_body(&before_rotation, "inquiry.approved"))
+        .assert_status_json(202, "spooled");
+    wait_for("a failed redelivery", W, || {
+        p.metric(&redeliveries("failed")) >= 1.0
+    });
+
+    // Redis wants the new password and drops every connection.
+    let rotate = redis.command_as(
+        "first-password",
+        &["CONFIG", "SET", "requirepass", "second-password"],
+    );
+    assert!(rotate.is_some_and(|r| r.starts_with(b"+OK")));
+    redis.command_as("second-password", &["CLIENT", "KILL", "TYPE", "normal"]);
+
+    std::fs::write(&pw_file, "second-password\n").unwrap();
+    let before = p.stderr();
+    p.reload_ok();
+    let log = p.stderr()[before.len()..].to_string();
+    assert!(
+        log.contains("the delivery spool's Redis client rebuilt"),
+        "{log}"
+    );
+    assert!(!log.contains("needs a restart"), "{log}");
+    assert!(
+        !log.contains("second-password"),
+        "the password is never logged"
+    );
+
+    // A new failure is spooled through the new client (202, in the stream).
+    let after_rotation = event_id();
+    p.deliver(&event_body(&after_rotation, "inquiry.approved"))
+        .assert_status_json(202, "spooled");
+    up.set_status(200);
+    if !wait_until(W, || {
+        let got = up.accepted_ids();
+        got.contains(&before_rotation) && got.contains(&after_rotation)
+    }) {
+        panic!("not delivered; proxy log:\n{}", p.stderr());
+    }
+    let counts = accepted_counts(&up);
+    assert_eq!(counts[&before_rotation], 1);
+    assert_eq!(counts[&after_rotation], 1);
+    let stream_len = || {
+        redis
+            .command_as("second-password", &["XLEN", STREAM])
+            .and_then(|r| String::from_utf8(r).ok())
+    };
+    wait_for("the route's stream to empty", W, || {
+        stream_len().is_some_and(|r| r.trim() == ":0")
+    });
+}

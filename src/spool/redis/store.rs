@@ -6,12 +6,17 @@ use async_trait::async_trait;
 use redis::Value;
 
 use super::{GROUP, PUT_MARK_TTL, RedisSpool, parse_id, scripts, unavailable};
+use crate::config::RedisSettings;
 use crate::replay::redis::conn::millis;
 use crate::spool::codec::{decode, encode};
 use crate::spool::{Entry, EntryId, Record, RouteStats, SpoolError, SpoolStore};
 
 #[async_trait]
 impl SpoolStore for RedisSpool {
+    fn follow_redis(&self, old: &RedisSettings, new: &RedisSettings) -> Result<bool, SpoolError> {
+        self.follow(old, new)
+    }
+
     async fn put(&self, record: &Record) -> Result<EntryId, SpoolError> {
         let bytes = encode(record, self.key.as_ref());
         let nonce: u128 = rand::random();
@@ -89,6 +94,7 @@ impl SpoolStore for RedisSpool {
             .arg(&ids)
             .arg("JUSTID");
         self.inner
+            .load_full()
             .on_runtime(move |inner| async move {
                 let cmd = &cmd;
                 inner
@@ -256,7 +262,7 @@ impl SpoolStore for RedisSpool {
                 }
             }
         };
-        let _ = tokio::time::timeout(self.inner.timeout, leave).await;
+        let _ = tokio::time::timeout(self.inner.load().timeout, leave).await;
         self.shut_down();
     }
 }

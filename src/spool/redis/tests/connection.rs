@@ -189,3 +189,80 @@ fn close_leaves_the_group_unless_it_still_holds_entries() {
         "b still holds an entry: {left}"
     );
 }
+
+fn settings(url: String, password: &str, prefix: &str) -> RedisSettings {
+    RedisSettings {
+        url,
+        password: Some(Secret::new(password.as_bytes().to_vec())),
+        key_prefix: prefix.into(),
+        timeout: Duration::from_secs(1),
+    }
+}
+
+#[test]
+fn same_data_is_the_same_server_database_and_prefix() {
+    let base = settings("redis://127.0.0.1:6379/0".into(), "a", "pg:");
+    let same = [
+        settings("redis://127.0.0.1:6379/0".into(), "b", "pg:"),
+        settings("redis://:b@127.0.0.1:6379/0".into(), "a", "pg:"),
+        settings("rediss://127.0.0.1:6379/0".into(), "a", "pg:"),
+        RedisSettings {
+            timeout: Duration::from_secs(9),
+            ..base.clone()
+        },
+    ];
+    for new in &same {
+        assert!(same_data(&base, new), "{:?}", new.timeout);
+    }
+    let elsewhere = [
+        settings("redis://127.0.0.1:6380/0".into(), "a", "pg:"),
+        settings("redis://127.0.0.2:6379/0".into(), "a", "pg:"),
+        settings("redis://127.0.0.1:6379/1".into(), "a", "pg:"),
+        settings("redis://127.0.0.1:6379/0".into(), "a", "other:"),
+        settings("not a url".into(), "a", "pg:"),
+    ];
+    for new in &elsewhere {
+        assert!(!same_data(&base, new), "{}", new.key_prefix);
+    }
+}
+
+/// A rotated password: Redis drops the spool's connections and asks for the
+/// new one. Without `follow` every call fails; after it, the same spool (its
+/// consumer, its entries) goes on with a new client.
+#[test]
+fn follow_takes_a_rotated_password_and_keeps_the_entries() {
+    let mut server = Server::start_with(Some("first-pw"));
+    let old = settings(server.url(), "first-pw", "t:");
+    let s = RedisSpool::new(&old, 1 << 20, None).unwrap();
+    let rt = rt();
+    rt.block_on(s.put(&record("/r", 1))).unwrap();
+
+    assert!(
+        server
+            .command(&["CONFIG", "SET", "requirepass", "second-pw"])
+            .starts_with("+OK")
+    );
+    server.password = Some("second-pw");
+    server.command(&["CLIENT", "KILL", "TYPE", "normal"]);
+    let refused = rt.block_on(s.put(&record("/r", 2)));
+    assert!(
+        matches!(refused, Err(SpoolError::Unavailable(_))),
+        "{refused:?}"
+    );
+
+    let elsewhere = settings("redis://127.0.0.1:1/0".into(), "second-pw", "t:");
+    assert!(
+        !s.follow(&old, &elsewhere).unwrap(),
+        "another server is not followed"
+    );
+    let new = settings(server.url(), "second-pw", "t:");
+    assert!(s.follow(&old, &new).unwrap());
+    rt.block_on(s.put(&record("/r", 3))).unwrap();
+    let taken = rt.block_on(s.take("/r", 10, LONG)).unwrap();
+    let ids: Vec<&str> = taken.iter().map(|e| e.record.replay_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["evt_1", "evt_3"],
+        "the entry from before the rotation and the new one"
+    );
+}
