@@ -61,6 +61,14 @@
 //! but it could not answer sooner than the first attempt; the first attempt's
 //! late answer is handled below instead.)
 //!
+//! A call answered **`READONLY`** is tried once more too, on a *new*
+//! connection: after a failover behind one address (a managed Redis, a
+//! Kubernetes Service, a Sentinel-managed name) the held connection still
+//! reaches the old primary, now a replica, and `ConnectionManager` never
+//! replaces a connection that is alive. The new one is made to the same
+//! address, which reaches the new primary. A replica refuses a write before
+//! running it, so the retry cannot apply anything twice.
+//!
 //! # A claim that timed out
 //!
 //! A claim that the caller gave up on (it timed out, or the request was

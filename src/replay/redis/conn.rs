@@ -1,11 +1,12 @@
 //! The connection to Redis and the calls made on it: one `ConnectionManager`
 //! driven by the store's own runtime, every call bounded by `timeout` and
-//! tried once more when its connection was dropped (see "Retries" in the
-//! parent module).
+//! tried once more when its connection was dropped, or answered `READONLY`
+//! (see "Retries" in the parent module).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisResult, Script, Value};
 
@@ -97,6 +98,13 @@ fn is_dropped(e: &redis::RedisError) -> bool {
     e.is_connection_dropped() && !e.is_timeout()
 }
 
+/// Whether Redis refused a write as a read-only replica: after a failover the
+/// connection still reaches the demoted primary, which never writes again,
+/// while a new connection to the same address reaches the new primary.
+fn is_read_only(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+}
+
 /// A short description of a Redis error that cannot contain the URL.
 pub(crate) fn describe(e: &redis::RedisError) -> String {
     if e.is_timeout() {
@@ -110,7 +118,12 @@ pub(crate) fn describe(e: &redis::RedisError) -> String {
 
 /// What every call shares: the connection, the scripts, the bound.
 pub(crate) struct Inner {
-    manager: ConnectionManager,
+    /// The connection every call uses; replaced by a new one to the same
+    /// address when Redis answers `READONLY` (see [`Inner::retrying`]).
+    manager: ArcSwap<ConnectionManager>,
+    /// What a replacement connection is made from.
+    client: redis::Client,
+    config: ConnectionManagerConfig,
     claim: Script,
     release: Script,
     renew: Script,
@@ -149,10 +162,13 @@ impl Inner {
             .set_max_delay(Duration::from_secs(1));
         let manager = {
             let _enter = runtime.enter();
-            ConnectionManager::new_lazy_with_config(client, config).map_err(setup)?
+            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                .map_err(setup)?
         };
         Ok(Inner {
-            manager,
+            manager: ArcSwap::from_pointee(manager),
+            client,
+            config,
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
             renew: Script::new(RENEW),
@@ -189,15 +205,37 @@ impl Inner {
         Op: FnMut(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        match op(self.manager.clone()).await {
+        let first = self.manager.load_full();
+        match op((*first).clone()).await {
             Err(e) if is_dropped(&e) && still_wanted() => {
                 tracing::debug!(
                     error = describe(&e),
                     "redis connection dropped: retrying once on a new connection"
                 );
-                op(self.manager.clone()).await
+                op((**self.manager.load()).clone()).await
+            }
+            Err(e) if is_read_only(&e) && still_wanted() => {
+                self.replace(&first);
+                op((**self.manager.load()).clone()).await
             }
             other => other,
+        }
+    }
+
+    /// A new connection in place of `failed` (if no other call replaced it
+    /// already), made lazily to the same address: after a failover that
+    /// address names the new primary. Runs on the store's runtime.
+    fn replace(&self, failed: &Arc<ConnectionManager>) {
+        let Ok(fresh) =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+        else {
+            return;
+        };
+        let before = self.manager.compare_and_swap(failed, Arc::new(fresh));
+        if Arc::ptr_eq(&before, failed) {
+            tracing::warn!(
+                "redis answered READONLY (a replica, after a failover?): reconnecting to the configured address"
+            );
         }
     }
 

@@ -1,4 +1,8 @@
-//! Against a real `redis-server` (started here on a free loopback port).
+//! Against a real `redis-server` (started here on a free loopback port);
+//! `failover`: a failover behind one address.
+
+mod failover;
+
 use super::*;
 use crate::replay;
 use std::io::{Read, Write};
