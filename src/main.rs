@@ -120,12 +120,12 @@ fn main() -> ExitCode {
 fn cmd_run(config: Option<&Path>) -> ExitCode {
     match load(config) {
         // The warnings are logged by `server::run`.
-        Ok((config::Effective { config: cfg, .. }, _warnings)) => {
-            server::init_logging(cfg.log_format);
-            for w in cfg.warnings() {
+        Ok((effective, _warnings)) => {
+            server::init_logging(effective.config.log_format);
+            for w in effective.warnings() {
                 tracing::warn!(key = %w.key, "{}", w.message);
             }
-            match server::run(config, cfg) {
+            match server::run(config, effective.config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(_) => ExitCode::FAILURE,
             }
@@ -145,13 +145,13 @@ fn cmd_check(config: Option<&Path>, print: bool) -> ExitCode {
             if print {
                 print!("{}", cfg.printed);
             }
-            let cfg = cfg.config;
             for w in &warnings {
                 eprintln!("warning: listen.tls: {w}");
             }
             for w in cfg.warnings() {
                 eprintln!("warning: {}: {}", w.key, w.message);
             }
+            let cfg = cfg.config;
             let shown = config.map_or_else(|| config::NO_FILE.into(), |p| p.display().to_string());
             println!(
                 "{shown}: ok ({} route{}, every secret resolved)",

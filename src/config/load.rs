@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::env::Provenance;
 use super::{
     Config, ConfigError, Env, EnvSource, Problem, check, cross, env, headers, raw, replay, routes,
     server, spool, upstream,
@@ -18,6 +19,18 @@ pub struct Effective {
     pub config: Config,
     /// `check --print`: every key in TOML form, annotated with its origin.
     pub printed: String,
+    /// Where each value came from: the file or a `PERSONA_GUARD_*` variable.
+    pub provenance: Provenance,
+}
+
+impl Effective {
+    /// [`Config::warnings`], each under a key a variable set naming the
+    /// variable (as problems do), so the operator looks in the right place.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut w = self.config.warnings();
+        self.provenance.name_vars(&mut w);
+        w
+    }
 }
 
 /// Reads, parses and validates a route file (or none: the defaults), lays the
@@ -80,7 +93,11 @@ pub(super) fn compile(
         v
     })?;
     let printed = env::render(&table, &prov, source);
-    Ok(Effective { config, printed })
+    Ok(Effective {
+        config,
+        printed,
+        provenance: prov,
+    })
 }
 
 /// Compiles each section in turn (the order problems are reported in), then

@@ -26,7 +26,8 @@
 //! over the parsed table (one naming rule, one key list: `env::KEYS`, in
 //! `env/keys.rs`), recording where each value came from for `check --print`;
 //! a file is optional (none: the defaults and the environment). Problems
-//! under a key a variable set are named by the variable.
+//! under a key a variable set are named by the variable, and so are warnings
+//! ([`Effective::warnings`]).
 //!
 //! The compiled [`Config`] serves two lifetimes: [`ProcessConfig`] is the part
 //! fixed at start (listeners, threads, the store's kind...) and

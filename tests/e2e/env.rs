@@ -198,3 +198,33 @@ fn an_unknown_or_bad_variable_fails_naming_the_variable_not_the_value() {
     }
     assert!(!stderr.contains("LEAKCANARY"), "{stderr}");
 }
+
+/// A warning about a value a variable set names the variable, as an error
+/// does; the same value from the file is named by its key (the twin).
+#[test]
+fn a_warning_names_the_variable_that_set_the_value() {
+    let secret = secret();
+    let base = [
+        ("PG_E2E_WARN_SECRET", secret.as_str()),
+        ("PERSONA_GUARD_ROUTE_PATH", "/b"),
+        ("PERSONA_GUARD_ROUTE_SECRETS", "env:PG_E2E_WARN_SECRET"),
+    ];
+    let mut env = base.to_vec();
+    env.push(("PERSONA_GUARD_REPLAY_TTL", "1h"));
+    let out = run_cli(&["check"], &env, None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: PERSONA_GUARD_REPLAY_TTL (replay.ttl): "),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pg.toml");
+    std::fs::write(&file, "[replay]\nttl = \"1h\"\n").unwrap();
+    let out = run_cli(&["check", "--config", file.to_str().unwrap()], &base, None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: replay.ttl: "), "{stderr}");
+    assert!(!stderr.contains("PERSONA_GUARD_REPLAY_TTL"), "{stderr}");
+}
