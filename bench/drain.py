@@ -22,94 +22,24 @@ The load generator runs on CPU 0; persona-guard, nginx and redis-server on CPU 1
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release/persona-guard")
-LOADGEN = os.path.join(ROOT, "target/release/examples/loadgen")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (BIN, CONNS, LOADGEN, SECRET, Bench, free_port, stop,  # noqa: E402
+                      spool_metrics as metrics, wait_port)
+
 EVENTS = int(os.environ.get("BENCH_DRAIN_EVENTS", "10000"))
-CONNS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 TIMEOUT = int(os.environ.get("BENCH_DRAIN_TIMEOUT", "300"))  # seconds, per phase
-SECRET = "wbhsec_bench_secret"
-WORK = tempfile.mkdtemp(prefix="pg-drain.")
-procs = []
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(port):
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"drain: nothing listens on {port}")
-
-
-def start(args, cpu, **kw):
-    p = subprocess.Popen(["taskset", "-c", str(cpu)] + args, stdout=subprocess.DEVNULL,
-                         stderr=kw.pop("stderr", subprocess.DEVNULL), **kw)
-    procs.append(p)
-    return p
-
-
-def stop(p):
-    p.terminate()
-    try:
-        p.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
-
-
-def metrics(admin):
-    """The persona_guard_spool_* series summed by name, and by name{result|reason}."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if not line.startswith("persona_guard_spool_"):
-            continue
-        key, value = line.rsplit(" ", 1)
-        name = key.split("{", 1)[0]
-        out[name] = out.get(name, 0) + float(value)
-        for label in ("result", "reason"):
-            if f'{label}="' in key:
-                v = key.split(f'{label}="', 1)[1].split('"', 1)[0]
-                out[f"{name}{{{v}}}"] = out.get(f"{name}{{{v}}}", 0) + float(value)
-    return out
+B = Bench("pg-drain.")
+WORK = B.work
+start = B.start
 
 
 def nginx(name, port):
-    conf = os.path.join(WORK, f"{name}.conf")
-    open(conf, "w").write(f"""
-worker_processes 1;
-daemon off;
-pid {WORK}/{name}.pid;
-error_log {WORK}/{name}.err warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_buffer_size 2m;
-  client_max_body_size 2m;
-  keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{port}; location / {{ return 200 'ok'; }} }}
-}}
-""")
-    p = start(["nginx", "-c", conf, "-p", WORK], 1)
-    wait_port(port)
-    return p
+    """The app back up: nginx answering 200 to everything."""
+    return B.nginx(name, port, f"server {{ listen 127.0.0.1:{port}; location / {{ return 200 'ok'; }} }}")
 
 
 def run(name, store_toml):
@@ -230,15 +160,5 @@ def main():
               f" drain rate {(rd['delivered'] / rd['empty']) / (e['delivered'] / e['empty']):.2f}x")
 
 
-try:
+with B:
     main()
-finally:
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-    shutil.rmtree(WORK, ignore_errors=True)

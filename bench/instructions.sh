@@ -75,6 +75,20 @@ load signed /webhooks/persona 300 "$LISTEN" >/dev/null
 pg_plain=$(count "$VG" plain /x "$LISTEN" pg-plain)
 pg_signed=$(count "$VG" signed /webhooks/persona "$LISTEN" pg-signed)
 
+# The same verified deliveries with the delivery spool armed but unused
+# (`spool = "on_failure"`, the app answering 200): what arming it costs.
+SP_LISTEN=$(free_port); SP_ADMIN=$(free_port)
+sed -e "s/127.0.0.1:$LISTEN/127.0.0.1:$SP_LISTEN/" -e "s/127.0.0.1:$ADMIN/127.0.0.1:$SP_ADMIN/" \
+  "$WORK/pg.toml" >"$WORK/pg-spool.toml"
+printf 'spool = "on_failure"\n[spool]\ndir = "%s"\n' "$WORK/spool" >>"$WORK/pg-spool.toml"
+RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" \
+  "$BIN" run --config "$WORK/pg-spool.toml" >"$WORK/pg-spool.log" 2>&1 & SVG=$!
+PIDS+=($SVG)
+wait_port "$SP_LISTEN"
+load signed /webhooks/persona 300 "$SP_LISTEN" >/dev/null
+pg_spool=$(count "$SVG" signed /webhooks/persona "$SP_LISTEN" pg-spool-armed)
+kill "$SVG" 2>/dev/null || true
+
 # The floor: pingora's own few-line proxy (examples/bare_proxy.rs), one thread,
 # forwarding the same plain and signed requests (it verifies nothing).
 BARE_PORT=$(free_port)
@@ -121,11 +135,13 @@ fi
 echo "user-space instructions per request (callgrind, $N requests per row, ~4 KiB bodies)"
 printf '  %-50s %9s %9s\n' "" "plain" "signed"
 printf '  %-50s %9d %9d\n' "persona-guard (passthrough / verified+forwarded)" "$pg_plain" "$pg_signed"
+printf '  %-50s %9s %9d\n' "persona-guard, spool armed (on_failure, app up)" "-" "$pg_spool"
 printf '  %-50s %9d %9d\n' "bare pingora proxy (examples/bare_proxy.rs)" "$bare_plain" "$bare_signed"
 if [ -n "${ngx_plain:-}" ]; then
   printf '  %-50s %9d %9d\n' "nginx proxy_pass (no verification)" "$ngx_plain" "$ngx_signed"
 fi
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+printf '  %-50s %9s %9s\n' "spool armed / spool off" "-" "$(ratio "$pg_spool" "$pg_signed")x"
 printf '  %-50s %9s %9s\n' "persona-guard / bare pingora (target 1.00 / 1.25)" \
   "$(ratio "$pg_plain" "$bare_plain")x" "$(ratio "$pg_signed" "$bare_signed")x"
 if [ -n "${ngx_plain:-}" ]; then

@@ -31,50 +31,21 @@ CPU 0, proxies and upstream to CPU 1.
 """
 import json
 import os
-import urllib.request
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release/persona-guard")
-LOADGEN = os.path.join(ROOT, "target/release/examples/loadgen")
-BARE = os.path.join(ROOT, "target/release/examples/bare_proxy")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (BARE, BIN, CONNS, LOADGEN, SECRET, Bench, free_port,  # noqa: E402
+                      spool_metrics as metrics, wait_port)
+
 SECS = int(os.environ.get("BENCH_SECONDS", "8"))
-CONNS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 SPOOL = os.environ.get("BENCH_SPOOL", "1") != "0"
 TCK = os.sysconf("SC_CLK_TCK")
-SECRET = "wbhsec_bench_secret"
-WORK = tempfile.mkdtemp(prefix="pg-bench.")
-procs = []
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(port):
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"bench: nothing listens on {port}")
-
-
-def start(args, cpu, **kw):
-    p = subprocess.Popen(["taskset", "-c", str(cpu)] + args, stdout=subprocess.DEVNULL,
-                         stderr=kw.pop("stderr", subprocess.DEVNULL), **kw)
-    procs.append(p)
-    return p
+B = Bench("pg-bench.")
+WORK = B.work
+start, nginx = B.start, B.nginx
 
 
 def family(pid):
@@ -111,51 +82,12 @@ def peak_rss_kib(pid):
     return total
 
 
-def nginx(name, port, body):
-    conf = os.path.join(WORK, f"{name}.conf")
-    open(conf, "w").write(f"""
-worker_processes 1;
-daemon off;
-pid {WORK}/{name}.pid;
-error_log {WORK}/{name}.err warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_buffer_size 2m;
-  client_max_body_size 2m;
-  keepalive_requests 1000000;
-  {body}
-}}
-""")
-    p = start(["nginx", "-c", conf, "-p", WORK], 1)
-    wait_port(port)
-    return p
-
-
 def loadgen(port, mode, path, rate=0, secs=SECS, conns=CONNS):
     args = [LOADGEN, "--target", f"127.0.0.1:{port}", "--mode", mode, "--path", path,
             "--connections", str(conns), "--duration", f"{secs}s", "--rate", str(rate)]
     out = subprocess.run(["taskset", "-c", "0"] + args, capture_output=True, text=True,
                          env=dict(os.environ, PERSONA_WEBHOOK_SECRET=SECRET), check=True)
     return json.loads(out.stdout)
-
-
-def metrics(admin):
-    """Sums of the persona_guard_spool_* series on the admin /metrics, by name
-    (and name{result=...} for the redeliveries, name{reason=...} for fallbacks)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if not line.startswith("persona_guard_spool_"):
-            continue
-        key, value = line.rsplit(" ", 1)
-        name = key.split("{", 1)[0]
-        out[name] = out.get(name, 0) + float(value)
-        for label in ("result", "reason"):
-            if f'{label}="' in key:
-                v = key.split(f'{label}="', 1)[1].split('"', 1)[0]
-                out[f"{name}{{{v}}}"] = out.get(f"{name}{{{v}}}", 0) + float(value)
-    return out
 
 
 def drained(admin, timeout=int(os.environ.get("BENCH_SPOOL_DRAIN", "60"))):
@@ -341,14 +273,5 @@ secrets = ["env:PERSONA_WEBHOOK_SECRET"]
         print(f"  non-2xx answers in: {bad}")
 
 
-try:
+with B:
     main()
-finally:
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-    shutil.rmtree(WORK, ignore_errors=True)

@@ -256,14 +256,7 @@ impl RedisStore {
 
     /// Stops the runtime, and with it the connection and every task on it.
     fn shut_down(&self) {
-        let runtime = self
-            .runtime
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if let Some(rt) = runtime {
-            rt.shutdown_background();
-        }
+        conn::shut_down(&self.runtime);
     }
 }
 

@@ -107,7 +107,7 @@ use super::{Entry, SpoolError};
 use super::{Record, SpoolStore};
 use crate::config::RedisSettings;
 use crate::config::SpoolKey;
-use crate::replay::redis::conn::{Inner, RedisStoreError};
+use crate::replay::redis::conn::{self, Inner, RedisStoreError};
 use crate::replay::redis::keys;
 
 use super::codec::decode;
@@ -312,23 +312,7 @@ impl RedisSpool {
         let script = script.clone();
         self.inner
             .load_full()
-            .on_runtime(move |inner| async move {
-                inner
-                    .bounded(inner.retrying(
-                        || true,
-                        |mut con| {
-                            let mut inv = script.prepare_invoke();
-                            for k in &keys {
-                                inv.key(k.as_slice());
-                            }
-                            for a in &args {
-                                inv.arg(a.as_slice());
-                            }
-                            async move { inv.invoke_async::<T>(&mut con).await }
-                        },
-                    ))
-                    .await
-            })
+            .on_runtime(move |inner| async move { inner.eval(&script, &keys, &args).await })
             .await
             .map_err(unavailable)
     }
@@ -359,13 +343,6 @@ impl RedisSpool {
 
     /// Stops the runtime, and with it the connection and every task on it.
     fn shut_down(&self) {
-        let runtime = self
-            .runtime
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if let Some(rt) = runtime {
-            rt.shutdown_background();
-        }
+        conn::shut_down(&self.runtime);
     }
 }

@@ -116,6 +116,18 @@ pub(crate) fn describe(e: &redis::RedisError) -> String {
     }
 }
 
+/// Stops a client's runtime (once), and with it the connection and every task
+/// on it; for the stores' close and drop.
+pub(crate) fn shut_down(runtime: &std::sync::Mutex<Option<tokio::runtime::Runtime>>) {
+    let runtime = runtime
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
+    if let Some(rt) = runtime {
+        rt.shutdown_background();
+    }
+}
+
 /// What every call shares: the connection, the scripts, the bound.
 pub(crate) struct Inner {
     /// The connection every call uses; replaced by a new one to the same
@@ -270,19 +282,34 @@ impl Inner {
         .await
     }
 
+    /// Runs `script` with `keys` and `args`, bounded and retried once on a
+    /// dropped connection: every script here is idempotent for its arguments.
+    pub(crate) async fn eval<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[Vec<u8>],
+        args: &[Vec<u8>],
+    ) -> Result<T, RedisStoreError> {
+        self.bounded(self.retrying(
+            || true,
+            |mut con| {
+                let mut inv = script.prepare_invoke();
+                for k in keys {
+                    inv.key(k.as_slice());
+                }
+                for a in args {
+                    inv.arg(a.as_slice());
+                }
+                async move { inv.invoke_async::<T>(&mut con).await }
+            },
+        ))
+        .await
+    }
+
     /// Deletes the key if it still holds this token's in-flight mark; whether it did.
     pub(super) async fn release(&self, key: &[u8], token: u64) -> Result<bool, RedisStoreError> {
-        let value = inflight_value(token);
-        let deleted: i64 = self
-            .bounded(self.retrying(
-                || true,
-                |mut con| {
-                    let mut inv = self.release.key(key);
-                    inv.arg(value.as_str());
-                    async move { inv.invoke_async(&mut con).await }
-                },
-            ))
-            .await?;
+        let args = [inflight_value(token).into_bytes()];
+        let deleted: i64 = self.eval(&self.release, &[key.to_vec()], &args).await?;
         Ok(deleted == 1)
     }
 
@@ -294,18 +321,11 @@ impl Inner {
         token: u64,
         inflight_ttl: Duration,
     ) -> Result<bool, RedisStoreError> {
-        let value = inflight_value(token);
-        let ms = millis(inflight_ttl);
-        let renewed: i64 = self
-            .bounded(self.retrying(
-                || true,
-                |mut con| {
-                    let mut inv = self.renew.key(key);
-                    inv.arg(value.as_str()).arg(ms);
-                    async move { inv.invoke_async(&mut con).await }
-                },
-            ))
-            .await?;
+        let args = [
+            inflight_value(token).into_bytes(),
+            millis(inflight_ttl).to_string().into_bytes(),
+        ];
+        let renewed: i64 = self.eval(&self.renew, &[key.to_vec()], &args).await?;
         Ok(renewed == 1)
     }
 
@@ -319,17 +339,12 @@ impl Inner {
         token: u64,
         inflight_ttl: Duration,
     ) -> Result<(i64, i64), RedisStoreError> {
-        let (value, old) = (inflight_value(token), inflight_value(old));
-        let ms = millis(inflight_ttl);
-        self.bounded(self.retrying(
-            || true,
-            |mut con| {
-                let mut inv = self.take_over.key(key);
-                inv.arg(value.as_str()).arg(ms).arg(old.as_str());
-                async move { inv.invoke_async(&mut con).await }
-            },
-        ))
-        .await
+        let args = [
+            inflight_value(token).into_bytes(),
+            millis(inflight_ttl).to_string().into_bytes(),
+            inflight_value(old).into_bytes(),
+        ];
+        self.eval(&self.take_over, &[key.to_vec()], &args).await
     }
 
     /// `SET key delivered PX ttl`.
