@@ -6,7 +6,9 @@
 //!   503 with a JSON reason otherwise.
 //! * `GET /metrics`: Prometheus text exposition (see `metrics.rs`).
 //! * `GET /spool`: per spooling route its depth, oldest age, bytes and dead
-//!   letters (the first [`DEAD_LISTED`] of them listed).
+//!   letters (the first [`DEAD_LISTED`] of them listed, and `dead_next` when
+//!   there are more); `GET /spool/dead?route=&after=&limit=`: one route's
+//!   dead letters a page at a time.
 //! * `POST /spool/retry`: every dead letter back to live, or only those
 //!   whose event id (or entry id) is `?id=`; `DELETE /spool/dead?id=`: deletes
 //!   those dead letters. These change the spool: the admin listener belongs
@@ -20,45 +22,11 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::config::SpoolMode;
-use crate::spool::{Entry, Handle};
 use crate::state::Shared;
 
-/// Why a `/spool` request cannot be served.
-enum SpoolRefusal {
-    /// No route spools: the process has no spool.
-    NoSpool,
-    /// The spool failed (its message names no secret and quotes no body).
-    Unavailable(String),
-}
+mod spool;
 
-impl SpoolRefusal {
-    fn response(self) -> Response<Vec<u8>> {
-        match self {
-            SpoolRefusal::NoSpool => json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "no_spool", "message": "No route spools (spool = \"on_failure\" or \"always\")."}),
-            ),
-            SpoolRefusal::Unavailable(message) => json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"error": "spool_unavailable", "message": message}),
-            ),
-        }
-    }
-}
-
-impl From<crate::spool::SpoolError> for SpoolRefusal {
-    fn from(e: crate::spool::SpoolError) -> Self {
-        SpoolRefusal::Unavailable(e.to_string())
-    }
-}
-
-/// The process's spool and every configured route (by path), with whether
-/// it spools now (a route a reload turned off may still hold entries).
-type Spooling<'a> = (&'a Arc<Handle>, Vec<(String, bool)>);
-
-/// Dead letters matching a query, with their routes.
-type Matching<'a> = (&'a Arc<Handle>, Vec<(String, Entry)>);
+pub use spool::DEAD_LISTED;
 
 pub struct Admin {
     pub shared: Arc<Shared>,
@@ -73,9 +41,6 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
-/// How many dead letters `GET /spool` lists per route (all are counted).
-pub const DEAD_LISTED: usize = 100;
-
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
     reply(status, "application/json", v.to_string().into_bytes())
 }
@@ -87,178 +52,7 @@ fn query_id(query: Option<&str>) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
-}
-
-fn age_seconds(ms: u64) -> u64 {
-    crate::spool::now_ms().saturating_sub(ms) / 1000
-}
-
 impl Admin {
-    /// The spool and the routes that spool, or the answer saying there is none.
-    fn spool(&self) -> Result<Spooling<'_>, SpoolRefusal> {
-        let Some(spool) = self.shared.spool.get() else {
-            return Err(SpoolRefusal::NoSpool);
-        };
-        let policy = self.shared.policy.load();
-        let routes = policy
-            .config
-            .routes
-            .iter()
-            .map(|r| (r.path.clone(), r.spool != SpoolMode::Off))
-            .collect();
-        Ok((spool, routes))
-    }
-
-    async fn spool_list(&self) -> Response<Vec<u8>> {
-        match self.spool_listing().await {
-            Ok(v) => json(StatusCode::OK, v),
-            Err(r) => r.response(),
-        }
-    }
-
-    async fn spool_listing(&self) -> Result<serde_json::Value, SpoolRefusal> {
-        let (spool, routes) = self.spool()?;
-        let mut out = Vec::new();
-        for (route, spooling) in routes {
-            let stats = spool.store.stats(&route).await?;
-            if !spooling && stats.depth == 0 && stats.dead == 0 {
-                continue;
-            }
-            let dead = spool.store.dead(&route).await?;
-            let listed: Vec<_> = dead
-                .iter()
-                .take(DEAD_LISTED)
-                .map(|e| {
-                    serde_json::json!({
-                        "id": e.id,
-                        "event_id": e.record.event_id,
-                        "event_type": e.record.event_type,
-                        "spooled_at": rfc3339(e.record.spooled_at_ms),
-                        "age_seconds": age_seconds(e.record.live_since_ms),
-                    })
-                })
-                .collect();
-            out.push(serde_json::json!({
-                "route": route,
-                "depth": stats.depth,
-                "oldest_age_seconds": stats.oldest_live_ms.map_or(0, age_seconds),
-                "bytes": stats.bytes,
-                "dead_letters": stats.dead,
-                "dead": listed,
-            }));
-        }
-        Ok(serde_json::json!({ "routes": out }))
-    }
-
-    /// The dead letters `id` names (event id or entry id; every one when
-    /// `None`), per route.
-    async fn dead_matching(&self, id: Option<&str>) -> Result<Matching<'_>, SpoolRefusal> {
-        let (spool, routes) = self.spool()?;
-        let mut found = Vec::new();
-        for (route, _) in routes {
-            let dead = spool.store.dead(&route).await?;
-            for e in dead {
-                if id.is_none_or(|id| e.id == id || e.record.event_id.as_deref() == Some(id)) {
-                    found.push((route.clone(), e));
-                }
-            }
-        }
-        Ok((spool, found))
-    }
-
-    async fn spool_retry(&self, id: Option<&str>) -> Response<Vec<u8>> {
-        let (spool, found) = match self.dead_matching(id).await {
-            Ok(f) => f,
-            Err(r) => return r.response(),
-        };
-        if id.is_some() && found.is_empty() {
-            return json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "not_found", "message": "No dead letter has that id."}),
-            );
-        }
-        let mut retried = 0;
-        for (route, e) in found {
-            match spool
-                .store
-                .revive(&route, &e.id, crate::spool::now_ms())
-                .await
-            {
-                Ok(_) => retried += 1,
-                Err(crate::spool::SpoolError::NotFound) => {}
-                Err(err) => return SpoolRefusal::from(err).response(),
-            }
-        }
-        tracing::info!(retried, "spool: dead letters retried by an operator");
-        spool.stored();
-        json(StatusCode::OK, serde_json::json!({ "retried": retried }))
-    }
-
-    async fn spool_delete(&self, id: Option<&str>) -> Response<Vec<u8>> {
-        let Some(id) = id else {
-            return json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": "missing_id", "message": "DELETE /spool/dead needs ?id=<event id or entry id>."}),
-            );
-        };
-        let (spool, found) = match self.dead_matching(Some(id)).await {
-            Ok(f) => f,
-            Err(r) => return r.response(),
-        };
-        let mut deleted = 0;
-        for (route, e) in found {
-            match spool.store.delete_dead(&route, &e.id).await {
-                Ok(()) => {
-                    deleted += 1;
-                    tracing::warn!(
-                        route,
-                        event_id = e.record.event_id.as_deref(),
-                        "spool: dead letter deleted by an operator"
-                    );
-                }
-                Err(crate::spool::SpoolError::NotFound) => {}
-                Err(err) => return SpoolRefusal::from(err).response(),
-            }
-        }
-        if deleted == 0 {
-            return json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "not_found", "message": "No dead letter has that id."}),
-            );
-        }
-        json(StatusCode::OK, serde_json::json!({ "deleted": deleted }))
-    }
-
-    /// Sets the spool gauges of every spooling route (on scrape).
-    async fn spool_gauges(&self) {
-        let Ok((spool, routes)) = self.spool() else {
-            return;
-        };
-        let m = &self.shared.metrics;
-        for (route, spooling) in routes {
-            match spool.store.stats(&route).await {
-                Ok(s) if !spooling && s.depth == 0 && s.dead == 0 => {}
-                Ok(s) => {
-                    m.spool_depth
-                        .with_label_values(&[&route])
-                        .set(s.depth as i64);
-                    m.spool_dead_letters
-                        .with_label_values(&[&route])
-                        .set(s.dead as i64);
-                    m.spool_oldest_age
-                        .with_label_values(&[&route])
-                        .set(s.oldest_live_ms.map_or(0, age_seconds) as i64);
-                }
-                Err(e) => {
-                    tracing::warn!(route, error = %e, "spool: cannot read its stats for /metrics")
-                }
-            }
-        }
-    }
-
     /// Ready once the public listener has accepted (a latch set at start,
     /// see `server::lifecycle`), while the replay store answers, and until
     /// SIGTERM.
@@ -285,6 +79,7 @@ impl ServeHttp for Admin {
             (&Method::GET, "/spool") => return self.spool_list().await,
             (&Method::POST, "/spool/retry") => return self.spool_retry(id.as_deref()).await,
             (&Method::DELETE, "/spool/dead") => return self.spool_delete(id.as_deref()).await,
+            (&Method::GET, "/spool/dead") => return self.spool_dead_page(req.uri.query()).await,
             (_, "/spool" | "/spool/retry" | "/spool/dead") | (&Method::GET, _) => {}
             _ => {
                 return reply(

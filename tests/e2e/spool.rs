@@ -499,3 +499,69 @@ fn a_route_turned_off_by_a_reload_still_delivers_what_it_holds() {
     wait_accepted(&up, std::slice::from_ref(&id), Duration::from_secs(10));
     assert_eq!(accepted_counts(&up)[&id], 1);
 }
+
+/// `GET /spool/dead` pages one route's dead letters: `limit` at a time,
+/// oldest first, `next` naming where the following page starts; the pages
+/// together are every dead letter once. Bad queries are refused by name.
+#[test]
+fn dead_letters_are_listed_a_page_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, p) = rig_with(|b| spooling(b, dir.path(), "on_failure").set("spool.max_age", "1s"));
+    up.set_status(500);
+    let ids: Vec<String> = (0..3).map(|_| event_id()).collect();
+    for id in &ids {
+        p.deliver(&event_body(id, "inquiry.failed"))
+            .assert_status_json(202, "spooled");
+    }
+    wait_for("three dead letters", Duration::from_secs(15), || {
+        p.metric(&spool_series("dead_letters")) == 3.0
+    });
+    // The overview lists all three (under its 100), so it has no next page.
+    let overview = p.admin_get("/spool").json();
+    assert_eq!(overview["routes"][0]["dead_next"], serde_json::Value::Null);
+
+    let page = |query: &str| p.admin_get(&format!("/spool/dead?route={ROUTE}{query}"));
+    let first = page("&limit=2");
+    assert_eq!(first.status, 200, "{}", first.text());
+    let first = first.json();
+    assert_eq!(first["dead_letters"], 3);
+    assert_eq!(first["dead"].as_array().unwrap().len(), 2);
+    let next = first["next"].as_str().expect("a next page").to_string();
+    assert_eq!(first["dead"][1]["id"], next.as_str());
+    let second = page(&format!("&limit=2&after={next}")).json();
+    assert_eq!(second["dead"].as_array().unwrap().len(), 1);
+    assert_eq!(second["next"], serde_json::Value::Null);
+    let listed: Vec<&str> = first["dead"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["dead"].as_array().unwrap())
+        .map(|d| d["event_id"].as_str().unwrap())
+        .collect();
+    let mut sorted = listed.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 3, "each dead letter once: {listed:?}");
+    let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(sorted, want);
+    // No body, no head in the listing.
+    assert!(!first.to_string().contains("Jane"), "{first}");
+
+    for (query, status, error) in [
+        ("/spool/dead", 400, "missing_route"),
+        ("/spool/dead?route=/nowhere", 404, "unknown_route"),
+        (
+            &format!("/spool/dead?route={ROUTE}&limit=0"),
+            400,
+            "bad_limit",
+        ),
+        (
+            &format!("/spool/dead?route={ROUTE}&after=1-1"),
+            404,
+            "not_found",
+        ),
+    ] {
+        p.admin_get(query).assert_error(status, error);
+    }
+}

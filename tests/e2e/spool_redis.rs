@@ -243,6 +243,10 @@ fn dead_letters_on_redis_are_listed_and_delivered_on_retry() {
     assert_eq!(route["route"], ROUTE);
     assert_eq!(route["dead_letters"], 1);
     assert_eq!(route["dead"][0]["event_id"], id.as_str(), "{listed}");
+    // The paged listing reads the same dead letter from the stream.
+    let page = p.admin_get(&format!("/spool/dead?route={ROUTE}&limit=1")).json();
+    assert_eq!(page["dead"][0]["event_id"], id.as_str(), "{page}");
+    assert_eq!(page["next"], serde_json::Value::Null);
 
     up.set_status(200);
     let r = p.admin_request("POST", &format!("/spool/retry?id={id}"));

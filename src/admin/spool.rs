@@ -1,0 +1,322 @@
+//! The admin listener's spool endpoints (see [`super`]): the listing, one
+//! route's dead letters a page at a time, retry and delete, and the spool
+//! gauges set at scrape.
+
+use std::sync::Arc;
+
+use http::{Response, StatusCode};
+
+use super::{Admin, json};
+use crate::config::SpoolMode;
+use crate::spool::{Entry, Handle};
+
+/// Why a `/spool` request cannot be served.
+enum SpoolRefusal {
+    /// No route spools: the process has no spool.
+    NoSpool,
+    /// The spool failed (its message names no secret and quotes no body).
+    Unavailable(String),
+}
+
+impl SpoolRefusal {
+    fn response(self) -> Response<Vec<u8>> {
+        match self {
+            SpoolRefusal::NoSpool => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "no_spool", "message": "No route spools (spool = \"on_failure\" or \"always\")."}),
+            ),
+            SpoolRefusal::Unavailable(message) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "spool_unavailable", "message": message}),
+            ),
+        }
+    }
+}
+
+impl From<crate::spool::SpoolError> for SpoolRefusal {
+    fn from(e: crate::spool::SpoolError) -> Self {
+        SpoolRefusal::Unavailable(e.to_string())
+    }
+}
+
+/// The process's spool and every configured route (by path), with whether
+/// it spools now (a route a reload turned off may still hold entries).
+type Spooling<'a> = (&'a Arc<Handle>, Vec<(String, bool)>);
+
+/// Dead letters matching a query, with their routes.
+type Matching<'a> = (&'a Arc<Handle>, Vec<(String, Entry)>);
+
+/// How many dead letters `GET /spool` lists per route (all are counted).
+pub const DEAD_LISTED: usize = 100;
+
+/// The most dead letters one `GET /spool/dead` page lists.
+const PAGE_MAX: usize = 1000;
+
+/// One dead letter as the admin endpoints list it (no body, no head).
+fn dead_json(e: &Entry) -> serde_json::Value {
+    serde_json::json!({
+        "id": e.id,
+        "event_id": e.record.event_id,
+        "event_type": e.record.event_type,
+        "spooled_at": rfc3339(e.record.spooled_at_ms),
+        "age_seconds": age_seconds(e.record.live_since_ms),
+    })
+}
+
+/// The `after` of the page that follows the first `shown` of `dead`, if
+/// any dead letter is left after them.
+fn next_after(dead: &[Entry], shown: usize) -> Option<&str> {
+    (dead.len() > shown).then(|| dead[shown - 1].id.as_str())
+}
+
+/// `GET /spool/dead`'s query: `route`, `after`, `limit`.
+struct PageQuery {
+    route: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+impl PageQuery {
+    fn parse(query: Option<&str>) -> PageQuery {
+        let mut q = PageQuery {
+            route: None,
+            after: None,
+            limit: None,
+        };
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let slot = match &*k {
+                "route" => &mut q.route,
+                "after" => &mut q.after,
+                "limit" => &mut q.limit,
+                _ => continue,
+            };
+            *slot = Some(v.into_owned());
+        }
+        q
+    }
+}
+
+fn bad_request(error: &str, message: &str) -> Response<Vec<u8>> {
+    json(
+        StatusCode::BAD_REQUEST,
+        serde_json::json!({"error": error, "message": message}),
+    )
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+fn age_seconds(ms: u64) -> u64 {
+    crate::spool::now_ms().saturating_sub(ms) / 1000
+}
+
+impl Admin {
+    /// The spool and the routes that spool, or the answer saying there is none.
+    fn spool(&self) -> Result<Spooling<'_>, SpoolRefusal> {
+        let Some(spool) = self.shared.spool.get() else {
+            return Err(SpoolRefusal::NoSpool);
+        };
+        let policy = self.shared.policy.load();
+        let routes = policy
+            .config
+            .routes
+            .iter()
+            .map(|r| (r.path.clone(), r.spool != SpoolMode::Off))
+            .collect();
+        Ok((spool, routes))
+    }
+
+    pub(super) async fn spool_list(&self) -> Response<Vec<u8>> {
+        match self.spool_listing().await {
+            Ok(v) => json(StatusCode::OK, v),
+            Err(r) => r.response(),
+        }
+    }
+
+    async fn spool_listing(&self) -> Result<serde_json::Value, SpoolRefusal> {
+        let (spool, routes) = self.spool()?;
+        let mut out = Vec::new();
+        for (route, spooling) in routes {
+            let stats = spool.store.stats(&route).await?;
+            if !spooling && stats.depth == 0 && stats.dead == 0 {
+                continue;
+            }
+            let dead = spool.store.dead(&route).await?;
+            let listed: Vec<_> = dead.iter().take(DEAD_LISTED).map(dead_json).collect();
+            out.push(serde_json::json!({
+                "route": route,
+                "depth": stats.depth,
+                "oldest_age_seconds": stats.oldest_live_ms.map_or(0, age_seconds),
+                "bytes": stats.bytes,
+                "dead_letters": stats.dead,
+                "dead": listed,
+                "dead_next": next_after(&dead, DEAD_LISTED),
+            }));
+        }
+        Ok(serde_json::json!({ "routes": out }))
+    }
+
+    /// `GET /spool/dead?route=<path>[&after=<entry id>][&limit=<n>]`: one
+    /// route's dead letters, oldest first, `limit` of them (default
+    /// [`DEAD_LISTED`], at most 1,000) after the entry `after`. `next` is the
+    /// `after` of the following page, `null` on the last one.
+    pub(super) async fn spool_dead_page(&self, query: Option<&str>) -> Response<Vec<u8>> {
+        let q = PageQuery::parse(query);
+        let Some(route) = q.route else {
+            return bad_request(
+                "missing_route",
+                "GET /spool/dead needs ?route=<route path>.",
+            );
+        };
+        let limit = match q.limit.as_deref().map(str::parse::<usize>) {
+            None => DEAD_LISTED,
+            Some(Ok(n)) if (1..=PAGE_MAX).contains(&n) => n,
+            Some(_) => return bad_request("bad_limit", "limit is a number from 1 to 1000."),
+        };
+        let (spool, routes) = match self.spool() {
+            Ok(s) => s,
+            Err(r) => return r.response(),
+        };
+        if !routes.iter().any(|(r, _)| *r == route) {
+            return json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "unknown_route", "message": "No configured route has that path."}),
+            );
+        }
+        let dead = match spool.store.dead(&route).await {
+            Ok(d) => d,
+            Err(e) => return SpoolRefusal::from(e).response(),
+        };
+        let start = match q.after.as_deref() {
+            None => 0,
+            Some(after) => match dead.iter().position(|e| e.id == after) {
+                Some(i) => i + 1,
+                None => {
+                    return json(
+                        StatusCode::NOT_FOUND,
+                        serde_json::json!({"error": "not_found", "message": "No dead letter of that route has the id in after (retried or deleted since?); start again without after."}),
+                    );
+                }
+            },
+        };
+        let rest = &dead[start..];
+        let page: Vec<_> = rest.iter().take(limit).map(dead_json).collect();
+        json(
+            StatusCode::OK,
+            serde_json::json!({
+                "route": route,
+                "dead_letters": dead.len(),
+                "dead": page,
+                "next": next_after(rest, limit),
+            }),
+        )
+    }
+
+    /// The dead letters `id` names (event id or entry id; every one when
+    /// `None`), per route.
+    async fn dead_matching(&self, id: Option<&str>) -> Result<Matching<'_>, SpoolRefusal> {
+        let (spool, routes) = self.spool()?;
+        let mut found = Vec::new();
+        for (route, _) in routes {
+            let dead = spool.store.dead(&route).await?;
+            for e in dead {
+                if id.is_none_or(|id| e.id == id || e.record.event_id.as_deref() == Some(id)) {
+                    found.push((route.clone(), e));
+                }
+            }
+        }
+        Ok((spool, found))
+    }
+
+    pub(super) async fn spool_retry(&self, id: Option<&str>) -> Response<Vec<u8>> {
+        let (spool, found) = match self.dead_matching(id).await {
+            Ok(f) => f,
+            Err(r) => return r.response(),
+        };
+        if id.is_some() && found.is_empty() {
+            return json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not_found", "message": "No dead letter has that id."}),
+            );
+        }
+        let mut retried = 0;
+        for (route, e) in found {
+            match spool
+                .store
+                .revive(&route, &e.id, crate::spool::now_ms())
+                .await
+            {
+                Ok(_) => retried += 1,
+                Err(crate::spool::SpoolError::NotFound) => {}
+                Err(err) => return SpoolRefusal::from(err).response(),
+            }
+        }
+        tracing::info!(retried, "spool: dead letters retried by an operator");
+        spool.stored();
+        json(StatusCode::OK, serde_json::json!({ "retried": retried }))
+    }
+
+    pub(super) async fn spool_delete(&self, id: Option<&str>) -> Response<Vec<u8>> {
+        let Some(id) = id else {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "missing_id", "message": "DELETE /spool/dead needs ?id=<event id or entry id>."}),
+            );
+        };
+        let (spool, found) = match self.dead_matching(Some(id)).await {
+            Ok(f) => f,
+            Err(r) => return r.response(),
+        };
+        let mut deleted = 0;
+        for (route, e) in found {
+            match spool.store.delete_dead(&route, &e.id).await {
+                Ok(()) => {
+                    deleted += 1;
+                    tracing::warn!(
+                        route,
+                        event_id = e.record.event_id.as_deref(),
+                        "spool: dead letter deleted by an operator"
+                    );
+                }
+                Err(crate::spool::SpoolError::NotFound) => {}
+                Err(err) => return SpoolRefusal::from(err).response(),
+            }
+        }
+        if deleted == 0 {
+            return json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not_found", "message": "No dead letter has that id."}),
+            );
+        }
+        json(StatusCode::OK, serde_json::json!({ "deleted": deleted }))
+    }
+
+    /// Sets the spool gauges of every spooling route (on scrape).
+    pub(super) async fn spool_gauges(&self) {
+        let Ok((spool, routes)) = self.spool() else {
+            return;
+        };
+        let m = &self.shared.metrics;
+        for (route, spooling) in routes {
+            match spool.store.stats(&route).await {
+                Ok(s) if !spooling && s.depth == 0 && s.dead == 0 => {}
+                Ok(s) => {
+                    m.spool_depth
+                        .with_label_values(&[&route])
+                        .set(s.depth as i64);
+                    m.spool_dead_letters
+                        .with_label_values(&[&route])
+                        .set(s.dead as i64);
+                    m.spool_oldest_age
+                        .with_label_values(&[&route])
+                        .set(s.oldest_live_ms.map_or(0, age_seconds) as i64);
+                }
+                Err(e) => {
+                    tracing::warn!(route, error = %e, "spool: cannot read its stats for /metrics")
+                }
+            }
+        }
+    }
+}
