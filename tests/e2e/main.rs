@@ -18,6 +18,8 @@ mod framing;
 mod hostile;
 /// SIGHUP, SIGTERM and SIGINT, with and without deliveries in flight (SPEC §5).
 mod lifecycle;
+/// A secret written in the wrong place is never printed by `check`, `run` or a refused reload.
+mod misplaced_secrets;
 /// Logs, admin endpoints, metrics, and the timeouts on slow and idle clients.
 mod operations;
 /// The operator kit in `deploy/`: every metric the alert rules and the Grafana dashboard name is exported.
@@ -28,10 +30,14 @@ mod passthrough;
 mod paths;
 /// The Redis replay store, shared by replicas; Redis down, slow or cutting connections (SPEC §4).
 mod redis;
+/// Replays, concurrent deliveries and the in-flight claim on a webhook route.
+mod replay;
 /// The differential router suite: real frameworks behind the proxy.
 mod routers;
 /// Signature-only routes: `kind = "signature"`, `id_pointer` (SPEC §7).
 mod signature_routes;
+/// Signature verification and timestamps on a webhook route.
+mod signatures;
 /// The fault soak: nothing lost, nothing doubled while the app and Redis fail.
 mod soak;
 /// Source allow-lists: `allow_from` and `trusted_proxies` (SPEC §7).
@@ -40,9 +46,13 @@ mod sources;
 mod spool;
 /// The delivery spool on Redis: a stream shared by replicas, takeover after kill -9, Redis down, dead letters, sealed entries.
 mod spool_redis;
-/// TLS on the listener, HTTP/2, certificate reloads, a TLS upstream.
+/// TLS on the listener, certificate reloads, a TLS upstream.
 mod tls;
+/// HTTP/2 over TLS: deliveries, header and idle timeouts on HTTP/2 connections.
+mod tls_h2;
 /// OpenTelemetry: spans exported over OTLP/HTTP, the trace context passed to the app.
 mod tracing;
+/// `trigger`: a signed test event sent to a running proxy.
+mod trigger;
 /// Outcomes on a webhook route (SPEC §1, §2).
 mod webhook;
