@@ -1,22 +1,23 @@
 //! Black-box end-to-end tests of the `persona-guard` binary (see `docs/behaviour.md`).
 //!
 //! Each test starts its own upstream and its own proxy process on free
-//! loopback ports, so tests are independent and run in parallel. What goes where:
+//! loopback ports, so tests are independent and run in parallel. What goes
+//! where, with the section of `docs/behaviour.md` each module holds to:
 
 /// The harness: client, upstreams, the proxy process, Persona's signing, Redis.
 mod harness;
 
-/// Persona's attempt headers: the attempt metrics, failures on the last attempt (SPEC §7).
+/// Persona's attempt headers: the attempt metrics, failures on the last attempt (§ Persona's delivery details).
 mod attempts;
-/// `check` and `sign`; configuration errors never quote the file (SPEC §5, §6).
+/// `check` and `sign`; configuration errors never quote the file (§ Configuration, § Command line).
 mod cli;
 /// Configuration from `PERSONA_GUARD_*` variables, with no file; `check --print`.
 mod env;
-/// Ambiguous framing is refused and nothing ambiguous is forwarded (SPEC §2).
+/// Ambiguous framing is refused and nothing ambiguous is forwarded (§ Outcomes, Framing).
 mod framing;
 /// Hostile load and broken upstreams: the body budget, truncated and interim answers.
 mod hostile;
-/// SIGHUP, SIGTERM and SIGINT, with and without deliveries in flight (SPEC §5).
+/// SIGHUP, SIGTERM and SIGINT, with and without deliveries in flight (§ Configuration, Reload; § Operations).
 mod lifecycle;
 /// A secret written in the wrong place is never printed by `check`, `run` or a refused reload.
 mod misplaced_secrets;
@@ -24,25 +25,25 @@ mod misplaced_secrets;
 mod operations;
 /// The operator kit in `deploy/`: every metric the alert rules and the Grafana dashboard name is exported.
 mod operator_kit;
-/// Paths under no route (SPEC §3).
+/// Paths under no route (§ Paths and the route decision).
 mod passthrough;
-/// Route matching and path normalisation (SPEC §3).
+/// Route matching and path normalisation (§ Paths and the route decision).
 mod paths;
-/// The Redis replay store, shared by replicas; Redis down, slow or cutting connections (SPEC §4).
+/// The Redis replay store, shared by replicas; Redis down, slow or cutting connections (§ Replay memory).
 mod redis;
 /// Replays, concurrent deliveries and the in-flight claim on a webhook route.
 mod replay;
 /// The differential router suite: real frameworks behind the proxy.
 mod routers;
-/// Signature-only routes: `kind = "signature"`, `id_pointer` (SPEC §7).
+/// Signature-only routes: `kind = "signature"`, `id_pointer` (§ Persona's delivery details).
 mod signature_routes;
 /// Signature verification and timestamps on a webhook route.
 mod signatures;
 /// The fault soak: nothing lost, nothing doubled while the app and Redis fail.
 mod soak;
-/// Source allow-lists: `allow_from` and `trusted_proxies` (SPEC §7).
+/// Source allow-lists: `allow_from` and `trusted_proxies` (§ Persona's delivery details).
 mod sources;
-/// The delivery spool: 202 once durable, redelivered once, dead letters, fallbacks (SPEC §8).
+/// The delivery spool: 202 once durable, redelivered once, dead letters, fallbacks (§ Delivery spool).
 mod spool;
 /// The delivery spool on Redis: a stream shared by replicas, takeover after kill -9, Redis down, dead letters, sealed entries.
 mod spool_redis;
@@ -54,5 +55,5 @@ mod tls_h2;
 mod tracing;
 /// `trigger`: a signed test event sent to a running proxy.
 mod trigger;
-/// Outcomes on a webhook route (SPEC §1, §2).
+/// Outcomes on a webhook route (§ Outcomes).
 mod webhook;

@@ -1,6 +1,5 @@
-//! Source allow-lists (SPEC §7 "Source addresses"; `docs/behaviour.md`
-//! § Source addresses): `allow_from` on a route and `[server]
-//! trusted_proxies`. Two clients on one machine are told apart by binding to
+//! Source allow-lists (`docs/behaviour.md` § Source addresses): `allow_from`
+//! on a route and `[server] trusted_proxies`. Two clients on one machine are told apart by binding to
 //! 127.0.0.1 or 127.0.0.2 (all of 127/8 is local on Linux).
 
 use std::net::{IpAddr, Ipv4Addr};

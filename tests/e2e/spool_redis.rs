@@ -244,7 +244,9 @@ fn dead_letters_on_redis_are_listed_and_delivered_on_retry() {
     assert_eq!(route["dead_letters"], 1);
     assert_eq!(route["dead"][0]["event_id"], id.as_str(), "{listed}");
     // The paged listing reads the same dead letter from the stream.
-    let page = p.admin_get(&format!("/spool/dead?route={ROUTE}&limit=1")).json();
+    let page = p
+        .admin_get(&format!("/spool/dead?route={ROUTE}&limit=1"))
+        .json();
     assert_eq!(page["dead"][0]["event_id"], id.as_str(), "{page}");
     assert_eq!(page["next"], serde_json::Value::Null);
 
