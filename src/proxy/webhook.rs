@@ -416,10 +416,18 @@ impl Pending<'_> {
     /// Settles the claim on the app's status: delivered on 2xx (the route's
     /// spool told it has recovered), released otherwise.
     async fn settle(&mut self, status: http::StatusCode) {
-        let Keeper { on, spool, .. } = self.keeper;
+        let Keeper {
+            shared,
+            on,
+            spool,
+            replay_id,
+            ..
+        } = self.keeper;
         if let Some(c) = self.claim.take() {
             if status.is_success() {
-                c.commit(on.policy.config.replay.ttl).await;
+                let (current, ttl) = (shared.store(), on.policy.config.replay.ttl);
+                c.commit_through(&current, &on.route.normalized, replay_id, ttl)
+                    .await;
                 if let Some(spool) = spool {
                     spool.recovered(&on.route.path);
                 }

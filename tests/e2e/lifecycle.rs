@@ -427,3 +427,42 @@ fn sighup_with_only_reloadable_changes_warns_about_nothing() {
     assert!(log.contains("configuration reloaded"), "{log}");
     assert!(!log.contains("needs a restart"), "{log}");
 }
+
+/// A delivery in flight while the Redis password is rotated (Redis drops
+/// every connection) and SIGHUP brings the new one: its 2xx is recorded
+/// through the new client, so Persona's retry long after `inflight_ttl` is
+/// still a duplicate. (Through the old client Redis refused the commit, the
+/// in-flight mark expired, and that retry went to the app a second time.)
+#[test]
+fn a_delivery_in_flight_across_a_redis_password_rotation_is_remembered() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pw_file = dir.path().join("redis-password");
+    fs::write(&pw_file, "first-password\n").unwrap();
+    redis.require_password("first-password");
+    let (up, p) = rig_with(|b| {
+        b.redis(&redis.url())
+            .set(
+                "replay.redis_password",
+                format!("file:{}", pw_file.display()),
+            )
+            .set("replay.inflight_ttl", "2s")
+    });
+    up.hold();
+    let id = event_id();
+    let body = event_body(&id, "inquiry.approved");
+    let in_flight = deliver_in_background(&p, &body);
+    wait_for("the delivery to reach the app", W, || up.heads() == 1);
+
+    redis.rotate_password("first-password", "second-password");
+    fs::write(&pw_file, "second-password\n").unwrap();
+    p.reload_ok();
+
+    up.release();
+    let r = in_flight.join().unwrap().expect("an answer");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Past the in-flight mark's life: only a delivered mark answers now.
+    thread::sleep(Duration::from_secs(3));
+    p.deliver(&body).assert_status_json(200, "duplicate");
+    up.assert_saw_once(&id, &body);
+}

@@ -444,11 +444,7 @@ fn a_rotated_redis_password_takes_effect_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let pw_file = dir.path().join("redis-password");
     fs::write(&pw_file, "first-password\n").unwrap();
-    assert!(
-        redis
-            .command(&["CONFIG", "SET", "requirepass", "first-password"])
-            .is_some_and(|r| r.starts_with(b"+OK"))
-    );
+    redis.require_password("first-password");
     let up = Upstream::start();
     let p = Proxy::builder()
         .upstream(&up)
@@ -467,12 +463,7 @@ fn a_rotated_redis_password_takes_effect_on_sighup() {
 
     // Rotate: Redis wants the new password, and drops every connection so
     // that the old one is asked for again.
-    let rotate = redis.command_as(
-        "first-password",
-        &["CONFIG", "SET", "requirepass", "second-password"],
-    );
-    assert!(rotate.is_some_and(|r| r.starts_with(b"+OK")));
-    redis.command_as("second-password", &["CLIENT", "KILL", "TYPE", "normal"]);
+    redis.rotate_password("first-password", "second-password");
     p.deliver(&event_body(&event_id(), "inquiry.approved"))
         .assert_error(503, "replay_store_unavailable");
 

@@ -342,11 +342,7 @@ fn a_rotated_redis_password_reaches_the_spool_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let pw_file = dir.path().join("redis-password");
     std::fs::write(&pw_file, "first-password\n").unwrap();
-    assert!(
-        redis
-            .command(&["CONFIG", "SET", "requirepass", "first-password"])
-            .is_some_and(|r| r.starts_with(b"+OK"))
-    );
+    redis.require_password("first-password");
     let (up, p) = rig_with(|b| {
         on_redis(b, &redis)
             .set(
@@ -364,12 +360,7 @@ fn a_rotated_redis_password_reaches_the_spool_on_sighup() {
     });
 
     // Redis wants the new password and drops every connection.
-    let rotate = redis.command_as(
-        "first-password",
-        &["CONFIG", "SET", "requirepass", "second-password"],
-    );
-    assert!(rotate.is_some_and(|r| r.starts_with(b"+OK")));
-    redis.command_as("second-password", &["CLIENT", "KILL", "TYPE", "normal"]);
+    redis.rotate_password("first-password", "second-password");
 
     std::fs::write(&pw_file, "second-password\n").unwrap();
     let before = p.stderr();

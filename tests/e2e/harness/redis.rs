@@ -110,6 +110,23 @@ impl RedisServer {
         send_command(&mut s, args)
     }
 
+    /// Makes the server ask for `password` (it asked for none).
+    pub fn require_password(&self, password: &str) {
+        let set = self.command(&["CONFIG", "SET", "requirepass", password]);
+        assert!(
+            set.is_some_and(|r| r.starts_with(b"+OK")),
+            "CONFIG SET requirepass"
+        );
+    }
+
+    /// Rotates the password from `old` to `new`, then drops every client
+    /// connection, so that clients must authenticate again (with `new`).
+    pub fn rotate_password(&self, old: &str, new: &str) {
+        let set = self.command_as(old, &["CONFIG", "SET", "requirepass", new]);
+        assert!(set.is_some_and(|r| r.starts_with(b"+OK")), "the rotation");
+        self.command_as(new, &["CLIENT", "KILL", "TYPE", "normal"]);
+    }
+
     pub fn ping(&self) -> bool {
         self.command(&["PING"])
             .is_some_and(|r| r.starts_with(b"+PONG"))
