@@ -117,3 +117,31 @@ http {{
         p = self.start(["nginx", "-c", conf, "-p", self.work], 1)
         wait_port(port)
         return p
+
+    def persona_guard(self, name, up, route_extra="", extra=""):
+        """persona-guard (1 thread, on CPU 1) in front of 127.0.0.1:`up`, one
+        route `/webhooks/persona` (plus `route_extra`), `extra` after the
+        `[upstream]` table: (process, listen port, admin port)."""
+        port, admin = free_port(), free_port()
+        cfg = self.path(f"{name}.toml")
+        with open(cfg, "w") as f:
+            f.write(f"""
+[listen]
+address = "127.0.0.1:{port}"
+[admin]
+address = "127.0.0.1:{admin}"
+[server]
+threads = 1
+[upstream]
+address = "127.0.0.1:{up}"
+{extra}
+[[route]]
+path = "/webhooks/persona"
+secrets = ["env:PERSONA_WEBHOOK_SECRET"]
+{route_extra}
+""")
+        p = self.start([BIN, "run", "--config", cfg], 1,
+                       env=dict(os.environ, PERSONA_WEBHOOK_SECRET=SECRET, RUST_LOG="warn"),
+                       stderr=open(self.path(f"{name}.log"), "w"))
+        wait_port(port)
+        return p, port, admin

@@ -43,28 +43,9 @@ def nginx(name, port):
 
 
 def run(name, store_toml):
-    up, port, admin = free_port(), free_port(), free_port()
-    cfg = os.path.join(WORK, f"{name}.toml")
-    open(cfg, "w").write(f"""
-[listen]
-address = "127.0.0.1:{port}"
-[admin]
-address = "127.0.0.1:{admin}"
-[server]
-threads = 1
-[upstream]
-address = "127.0.0.1:{up}"
-connect_timeout = "100ms"
-{store_toml}
-[[route]]
-path = "/webhooks/persona"
-secrets = ["env:PERSONA_WEBHOOK_SECRET"]
-spool = "on_failure"
-""")
-    pg = start([BIN, "run", "--config", cfg], 1,
-               env=dict(os.environ, PERSONA_WEBHOOK_SECRET=SECRET, RUST_LOG="warn"),
-               stderr=open(os.path.join(WORK, f"{name}.log"), "w"))
-    wait_port(port)
+    up = free_port()
+    pg, port, admin = B.persona_guard(name, up, 'spool = "on_failure"',
+                                      f'connect_timeout = "100ms"\n{store_toml}')
     # 1. The app is down: every delivery is refused upstream, spooled, answered 202.
     out = subprocess.run(
         ["taskset", "-c", "0", LOADGEN, "--target", f"127.0.0.1:{port}", "--mode", "signed",

@@ -45,7 +45,7 @@ SPOOL = os.environ.get("BENCH_SPOOL", "1") != "0"
 TCK = os.sysconf("SC_CLK_TCK")
 B = Bench("pg-bench.")
 WORK = B.work
-start, nginx = B.start, B.nginx
+start, nginx, persona_guard = B.start, B.nginx, B.persona_guard
 
 
 def family(pid):
@@ -139,32 +139,6 @@ def measure(name, port, pid, mode, path, admin=None):
     return row
 
 
-def persona_guard(name, up, route_extra="", extra=""):
-    """A persona-guard process of its own: (process, listen port, admin port)."""
-    port, admin = free_port(), free_port()
-    cfg = os.path.join(WORK, f"{name}.toml")
-    open(cfg, "w").write(f"""
-[listen]
-address = "127.0.0.1:{port}"
-[admin]
-address = "127.0.0.1:{admin}"
-[server]
-threads = 1
-[upstream]
-address = "127.0.0.1:{up}"
-{extra}
-[[route]]
-path = "/webhooks/persona"
-secrets = ["env:PERSONA_WEBHOOK_SECRET"]
-{route_extra}
-""")
-    p = start([BIN, "run", "--config", cfg], 1,
-              env=dict(os.environ, PERSONA_WEBHOOK_SECRET=SECRET, RUST_LOG="warn"),
-              stderr=open(os.path.join(WORK, f"{name}.log"), "w"))
-    wait_port(port)
-    return p, port, admin
-
-
 def main():
     if not shutil.which("nginx"):
         sys.exit("bench: nginx is missing (apt-get install nginx-light)")
@@ -172,30 +146,14 @@ def main():
         if not os.path.exists(exe):
             sys.exit(f"bench: {exe} is missing (cargo build --release --bin persona-guard"
                      " --example loadgen --example bare_proxy)")
-    up, ngx, pg, bare = free_port(), free_port(), free_port(), free_port()
+    up, ngx, bare = free_port(), free_port(), free_port()
     nginx("upstream", up, f"server {{ listen 127.0.0.1:{up}; location / {{ return 200 'ok'; }} }}")
     proxy_block = f"""
   upstream app {{ server 127.0.0.1:{up}; keepalive 64; }}
   server {{ listen 127.0.0.1:{{port}};
     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}"""
     nx = nginx("nginx", ngx, proxy_block.replace("{port}", str(ngx)))
-    cfg = os.path.join(WORK, "pg.toml")
-    open(cfg, "w").write(f"""
-[listen]
-address = "127.0.0.1:{pg}"
-[admin]
-address = "127.0.0.1:{free_port()}"
-[server]
-threads = 1
-[upstream]
-address = "127.0.0.1:{up}"
-[[route]]
-path = "/webhooks/persona"
-secrets = ["env:PERSONA_WEBHOOK_SECRET"]
-""")
-    pgp = start([BIN, "run", "--config", cfg], 1,
-                env=dict(os.environ, PERSONA_WEBHOOK_SECRET=SECRET, RUST_LOG="warn"))
-    wait_port(pg)
+    pgp, pg, _ = persona_guard("pg", up)
     idle_rss = peak_rss_kib(pgp.pid)
     bp = start([BARE, f"127.0.0.1:{bare}", f"127.0.0.1:{up}"], 1)
     wait_port(bare)
