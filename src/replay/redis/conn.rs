@@ -238,6 +238,9 @@ impl Inner {
     /// already), made lazily to the same address: after a failover that
     /// address names the new primary. Runs on the store's runtime.
     fn replace(&self, failed: &Arc<ConnectionManager>) {
+        if !Arc::ptr_eq(&self.manager.load(), failed) {
+            return;
+        }
         let Ok(fresh) =
             ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
         else {
