@@ -173,7 +173,7 @@ fn swap_redis(shared: &Shared, running: &StoreKind, new: &StoreKind) -> Result<(
 /// timeout; another server, database or `key_prefix` (where none of its
 /// entries are) waits for a restart, and says so.
 fn follow_in_spool(spool: &dyn crate::spool::SpoolStore, old: &RedisSettings, new: &RedisSettings) {
-    match spool.follow_redis(old, new) {
+    match spool.follow_redis(new) {
         Ok(true) => tracing::info!(
             changed = ?changed_keys(old, new),
             "the delivery spool's Redis client rebuilt"

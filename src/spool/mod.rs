@@ -184,7 +184,7 @@ pub trait SpoolStore: Send + Sync {
     /// Follows a reload's changed Redis settings where this store can (see
     /// [`redis::RedisSpool::follow`]); `Ok(false)`: it cannot, or it has no
     /// Redis client, and keeps what it started with.
-    fn follow_redis(&self, _old: &RedisSettings, _new: &RedisSettings) -> Result<bool, SpoolError> {
+    fn follow_redis(&self, _new: &RedisSettings) -> Result<bool, SpoolError> {
         Ok(false)
     }
 }

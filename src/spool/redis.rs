@@ -173,6 +173,9 @@ pub struct RedisSpool {
     consumer: String,
     max_bytes: u64,
     key: Option<SpoolKey>,
+    /// Where the spool's entries are: the URL it opened (its server and
+    /// database) and `prefix`, for [`RedisSpool::follow`] to compare with.
+    origin: RedisSettings,
     /// Routes this spool has read through the group (so it is a consumer of
     /// their streams), for [`SpoolStore::close`] to leave.
     routes: Mutex<HashSet<String>>,
@@ -237,8 +240,15 @@ impl RedisSpool {
             .build()
             .map_err(|e| SpoolError::Unavailable(format!("cannot start the redis client: {e}")))?;
         let inner = Inner::connect(url, password, timeout, &runtime).map_err(unavailable)?;
+        let origin = RedisSettings {
+            url: url.to_string(),
+            password: None,
+            key_prefix: prefix.to_string(),
+            timeout,
+        };
         Ok(RedisSpool {
             inner: ArcSwap::from_pointee(inner),
+            origin,
             prefix: prefix.to_string(),
             consumer: consumer_name(),
             max_bytes,
@@ -248,14 +258,14 @@ impl RedisSpool {
         })
     }
 
-    /// Follows a reload's Redis settings (`new`, where the spool started with or
-    /// last followed `old`): a new client on the spool's runtime serves every
-    /// later call, and calls under way finish on the old one. Only credentials,
-    /// TLS and `redis_timeout` may change: `Ok(false)`, nothing done, when `new`
-    /// names another server, database or `key_prefix`, where none of this
-    /// spool's entries are (that takes a restart).
-    pub fn follow(&self, old: &RedisSettings, new: &RedisSettings) -> Result<bool, SpoolError> {
-        if !same_data(old, new) {
+    /// Follows a reload's Redis settings `new`: a new client on the spool's
+    /// runtime serves every later call, and calls under way finish on the old
+    /// one. Only credentials, TLS and `redis_timeout` may change: `Ok(false)`,
+    /// nothing done, when `new` names another server, database or
+    /// `key_prefix` than the spool opened, where none of its entries are (that
+    /// takes a restart, however many reloads came in between).
+    pub fn follow(&self, new: &RedisSettings) -> Result<bool, SpoolError> {
+        if !same_data(&self.origin, new) {
             return Ok(false);
         }
         let runtime = self

@@ -13,8 +13,8 @@ use crate::spool::{Entry, EntryId, Record, RouteStats, SpoolError, SpoolStore};
 
 #[async_trait]
 impl SpoolStore for RedisSpool {
-    fn follow_redis(&self, old: &RedisSettings, new: &RedisSettings) -> Result<bool, SpoolError> {
-        self.follow(old, new)
+    fn follow_redis(&self, new: &RedisSettings) -> Result<bool, SpoolError> {
+        self.follow(new)
     }
 
     async fn put(&self, record: &Record) -> Result<EntryId, SpoolError> {

@@ -252,11 +252,15 @@ fn follow_takes_a_rotated_password_and_keeps_the_entries() {
 
     let elsewhere = settings("redis://127.0.0.1:1/0".into(), "second-pw", "t:");
     assert!(
-        !s.follow(&old, &elsewhere).unwrap(),
+        !s.follow(&elsewhere).unwrap(),
         "another server is not followed"
     );
+    // Nor after a reload that moved the replay store there: the spool's
+    // entries are still where it opened.
+    let elsewhere_rotated = settings("redis://127.0.0.1:1/0".into(), "third-pw", "t:");
+    assert!(!s.follow(&elsewhere_rotated).unwrap());
     let new = settings(server.url(), "second-pw", "t:");
-    assert!(s.follow(&old, &new).unwrap());
+    assert!(s.follow(&new).unwrap());
     rt.block_on(s.put(&record("/r", 3))).unwrap();
     let taken = rt.block_on(s.take("/r", 10, LONG)).unwrap();
     let ids: Vec<&str> = taken.iter().map(|e| e.record.replay_id.as_str()).collect();
