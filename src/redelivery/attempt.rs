@@ -51,7 +51,11 @@ pub(super) async fn attempt(
     {
         return step;
     }
-    send(connector, &compiled.peer, store, held, cfg.replay.ttl).await
+    if !send(connector, &compiled.peer, &held.entry.record).await {
+        return Step::Failed;
+    }
+    let ttl = cfg.replay.ttl;
+    delivered(shared, store, held, &route.normalized, ttl).await
 }
 
 /// Buries an entry that is past `max_age` (it was live for `age`) and
@@ -165,31 +169,35 @@ async fn confirm(
     }
 }
 
-/// Sends the entry to `peer` under its lease; on the app's 2xx commits the
-/// lease (for `ttl`) and removes the entry.
-async fn send(
-    connector: &Connector,
-    peer: &HttpPeer,
+/// Sends the entry to `peer`; whether the app answered 2xx.
+async fn send(connector: &Connector, peer: &HttpPeer, record: &spool::Record) -> bool {
+    let wire = Wire::from_parts(&record.head, &record.body);
+    match forward::exchange(connector, peer, &wire).await {
+        Ok(answer) => {
+            let status = answer.head.status;
+            answer.discard(connector, peer).await;
+            status.is_success()
+        }
+        Err(_) => false,
+    }
+}
+
+/// The app took the entry: commits its lease (for `ttl`, through the replay
+/// store now, should a reload have replaced it during the send) and removes
+/// the entry.
+async fn delivered(
+    shared: &Arc<Shared>,
     store: &dyn SpoolStore,
     held: &mut Held,
+    normalized: &[u8],
     ttl: Duration,
 ) -> Step {
     let record = &held.entry.record;
     let route_path = record.route.as_str();
-    let wire = Wire::from_parts(&record.head, &record.body);
-    let status = match forward::exchange(connector, peer, &wire).await {
-        Ok(answer) => {
-            let status = answer.head.status;
-            answer.discard(connector, peer).await;
-            status
-        }
-        Err(_) => return Step::Failed,
-    };
-    if !status.is_success() {
-        return Step::Failed;
-    }
     if let Some(lease) = held.lease.take() {
-        lease.commit(ttl).await;
+        lease
+            .commit_through(&shared.store(), normalized, &record.replay_id, ttl)
+            .await;
     }
     if let Err(e) = store.remove(route_path, &held.entry.id).await {
         tracing::warn!(route = route_path, error = %e, "spool: delivered, but the entry could not be removed; it is dropped unsent when next taken");
