@@ -45,10 +45,10 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
     reply(status, "application/json", v.to_string().into_bytes())
 }
 
-/// The `id` parameter of an admin query, percent-decoded.
-fn query_id(query: Option<&str>) -> Option<String> {
+/// The parameter `key` of an admin query, percent-decoded.
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == "id")
+        .find(|(k, _)| k == key)
         .map(|(_, v)| v.into_owned())
 }
 
@@ -74,7 +74,7 @@ impl Admin {
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        let id = query_id(req.uri.query());
+        let id = query_param(req.uri.query(), "id");
         match (&req.method, req.uri.path()) {
             (&Method::GET, "/spool") => return self.spool_list().await,
             (&Method::POST, "/spool/retry") => return self.spool_retry(id.as_deref()).await,

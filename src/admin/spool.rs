@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::{Response, StatusCode};
 
-use super::{Admin, json};
+use super::{Admin, json, query_param};
 use crate::config::SpoolMode;
 use crate::spool::{Entry, Handle};
 
@@ -67,33 +67,6 @@ fn dead_json(e: &Entry) -> serde_json::Value {
 /// any dead letter is left after them.
 fn next_after(dead: &[Entry], shown: usize) -> Option<&str> {
     (dead.len() > shown).then(|| dead[shown - 1].id.as_str())
-}
-
-/// `GET /spool/dead`'s query: `route`, `after`, `limit`.
-struct PageQuery {
-    route: Option<String>,
-    after: Option<String>,
-    limit: Option<String>,
-}
-
-impl PageQuery {
-    fn parse(query: Option<&str>) -> PageQuery {
-        let mut q = PageQuery {
-            route: None,
-            after: None,
-            limit: None,
-        };
-        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            let slot = match &*k {
-                "route" => &mut q.route,
-                "after" => &mut q.after,
-                "limit" => &mut q.limit,
-                _ => continue,
-            };
-            *slot = Some(v.into_owned());
-        }
-        q
-    }
 }
 
 fn bad_request(error: &str, message: &str) -> Response<Vec<u8>> {
@@ -163,14 +136,13 @@ impl Admin {
     /// [`DEAD_LISTED`], at most 1,000) after the entry `after`. `next` is the
     /// `after` of the following page, `null` on the last one.
     pub(super) async fn spool_dead_page(&self, query: Option<&str>) -> Response<Vec<u8>> {
-        let q = PageQuery::parse(query);
-        let Some(route) = q.route else {
+        let Some(route) = query_param(query, "route") else {
             return bad_request(
                 "missing_route",
                 "GET /spool/dead needs ?route=<route path>.",
             );
         };
-        let limit = match q.limit.as_deref().map(str::parse::<usize>) {
+        let limit = match query_param(query, "limit").map(|l| l.parse::<usize>()) {
             None => DEAD_LISTED,
             Some(Ok(n)) if (1..=PAGE_MAX).contains(&n) => n,
             Some(_) => return bad_request("bad_limit", "limit is a number from 1 to 1000."),
@@ -189,7 +161,7 @@ impl Admin {
             Ok(d) => d,
             Err(e) => return SpoolRefusal::from(e).response(),
         };
-        let start = match q.after.as_deref() {
+        let start = match query_param(query, "after") {
             None => 0,
             Some(after) => match dead.iter().position(|e| e.id == after) {
                 Some(i) => i + 1,
