@@ -64,8 +64,23 @@ struct Entry {
     expires_ns: u64,
 }
 
-/// The token of a delivered entry (claim tokens start at 1).
+/// The token of a delivered entry (never a claim's: see [`fresh_token`]).
 const DELIVERED: u64 = 0;
+
+/// A claim's token: 64 random bits, never [`DELIVERED`]. Random rather than a
+/// counter so that tokens are unique across processes and restarts: a spool
+/// entry left by an earlier process carries its claim's token, and a counter
+/// restarting at 1 would hand a live request of the new process the same
+/// token, letting the redelivery take over (and send beside) that request's
+/// mark. Two random tokens meet with odds of 2^-64 per pair.
+fn fresh_token() -> u64 {
+    loop {
+        let t = rand::random::<u64>();
+        if t != DELIVERED {
+            return t;
+        }
+    }
+}
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -135,7 +150,6 @@ pub struct StoreStats {
 pub struct MemoryStore {
     cache: Cache<Key, Entry, DigestState>,
     clock: Arc<dyn Clock>,
-    next_token: AtomicU64,
     stats: Arc<StoreStats>,
 }
 
@@ -157,7 +171,6 @@ impl MemoryStore {
         MemoryStore {
             cache,
             clock,
-            next_token: AtomicU64::new(1),
             stats,
         }
     }
@@ -210,7 +223,7 @@ impl MemoryStore {
     /// `InFlight` (another's mark). One atomic step: no other claim can come between.
     pub fn take_over(&self, key: &Key, old: u64, inflight_ttl: Duration) -> Claim {
         let now = self.clock.now();
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let token = fresh_token();
         let mut outcome = Claim::Claimed(token);
         self.cache.entry(*key).and_compute_with(|existing| {
             match existing.map(|e| e.into_value()) {
