@@ -54,7 +54,8 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
 
 impl Admin {
     /// Ready once the public listener has accepted (a latch set at start,
-    /// see `server::lifecycle`), while the replay store answers, and until
+    /// see `server::lifecycle`) and the spool directory's lock is held (when
+    /// the process waits for it), while the replay store answers, and until
     /// SIGTERM.
     async fn ready(&self) -> Result<(), &'static str> {
         if self.shared.draining.load(Ordering::SeqCst) {
@@ -62,6 +63,9 @@ impl Admin {
         }
         if !self.shared.started.load(Ordering::SeqCst) {
             return Err("the public listener is not accepting connections yet");
+        }
+        if self.shared.spool_waiting.load(Ordering::SeqCst) {
+            return Err("waiting for the spool directory's lock (another process uses the spool)");
         }
         if self.shared.store().ready().await.is_err() {
             return Err("the replay store (redis) does not answer");

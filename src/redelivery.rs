@@ -35,7 +35,11 @@
 //!
 //! The worker runs on a thread and runtime of its own with its own upstream
 //! connector, so a backlog never competes with the request path's runtimes
-//! or pool. It stops with the process; what it held stays in the spool.
+//! or pool. On SIGTERM it *drains* (`Worker::drain`): it takes and starts
+//! nothing new, lets the sends already in the app's hands finish and settle,
+//! and releases the marks of what it held unsent, which stays in the spool
+//! for the next process. So a rolling deploy delivers nothing twice; only a
+//! `kill -9` (or a grace period that runs out) ends it mid-send.
 //!
 //! # Layout
 //!
@@ -75,7 +79,8 @@ const TAKE: usize = 256;
 /// it first, and taking it later finds it delivered (never a second copy).
 pub const HELD_MAX: usize = 1024;
 
-/// Starts the worker on a thread of its own. It runs until the process ends.
+/// Starts the worker on a thread of its own. It runs until the process ends
+/// or, after SIGTERM ([`Handle::stop`]), until it has drained.
 pub fn spawn(shared: Arc<Shared>, handle: Arc<Handle>, connector: Connector) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -89,21 +94,25 @@ pub fn spawn(shared: Arc<Shared>, handle: Arc<Handle>, connector: Connector) {
             return;
         }
     };
+    handle.worker_started();
+    let on_thread = handle.clone();
     let spawned = std::thread::Builder::new()
         .name("spool".into())
         .spawn(move || {
             runtime.block_on(
                 Worker {
                     shared,
-                    handle,
+                    handle: on_thread.clone(),
                     connector: Arc::new(connector),
                     held: BTreeMap::new(),
                     busy: HashSet::new(),
                 }
                 .run(),
-            )
+            );
+            on_thread.worker_stopped();
         });
     if let Err(e) = spawned {
+        handle.worker_stopped();
         tracing::error!("cannot start the spool's redelivery thread: {e}");
     }
 }
@@ -158,6 +167,9 @@ impl Worker {
         let mut next_look = Instant::now();
         let mut next_keep = Instant::now();
         loop {
+            if self.handle.stopping() {
+                return self.drain(sending).await;
+            }
             let now = Instant::now();
             if now >= next_look {
                 self.look().await;
@@ -195,6 +207,39 @@ impl Worker {
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
         }
+    }
+
+    /// SIGTERM: takes nothing new and starts nothing new; lets the sends in
+    /// the app's hands finish and settles them (a 2xx is recorded and its
+    /// entry removed, as always); then releases the replay marks of the
+    /// entries it held unsent, so the next process (or another replica)
+    /// adopts and delivers them once. Bounded by the process's
+    /// `grace_period`: past it the process ends with the sends still open,
+    /// as a crash would (the documented window).
+    async fn drain(&mut self, mut sending: JoinSet<(HeldKey, Held, Step)>) {
+        if !sending.is_empty() {
+            tracing::info!(
+                in_app = sending.len(),
+                held = self.held.len(),
+                "draining the spool: waiting for the redeliveries in the app's hands; taking nothing new"
+            );
+        }
+        while let Some(done) = sending.join_next().await {
+            if let Ok((key, held, step)) = done {
+                self.settle(key, held, step);
+            }
+        }
+        let held = std::mem::take(&mut self.held);
+        let unsent = held.len();
+        for (_, h) in held {
+            if let Some(lease) = h.lease {
+                lease.release().await;
+            }
+        }
+        tracing::info!(
+            unsent,
+            "spool drained: entries not sent stay in the spool for the next process"
+        );
     }
 
     /// Takes the entries of every spooling route that this worker does not

@@ -163,6 +163,10 @@ pub struct Shared {
     pub started: AtomicBool,
     /// Set on SIGTERM: readiness turns 503.
     pub draining: AtomicBool,
+    /// Set while the process waits for the spool directory's lock (another
+    /// process uses the spool): readiness is 503 and routes answer as if they
+    /// had no spool until the lock is held and [`Shared::spool`] is set.
+    pub spool_waiting: AtomicBool,
 }
 
 impl Shared {
@@ -185,6 +189,7 @@ impl Shared {
             idle: Notify::new(),
             started: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            spool_waiting: AtomicBool::new(false),
         }
     }
 

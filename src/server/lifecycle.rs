@@ -4,8 +4,10 @@
 //! requests run, then sleeps out the whole `grace_period` before stopping its
 //! runtimes, even when nothing is in flight (pingora 0.9.1, `Server::run`).
 //! [`spawn_watcher`] follows pingora's execution phases on a thread of its
-//! own and shortens only that last wait: once the listeners are closed and no
-//! request is in flight, it closes the replay store and exits with status 0.
+//! own and shortens only that last wait: once the listeners are closed, no
+//! request is in flight and the spool's redelivery worker has drained (its
+//! sends in the app's hands settled, see `crate::redelivery`), it closes the
+//! replay store and exits with status 0.
 //! When `grace_period` runs out first, pingora stops the runtimes (cutting
 //! what is still in flight) and `run` closes the store on its way out.
 
@@ -51,6 +53,9 @@ impl ShutdownSignalWatch for Drain {
             _ = term.recv() => {
                 tracing::info!("SIGTERM: no new connections; draining in-flight requests");
                 self.shared.draining.store(true, Ordering::SeqCst);
+                if let Some(spool) = self.shared.spool.get() {
+                    spool.stop();
+                }
                 ShutdownSignal::GracefulTerminate
             }
         }
@@ -89,6 +94,12 @@ pub fn spawn_watcher(server: &Server, shared: Arc<Shared>, listen: SocketAddr) {
                             );
                         }
                         shared.wait_idle().await;
+                        if let Some(spool) = shared.spool.get()
+                            && !spool.is_drained()
+                        {
+                            tracing::info!("draining: waiting for the spool's redeliveries");
+                            spool.drained().await;
+                        }
                         tracing::info!("drained: exiting");
                         shared.store().close().await;
                         if let Some(spool) = shared.spool.get() {

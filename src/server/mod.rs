@@ -72,36 +72,112 @@ fn build_store(cfg: &Config) -> Result<Arc<dyn ReplayStore>, String> {
     })
 }
 
+/// The delivery spool a route needs, as [`build_spool`] finds it.
+enum SpoolStart {
+    /// No route spools.
+    None,
+    /// Opened: its handle (holding the directory's lock, when embedded).
+    Open(Arc<spool::Handle>),
+    /// The embedded spool's directory is locked by another process: the
+    /// process starts without it and takes it when the lock is free
+    /// ([`wait_for_spool`]).
+    Locked(std::path::PathBuf),
+}
+
 /// The delivery spool, when a route spools: a directory beside a memory
 /// replay store, Redis streams beside a Redis one (so every replica shares
 /// it). A spool that cannot be opened stops the start: better a clear error
 /// than a process that answers 202 it could not keep.
-fn build_spool(cfg: &Config) -> Result<Option<Arc<spool::Handle>>, String> {
+fn build_spool(cfg: &Config) -> Result<SpoolStart, String> {
     if cfg
         .routes
         .iter()
         .all(|r| r.spool == crate::config::SpoolMode::Off)
     {
-        return Ok(None);
+        return Ok(SpoolStart::None);
     }
     let s = &cfg.spool;
-    let store: Arc<dyn spool::SpoolStore> = match &cfg.replay.store {
-        StoreKind::Redis(r) => Arc::new(
+    let handle = match &cfg.replay.store {
+        StoreKind::Redis(r) => spool::Handle::new(Arc::new(
             spool::redis::RedisSpool::new(r, s.max_bytes, s.key.clone())
                 .map_err(|e| format!("spool: {e}"))?,
-        ),
+        )),
         StoreKind::Memory => {
             let dir = s
                 .dir
                 .as_deref()
                 .ok_or("spool.dir: required when a route spools and replay.store = \"memory\"")?;
-            Arc::new(
-                spool::dir::DirSpool::open(dir, s.max_bytes, s.key.clone())
-                    .map_err(|e| format!("spool.dir: {e}"))?,
-            )
+            let Some(lock) =
+                spool::dir::DirLock::try_acquire(dir).map_err(|e| format!("spool.dir: {e}"))?
+            else {
+                return Ok(SpoolStart::Locked(dir.to_owned()));
+            };
+            open_dir_spool(cfg, dir, lock)?
         }
     };
-    Ok(Some(Arc::new(spool::Handle::new(store))))
+    Ok(SpoolStart::Open(Arc::new(handle)))
+}
+
+/// Opens the embedded spool in `dir`, whose `lock` this process holds.
+fn open_dir_spool(
+    cfg: &Config,
+    dir: &Path,
+    lock: spool::dir::DirLock,
+) -> Result<spool::Handle, String> {
+    let s = &cfg.spool;
+    let store = spool::dir::DirSpool::open(dir, s.max_bytes, s.key.clone())
+        .map_err(|e| format!("spool.dir: {e}"))?;
+    Ok(spool::Handle::with_lock(Arc::new(store), lock))
+}
+
+/// Starts the redelivery worker of `spool` and makes it the process's.
+fn start_spool(shared: &Arc<Shared>, spool: Arc<spool::Handle>, connector: Connector) {
+    let _ = shared.spool.set(spool.clone());
+    crate::redelivery::spawn(shared.clone(), spool, connector);
+}
+
+/// Waits, on a thread of its own, for the lock on the spool directory `dir`
+/// that another process holds (a rolling update on a shared volume), then
+/// opens the spool and starts its worker. Meanwhile `/readyz` answers 503
+/// and spooling routes answer as if they had no spool (nothing is answered
+/// 202). A SIGTERM while waiting leaves the spool to its holder.
+fn wait_for_spool(shared: &Arc<Shared>, dir: std::path::PathBuf, connector: Connector) {
+    use std::sync::atomic::Ordering;
+    shared.spool_waiting.store(true, Ordering::SeqCst);
+    tracing::warn!(
+        dir = %dir.display(),
+        "spool.dir is locked by another process (one spool directory serves one process): \
+         waiting for it; /readyz answers 503 and nothing is spooled until this process holds it"
+    );
+    let shared = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("spool-lock".into())
+        .spawn(move || {
+            let opened = spool::dir::DirLock::acquire(&dir)
+                .map_err(|e| format!("spool.dir: {e}"))
+                .and_then(|lock| {
+                    if shared.draining.load(Ordering::SeqCst) {
+                        return Ok(None);
+                    }
+                    open_dir_spool(&shared.policy.load().config, &dir, lock).map(Some)
+                });
+            match opened {
+                Ok(Some(handle)) => {
+                    tracing::info!(dir = %dir.display(), "spool.dir lock acquired: spooling and redelivering");
+                    start_spool(&shared, Arc::new(handle), connector);
+                    shared.spool_waiting.store(false, Ordering::SeqCst);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // As at start: a spool that cannot be opened stops the process.
+                    tracing::error!("{e}");
+                    std::process::exit(1);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the thread that waits for the spool directory's lock: {e}");
+    }
 }
 
 /// Closes the replay store (its background tasks and connections) on a
@@ -242,13 +318,16 @@ pub fn run(config_path: Option<&Path>, cfg: Config) -> Result<(), String> {
     if let Some(t) = telemetry {
         let _ = shared.telemetry.set(t);
     }
-    if let Some(spool) = spool {
-        let _ = shared.spool.set(spool.clone());
-        // The worker's own pool: a backlog never takes the request path's connections.
-        let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
+    // The worker's own pool: a backlog never takes the request path's connections.
+    let worker_connector = || {
+        Connector::new(Some(ConnectorOptions::from_server_conf(
             &server.configuration,
-        )));
-        crate::redelivery::spawn(shared.clone(), spool, connector);
+        )))
+    };
+    match spool {
+        SpoolStart::None => {}
+        SpoolStart::Open(spool) => start_spool(&shared, spool, worker_connector()),
+        SpoolStart::Locked(dir) => wait_for_spool(&shared, dir, worker_connector()),
     }
 
     let mut proxy = proxy_service(&server, &shared, tls, idle_timeout);

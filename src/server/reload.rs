@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::config::{self, Config, ProcessConfig, RedisSettings, StoreKind};
 use crate::replay::redis::RedisStore;
@@ -80,7 +81,7 @@ fn reload(
     let running = shared.policy.load_full();
     let mut kept = without_spool(
         keep_running(new, &running.config),
-        shared.spool.get().is_some(),
+        shared.spool.get().is_some() || shared.spool_waiting.load(Ordering::SeqCst),
     );
     if let Err(e) = swap_redis(shared, &running.config.replay.store, &kept.replay.store) {
         tracing::error!(

@@ -65,10 +65,12 @@
 //! * this file: [`DirSpool`], opening a spool directory;
 //! * `files`: the on-disk side: paths, ids, reading and writing entry files;
 //! * `index`: the in-memory index per route;
+//! * `lock`: one process per directory ([`DirLock`]);
 //! * `store`: the [`SpoolStore`] calls.
 
 mod files;
 mod index;
+mod lock;
 mod store;
 
 use std::fs;
@@ -84,6 +86,7 @@ use crate::config::SpoolKey;
 pub use files::route_dir;
 use files::{prepare_root, unavailable};
 use index::State;
+pub use lock::DirLock;
 
 const TMP: &str = "tmp";
 const LIVE: &str = "live";
@@ -91,7 +94,8 @@ const DEAD: &str = "dead";
 const EXT: &str = ".entry";
 
 /// The embedded spool. Cheap to share behind an `Arc`; one per directory and
-/// process (two processes on one directory would hand out the same entries).
+/// process: two processes on one directory would hand out the same entries,
+/// so the process takes the directory's [`DirLock`] before it opens it.
 #[derive(Debug)]
 pub struct DirSpool {
     inner: Arc<Inner>,

@@ -209,6 +209,13 @@ pub struct Handle {
     /// The worker holds entries waiting out a backoff: only then is a live
     /// 2xx news to it (so a healthy route's deliveries cost one atomic read).
     waiting: std::sync::atomic::AtomicBool,
+    /// Set on SIGTERM: the worker takes nothing new, lets the sends in the
+    /// app's hands finish and settle, and releases what it held unsent.
+    stopping: std::sync::atomic::AtomicBool,
+    /// True once the worker has drained, or when no worker runs.
+    drained: tokio::sync::watch::Sender<bool>,
+    /// The embedded spool's directory lock, held for the process's life.
+    _lock: Option<dir::DirLock>,
 }
 
 impl Handle {
@@ -219,7 +226,53 @@ impl Handle {
             recovered: std::sync::Mutex::new(Vec::new()),
             stored: std::sync::atomic::AtomicBool::new(false),
             waiting: std::sync::atomic::AtomicBool::new(false),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            drained: tokio::sync::watch::Sender::new(true),
+            _lock: None,
         }
+    }
+
+    /// The same, holding the embedded spool's directory `lock` for as long
+    /// as the handle lives (the process's life).
+    pub fn with_lock(store: std::sync::Arc<dyn SpoolStore>, lock: dir::DirLock) -> Self {
+        Handle {
+            _lock: Some(lock),
+            ..Handle::new(store)
+        }
+    }
+
+    /// A worker runs: [`Handle::drained`] waits for it from now on.
+    pub fn worker_started(&self) {
+        self.drained.send_replace(false);
+    }
+
+    /// The worker has drained (or stopped): [`Handle::drained`] returns.
+    pub fn worker_stopped(&self) {
+        self.drained.send_replace(true);
+    }
+
+    /// SIGTERM: the worker drains (see [`Handle::stopping`]).
+    pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Whether [`Handle::stop`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Returns once the worker has drained, or at once when none runs.
+    pub async fn drained(&self) {
+        let mut rx = self.drained.subscribe();
+        // The sender lives as long as `self`: the wait cannot fail.
+        let _ = rx.wait_for(|drained| *drained).await;
+    }
+
+    /// Whether the worker has drained, or none runs.
+    pub fn is_drained(&self) -> bool {
+        *self.drained.borrow()
     }
 
     /// An entry was stored: the worker takes it now rather than at its next poll.

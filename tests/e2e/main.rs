@@ -45,6 +45,8 @@ mod soak;
 mod sources;
 /// The delivery spool: 202 once durable, redelivered once, dead letters, fallbacks (§ Delivery spool).
 mod spool;
+/// The spool and the leases through a rolling deploy's SIGTERM, a second process on one spool, an earlier process's lease token, a paused replica.
+mod spool_ops;
 /// The delivery spool on Redis: a stream shared by replicas, takeover after kill -9, Redis down, dead letters, sealed entries.
 mod spool_redis;
 /// TLS on the listener, certificate reloads, a TLS upstream.
