@@ -45,6 +45,8 @@ mod soak;
 mod sources;
 /// The delivery spool: 202 once durable, redelivered once, dead letters, fallbacks (§ Delivery spool).
 mod spool;
+/// The randomized fault run: SIGTERM, kill -9, app failures and a slow disk while Persona delivers to a spooling route.
+mod spool_chaos;
 /// The spool and the leases through a rolling deploy's SIGTERM, a second process on one spool, an earlier process's lease token, a paused replica.
 mod spool_ops;
 /// The delivery spool on Redis: a stream shared by replicas, takeover after kill -9, Redis down, dead letters, sealed entries.

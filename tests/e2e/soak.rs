@@ -48,45 +48,9 @@ const DOWN_FOR: Duration = Duration::from_millis(400);
 /// The first generator stream of the app's answers (one per event).
 const APP_STREAMS: u64 = 1 << 32;
 
-/// SplitMix64, one stream per (seed, stream index), so that each thread's
-/// draws depend on the seed and its index alone.
-struct Rng(u64);
-
-impl Rng {
-    const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
-    fn new(seed: u64, stream: u64) -> Rng {
-        Rng(Self::mix(
-            seed ^ Self::mix(stream.wrapping_add(Self::GOLDEN)),
-        ))
-    }
-
-    fn mix(mut z: u64) -> u64 {
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(Self::GOLDEN);
-        Self::mix(self.0)
-    }
-
-    fn percent(&mut self) -> u64 {
-        self.next() % 100
-    }
-}
-
 /// `PG_SOAK_SEED`, decimal or `0x` hex, else the default.
 fn seed() -> u64 {
-    let Ok(v) = std::env::var("PG_SOAK_SEED") else {
-        return DEFAULT_SEED;
-    };
-    let parsed = match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => v.parse(),
-    };
-    parsed.unwrap_or_else(|e| panic!("PG_SOAK_SEED={v:?} is not a number: {e}"))
+    seed_from("PG_SOAK_SEED", DEFAULT_SEED)
 }
 
 /// What the app did.

@@ -415,6 +415,23 @@ impl Client {
     }
 }
 
+/// One request on a fresh connection; `None` when the connection fails
+/// (refused, reset, closed before a whole answer): a proxy being restarted.
+pub fn try_one_shot(addr: SocketAddr, raw: &[u8]) -> Option<Response> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    stream.set_write_timeout(Some(IO_TIMEOUT)).ok()?;
+    let mut c = Client {
+        stream,
+        buf: Vec::new(),
+        eof: false,
+    };
+    if !c.try_send(raw) {
+        return None;
+    }
+    c.try_read_response().ok()
+}
+
 /// One request on a fresh connection.
 pub fn one_shot(addr: SocketAddr, raw: &[u8]) -> Response {
     let mut c = Client::connect(addr);

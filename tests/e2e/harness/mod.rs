@@ -21,6 +21,8 @@ mod config;
 mod persona;
 mod proxy;
 mod redis;
+mod rng;
+mod shim;
 mod upstream;
 
 pub use client::*;
@@ -28,6 +30,8 @@ pub use config::*;
 pub use persona::*;
 pub use proxy::*;
 pub use redis::*;
+pub use rng::*;
+
 pub use upstream::*;
 
 use std::fmt::Display;
