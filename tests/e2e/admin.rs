@@ -403,3 +403,41 @@ fn retrying_every_dead_letter_retries_the_fresh_and_lists_the_stale() {
     let counts = accepted_counts(&up);
     assert_eq!((counts[&stale], counts[&fresh]), (1, 1), "{counts:?}");
 }
+
+/// The same rule with the Redis store, whose dead letters live in a stream
+/// and keep their first `spooled_at` through a retry.
+#[test]
+fn a_dead_letter_older_than_ttl_needs_force_on_redis_too() {
+    let redis = RedisServer::start();
+    let (up, p) = rig_with(|b| {
+        b.redis(&redis.url())
+            .set("spool.max_backoff", "1s")
+            .set("spool.max_age", "1s")
+            .set("replay.ttl", "2s")
+            .route(|r| r.set("spool", "on_failure").set("tolerance", "1s"))
+    });
+    let ids = dead_letters(&p, &up, 1);
+    let id = &ids[0];
+    wait_age(&p, id, 3);
+    up.set_status(200);
+
+    let r = p.admin_request("POST", &format!("/spool/retry?id={id}"));
+    r.assert_error(409, "force_required");
+    assert_eq!(r.json()["needs_force"][0]["event_id"], id.as_str());
+    let r = p.admin_request("POST", "/spool/retry");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["retried"], 0);
+    assert_eq!(r.json()["needs_force"][0]["event_id"], id.as_str());
+    assert_eq!(listed_ids(&p), HashSet::from([id.clone()]));
+    assert!(!up.accepted_ids().contains(id));
+
+    let r = p.admin_request("POST", &format!("/spool/retry?id={id}&force=true"));
+    assert_eq!(
+        (r.status, r.json()["retried"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        r.text()
+    );
+    wait_accepted(&up, std::slice::from_ref(id), Duration::from_secs(10));
+    assert_eq!(accepted_counts(&up)[id], 1);
+}
