@@ -362,6 +362,7 @@ fn retrying_every_dead_letter_retries_the_fresh_and_lists_the_stale() {
     let (up, p) = rig_with(|b| {
         spooling(b, dir.path(), "on_failure")
             .set("spool.max_age", "1s")
+            .set("spool.max_backoff", "1s")
             .set("replay.ttl", format!("{TTL}s"))
             .route(|r| r.set("tolerance", "3s"))
     });
@@ -374,6 +375,7 @@ fn retrying_every_dead_letter_retries_the_fresh_and_lists_the_stale() {
         fresh_age < TTL - 1,
         "the fresh dead letter is already {fresh_age}s old: {ages:?}"
     );
+    eprintln!("a dead letter {fresh_age}s old next to one past the {TTL}s ttl");
     up.set_status(200);
 
     let r = p.admin_request("POST", "/spool/retry");
