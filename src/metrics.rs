@@ -59,6 +59,9 @@ pub struct Metrics {
     /// should have been spooled but were answered as without a spool
     /// ([`SPOOL_FALLBACKS`]).
     pub spool_fallbacks: IntCounterVec,
+    /// `persona_guard_admin_refused_total{reason}`: state-changing admin calls
+    /// refused (403), by [`ADMIN_REFUSALS`].
+    pub admin_refused: IntCounterVec,
 }
 
 /// The `result` of a redelivery from the spool: the app answered 2xx
@@ -71,6 +74,25 @@ pub const SPOOL_RESULTS: [&str; 5] = ["delivered", "failed", "duplicate", "defer
 /// Why a delivery was not spooled: `full` (`max_bytes`), `unavailable`
 /// (the disk or Redis failed), `no_claim` (forwarded without a replay claim).
 pub const SPOOL_FALLBACKS: [&str; 3] = ["full", "unavailable", "no_claim"];
+
+/// Why a state-changing admin call was refused: a peer other than loopback
+/// sent no bearer token (`no_token`), or one that is not `[admin] token`
+/// (`wrong_token`, also when no token is configured).
+pub const ADMIN_REFUSALS: [&str; 2] = ["no_token", "wrong_token"];
+
+/// `persona_guard_admin_refused_total{reason}`, every reason at 0.
+fn admin_refused(r: &Registry) -> IntCounterVec {
+    let refused = counter_vec(
+        r,
+        "persona_guard_admin_refused_total",
+        "State-changing admin calls refused (403): not from loopback and without the [admin] token.",
+        &["reason"],
+    );
+    for reason in ADMIN_REFUSALS {
+        refused.with_label_values(&[reason]);
+    }
+    refused
+}
 
 /// Registers `metric` in `registry` and hands it back. Names are static and
 /// unique, so registration cannot fail.
@@ -289,6 +311,7 @@ impl Metrics {
         let r = Registry::new();
         let replay_store_errors = replay_store_errors(&r);
         let reloads = reloads(&r);
+        let admin_refused = admin_refused(&r);
         let (requests, secret_matches, upstream_duration, verify_duration) = request_metrics(&r);
         let (
             replay_entries,
@@ -324,6 +347,7 @@ impl Metrics {
             spool_dead_letters,
             spool_redeliveries,
             spool_fallbacks,
+            admin_refused,
             registry: r,
         }
     }

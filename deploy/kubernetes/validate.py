@@ -6,7 +6,10 @@ listens on localhost only, and every embedded route file passes
 `persona-guard check` with its secrets laid out as the volumes mount them.
 A Redis run by an example must keep the replay memory across a restart
 (`--appendonly yes`, `--appendfsync everysec` or `always`, no eviction policy)
-and be the Service that `redis_url` names.
+and be the Service that `redis_url` names. A NetworkPolicy selects the
+persona-guard pod: the http port open, the admin port (whose state-changing
+calls answer loopback or the `[admin] token` only) reachable only from a
+selected namespace; the kubelet's probes are not subject to it.
 
     python3 deploy/kubernetes/validate.py target/debug/persona-guard
 """
@@ -54,6 +57,44 @@ def check_redis(where, docs, route_file):
                 fail(who, f"redis_url host {host!r} is not a Service of this example")
 
 
+def admits(rule, port_names):
+    """Whether an ingress rule's ports admit one of `port_names` (no ports: all)."""
+    ports = rule.get("ports") or []
+    return not ports or any(p.get("port") in port_names for p in ports)
+
+
+def check_network_policy(where, docs, labels, ports):
+    """The pod's admin port is reachable only from selected namespaces; its http port from anywhere."""
+    policies = [
+        d for d in docs
+        if d["kind"] == "NetworkPolicy"
+        and d["spec"].get("podSelector", {}).get("matchLabels")
+        and d["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    if not policies:
+        fail(where, "no NetworkPolicy selects the persona-guard pod (the admin port must not be open to every pod)")
+        return
+    admin = {"admin", ports.get("admin")}
+    http = {"http", ports.get("http")}
+    for pol in policies:
+        who = f"{where}: NetworkPolicy {pol['metadata']['name']}"
+        if "Ingress" not in pol["spec"].get("policyTypes", ["Ingress"]):
+            fail(who, "does not restrict Ingress")
+        rules = pol["spec"].get("ingress", [])
+        if not any(admits(r, http) and not r.get("from") for r in rules):
+            fail(who, "must admit the http port from anywhere (Persona's deliveries)")
+        for r in rules:
+            if not admits(r, admin):
+                continue
+            peers = r.get("from") or []
+            if not peers:
+                fail(who, "admits the admin port from anywhere")
+            for peer in peers:
+                ns = peer.get("namespaceSelector") or {}
+                if not (ns.get("matchLabels") or ns.get("matchExpressions")):
+                    fail(who, f"admits the admin port from a peer that names no namespace: {peer}")
+
+
 for manifest in sorted(HERE.glob("*.yaml")):
     docs = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
     name = manifest.name
@@ -85,6 +126,7 @@ for manifest in sorted(HERE.glob("*.yaml")):
         fail(name, "no persona-guard container")
         continue
     ports = {p["name"]: p["containerPort"] for p in guard["ports"]}
+    check_network_policy(name, docs, kinds["Deployment"]["spec"]["template"]["metadata"]["labels"], ports)
     svc_targets = [p["targetPort"] for p in kinds["Service"]["spec"]["ports"]]
     if svc_targets != ["http"] or "http" not in ports:
         fail(name, f"the Service must target the sidecar's http port, not {svc_targets}")
@@ -112,6 +154,8 @@ for manifest in sorted(HERE.glob("*.yaml")):
         (root / "secrets" / "webhook-secret").write_text("wbhsec_validate\n")
         if (root / "redis").exists():
             (root / "redis" / "password").write_text("validate\n")
+        if (root / "admin").exists():
+            (root / "admin" / "token").write_text("validate-admin-token\n")
         cfg = root / "config" / "persona-guard.toml"
         r = subprocess.run([binary, "check", "--config", str(cfg)], capture_output=True, text=True)
         if r.returncode != 0:

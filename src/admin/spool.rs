@@ -52,6 +52,16 @@ pub const DEAD_LISTED: usize = 100;
 /// The most dead letters one `GET /spool/dead` page lists.
 const PAGE_MAX: usize = 1000;
 
+/// Why a stale dead letter is not retried without `force=true`.
+const STALE_MESSAGE: &str = "These dead letters were first spooled longer than replay.ttl ago: the mark that shows an event delivered may have expired since, so Persona may already have delivered the event again, and a retry could deliver it twice. Retry with force=true to send them anyway.";
+
+/// Whether `e` was first spooled longer than `ttl` before `now_ms`: its
+/// event's *delivered* mark may have expired.
+fn is_stale(e: &Entry, ttl: std::time::Duration, now_ms: u64) -> bool {
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    now_ms.saturating_sub(e.record.spooled_at_ms) > ttl_ms
+}
+
 /// One dead letter as the admin endpoints list it (no body, no head).
 fn dead_json(e: &Entry) -> serde_json::Value {
     serde_json::json!({
@@ -202,7 +212,24 @@ impl Admin {
         Ok((spool, found))
     }
 
-    pub(super) async fn spool_retry(&self, id: Option<&str>) -> Response<Vec<u8>> {
+    /// `POST /spool/retry[?id=<event id or entry id>][&force=true]`: the
+    /// dead letters `id` names (every one without it) back to live.
+    ///
+    /// A dead letter first spooled longer than `replay.ttl` ago is *stale*:
+    /// the mark that would show its event delivered may have expired since,
+    /// so Persona may have delivered the event again meanwhile, and a retry
+    /// could deliver it twice. It is retried only with `force=true`.
+    ///
+    /// * With `id`: all or nothing. When a dead letter it names is stale and
+    ///   `force` is not set, nothing is retried: 409 `force_required`, with
+    ///   `needs_force` listing them. Else 200 `{"retried": n, "needs_force": []}`.
+    /// * Without `id`: every dead letter that is not stale is retried, and the
+    ///   stale ones are listed: 200 `{"retried": n, "needs_force": [...]}`
+    ///   (with a `message` when the list is not empty).
+    ///
+    /// Each `needs_force` item: `route`, `id`, `event_id`, `event_type`,
+    /// `spooled_at`, `age_seconds` (the dead-letter listing's fields).
+    pub(super) async fn spool_retry(&self, id: Option<&str>, force: bool) -> Response<Vec<u8>> {
         let (spool, found) = match self.dead_matching(id).await {
             Ok(f) => f,
             Err(r) => return r.response(),
@@ -213,8 +240,37 @@ impl Admin {
                 serde_json::json!({"error": "not_found", "message": "No dead letter has that id."}),
             );
         }
+        let ttl = self.shared.policy.load().config.replay.ttl;
+        let now = crate::spool::now_ms();
+        let (stale, eligible): (Vec<_>, Vec<_>) = found
+            .into_iter()
+            .partition(|(_, e)| !force && is_stale(e, ttl, now));
+        let needs_force: Vec<_> = stale
+            .iter()
+            .map(|(route, e)| {
+                let mut v = dead_json(e);
+                v["route"] = route.as_str().into();
+                v
+            })
+            .collect();
+        if !stale.is_empty() {
+            tracing::warn!(
+                refused = stale.len(),
+                "spool: dead letters first spooled longer than replay.ttl ago not retried without force=true"
+            );
+        }
+        if id.is_some() && !stale.is_empty() {
+            return json(
+                StatusCode::CONFLICT,
+                serde_json::json!({
+                    "error": "force_required",
+                    "message": STALE_MESSAGE,
+                    "needs_force": needs_force,
+                }),
+            );
+        }
         let mut retried = 0;
-        for (route, e) in found {
+        for (route, e) in eligible {
             match spool
                 .store
                 .revive(&route, &e.id, crate::spool::now_ms())
@@ -225,9 +281,13 @@ impl Admin {
                 Err(err) => return SpoolRefusal::from(err).response(),
             }
         }
-        tracing::info!(retried, "spool: dead letters retried by an operator");
+        tracing::info!(retried, force, "spool: dead letters retried by an operator");
         spool.stored();
-        json(StatusCode::OK, serde_json::json!({ "retried": retried }))
+        let mut answer = serde_json::json!({ "retried": retried, "needs_force": needs_force });
+        if !stale.is_empty() {
+            answer["message"] = STALE_MESSAGE.into();
+        }
+        json(StatusCode::OK, answer)
     }
 
     pub(super) async fn spool_delete(&self, id: Option<&str>) -> Response<Vec<u8>> {
@@ -290,5 +350,40 @@ impl Admin {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::Record;
+    use std::time::Duration;
+
+    fn spooled_at(ms: u64) -> Entry {
+        Entry {
+            id: "1-1".into(),
+            record: Record {
+                route: "/h".into(),
+                replay_id: "evt_1".into(),
+                event_id: Some("evt_1".into()),
+                event_type: None,
+                token: 1,
+                spooled_at_ms: ms,
+                live_since_ms: ms,
+                head: Vec::new(),
+                body: Vec::new(),
+            },
+        }
+    }
+
+    /// Stale means first spooled *longer* than `ttl` ago: exactly `ttl` is
+    /// not; a clock that went back is not.
+    #[test]
+    fn a_dead_letter_is_stale_once_first_spooled_longer_than_ttl_ago() {
+        let ttl = Duration::from_secs(60);
+        let now = 1_000_000;
+        assert!(!is_stale(&spooled_at(now - 60_000), ttl, now));
+        assert!(is_stale(&spooled_at(now - 60_001), ttl, now));
+        assert!(!is_stale(&spooled_at(now + 5_000), ttl, now));
     }
 }

@@ -21,9 +21,9 @@
 //! A variable's string is read as the key's TOML type: strings as they are
 //! (durations and sizes are strings already), integers and booleans parsed,
 //! lists split on `,` (each item trimmed). The keys that hold secret
-//! references (`route.secrets`, `replay.redis_password`, `spool.key`) take
-//! only `env:NAME` or `file:/path`: a secret itself is never read from a
-//! `PERSONA_GUARD_*` value. Problems name the variable, never its value.
+//! references (`route.secrets`, `admin.token`, `replay.redis_password`,
+//! `spool.key`) take only `env:NAME` or `file:/path`: a secret itself is
+//! never read from a `PERSONA_GUARD_*` value. Problems name the variable, never its value.
 //!
 //! # Which `PERSONA_GUARD_*` variables are not settings
 //!
@@ -305,6 +305,7 @@ fn collect_refs(table: &Table, out: &mut BTreeSet<String>) {
             .and_then(Value::as_table)
             .and_then(|t| t.get(k))
     };
+    add(sub("admin", "token"));
     add(sub("replay", "redis_password"));
     add(sub("spool", "key"));
     if let Some(Value::Array(routes)) = table.get("route") {

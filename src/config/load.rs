@@ -111,6 +111,7 @@ fn validate(raw: raw::RawConfig, base: &Path, env: &dyn Env) -> Result<Config, V
         &raw.listen,
         &raw.admin,
         &raw.server,
+        base,
     );
     let (upstream, upstream_ca_file) = upstream::compile(&mut c, &raw.upstream, base);
     let (listen_tls, listen_cert) = server::listen_tls(&mut c, raw.listen.tls.as_ref(), base);
@@ -128,6 +129,7 @@ fn validate(raw: raw::RawConfig, base: &Path, env: &dyn Env) -> Result<Config, V
         listen_tls,
         listen_cert,
         admin: s.admin,
+        admin_token: s.admin_token,
         upstream_ca_file,
         threads: s.threads,
         grace_period: s.grace_period,

@@ -301,6 +301,10 @@ pub struct Config {
     /// The key pair of `listen_tls`, loaded and matched at validation.
     pub listen_cert: Option<ListenCert>,
     pub admin: SocketAddr,
+    /// `[admin] token`: a peer other than loopback may make the admin
+    /// listener's state-changing calls with `Authorization: Bearer <token>`
+    /// (`None`: only loopback may). Reloaded with the file.
+    pub admin_token: Option<Secret>,
     /// CA bundle (PEM) trusted for upstream TLS instead of the system roots.
     pub upstream_ca_file: Option<PathBuf>,
     pub threads: usize,

@@ -1,5 +1,6 @@
 //! The process around the routes: `log_format`, `[listen]` (address and TLS),
-//! `[admin]` and `[server]` (threads, timeouts, the body memory budget).
+//! `[admin]` (address and the token of state-changing calls) and `[server]`
+//! (threads, timeouts, the body memory budget).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,6 +12,7 @@ use super::defaults::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BUFFERED,
 };
 use super::raw::{RawAdmin, RawListen, RawServer, RawTls};
+use super::secret::Secret;
 use super::{ListenCert, ListenTls, LogFormat};
 use crate::source::{self, AllowList, Cidr};
 
@@ -20,6 +22,7 @@ pub(super) struct Settings {
     pub log_format: LogFormat,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    pub admin_token: Option<Secret>,
     pub threads: usize,
     pub grace_period: Duration,
     pub body_timeout: Duration,
@@ -35,6 +38,7 @@ pub(super) fn compile(
     listen: &RawListen,
     admin: &RawAdmin,
     raw: &RawServer,
+    base: &Path,
 ) -> Settings {
     let log_format = c.choice(
         "log_format",
@@ -42,6 +46,7 @@ pub(super) fn compile(
         &[("text", LogFormat::Text), ("json", LogFormat::Json)],
         LogFormat::Text,
     );
+    let admin_token = admin.token.as_deref().and_then(|spec| token(c, spec, base));
     let (listen, admin) = addresses(c, listen, admin);
     let threads = c
         .at_least_one("server.threads", raw.threads)
@@ -90,6 +95,7 @@ pub(super) fn compile(
         log_format,
         listen,
         admin,
+        admin_token,
         threads,
         grace_period,
         body_timeout,
@@ -138,6 +144,22 @@ fn addresses(c: &mut Check, listen: &RawListen, admin: &RawAdmin) -> (SocketAddr
         );
     }
     (listen, admin)
+}
+
+/// `admin.token`: the bearer token that lets a peer other than loopback make
+/// the admin listener's state-changing calls. A secret source only (a token
+/// is not written in the file, where a literal would end up in backups and
+/// diffs); read like every secret, so a SIGHUP reload reads it again. No
+/// message repeats it.
+fn token(c: &mut Check, spec: &str, base: &Path) -> Option<Secret> {
+    if !(spec.starts_with("env:") || spec.starts_with("file:")) {
+        c.problem(
+            "admin.token",
+            "must be `env:NAME` or `file:/path`: a token is not written in the file (the value is not repeated here)",
+        );
+        return None;
+    }
+    c.secret("admin.token", spec, base)
 }
 
 /// `listen.tls`: the file paths, and the key pair loaded from them and matched
@@ -217,6 +239,39 @@ mod tests {
         // Port 0 on both (tests) is allowed: the system picks two ports.
         let text = "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n";
         assert!(from_str(&format!("{text}{ROUTE}"), &env()).is_ok());
+    }
+
+    /// `admin.token` is read from `env:` or `file:` only; a literal is
+    /// refused under its key without the value, and so is an empty token.
+    #[test]
+    fn the_admin_token_is_a_secret_source_never_a_literal() {
+        let with = |token: &str| format!("[admin]\ntoken = \"{token}\"\n{ROUTE}");
+        let c = from_str(&with("env:SECRET"), &env()).unwrap();
+        assert_eq!(c.admin_token.as_ref().unwrap().expose(), b"wbhsec_abc");
+        assert!(!format!("{c:?}").contains("wbhsec_abc"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("admin-token");
+        std::fs::write(&file, "t0ken-from-a-file\n").unwrap();
+        let c = from_str(&with(&format!("file:{}", file.display())), &env()).unwrap();
+        assert_eq!(
+            c.admin_token.as_ref().unwrap().expose(),
+            b"t0ken-from-a-file"
+        );
+
+        let literal = "s3cr3t-admin-t0ken";
+        let p = from_str(&with(literal), &env()).unwrap_err();
+        assert_eq!(keys(&p), vec!["admin.token"]);
+        assert!(p[0].message.contains("`env:NAME` or `file:/path`"), "{p:?}");
+        assert!(!format!("{p:?}").contains(literal), "{p:?}");
+
+        std::fs::write(&file, "\n").unwrap();
+        let p = from_str(&with(&format!("file:{}", file.display())), &env()).unwrap_err();
+        assert_eq!(keys(&p), vec!["admin.token"]);
+        assert!(p[0].message.contains("empty"), "{p:?}");
+
+        // None unless set.
+        assert!(from_str(ROUTE, &env()).unwrap().admin_token.is_none());
     }
 
     #[test]

@@ -286,6 +286,18 @@ const CANARY_CASES: &[(&str, &str, &str, &[&str])] = &[
         &["replay.redis_url"],
     ),
     (
+        "admin token literal",
+        r#"address = "127.0.0.1:19090""#,
+        "address = \"127.0.0.1:19090\"\ntoken = \"C\"",
+        &["admin.token", "`env:NAME` or `file:/path`"],
+    ),
+    (
+        "admin token env: name",
+        r#"address = "127.0.0.1:19090""#,
+        "address = \"127.0.0.1:19090\"\ntoken = \"env:C\"",
+        &["admin.token", "not set"],
+    ),
+    (
         "spool key literal",
         "capacity = 1000",
         "capacity = 1000\n[spool]\nkey = \"C\"",

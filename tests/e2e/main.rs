@@ -7,6 +7,8 @@
 /// The harness: client, upstreams, the proxy process, Persona's signing, Redis.
 mod harness;
 
+/// The admin listener: state-changing calls from loopback or with the token only, 405 vs 404, dead-letter retries past `ttl` need `force` (§ Operations, § Delivery spool).
+mod admin;
 /// Persona's attempt headers: the attempt metrics, failures on the last attempt (§ Persona's delivery details).
 mod attempts;
 /// `check` and `sign`; configuration errors never quote the file (§ Configuration, § Command line).

@@ -87,6 +87,12 @@ pub const KEYS: &[Key] = &[
     k("listen.tls", "cert", Str, Unset("no TLS: plain HTTP")),
     k("listen.tls", "key", Str, Unset("no TLS: plain HTTP")),
     k("admin", "address", Str, V("\"127.0.0.1:9090\"")),
+    k(
+        "admin",
+        "token",
+        Secret,
+        Unset("none: state-changing calls from loopback only"),
+    ),
     k("server", "threads", Int, Unset("the number of CPUs")),
     k("server", "grace_period", Str, V("\"10s\"")),
     k("server", "body_timeout", Str, V("\"10s\"")),

@@ -154,6 +154,36 @@ fn a_variable_an_env_reference_names_is_a_secret_not_a_setting() {
     assert!(!p[0].message.contains("LEAKCANARY"));
 }
 
+/// `admin.token` by variable: a reference is a setting; the variable a
+/// reference names holds the token itself.
+#[test]
+fn the_admin_token_comes_from_a_variable_as_a_reference() {
+    let env = vars(&[
+        ("PERSONA_GUARD_ADMIN_TOKEN", "env:ADMIN_TOKEN"),
+        ("ADMIN_TOKEN", "t0ken-by-reference"),
+    ]);
+    let effective = load(ROUTE, &env).unwrap();
+    let token = effective.config.admin_token.as_ref().unwrap();
+    assert_eq!(token.expose(), b"t0ken-by-reference");
+    assert!(
+        effective
+            .printed
+            .contains("token = \"env:ADMIN_TOKEN\"  # env PERSONA_GUARD_ADMIN_TOKEN"),
+        "{}",
+        effective.printed
+    );
+    assert!(
+        !effective.printed.contains("t0ken"),
+        "{}",
+        effective.printed
+    );
+
+    let env = vars(&[("PERSONA_GUARD_ADMIN_TOKEN", "t0ken-in-the-variable")]);
+    let file = format!("[admin]\ntoken = \"env:PERSONA_GUARD_ADMIN_TOKEN\"\n{ROUTE}");
+    let c = load(&file, &env).unwrap().config;
+    assert_eq!(c.admin_token.unwrap().expose(), b"t0ken-in-the-variable");
+}
+
 #[test]
 fn a_bad_value_names_the_variable_never_the_value() {
     let env = vars(&[
@@ -234,6 +264,7 @@ fn a_literal_secret_in_a_variable_is_refused() {
             "env:SECRET,wbhsec_LEAKCANARY",
         ),
         ("PERSONA_GUARD_REPLAY_REDIS_PASSWORD", "LEAKCANARY"),
+        ("PERSONA_GUARD_ADMIN_TOKEN", "LEAKCANARY"),
     ] {
         let p = load(ROUTE, &vars(&[(var, value)])).unwrap_err();
         assert_eq!(keys(&p), vec![var]);
