@@ -53,13 +53,23 @@ pub const DEAD_LISTED: usize = 100;
 const PAGE_MAX: usize = 1000;
 
 /// Why a stale dead letter is not retried without `force=true`.
-const STALE_MESSAGE: &str = "These dead letters were first spooled longer than replay.ttl ago: the mark that shows an event delivered may have expired since, so Persona may already have delivered the event again, and a retry could deliver it twice. Retry with force=true to send them anyway.";
+const STALE_MESSAGE: &str = "These dead letters were first spooled longer than replay.ttl ago, or before this process's memory replay store started (it forgets on a restart): the mark that shows an event delivered may have expired or been forgotten since, so Persona may already have delivered the event again, and a retry could deliver it twice. Retry with force=true to send them anyway.";
 
-/// Whether `e` was first spooled longer than `ttl` before `now_ms`: its
-/// event's *delivered* mark may have expired.
-fn is_stale(e: &Entry, ttl: std::time::Duration, now_ms: u64) -> bool {
+/// Whether `e` is *stale*: first spooled longer than `ttl` before `now_ms`
+/// (its event's *delivered* mark may have expired), or before
+/// `remembers_since_ms`, the start of a replay store that forgets on a
+/// restart (the memory store: a delivery made since, by Persona's dashboard
+/// retry in an earlier process, is unknown to it).
+fn is_stale(
+    e: &Entry,
+    ttl: std::time::Duration,
+    now_ms: u64,
+    remembers_since_ms: Option<u64>,
+) -> bool {
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    now_ms.saturating_sub(e.record.spooled_at_ms) > ttl_ms
+    let spooled = e.record.spooled_at_ms;
+    now_ms.saturating_sub(spooled) > ttl_ms
+        || remembers_since_ms.is_some_and(|since| spooled < since)
 }
 
 /// One dead letter as the admin endpoints list it (no body, no head).
@@ -242,9 +252,10 @@ impl Admin {
         }
         let ttl = self.shared.policy.load().config.replay.ttl;
         let now = crate::spool::now_ms();
+        let since = self.shared.store().remembers_since_ms();
         let (stale, eligible): (Vec<_>, Vec<_>) = found
             .into_iter()
-            .partition(|(_, e)| !force && is_stale(e, ttl, now));
+            .partition(|(_, e)| !force && is_stale(e, ttl, now, since));
         let needs_force: Vec<_> = stale
             .iter()
             .map(|(route, e)| {
@@ -382,8 +393,20 @@ mod tests {
     fn a_dead_letter_is_stale_once_first_spooled_longer_than_ttl_ago() {
         let ttl = Duration::from_secs(60);
         let now = 1_000_000;
-        assert!(!is_stale(&spooled_at(now - 60_000), ttl, now));
-        assert!(is_stale(&spooled_at(now - 60_001), ttl, now));
-        assert!(!is_stale(&spooled_at(now + 5_000), ttl, now));
+        assert!(!is_stale(&spooled_at(now - 60_000), ttl, now, None));
+        assert!(is_stale(&spooled_at(now - 60_001), ttl, now, None));
+        assert!(!is_stale(&spooled_at(now + 5_000), ttl, now, None));
+    }
+
+    /// A store that forgets on a restart (memory) knows nothing of what was
+    /// delivered before it started: a dead letter spooled earlier is stale.
+    #[test]
+    fn a_dead_letter_older_than_a_memory_store_is_stale() {
+        let ttl = Duration::from_secs(3600);
+        let now = 1_000_000;
+        let started = now - 10_000;
+        assert!(is_stale(&spooled_at(started - 1), ttl, now, Some(started)));
+        assert!(!is_stale(&spooled_at(started), ttl, now, Some(started)));
+        assert!(!is_stale(&spooled_at(started - 1), ttl, now, None));
     }
 }

@@ -151,6 +151,8 @@ pub struct MemoryStore {
     cache: Cache<Key, Entry, DigestState>,
     clock: Arc<dyn Clock>,
     stats: Arc<StoreStats>,
+    /// When the store was made (Unix milliseconds): it knows nothing older.
+    started_ms: u64,
 }
 
 impl MemoryStore {
@@ -172,6 +174,7 @@ impl MemoryStore {
             cache,
             clock,
             stats,
+            started_ms: crate::spool::now_ms(),
         }
     }
 
@@ -321,6 +324,10 @@ impl ReplayStore for MemoryStore {
 
     async fn ready(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn remembers_since_ms(&self) -> Option<u64> {
+        Some(self.started_ms)
     }
 
     fn local_stats(&self) -> Option<LocalStats> {

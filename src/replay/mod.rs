@@ -144,6 +144,14 @@ pub trait ReplayStore: Send + Sync {
     /// Whether the store can answer now (readiness).
     async fn ready(&self) -> Result<(), StoreError>;
 
+    /// Since when (Unix milliseconds) this store remembers what it was told:
+    /// the start of a store that lives in this process, which forgets on a
+    /// restart; `None` for a store that outlives the process (Redis). Events
+    /// settled before then are unknown to it, delivered or not.
+    fn remembers_since_ms(&self) -> Option<u64> {
+        None
+    }
+
     /// Entry counts, for a store that holds its entries in this process
     /// (pending maintenance is run first, so they are exact); `None` otherwise.
     fn local_stats(&self) -> Option<LocalStats> {

@@ -224,8 +224,15 @@ fn a_lease_token_of_an_earlier_process_never_matches_a_live_claim() {
     wait_for("the live delivery in the app's hands", W, || {
         up.count() == seen + 1
     });
-    // ...when the operator retries the dead letter.
+    // ...when the operator retries the dead letter. This process's memory
+    // store started after the entry was spooled and cannot know whether the
+    // event was delivered since: the retry needs force=true, and says why.
     let r = second.admin_request("POST", &format!("/spool/retry?id={id}"));
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["error"], "force_required");
+    assert!(r.text().contains("memory replay store"), "{}", r.text());
+    assert_eq!(up.count(), seen + 1);
+    let r = second.admin_request("POST", &format!("/spool/retry?id={id}&force=true"));
     assert_eq!(r.status, 200, "{}", r.text());
     wait_for("the worker to meet the live mark", W, || {
         second.metric_or_zero(&redeliveries("deferred")) >= 1.0
