@@ -109,6 +109,11 @@ pub struct RouteStats {
     pub dead: u64,
     /// Bytes held (live and dead), as counted against `max_bytes`.
     pub bytes: u64,
+    /// Entries kept but not readable (an I/O error, damaged, another key,
+    /// not an entry): never delivered, never deleted, never in `depth`.
+    /// Embedded spool: what is in the route's directory (see [`dir`]);
+    /// Redis: what this replica found undecodable (see [`redis`]).
+    pub unreadable: u64,
 }
 
 /// Why the spool could not do something. Messages never quote a body, a

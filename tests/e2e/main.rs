@@ -45,6 +45,8 @@ mod soak;
 mod sources;
 /// The delivery spool: 202 once durable, redelivered once, dead letters, fallbacks (§ Delivery spool).
 mod spool;
+/// The embedded spool on a failing disk: unreadable entries skipped, kept and shown; delivered means gone; a failed flush leaves nothing behind (§ Delivery spool).
+mod spool_faults;
 /// The delivery spool on Redis: a stream shared by replicas, takeover after kill -9, Redis down, dead letters, sealed entries.
 mod spool_redis;
 /// TLS on the listener, certificate reloads, a TLS upstream.
