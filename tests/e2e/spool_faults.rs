@@ -529,3 +529,73 @@ fn a_failed_flush_after_a_write_answers_without_202_and_leaves_nothing_to_delive
     let counts = accepted_counts(&up);
     assert_eq!((counts[&a], counts[&b]), (1, 1), "{counts:?}");
 }
+
+/// The Redis spool after a restart with the wrong key: the entries stay in
+/// the stream, are counted as unreadable (not as depth) and logged once by
+/// id, though they come back to the replica after every `inflight_ttl`
+/// (never in a hot loop); the right key delivers them once.
+#[test]
+fn on_redis_entries_that_do_not_decode_are_counted_kept_and_logged_once() {
+    let redis = RedisServer::start();
+    let (key, wrong) = ("6b".repeat(32), "b6".repeat(32));
+    let on = |b: ProxyBuilder, k: &str| {
+        sealed(
+            b.redis(&redis.url())
+                .set("replay.inflight_ttl", "2s")
+                .set("spool.max_backoff", "1s")
+                .route(|r| r.set("spool", "always")),
+            k,
+        )
+    };
+    let (mut up, p) = rig_with(|b| on(b, &key));
+    up.stop();
+    let ids: Vec<String> = (0..3).map(|_| spool_one(&p)).collect();
+    drop(p);
+    up.restart();
+    let p = on(Proxy::builder().upstream(&up), &wrong).start();
+    p.wait_for_metric(&unreadable_series(), 3.0);
+    let route = listed(&p);
+    assert_eq!(
+        (route["unreadable"].as_u64(), route["depth"].as_u64()),
+        (Some(3), Some(0)),
+        "{route}"
+    );
+    let stream = "persona-guard:spool:/webhooks/persona";
+    assert_eq!(
+        redis.command(&["XLEN", stream]).as_deref(),
+        Some(&b":3\r\n"[..])
+    );
+    // They come back to this replica after every `inflight_ttl` (XAUTOCLAIM;
+    // the times each was handed out are in XPENDING): wait for two comebacks.
+    let handed_out = || -> Vec<i64> {
+        let reply = redis
+            .command(&["XPENDING", stream, "persona-guard", "-", "+", "10"])
+            .unwrap_or_default();
+        let ints: Vec<i64> = String::from_utf8_lossy(&reply)
+            .split("\r\n")
+            .filter_map(|l| l.strip_prefix(':')?.parse().ok())
+            .collect();
+        // Per entry: idle milliseconds, then times delivered.
+        ints.chunks(2).filter_map(|c| c.get(1).copied()).collect()
+    };
+    wait_for(
+        "every entry handed out twice more",
+        Duration::from_secs(20),
+        || {
+            let n = handed_out();
+            n.len() == 3 && n.iter().all(|&d| d >= 4)
+        },
+    );
+    assert_eq!(
+        p.logs().matches("does not decode").count(),
+        3,
+        "{}",
+        p.logs()
+    );
+    assert_eq!(up.count(), 0);
+    drop(p);
+    let _p = on(Proxy::builder().upstream(&up), &key).start();
+    wait_accepted(&up, &ids, REDELIVERED);
+    let counts = accepted_counts(&up);
+    assert!(ids.iter().all(|id| counts[id] == 1), "{counts:?}");
+}
