@@ -227,23 +227,33 @@ impl SpoolStore for RedisSpool {
         let known = self.unreadable_of(route);
         let mut present = Vec::new();
         let mut gone = Vec::new();
-        for (is_dead, id) in known {
-            let key = if is_dead {
-                self.dead_key(route)
-            } else {
-                self.live(route)
-            };
-            let there: Vec<(String, Option<Vec<u8>>)> = self
+        if !known.is_empty() {
+            let args: Vec<Vec<u8>> = known
+                .iter()
+                .flat_map(|(is_dead, id)| {
+                    [
+                        if *is_dead {
+                            b"d".to_vec()
+                        } else {
+                            b"l".to_vec()
+                        },
+                        id.clone().into_bytes(),
+                    ]
+                })
+                .collect();
+            let there: Vec<i64> = self
                 .eval(
-                    &scripts::RANGE,
-                    vec![key],
-                    vec![id.clone().into_bytes(), id.clone().into_bytes()],
+                    &scripts::PRESENT,
+                    vec![self.live(route), self.dead_key(route)],
+                    args,
                 )
                 .await?;
-            if there.is_empty() {
-                gone.push((is_dead, id));
-            } else {
-                present.push(is_dead);
+            for ((is_dead, id), n) in known.into_iter().zip(there) {
+                if n > 0 {
+                    present.push(is_dead);
+                } else {
+                    gone.push((is_dead, id));
+                }
             }
         }
         self.forget_unreadable(route, &gone);
