@@ -53,6 +53,10 @@ pub struct Metrics {
     pub spool_oldest_age: IntGaugeVec,
     /// `persona_guard_spool_dead_letters{route}`: dead letters kept (set on scrape).
     pub spool_dead_letters: IntGaugeVec,
+    /// `persona_guard_spool_unreadable_entries{route}`: spooled entries kept
+    /// but not readable (an I/O error, damaged, another key), never
+    /// delivered, never deleted (set on scrape).
+    pub spool_unreadable: IntGaugeVec,
     /// `persona_guard_spool_redeliveries_total{route, result}` ([`SPOOL_RESULTS`]).
     pub spool_redeliveries: IntCounterVec,
     /// `persona_guard_spool_fallbacks_total{route, reason}`: deliveries that
@@ -328,6 +332,12 @@ impl Metrics {
             spool_redeliveries,
             spool_fallbacks,
         ) = spool_metrics(&r);
+        let spool_unreadable = gauge_vec(
+            &r,
+            "persona_guard_spool_unreadable_entries",
+            "Spooled entries that cannot be read (I/O error, damaged, another key), kept and never delivered.",
+            &["route"],
+        );
         Metrics {
             requests,
             secret_matches,
@@ -345,6 +355,7 @@ impl Metrics {
             spool_depth,
             spool_oldest_age,
             spool_dead_letters,
+            spool_unreadable,
             spool_redeliveries,
             spool_fallbacks,
             admin_refused,
@@ -358,6 +369,7 @@ impl Metrics {
             &self.spool_depth,
             &self.spool_oldest_age,
             &self.spool_dead_letters,
+            &self.spool_unreadable,
         ] {
             g.with_label_values(&[route]);
         }

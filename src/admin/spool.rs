@@ -133,7 +133,7 @@ impl Admin {
         let mut out = Vec::new();
         for (route, spooling) in routes {
             let stats = spool.store.stats(&route).await?;
-            if !spooling && stats.depth == 0 && stats.dead == 0 {
+            if !spooling && stats.depth == 0 && stats.dead == 0 && stats.unreadable == 0 {
                 continue;
             }
             let dead = spool.store.dead(&route).await?;
@@ -144,6 +144,7 @@ impl Admin {
                 "oldest_age_seconds": stats.oldest_live_ms.map_or(0, age_seconds),
                 "bytes": stats.bytes,
                 "dead_letters": stats.dead,
+                "unreadable": stats.unreadable,
                 "dead": listed,
                 "dead_next": next_after(&dead, DEAD_LISTED),
             }));
@@ -344,7 +345,7 @@ impl Admin {
         let m = &self.shared.metrics;
         for (route, spooling) in routes {
             match spool.store.stats(&route).await {
-                Ok(s) if !spooling && s.depth == 0 && s.dead == 0 => {}
+                Ok(s) if !spooling && s.depth == 0 && s.dead == 0 && s.unreadable == 0 => {}
                 Ok(s) => {
                     m.spool_depth
                         .with_label_values(&[&route])
@@ -352,6 +353,9 @@ impl Admin {
                     m.spool_dead_letters
                         .with_label_values(&[&route])
                         .set(s.dead as i64);
+                    m.spool_unreadable
+                        .with_label_values(&[&route])
+                        .set(s.unreadable as i64);
                     m.spool_oldest_age
                         .with_label_values(&[&route])
                         .set(s.oldest_live_ms.map_or(0, age_seconds) as i64);

@@ -200,7 +200,7 @@ async fn delivered(
             .await;
     }
     if let Err(e) = store.remove(route_path, &held.entry.id).await {
-        tracing::warn!(route = route_path, error = %e, "spool: delivered, but the entry could not be removed; it is dropped unsent when next taken");
+        tracing::warn!(route = route_path, error = %e, "spool: delivered, but the entry could not be removed; it is not sent again (the replay store or the spool remembers it: see the spool's own log line for how long)");
     }
     Step::Delivered
 }

@@ -3,7 +3,7 @@
 //! # Format
 //!
 //! ```text
-//!   plain:  [VERSION] [PLAIN]  postcard(record)
+//!   plain:  [VERSION] [PLAIN]  postcard(record) crc32(the bytes before it, little-endian)
 //!   sealed: [VERSION] [SEALED] nonce(12) AES-256-GCM(postcard(record), aad = the two header bytes)
 //! ```
 //!
@@ -12,11 +12,29 @@
 //! * The flag byte says whether the rest is sealed. It is part of the
 //!   associated data, so flipping it (or the version) breaks the tag: a sealed
 //!   record cannot be passed off as a plain one by editing one byte.
+//! * A plain record ends with the CRC-32 of everything before it (header and
+//!   payload). A CRC-32 detects every error within 32 consecutive bits, so
+//!   any one changed byte (or a truncated file) makes the record unreadable
+//!   ([`CodecError::Checksum`]) instead of a different delivery carrying the
+//!   trusted headers. It is a guard against a failing disk, not against
+//!   someone who can write the spool: that is what `[spool] key` is for
+//!   (a sealed record is authenticated by AES-GCM and needs no checksum).
 //! * A fresh random 96-bit nonce per record: records are written once and
 //!   never rewritten in place, so a random nonce per write never repeats in
 //!   practice (2^-32 collision odds only after ~2^32 records under one key).
 //! * The body is serialized as one byte string (`serde_bytes`), not as a
 //!   sequence of `u8`, so a 1 MiB body costs a length and a copy.
+//!
+//! # Version 1 (before the checksum)
+//!
+//! Records written by earlier builds carry version [`LEGACY`] and are still
+//! read: a sealed one is as authenticated as ever, and a plain one is read
+//! without a checksum, as it was written. Refusing them would leave every
+//! entry spooled before an upgrade (each already answered 202) undelivered;
+//! the spool drains them as it always did, and every record written from
+//! now on carries the checksum. A version-2 record whose version byte flips
+//! to 1 is still refused: its trailing checksum makes it malformed as a
+//! version-1 record.
 //!
 //! # Keys
 //!
@@ -36,12 +54,15 @@ use super::Record;
 
 use crate::config::SpoolKey;
 
-/// The format this build writes (and the only one it reads).
-pub const VERSION: u8 = 1;
+/// The format this build writes.
+pub const VERSION: u8 = 2;
+/// The format before plain records carried a checksum: still read.
+pub const LEGACY: u8 = 1;
 const PLAIN: u8 = 0;
 const SEALED: u8 = 1;
 const HEADER_LEN: usize = 2;
 const NONCE_LEN: usize = 12;
+const CRC_LEN: usize = 4;
 
 /// Why bytes are not a record. No variant carries bytes of the record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +88,10 @@ pub enum CodecError {
     /// The (unsealed) bytes do not deserialize as a record.
     #[error("spool record is malformed")]
     Malformed,
+    /// A plain record whose checksum does not match its bytes (a flipped or
+    /// lost byte on disk).
+    #[error("spool record fails its checksum (damaged)")]
+    Checksum,
 }
 
 /// What is serialized: [`Record`] with the byte fields as byte strings.
@@ -123,9 +148,11 @@ pub fn encode(record: &Record, key: Option<&SpoolKey>) -> Vec<u8> {
     let plain = postcard::to_allocvec(&wire).expect("a record always serializes");
     match key {
         None => {
-            let mut out = Vec::with_capacity(HEADER_LEN + plain.len());
+            let mut out = Vec::with_capacity(HEADER_LEN + plain.len() + CRC_LEN);
             out.extend_from_slice(&[VERSION, PLAIN]);
             out.extend_from_slice(&plain);
+            let crc = crc32fast::hash(&out);
+            out.extend_from_slice(&crc.to_le_bytes());
             out
         }
         Some(key) => {
@@ -158,12 +185,23 @@ pub fn decode(bytes: &[u8], key: Option<&SpoolKey>) -> Result<Record, CodecError
         return Err(CodecError::Truncated);
     }
     let (header, rest) = bytes.split_at(HEADER_LEN);
-    if header[0] != VERSION {
+    if header[0] != VERSION && header[0] != LEGACY {
         return Err(CodecError::UnknownVersion(header[0]));
     }
     let plain;
     let payload: &[u8] = match (header[1], key) {
-        (PLAIN, None) => rest,
+        (PLAIN, None) if header[0] == LEGACY => rest,
+        (PLAIN, None) => {
+            let Some(split) = rest.len().checked_sub(CRC_LEN) else {
+                return Err(CodecError::Truncated);
+            };
+            let (payload, crc) = rest.split_at(split);
+            let stored = u32::from_le_bytes(crc.try_into().expect("CRC_LEN bytes"));
+            if crc32fast::hash(&bytes[..HEADER_LEN + split]) != stored {
+                return Err(CodecError::Checksum);
+            }
+            payload
+        }
         (PLAIN, Some(_)) => return Err(CodecError::PlainWithKey),
         (SEALED, None) => return Err(CodecError::SealedWithoutKey),
         (SEALED, Some(key)) => {
@@ -311,11 +349,88 @@ mod tests {
         );
         let mut plain = encode(&record(vec![]), None);
         plain.push(0);
-        assert_eq!(decode(&plain, None), Err(CodecError::Malformed));
+        assert_eq!(decode(&plain, None), Err(CodecError::Checksum));
         assert_eq!(
             decode(&[VERSION, PLAIN, 0xff], None),
-            Err(CodecError::Malformed)
+            Err(CodecError::Truncated)
         );
+        // A checksum that matches bytes that are not a record.
+        let mut junk = vec![VERSION, PLAIN, 0xff];
+        junk.extend_from_slice(&crc32fast::hash(&junk).to_le_bytes());
+        assert_eq!(decode(&junk, None), Err(CodecError::Malformed));
+    }
+
+    /// A version-1 plain record: what earlier builds wrote (no checksum).
+    fn legacy_plain(r: &Record) -> Vec<u8> {
+        let mut bytes = encode(r, None);
+        bytes.truncate(bytes.len() - CRC_LEN);
+        bytes[0] = LEGACY;
+        bytes
+    }
+
+    /// A version-1 sealed record: what earlier builds wrote.
+    fn legacy_sealed(r: &Record, k: &SpoolKey) -> Vec<u8> {
+        let plain = encode(r, None);
+        let payload = &plain[HEADER_LEN..plain.len() - CRC_LEN];
+        let header = [LEGACY, SEALED];
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let sealed = cipher(k)
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: payload,
+                    aad: &header,
+                },
+            )
+            .unwrap();
+        [&header[..], &nonce[..], &sealed[..]].concat()
+    }
+
+    #[test]
+    fn every_flipped_byte_of_a_plain_record_is_refused() {
+        for body in [vec![], b"{\"data\":{\"id\":\"evt_1\"}}".to_vec()] {
+            let r = record(body);
+            let bytes = encode(&r, None);
+            assert_eq!(bytes[0], VERSION);
+            for i in 0..bytes.len() {
+                for mask in [0x01, 0x10, 0x80, 0xff] {
+                    let mut t = bytes.clone();
+                    t[i] ^= mask;
+                    assert!(
+                        decode(&t, None).is_err(),
+                        "byte {i} ^ {mask:#04x} flipped and accepted"
+                    );
+                }
+            }
+            // Every truncation, and a byte more.
+            for len in 0..bytes.len() {
+                assert!(decode(&bytes[..len], None).is_err(), "truncated to {len}");
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(decode(&longer, None).is_err());
+        }
+    }
+
+    #[test]
+    fn version_1_records_are_still_read() {
+        let r = record(b"{\"data\":1}".to_vec());
+        assert_eq!(decode(&legacy_plain(&r), None).unwrap(), r);
+        let k = key(4);
+        assert_eq!(decode(&legacy_sealed(&r, &k), Some(&k)).unwrap(), r);
+        assert_eq!(
+            decode(&legacy_sealed(&r, &k), Some(&key(5))),
+            Err(CodecError::Unseal)
+        );
+        // A version-2 record passed off as version 1: its checksum is left
+        // over as trailing bytes, so it is refused.
+        let mut v2 = encode(&r, None);
+        v2[0] = LEGACY;
+        assert_eq!(decode(&v2, None), Err(CodecError::Malformed));
+        let sealed = encode(&r, Some(&k));
+        let mut t = sealed.clone();
+        t[0] = LEGACY;
+        assert_eq!(decode(&t, Some(&k)), Err(CodecError::Unseal));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   <dir>/tmp/<id>.tmp                   being written (never an entry)
 //!   <dir>/<route dir>/live/<id>.entry    a live entry
 //!   <dir>/<route dir>/dead/<id>.entry    a dead letter
+//!   <dir>/<route dir>/done/<id>          a tombstone: that live entry is delivered
 //! ```
 //!
 //! `<route dir>` is the hex of the first 16 bytes of SHA-256 of the route's
@@ -39,9 +40,10 @@
 //! `max_bytes` counts [`Record::size`] of every entry held (live and dead), as
 //! the trait says, not the files' sizes. [`DirSpool::open`] decodes every
 //! entry once to learn it (and `live_since_ms`), which costs one read of the
-//! spool at start, bounded by `max_bytes`. A file that cannot be decoded
-//! counts against `max_bytes` with its file size (it still takes the disk)
-//! but in no route's [`RouteStats`], since its route cannot be read. A
+//! spool at start, bounded by `max_bytes`. An unreadable file counts
+//! against `max_bytes` with its file size (it still takes the disk) but not
+//! in its route's `bytes`, since its record cannot be read; a delivered entry
+//! whose file could not be removed counts in neither. A
 //! crash between the two steps of [`SpoolStore::revive`] leaves the entry
 //! both live and dead; both count until the dead one is deleted.
 //!
@@ -50,9 +52,45 @@
 //!
 //! # Unreadable files
 //!
-//! A file that does not decode (corrupt, another key, a newer format) is
-//! never deleted: it is logged by name (never its content), counted
-//! ([`DirSpool::unreadable`]) and skipped, and not handed out again.
+//! One bad entry stops nothing. Anything in `live/` or `dead/` that is not a
+//! readable entry of its route is *unreadable*: a file that cannot be opened
+//! or read (an I/O error, EIO, EACCES), does not decode (damaged or
+//! truncated, a failed checksum, another key, a newer format), holds a
+//! record of another route than its directory's, or is not a regular file
+//! (a directory named like an entry), or whose name is not an entry's.
+//! Such a file is never deleted and never handed out: it is logged by name
+//! once per process (never its content), counted, and skipped; neither
+//! [`DirSpool::open`] nor any other entry waits on it. A `live/` or `dead/`
+//! that cannot be listed counts as one. An error that is about the process
+//! rather than the file (out of file descriptors or memory) sets nothing
+//! aside: the entry is tried again at the next `take`.
+//!
+//! Unreadable files are counted per route directory ([`RouteStats`]'s
+//! `unreadable`): the route whose path hashes to the directory they sit in,
+//! which is where a damaged or wrong-key entry of that route is, whatever its
+//! record says (the route cannot be read from it). Files in the directory of
+//! a route that is no longer configured are logged and kept, and counted in
+//! no route shown. An unreadable file is read again only by the next process
+//! (a fixed key, a replaced disk): it is not retried while this one runs.
+//!
+//! # Delivered means gone
+//!
+//! An entry whose delivery was recorded is never handed out again. Its file
+//! is removed and `live/` flushed; when that fails (a read-only or failing
+//! disk) a tombstone `done/<id>` is written (fsynced, `done/` fsynced), and
+//! [`DirSpool::open`] removes every live entry with a tombstone unsent (or,
+//! if it still cannot, keeps it out of the index). When the tombstone
+//! cannot be written either (every write refused), only this process's
+//! memory keeps the entry as delivered: it is never handed out again while
+//! the process lives, every `take` of its route retries the removal (and
+//! the tombstone), and an error log says so. A restart before either
+//! succeeds delivers it again: that is the one window, and the log names it.
+//!
+//! The same holds for an entry whose write failed after its rename (the
+//! flush of `live/` failed): the request gets no 202, so the file is
+//! removed before the error is returned, or, failing that, marked gone as
+//! above. What the client was not told is spooled is never delivered from
+//! the spool, short of a power cut while `live/` could not be flushed.
 //!
 //! # Blocking
 //!
@@ -73,9 +111,9 @@ mod index;
 mod lock;
 mod store;
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::SpoolError;
@@ -91,6 +129,7 @@ pub use lock::DirLock;
 const TMP: &str = "tmp";
 const LIVE: &str = "live";
 const DEAD: &str = "dead";
+const DONE: &str = "done";
 const EXT: &str = ".entry";
 
 /// The embedded spool. Cheap to share behind an `Arc`; one per directory and
@@ -110,7 +149,8 @@ struct Inner {
     suffix: u32,
     /// The last id's nanoseconds, so ids strictly increase.
     last_nanos: Mutex<u128>,
-    unreadable: AtomicU64,
+    /// Unreadable files already logged, so each is logged once per process.
+    logged: Mutex<HashSet<PathBuf>>,
     state: Mutex<State>,
 }
 
@@ -127,7 +167,7 @@ impl DirSpool {
             max_bytes,
             suffix: rand::random(),
             last_nanos: Mutex::new(0),
-            unreadable: AtomicU64::new(0),
+            logged: Mutex::new(HashSet::new()),
             state: Mutex::new(State::default()),
         };
         let mut state = State::default();
@@ -140,6 +180,14 @@ impl DirSpool {
             if name.len() != 32 || !name.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
                 continue;
             }
+            if !fs::metadata(ent.path()).is_ok_and(|m| m.is_dir()) {
+                // Named like a route's directory and not one: unreadable.
+                inner.note_bad(&ent.path(), "not a directory");
+                let mut index = index::RouteIndex::default();
+                index.bad.insert((false, name.clone()), 0);
+                state.routes.insert(name, index);
+                continue;
+            }
             let index = inner.index_route(&ent.path(), &name, &mut state.bytes)?;
             state.routes.insert(name, index);
         }
@@ -149,10 +197,11 @@ impl DirSpool {
         })
     }
 
-    /// Files found undecodable since `open` (corrupt, another key, another
-    /// format): kept on disk, skipped, logged by name.
+    /// Unreadable files (see the module documentation), every route: kept
+    /// on disk, skipped, logged by name.
     pub fn unreadable(&self) -> u64 {
-        self.inner.unreadable.load(Ordering::Relaxed)
+        let st = self.inner.lock();
+        st.routes.values().map(|ix| ix.bad.len() as u64).sum()
     }
 
     /// Runs `f` on the blocking pool.

@@ -20,6 +20,13 @@
 //!   [`Record::live_since_ms`]) becomes a dead letter: kept, listed, counted and
 //!   logged, redelivered only by an operator (`POST /spool/retry`), deleted only
 //!   by an operator (`DELETE /spool/dead`).
+//! * **One bad entry stops nothing.** An entry that cannot be read (an I/O
+//!   error, damaged, a failed checksum, another key, not an entry at all) is
+//!   skipped, kept, logged once by name and counted
+//!   ([`RouteStats::unreadable`]); no other entry and no start waits on it.
+//! * **Delivered means gone.** A removed entry is never handed out again,
+//!   even when its file cannot be removed (see [`dir`]: a tombstone, or this
+//!   process's memory when nothing can be written).
 //!
 //! # Layout
 //!
@@ -109,6 +116,11 @@ pub struct RouteStats {
     pub dead: u64,
     /// Bytes held (live and dead), as counted against `max_bytes`.
     pub bytes: u64,
+    /// Entries kept but not readable (an I/O error, damaged, another key,
+    /// not an entry): never delivered, never deleted, never in `depth`.
+    /// Embedded spool: what is in the route's directory (see [`dir`]);
+    /// Redis: what this replica found undecodable (see [`redis`]).
+    pub unreadable: u64,
 }
 
 /// Why the spool could not do something. Messages never quote a body, a

@@ -114,6 +114,7 @@ impl RouteModel {
                 .chain(self.dead.values())
                 .map(Record::size)
                 .sum(),
+            unreadable: 0,
         }
     }
 }

@@ -79,6 +79,18 @@
 //!   retry whose first attempt did run: the operator sees the outcome in the
 //!   listing.
 //!
+//! # Entries that do not decode
+//!
+//! An entry that does not decode (another key, a damaged or foreign value)
+//! is left in Redis, never deleted, and skipped: it stays in the pending
+//! list of the replica that read it, which does not keep it, so it comes
+//! back to some replica through `XAUTOCLAIM` only after `min_idle` (the
+//! replay store's `inflight_ttl`), never in a hot loop. Each replica logs
+//! such an entry by id once per process and counts it: [`RouteStats`]'s
+//! `unreadable` is what *this* replica found undecodable (live and dead) and
+//! still in its stream when it last looked, and it is left out of `depth`
+//! and `dead`.
+//!
 //! # Errors
 //!
 //! Every Redis failure is [`SpoolError::Unavailable`] with the replay store's
@@ -95,7 +107,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -104,7 +116,7 @@ use redis::{FromRedisValue, Script};
 
 use super::{Entry, SpoolError};
 #[cfg(doc)]
-use super::{Record, SpoolStore};
+use super::{Record, RouteStats, SpoolStore};
 use crate::config::RedisSettings;
 use crate::config::SpoolKey;
 use crate::replay::redis::conn::{self, Inner, RedisStoreError};
@@ -179,6 +191,9 @@ pub struct RedisSpool {
     /// Routes this spool has read through the group (so it is a consumer of
     /// their streams), for [`SpoolStore::close`] to leave.
     routes: Mutex<HashSet<String>>,
+    /// Entries found undecodable, by route: (a dead letter, id). Each is
+    /// logged once, when first found.
+    unreadable: Mutex<HashMap<String, BTreeSet<(bool, String)>>>,
     /// Drives the connection and every call; shut down in the background on
     /// close or drop (as the replay store's).
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
@@ -254,6 +269,7 @@ impl RedisSpool {
             max_bytes,
             key,
             routes: Mutex::new(HashSet::new()),
+            unreadable: Mutex::new(HashMap::new()),
             runtime: Mutex::new(Some(runtime)),
         })
     }
@@ -327,28 +343,69 @@ impl RedisSpool {
             .map_err(unavailable)
     }
 
-    /// Decodes `(id, r)` pairs, oldest first; an entry that does not decode
-    /// (a bad key, a corrupted or foreign value) is logged by id and skipped,
-    /// never deleted: an operator may still recover it with the right key.
-    fn entries(&self, route: &str, raw: Vec<(String, Option<Vec<u8>>)>) -> Vec<Entry> {
+    /// Decodes `(id, r)` pairs of `route`'s live stream (or its dead
+    /// letters, `dead`), oldest first; an entry that does not decode (a bad
+    /// key, a corrupted or foreign value) is skipped and never deleted (an
+    /// operator may still recover it with the right key), counted, and
+    /// logged by id the first time this spool finds it.
+    fn entries(&self, route: &str, dead: bool, raw: Vec<(String, Option<Vec<u8>>)>) -> Vec<Entry> {
+        let mut bad = Vec::new();
         let mut out: Vec<Entry> = raw
             .into_iter()
             .filter_map(|(id, bytes)| {
                 match bytes.as_deref().map(|b| decode(b, self.key.as_ref())) {
                     Some(Ok(record)) => Some(Entry { id, record }),
-                    Some(Err(_)) | None => {
-                        tracing::warn!(
-                            route,
-                            id = id.as_str(),
-                            "a spooled entry does not decode; left in redis, skipped"
-                        );
+                    Some(Err(e)) => {
+                        bad.push((id, e.to_string()));
+                        None
+                    }
+                    None => {
+                        bad.push((id, "no record field".to_string()));
                         None
                     }
                 }
             })
             .collect();
+        if !bad.is_empty() {
+            let mut seen = self.unreadable.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = seen.entry(route.to_string()).or_default();
+            for (id, reason) in bad {
+                if seen.insert((dead, id.clone())) {
+                    tracing::warn!(
+                        route,
+                        id = id.as_str(),
+                        dead,
+                        reason = reason.as_str(),
+                        "a spooled entry does not decode; left in redis, skipped (counted in GET /spool as unreadable)"
+                    );
+                }
+            }
+        }
         out.sort_by_key(|e| parse_id(&e.id).unwrap_or((u64::MAX, u64::MAX)));
         out
+    }
+
+    /// The entries of `route` found undecodable: (live, dead).
+    fn unreadable_of(&self, route: &str) -> Vec<(bool, String)> {
+        self.unreadable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(route)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets undecodable entries of `route` that are no longer there.
+    fn forget_unreadable(&self, route: &str, gone: &[(bool, String)]) {
+        if gone.is_empty() {
+            return;
+        }
+        let mut seen = self.unreadable.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = seen.get_mut(route) {
+            for g in gone {
+                s.remove(g);
+            }
+        }
     }
 
     /// Stops the runtime, and with it the connection and every task on it.

@@ -49,6 +49,8 @@ mod sources;
 mod spool;
 /// The randomized fault run: SIGTERM, kill -9, app failures and a slow disk while Persona delivers to a spooling route.
 mod spool_chaos;
+/// The embedded spool on a failing disk: unreadable entries skipped, kept and shown; delivered means gone; a failed flush leaves nothing behind (§ Delivery spool).
+mod spool_faults;
 /// The spool and the leases through a rolling deploy's SIGTERM, a second process on one spool, an earlier process's lease token, a paused replica.
 mod spool_ops;
 /// The delivery spool on Redis: a stream shared by replicas, takeover after kill -9, Redis down, dead letters, sealed entries.

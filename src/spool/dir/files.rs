@@ -5,12 +5,11 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 use sha2::{Digest, Sha256};
 
 use super::index::RouteIndex;
-use super::{DEAD, EXT, Inner, LIVE, TMP};
+use super::{DEAD, DONE, EXT, Inner, LIVE, TMP};
 use crate::spool::codec;
 use crate::spool::{EntryId, Record, SpoolError};
 
@@ -61,8 +60,9 @@ pub(super) fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
-/// `(id, path)` of each entry file in `dir`, oldest first; none when absent.
-fn list(dir: &Path) -> io::Result<Vec<(EntryId, PathBuf)>> {
+/// The names in `dir` with the entry id each names (`None`: not an entry
+/// file's name), sorted; none when `dir` is absent.
+fn scan(dir: &Path) -> io::Result<Vec<(String, Option<EntryId>)>> {
     let mut out = Vec::new();
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -70,17 +70,49 @@ fn list(dir: &Path) -> io::Result<Vec<(EntryId, PathBuf)>> {
         Err(e) => return Err(e),
     };
     for ent in rd {
-        let ent = ent?;
-        let name = ent.file_name();
-        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(EXT)) else {
-            continue;
-        };
-        if valid_id(id) {
-            out.push((id.to_owned(), ent.path()));
-        }
+        let name = ent?.file_name().to_string_lossy().into_owned();
+        let id = name
+            .strip_suffix(EXT)
+            .filter(|id| valid_id(id))
+            .map(str::to_owned);
+        out.push((name, id));
     }
     out.sort();
     Ok(out)
+}
+
+/// Errors that say nothing about one entry but about the process (out of
+/// file descriptors or memory: EMFILE, ENFILE, ENOMEM): the entry is tried
+/// again later rather than set aside as unreadable.
+fn process_wide(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::OutOfMemory || matches!(e.raw_os_error(), Some(12 | 23 | 24))
+}
+
+/// What reading one entry file came to.
+pub(super) enum Load {
+    Read(Record),
+    /// Not there (any more).
+    Gone,
+    /// Not an entry this spool can hand out: why (an error kind or the
+    /// codec's reason, never bytes of the file) and the file's length.
+    Bad(String, u64),
+    /// A process-wide error: try again later.
+    Later(SpoolError),
+}
+
+/// Removes `path` (already gone is fine) and flushes its directory: the
+/// removal survives a power cut only once both are done.
+pub(super) fn unlink_durable(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    match path.parent().map(sync_dir) {
+        // No directory, nothing in it to flush.
+        Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Prepares the spool directory `dir` for [`super::DirSpool::open`]: creates
@@ -115,7 +147,15 @@ pub(super) fn prepare_root(dir: &Path) -> Result<(), SpoolError> {
     mkdir_new(&tmp).map_err(|e| unavailable("open: create tmp dir", e))?;
     for ent in fs::read_dir(&tmp).map_err(|e| unavailable("open: list tmp dir", e))? {
         let ent = ent.map_err(|e| unavailable("open: list tmp dir", e))?;
-        fs::remove_file(ent.path()).map_err(|e| unavailable("open: clear tmp dir", e))?;
+        // Never acknowledged, so never an entry: one that cannot be deleted
+        // (a directory, a failing disk) is left there and does not stop the start.
+        if let Err(e) = fs::remove_file(ent.path()) {
+            tracing::warn!(
+                file = %ent.path().display(),
+                error = %e.kind(),
+                "spool: cannot delete a leftover temp file; left in place"
+            );
+        }
     }
     Ok(())
 }
@@ -135,25 +175,54 @@ impl Inner {
         format!("{:020}-{:08x}", *last, self.suffix)
     }
 
-    /// The record in `bytes` read from `path` in route dir `rdir`, or `None`
-    /// (logged and counted) when it is not one of this spool's records.
-    pub(super) fn decode(&self, bytes: &[u8], path: &Path, rdir: &str) -> Option<Record> {
-        let why = match codec::decode(bytes, self.key.as_ref()) {
-            Ok(r) if route_dir(&r.route) == rdir => return Some(r),
-            Ok(_) => "its route does not match its directory".to_owned(),
-            Err(e) => e.to_string(),
+    /// Reads and decodes the entry file `path` of route dir `rdir`.
+    pub(super) fn load(&self, path: &Path, rdir: &str) -> Load {
+        let len = |md: &fs::Metadata| md.len();
+        match fs::symlink_metadata(path) {
+            Ok(md) if md.is_file() => {}
+            // A directory, a FIFO (whose open would block), a symlink: never
+            // something this spool wrote.
+            Ok(md) => return Load::Bad("not a regular file".into(), len(&md)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Load::Gone,
+            Err(e) if process_wide(&e) => return Load::Later(unavailable("read entry", e)),
+            Err(e) => return Load::Bad(format!("cannot be read: {}", e.kind()), 0),
+        }
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Load::Gone,
+            Err(e) if process_wide(&e) => return Load::Later(unavailable("read entry", e)),
+            Err(e) => {
+                let n = fs::symlink_metadata(path).map_or(0, |m| m.len());
+                return Load::Bad(format!("cannot be read: {}", e.kind()), n);
+            }
         };
-        self.unreadable.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            file = %path.display(),
-            reason = %why,
-            "spool entry cannot be read; skipped and kept on disk"
-        );
-        None
+        let n = bytes.len() as u64;
+        match codec::decode(&bytes, self.key.as_ref()) {
+            Ok(r) if route_dir(&r.route) == rdir => Load::Read(r),
+            Ok(_) => Load::Bad("its route does not match its directory".into(), n),
+            Err(e) => Load::Bad(e.to_string(), n),
+        }
+    }
+
+    /// Logs an unreadable file by name, once per process.
+    pub(super) fn note_bad(&self, path: &Path, reason: &str) {
+        let first = self
+            .logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_owned());
+        if first {
+            tracing::warn!(
+                file = %path.display(),
+                reason,
+                "spool entry cannot be read; skipped and kept on disk (counted in GET /spool as unreadable)"
+            );
+        }
     }
 
     /// Writes `record` as a new live entry: temp file (0600), fsync, rename,
-    /// fsync of `live/`. Does not touch the index.
+    /// fsync of `live/`. Does not touch the index, except when the entry's
+    /// file can be neither flushed nor removed (see `unwrite`).
     pub(super) fn write_live(&self, record: &Record) -> Result<EntryId, SpoolError> {
         let rdir = route_dir(&record.route);
         let live = self.root.join(&rdir).join(LIVE);
@@ -162,6 +231,7 @@ impl Inner {
         mkdir_durable(&live).map_err(|e| unavailable("put: create live dir", e))?;
         let id = self.new_id();
         let tmp = self.root.join(TMP).join(format!("{id}.tmp"));
+        let entry = live.join(format!("{id}{EXT}"));
         let bytes = codec::encode(record, self.key.as_ref());
         let written = (|| {
             let mut f = OpenOptions::new()
@@ -174,48 +244,197 @@ impl Inner {
                 .map_err(|e| unavailable("put: write temp file", e))?;
             f.sync_all()
                 .map_err(|e| unavailable("put: fsync temp file", e))?;
-            fs::rename(&tmp, live.join(format!("{id}{EXT}")))
-                .map_err(|e| unavailable("put: rename into live", e))
+            fs::rename(&tmp, &entry).map_err(|e| unavailable("put: rename into live", e))
         })();
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        sync_dir(&live).map_err(|e| unavailable("put: fsync live dir", e))?;
+        if let Err(e) = sync_dir(&live) {
+            // Not durable, so no 202: the renamed file must not be delivered
+            // later (after a restart) behind the answer the client got.
+            self.unwrite(&rdir, &id, &entry);
+            return Err(unavailable("put: fsync live dir", e));
+        }
         Ok(id)
     }
 
-    /// Reads and decodes one entry; `Ok(None)` when it is unreadable or gone.
-    pub(super) fn read(
+    /// Takes back the entry `id` whose write failed after its rename: removes
+    /// its file or, failing that, marks it gone (a tombstone, or memory),
+    /// so it is never handed out.
+    fn unwrite(&self, rdir: &str, id: &str, entry: &Path) {
+        match unlink_durable(entry) {
+            Ok(()) => tracing::warn!(
+                file = %entry.display(),
+                "spool: an entry's directory could not be flushed; its file is removed and the delivery answered without 202"
+            ),
+            Err(e) => {
+                let _ = self.keep_gone(rdir, id, &e, "an entry answered without 202");
+            }
+        }
+    }
+
+    /// The tombstone of entry `id` of route dir `rdir`.
+    fn tombstone(&self, rdir: &str, id: &str) -> PathBuf {
+        self.root.join(rdir).join(DONE).join(id)
+    }
+
+    /// Writes the tombstone of `id` durably: file fsynced, `done/` fsynced.
+    fn write_tombstone(&self, rdir: &str, id: &str) -> io::Result<()> {
+        let done = self.root.join(rdir).join(DONE);
+        mkdir_durable(&done)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(done.join(id))?;
+        f.sync_all()?;
+        sync_dir(&done)
+    }
+
+    /// The live entry `id` must never be handed out again (delivered, or its
+    /// write was answered without 202) but its file could not be removed
+    /// (`e`): it leaves the index and a tombstone records it; when even that
+    /// cannot be written, only this process's memory does (see
+    /// [`super`], *Delivered means gone*). Removal is retried by `take`.
+    pub(super) fn keep_gone(
         &self,
         rdir: &str,
-        sub: &str,
         id: &str,
-    ) -> Result<Option<Record>, SpoolError> {
-        let path = self.path(rdir, sub, id);
-        match fs::read(&path) {
-            Ok(bytes) => Ok(self.decode(&bytes, &path, rdir)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(unavailable("read entry", e)),
+        e: &io::Error,
+        what: &str,
+    ) -> Result<(), SpoolError> {
+        let file = self.path(rdir, LIVE, id);
+        let tombstone = self.write_tombstone(rdir, id);
+        {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let ix = st.routes.entry(rdir.to_owned()).or_default();
+            if let Some((_, size)) = ix.drop_live(id) {
+                st.bytes -= size;
+            }
+            ix.gone.insert(id.to_owned(), tombstone.is_ok());
+        }
+        match tombstone {
+            Ok(()) => {
+                tracing::warn!(
+                    file = %file.display(),
+                    error = %e.kind(),
+                    "spool: {what}, but its file could not be removed; a tombstone in done/ records it, so it is never sent again (its removal is retried)"
+                );
+                Ok(())
+            }
+            Err(t) => {
+                tracing::error!(
+                    file = %file.display(),
+                    error = %e.kind(),
+                    tombstone_error = %t.kind(),
+                    "spool: {what}, but neither could its file be removed nor a tombstone be written; only this process remembers it and never sends it again (removal is retried); a restart before the spool's disk is writable again would deliver it again"
+                );
+                Err(unavailable(
+                    "remove: delete entry",
+                    io::Error::from(e.kind()),
+                ))
+            }
+        }
+    }
+
+    /// Removes the live entry `id` for good (delivered, or found delivered),
+    /// and its tombstone if it had one; see `keep_gone` when that fails.
+    pub(super) fn remove_live(&self, rdir: &str, id: &str) -> Result<(), SpoolError> {
+        match unlink_durable(&self.path(rdir, LIVE, id)) {
+            Ok(()) => {
+                let tombstoned = {
+                    let mut st = self.lock();
+                    let st = &mut *st;
+                    let ix = st.routes.get_mut(rdir);
+                    let gone = ix.as_ref().and_then(|ix| ix.gone.get(id).copied());
+                    if let Some(ix) = ix {
+                        ix.gone.remove(id);
+                        if let Some((_, size)) = ix.drop_live(id) {
+                            st.bytes -= size;
+                        }
+                    }
+                    gone
+                };
+                if tombstoned == Some(true) {
+                    // Stale now; one left behind is removed at the next open.
+                    let _ = unlink_durable(&self.tombstone(rdir, id));
+                }
+                Ok(())
+            }
+            Err(e) => self.keep_gone(rdir, id, &e, "an entry was delivered"),
+        }
+    }
+
+    /// Retries removing the entries of `rdir` that are gone but still on
+    /// disk (`keep_gone`); writes the tombstone of one only memory held.
+    pub(super) fn retry_gone(&self, rdir: &str) {
+        let gone: Vec<(EntryId, bool)> = {
+            let st = self.lock();
+            st.routes
+                .get(rdir)
+                .map(|ix| ix.gone.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                .unwrap_or_default()
+        };
+        for (id, tombstoned) in gone {
+            let file = self.path(rdir, LIVE, &id);
+            if unlink_durable(&file).is_ok() {
+                if tombstoned {
+                    let _ = unlink_durable(&self.tombstone(rdir, &id));
+                }
+                if let Some(ix) = self.lock().routes.get_mut(rdir) {
+                    ix.gone.remove(&id);
+                }
+                tracing::info!(file = %file.display(), "spool: a delivered entry's file is removed now");
+            } else if !tombstoned && self.write_tombstone(rdir, &id).is_ok() {
+                if let Some(ix) = self.lock().routes.get_mut(rdir) {
+                    ix.gone.insert(id.clone(), true);
+                }
+                tracing::warn!(
+                    file = %file.display(),
+                    "spool: a delivered entry's tombstone is written now; a restart no longer sends it"
+                );
+            }
         }
     }
 
     /// Indexes the live and dead entries of the route dir `route_path` (named
-    /// `name`), adding every file's size to `total`.
+    /// `rdir`), adding every file's size to `total`. Whatever cannot be read
+    /// is set aside as unreadable (logged, kept); only a process-wide error
+    /// stops it. Entries with a tombstone are removed (or set aside as gone).
     pub(super) fn index_route(
         &self,
         route_path: &Path,
-        name: &str,
+        rdir: &str,
         total: &mut u64,
     ) -> Result<RouteIndex, SpoolError> {
         let mut index = RouteIndex::default();
         for (sub, dead) in [(LIVE, false), (DEAD, true)] {
-            let files =
-                list(&route_path.join(sub)).map_err(|e| unavailable("open: list entries", e))?;
-            for (id, path) in files {
-                let bytes = fs::read(&path).map_err(|e| unavailable("open: read entry", e))?;
-                match self.decode(&bytes, &path, name) {
-                    Some(r) => {
+            let dir = route_path.join(sub);
+            let names = match scan(&dir) {
+                Ok(names) => names,
+                Err(e) if process_wide(&e) => return Err(unavailable("open: list entries", e)),
+                Err(e) => {
+                    // The directory itself (not a directory, or failing): one
+                    // unreadable thing; its entries wait for a start that can list it.
+                    self.note_bad(&dir, &format!("cannot be listed: {}", e.kind()));
+                    index.bad.insert((dead, sub.to_owned()), 0);
+                    continue;
+                }
+            };
+            for (name, id) in names {
+                let path = dir.join(&name);
+                let Some(id) = id else {
+                    let len = fs::symlink_metadata(&path).map_or(0, |m| m.len());
+                    self.note_bad(&path, "not an entry file's name");
+                    index.bad.insert((dead, name), len);
+                    *total += len;
+                    continue;
+                };
+                match self.load(&path, rdir) {
+                    Load::Read(r) => {
                         let size = r.size();
                         if dead {
                             index.add_dead(id, r.live_since_ms, size);
@@ -224,10 +443,67 @@ impl Inner {
                         }
                         *total += size;
                     }
-                    None => *total += bytes.len() as u64,
+                    Load::Gone => {}
+                    Load::Bad(reason, len) => {
+                        self.note_bad(&path, &reason);
+                        index.bad.insert((dead, name), len);
+                        *total += len;
+                    }
+                    Load::Later(e) => return Err(e),
                 }
             }
         }
+        self.honour_tombstones(route_path, &mut index, total);
         Ok(index)
     }
+
+    /// At open: every live entry with a tombstone in `done/` was delivered
+    /// (or never acknowledged). It is removed unsent, or, when that fails,
+    /// kept out of the index as gone (never handed out; `take` retries).
+    fn honour_tombstones(&self, route_path: &Path, index: &mut RouteIndex, total: &mut u64) {
+        let done = route_path.join(DONE);
+        let names = match scan_plain(&done) {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::error!(
+                    dir = %done.display(),
+                    error = %e.kind(),
+                    "spool: cannot list the tombstones of delivered entries; an entry delivered before may be delivered again"
+                );
+                return;
+            }
+        };
+        for id in names.into_iter().filter(|n| valid_id(n)) {
+            let file = route_path.join(LIVE).join(format!("{id}{EXT}"));
+            if let Some((_, size)) = index.drop_live(&id) {
+                *total -= size;
+            } else if let Some(len) = index.bad.remove(&(false, format!("{id}{EXT}"))) {
+                *total -= len;
+            }
+            match unlink_durable(&file) {
+                Ok(()) => {
+                    let _ = unlink_durable(&done.join(&id));
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        file = %file.display(),
+                        error = %e.kind(),
+                        "spool: an entry recorded as delivered (tombstone in done/) cannot be removed; it is not sent (removal is retried)"
+                    );
+                    index.gone.insert(id, true);
+                }
+            }
+        }
+    }
+}
+
+/// The names in `dir`, none when it is absent.
+fn scan_plain(dir: &Path) -> io::Result<Vec<String>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    rd.map(|ent| ent.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect()
 }

@@ -2,10 +2,9 @@
 //! `live_since_ms` and size, live and dead, and what `take` handed out.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs;
 use std::sync::MutexGuard;
 
-use super::Inner;
+use super::{DEAD, EXT, Inner, LIVE};
 use crate::spool::EntryId;
 
 #[derive(Debug, Default)]
@@ -27,6 +26,14 @@ pub(super) struct RouteIndex {
     /// Live ids handed out by `take` (and not yet removed or buried).
     pub(super) handed: HashSet<EntryId>,
     pub(super) bytes: u64,
+    /// What in `live/` and `dead/` is not a readable entry, by (in `dead/`,
+    /// file name): its length (counted in [`State::bytes`], not in `bytes`).
+    /// Kept on disk, never handed out; `GET /spool`'s `unreadable`.
+    pub(super) bad: BTreeMap<(bool, String), u64>,
+    /// Live entries that must never be handed out (delivered, or written
+    /// without a 202) whose file could not be removed yet: whether a
+    /// tombstone records them (`false`: only this process's memory does).
+    pub(super) gone: BTreeMap<EntryId, bool>,
 }
 
 impl RouteIndex {
@@ -77,18 +84,22 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes an entry that turned out unreadable out of the index: its
-    /// size moves from the route to the file's length (it still takes disk).
-    pub(super) fn mark_bad(&self, rdir: &str, sub: &str, id: &str, dead: bool) {
-        let len = fs::metadata(self.path(rdir, sub, id)).map_or(0, |m| m.len());
+    /// Sets aside an entry that turned out unreadable (`reason`, logged once
+    /// with its file name): out of the index, never handed out, counted as
+    /// unreadable; its size moves from the route to the file's length `len`
+    /// (it still takes disk).
+    pub(super) fn mark_bad(&self, rdir: &str, id: &str, dead: bool, reason: &str, len: u64) {
+        let sub = if dead { DEAD } else { LIVE };
+        self.note_bad(&self.path(rdir, sub, id), reason);
         let mut st = self.lock();
-        let Some(ix) = st.routes.get_mut(rdir) else {
-            return;
-        };
-        let Some((_, size)) = ix.drop(id, dead) else {
-            return;
-        };
-        st.bytes = st.bytes - size + len;
+        let st = &mut *st;
+        let ix = st.routes.entry(rdir.to_owned()).or_default();
+        if let Some((_, size)) = ix.drop(id, dead) {
+            st.bytes -= size;
+        }
+        if ix.bad.insert((dead, format!("{id}{EXT}")), len).is_none() {
+            st.bytes += len;
+        }
     }
 
     /// Forgets an entry that vanished from disk behind our back.

@@ -66,14 +66,23 @@ fn open(dir: &Path) -> Result<(File, PathBuf), SpoolError> {
         .create(dir)
         .map_err(|e| failed("create spool dir", &e))?;
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| failed("open lock file", &e))?;
+    // Created once, then held open read-only: `flock` needs no write access,
+    // and a file held open for writing would keep the volume from being
+    // remounted read-only (an operator's or a failing disk's remount).
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| failed("create lock file", &e))?;
+            File::open(&path).map_err(|e| failed("open lock file", &e))?
+        }
+        Err(e) => return Err(failed("open lock file", &e)),
+    };
     Ok((file, path))
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::files::{mkdir_durable, route_dir, sync_dir, unavailable, valid_id};
+use super::files::{Load, mkdir_durable, route_dir, sync_dir, unavailable, valid_id};
 use super::{DEAD, DirSpool, Inner, LIVE};
 use crate::spool::{Entry, EntryId, Record, RouteStats, SpoolError, SpoolStore};
 
@@ -37,21 +37,19 @@ type Handed = (Vec<Entry>, Option<SpoolError>);
 
 impl Inner {
     /// Reads the live entries `ids` of route dir `rd` that `take` marked as
-    /// handed out. On an error, that one and the rest are un-marked and the
-    /// error is returned next to what was read.
+    /// handed out. One that cannot be read is set aside as unreadable and
+    /// the rest are read; only a process-wide error stops early: that one
+    /// and the rest are un-marked and the error is returned next to what was
+    /// read.
     fn read_handed(&self, rd: &str, ids: Vec<EntryId>) -> Handed {
         let mut got = Vec::new();
         let mut ids = ids.into_iter();
         while let Some(id) = ids.next() {
-            match self.read(rd, LIVE, &id) {
-                Ok(Some(r)) => got.push(Entry { id, record: r }),
-                // Unreadable (logged, kept, never handed out
-                // again) or gone behind our back.
-                Ok(None) if self.path(rd, LIVE, &id).exists() => {
-                    self.mark_bad(rd, LIVE, &id, false)
-                }
-                Ok(None) => self.forget(rd, &id, false),
-                Err(e) => {
+            match self.load(&self.path(rd, LIVE, &id), rd) {
+                Load::Read(r) => got.push(Entry { id, record: r }),
+                Load::Gone => self.forget(rd, &id, false),
+                Load::Bad(reason, len) => self.mark_bad(rd, &id, false, &reason, len),
+                Load::Later(e) => {
                     // This one and the rest were not handed out
                     // after all: the next take tries them again.
                     let mut st = self.lock();
@@ -104,6 +102,18 @@ impl SpoolStore for DirSpool {
         _min_idle: Duration,
     ) -> Result<Vec<Entry>, SpoolError> {
         let rdir = route_dir(route);
+        let has_gone = {
+            let st = self.inner.lock();
+            st.routes.get(&rdir).is_some_and(|ix| !ix.gone.is_empty())
+        };
+        if has_gone {
+            let rd = rdir.clone();
+            self.blocking(move |inner| {
+                inner.retry_gone(&rd);
+                Ok(())
+            })
+            .await?;
+        }
         let mut out = Vec::new();
         while out.len() < max {
             let ids: Vec<EntryId> = {
@@ -159,20 +169,8 @@ impl SpoolStore for DirSpool {
         }
         let rdir = route_dir(route);
         let id = id.clone();
-        self.blocking(move |inner| {
-            let path = inner.path(&rdir, LIVE, &id);
-            match fs::remove_file(&path) {
-                Ok(()) => {
-                    let parent = path.parent().unwrap_or(&inner.root);
-                    sync_dir(parent).map_err(|e| unavailable("remove: fsync live dir", e))?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(unavailable("remove: delete entry", e)),
-            }
-            inner.forget(&rdir, &id, false);
-            Ok(())
-        })
-        .await
+        self.blocking(move |inner| inner.remove_live(&rdir, &id))
+            .await
     }
 
     async fn bury(&self, route: &str, id: &EntryId) -> Result<(), SpoolError> {
@@ -224,12 +222,11 @@ impl SpoolStore for DirSpool {
         self.blocking(move |inner| {
             let mut out = Vec::new();
             for id in ids {
-                match inner.read(&rdir, DEAD, &id)? {
-                    Some(record) => out.push(Entry { id, record }),
-                    None if inner.path(&rdir, DEAD, &id).exists() => {
-                        inner.mark_bad(&rdir, DEAD, &id, true)
-                    }
-                    None => inner.forget(&rdir, &id, true),
+                match inner.load(&inner.path(&rdir, DEAD, &id), &rdir) {
+                    Load::Read(record) => out.push(Entry { id, record }),
+                    Load::Gone => inner.forget(&rdir, &id, true),
+                    Load::Bad(reason, len) => inner.mark_bad(&rdir, &id, true, &reason, len),
+                    Load::Later(e) => return Err(e),
                 }
             }
             Ok(out)
@@ -245,19 +242,19 @@ impl SpoolStore for DirSpool {
         let id = id.clone();
         self.blocking(move |inner| {
             let path = inner.path(&rdir, DEAD, &id);
-            let bytes = match fs::read(&path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mut record = match inner.load(&path, &rdir) {
+                Load::Read(r) => r,
+                Load::Gone => {
                     inner.forget(&rdir, &id, true);
                     return Err(SpoolError::NotFound);
                 }
-                Err(e) => return Err(unavailable("revive: read dead entry", e)),
-            };
-            let Some(mut record) = inner.decode(&bytes, &path, &rdir) else {
-                inner.mark_bad(&rdir, DEAD, &id, true);
-                return Err(SpoolError::Unavailable(
-                    "revive: dead entry cannot be read".into(),
-                ));
+                Load::Bad(reason, len) => {
+                    inner.mark_bad(&rdir, &id, true, &reason, len);
+                    return Err(SpoolError::Unavailable(
+                        "revive: dead entry cannot be read".into(),
+                    ));
+                }
+                Load::Later(e) => return Err(e),
             };
             record.live_since_ms = now_ms;
             // The new live entry first, then the dead one goes: a crash in
@@ -320,6 +317,7 @@ impl SpoolStore for DirSpool {
                 oldest_live_ms: ix.since.keys().next().copied(),
                 dead: ix.dead.len() as u64,
                 bytes: ix.bytes,
+                unreadable: ix.bad.len() as u64,
             })
             .unwrap_or_default())
     }

@@ -176,3 +176,21 @@ return 1
 "#,
     )
 });
+
+/// KEYS: live, dead. ARGV: `l` or `d` and an id, in pairs. Per pair, 1 when
+/// that entry is still in its stream, else 0 (for the count of entries that
+/// do not decode, one round trip whatever their number).
+pub(super) static PRESENT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local out = {}
+for i = 1, #ARGV, 2 do
+  local key = KEYS[1]
+  if ARGV[i] == 'd' then key = KEYS[2] end
+  local e = redis.call('XRANGE', key, ARGV[i + 1], ARGV[i + 1])
+  out[#out + 1] = #e
+end
+return out
+"#,
+    )
+});

@@ -71,7 +71,7 @@ impl SpoolStore for RedisSpool {
                 ],
             )
             .await?;
-        Ok(self.entries(route, raw))
+        Ok(self.entries(route, false, raw))
     }
 
     /// `XCLAIM` with idle 0: note that it claims the entries even if another
@@ -157,7 +157,7 @@ impl SpoolStore for RedisSpool {
                 vec![b"-".to_vec(), b"+".to_vec()],
             )
             .await?;
-        Ok(self.entries(route, raw))
+        Ok(self.entries(route, true, raw))
     }
 
     async fn revive(&self, route: &str, id: &EntryId, now_ms: u64) -> Result<EntryId, SpoolError> {
@@ -221,18 +221,50 @@ impl SpoolStore for RedisSpool {
                 vec![],
             )
             .await?;
-        let oldest_live_ms = first.and_then(|b| match decode(&b, self.key.as_ref()) {
-            Ok(r) => Some(r.live_since_ms),
-            Err(_) => {
-                tracing::warn!(route, "the oldest spooled entry does not decode");
-                None
+        // Logged once by id where it was found (take, dead); not on every scrape.
+        let oldest_live_ms =
+            first.and_then(|b| decode(&b, self.key.as_ref()).ok().map(|r| r.live_since_ms));
+        let known = self.unreadable_of(route);
+        let mut present = Vec::new();
+        let mut gone = Vec::new();
+        if !known.is_empty() {
+            let args: Vec<Vec<u8>> = known
+                .iter()
+                .flat_map(|(is_dead, id)| {
+                    [
+                        if *is_dead {
+                            b"d".to_vec()
+                        } else {
+                            b"l".to_vec()
+                        },
+                        id.clone().into_bytes(),
+                    ]
+                })
+                .collect();
+            let there: Vec<i64> = self
+                .eval(
+                    &scripts::PRESENT,
+                    vec![self.live(route), self.dead_key(route)],
+                    args,
+                )
+                .await?;
+            for ((is_dead, id), n) in known.into_iter().zip(there) {
+                if n > 0 {
+                    present.push(is_dead);
+                } else {
+                    gone.push((is_dead, id));
+                }
             }
-        });
+        }
+        self.forget_unreadable(route, &gone);
+        let bad_dead = present.iter().filter(|d| **d).count() as u64;
+        let bad_live = present.len() as u64 - bad_dead;
         Ok(RouteStats {
-            depth,
+            depth: depth.saturating_sub(bad_live),
             oldest_live_ms,
-            dead,
+            dead: dead.saturating_sub(bad_dead),
             bytes: bytes.unwrap_or(0).max(0) as u64,
+            unreadable: present.len() as u64,
         })
     }
 

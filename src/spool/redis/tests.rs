@@ -381,6 +381,7 @@ fn stats_report_depth_age_dead_and_bytes() {
                 oldest_live_ms: Some(r1.live_since_ms),
                 dead: 0,
                 bytes: all,
+                unreadable: 0,
             }
         );
         s.take("/r", 10, LONG).await.unwrap();
@@ -392,6 +393,7 @@ fn stats_report_depth_age_dead_and_bytes() {
                 oldest_live_ms: Some(r2.live_since_ms),
                 dead: 1,
                 bytes: all,
+                unreadable: 0,
             }
         );
     });
@@ -425,7 +427,7 @@ fn an_entry_that_does_not_decode_is_skipped_and_left_pending() {
         let good = s.put(&record("/r", 1)).await.unwrap();
         server.command(&["XADD", "t:spool:/r", "*", "r", "garbage", "n", "7"]);
         let taken = s.take("/r", 10, LONG).await.unwrap();
-        assert_eq!(ids(&taken), [good]);
+        assert_eq!(ids(&taken), std::slice::from_ref(&good));
         // Read (so not handed out as new again) but neither acked nor deleted.
         assert_eq!(server.int(&["XLEN", "t:spool:/r"]), 2);
         assert!(
@@ -433,6 +435,29 @@ fn an_entry_that_does_not_decode_is_skipped_and_left_pending() {
                 .command(&["XPENDING", "t:spool:/r", GROUP])
                 .starts_with("*4\r\n:2\r\n")
         );
-        assert_eq!(s.stats("/r").await.unwrap().depth, 2);
+        // Kept and counted as unreadable, not as depth.
+        let stats = s.stats("/r").await.unwrap();
+        assert_eq!((stats.depth, stats.unreadable), (1, 1));
+        // Not handed out again before min_idle: no hot loop.
+        assert!(s.take("/r", 10, LONG).await.unwrap().is_empty());
+        // Once gone (an operator's XDEL), no longer counted.
+        let bad_id = server.command(&["XRANGE", "t:spool:/r", "-", "+"]);
+        assert!(bad_id.contains("garbage"));
+        s.remove("/r", &good).await.unwrap();
+        server.command(&["DEL", "t:spool:/r"]);
+        assert_eq!(s.stats("/r").await.unwrap(), RouteStats::default());
+    });
+}
+
+#[test]
+fn a_dead_letter_that_does_not_decode_is_counted_and_kept() {
+    let server = Server::start();
+    let s = spool(&server, 1 << 20);
+    rt().block_on(async {
+        server.command(&["XADD", "t:spool-dead:/r", "*", "r", "garbage", "n", "7"]);
+        assert!(s.dead("/r").await.unwrap().is_empty());
+        let stats = s.stats("/r").await.unwrap();
+        assert_eq!((stats.dead, stats.unreadable), (0, 1));
+        assert_eq!(server.int(&["XLEN", "t:spool-dead:/r"]), 1);
     });
 }

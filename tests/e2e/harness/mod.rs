@@ -31,6 +31,7 @@ pub use persona::*;
 pub use proxy::*;
 pub use redis::*;
 pub use rng::*;
+pub use shim::shim;
 
 pub use upstream::*;
 

@@ -1,29 +1,33 @@
 //! The fault-injection shim (`tests/shim/faults.c`), built once per test
-//! process with the machine's C compiler and preloaded into a proxy with
-//! [`ProxyBuilder::faults`]: a slow or failing disk under the real binary.
+//! process with the machine's C compiler and preloaded into a proxy (see
+//! [`ProxyBuilder::faults`]): a slow or failing disk under the real binary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 use super::ProxyBuilder;
 
 /// The built shim's path.
-pub fn shim() -> &'static PathBuf {
+pub fn shim() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/shim/faults.c");
-        // Kept for the test process's life: proxies preload it until they exit.
-        let dir = tempfile::tempdir().expect("tempdir").keep();
-        let out = dir.join("libfaults.so");
-        let st = Command::new("cc")
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/shim/faults.c");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("faults-{}.so", std::process::id()));
+        let built = Command::new("cc")
             .args(["-shared", "-fPIC", "-O2", "-o"])
             .arg(&out)
             .arg(&src)
             .arg("-ldl")
-            .status()
-            .expect("run cc to build the fault shim");
-        assert!(st.success(), "cc could not build {}", src.display());
+            .output()
+            .expect("cc (a C compiler) builds the fault shim");
+        assert!(
+            built.status.success(),
+            "cc could not build {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&built.stderr)
+        );
         out
     })
 }
