@@ -174,7 +174,9 @@ impl MemoryStore {
             cache,
             clock,
             stats,
-            started_ms: crate::spool::now_ms(),
+            started_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 

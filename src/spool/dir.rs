@@ -103,10 +103,12 @@
 //! * this file: [`DirSpool`], opening a spool directory;
 //! * `files`: the on-disk side: paths, ids, reading and writing entry files;
 //! * `index`: the in-memory index per route;
+//! * `gone`: *delivered means gone*: tombstones, and what only memory holds;
 //! * `lock`: one process per directory ([`DirLock`]);
 //! * `store`: the [`SpoolStore`] calls.
 
 mod files;
+mod gone;
 mod index;
 mod lock;
 mod store;

@@ -9,8 +9,10 @@
 //! `take`, dead stays dead, the bytes are the same), and compares every answer
 //! and the stats after every step.
 //!
-//! The embedded spool's own promises are tested in `promises`.
+//! The embedded spool's own promises are tested in `promises`, and
+//! *delivered means gone* in `gone`.
 
+mod gone;
 mod promises;
 
 use std::collections::{BTreeMap, HashSet};
