@@ -133,7 +133,7 @@ fn three_thousand_slow_connections_hold_descriptors_and_memory_bounded_by_the_li
     }
     // Let the proxy take them all in (or, without limits, hold them), then
     // measure at the peak.
-    let settled = wait_until(Duration::from_secs(5), || {
+    let settled = wait_until(W, || {
         p.metric_or_zero(OPEN) as usize + p.metric_or_zero(BY_PEER) as usize >= CLIENTS
     });
     let mut peak = rss_and_fds(p.pid());
@@ -188,7 +188,7 @@ fn trickle(c: &Client, bytes: &[u8], every: Duration) -> std::thread::JoinHandle
     })
 }
 
-/// A head padded to arrive, a byte per 200 ms, over about 8 s.
+/// A head padded to arrive, a byte per 200 ms, over about 16 s.
 fn long_head(target: &str) -> Vec<u8> {
     format!(
         "GET {target} HTTP/1.1\r\nHost: e2e.test\r\nX-Pad: {}\r\n\r\n",
@@ -215,7 +215,7 @@ fn a_request_head_must_arrive_whole_within_header_timeout_on_new_and_reused_conn
     let took = started.elapsed();
     eprintln!("a head trickled on a new connection: closed after {took:?} (header_timeout 1s)");
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        took >= Duration::from_millis(900) && took < Duration::from_millis(3500),
         "{took:?}"
     );
     t.join().unwrap();
@@ -238,7 +238,7 @@ fn a_request_head_must_arrive_whole_within_header_timeout_on_new_and_reused_conn
     let took = started.elapsed();
     eprintln!("a head trickled on a reused connection: closed after {took:?} (header_timeout 1s)");
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        took >= Duration::from_millis(900) && took < Duration::from_millis(3500),
         "{took:?}"
     );
     t.join().unwrap();
