@@ -255,3 +255,55 @@ fn a_request_head_must_arrive_whole_within_header_timeout_on_new_and_reused_conn
     let seen: Vec<String> = up.requests().iter().map(|r| r.target.clone()).collect();
     assert_eq!(seen, ["/one", "/two", "/in-pieces"]);
 }
+
+/// TLS and HTTP/2 connections are counted too, from accept to close: two
+/// HTTP/2 connections fill a per-peer limit of 2, a third connection is closed
+/// before its TLS handshake, and closing one gives its place back.
+#[test]
+fn tls_and_http2_connections_are_counted_from_accept_to_close() {
+    use crate::tls::{Pki, h2_connect, listen_tls};
+    let pki = Pki::new();
+    let leaf = pki.leaf("server");
+    let up = Upstream::start();
+    let p = Proxy::builder()
+        .upstream(&up)
+        .apply(listen_tls(&leaf))
+        .set("server.max_connections_per_peer", 2i64)
+        .start();
+    assert!(wait_until(W, || p.metric(OPEN) == 0.0));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (addr, pki) = (p.listen, &pki);
+    let (first, first_conn) = rt.block_on(h2_connect(pki, addr));
+    let (second, second_conn) = rt.block_on(h2_connect(pki, addr));
+    p.wait_for_metric(OPEN, 2.0);
+    // Refused before TLS: a plain TCP client sees the close.
+    let mut third = Client::connect(p.listen);
+    assert!(
+        third.closed_within(W),
+        "a third connection from one peer is held"
+    );
+    p.wait_for_metric(BY_PEER, 1.0);
+    // The held ones still serve.
+    let status = rt.block_on(async {
+        let mut client = first.clone().ready().await.unwrap();
+        let uri = format!("https://localhost:{}/h2", addr.port());
+        let req = http::Request::get(uri).body(()).unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        resp.await.unwrap().status().as_u16()
+    });
+    assert_eq!(status, 200);
+    // Each closed by its client: the runtime runs the abort, which drops it.
+    let close = |conn: tokio::task::JoinHandle<()>| {
+        conn.abort();
+        let _ = rt.block_on(conn);
+    };
+    drop(second);
+    close(second_conn);
+    p.wait_for_metric(OPEN, 1.0);
+    drop(first);
+    close(first_conn);
+    p.wait_for_metric(OPEN, 0.0);
+}
