@@ -25,8 +25,9 @@
 //! - [`proxy`]: the pingora phases, the decision on a webhook route
 //!   (`proxy/webhook.rs`), the client side (`downstream.rs`) and the HTTP/1
 //!   client to the app (`forward.rs`);
-//! - [`server`]: pingora's server, the client connection (TLS via [`tls`],
-//!   HTTP/2 head deadlines via [`h2_watch`]), SIGHUP reload, readiness and the
+//! - [`server`]: pingora's server, the client connection (the connection
+//!   limits, TLS via [`tls`], HTTP/2 head deadlines via [`h2_watch`], HTTP/1
+//!   ones via [`head_watch`]), SIGHUP reload, readiness and the
 //!   SIGTERM drain; [`admin`] and [`metrics`] for operators; [`telemetry`]
 //!   the OpenTelemetry spans and trace-context propagation; [`echo`] the demo
 //!   app and [`trigger`] the signed test event sender.
@@ -39,6 +40,7 @@ pub mod echo;
 pub mod event;
 pub mod framing;
 pub mod h2_watch;
+pub mod head_watch;
 pub mod metrics;
 pub mod outcome;
 pub mod path;

@@ -10,6 +10,9 @@ use prometheus::{
 
 use crate::outcome::Outcome;
 
+mod connections;
+pub use connections::{CONNECTION_REFUSALS, ConnectionMetrics};
+
 /// The label used for requests under no route.
 pub const NO_ROUTE: &str = "(none)";
 
@@ -66,6 +69,8 @@ pub struct Metrics {
     /// `persona_guard_admin_refused_total{reason}`: state-changing admin calls
     /// refused (403), by [`ADMIN_REFUSALS`].
     pub admin_refused: IntCounterVec,
+    /// Open and refused client connections ([`ConnectionMetrics`]).
+    pub connections: ConnectionMetrics,
 }
 
 /// The `result` of a redelivery from the spool: the app answered 2xx
@@ -359,6 +364,7 @@ impl Metrics {
             spool_redeliveries,
             spool_fallbacks,
             admin_refused,
+            connections: ConnectionMetrics::new(&r),
             registry: r,
         }
     }

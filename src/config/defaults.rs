@@ -29,7 +29,8 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
 /// Whole-body deadline on a webhook route: a client trickling its body is cut off.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Each read of a new connection's request head must arrive within this.
+/// A request head must arrive whole within this, from its first byte (from
+/// the connection's start for a connection's first request).
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle keep-alive client connection is kept open.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -40,6 +41,11 @@ pub const DEFAULT_EVENT_ID_HEADER: &str = "X-Persona-Event-Id";
 pub const DEFAULT_EVENT_CREATED_AT_HEADER: &str = "X-Persona-Event-Created-At";
 /// Largest `max_body` accepted: the body is held in memory while it is verified.
 pub const MAX_MAX_BODY: u64 = 64 * 1024 * 1024;
+/// Default `[server] max_connections`: open client connections, all peers.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default `[server] max_connections_per_peer`: open client connections from
+/// one TCP peer address (peers in `trusted_proxies` are exempt).
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 256;
 /// Default `[server] max_buffered`: webhook body bytes held at once.
 pub const DEFAULT_MAX_BUFFERED: u64 = 64 * 1024 * 1024;
 /// Default `[spool] max_bytes`: the spool's bytes on disk, all entries together.

@@ -136,6 +136,8 @@ fn validate(raw: raw::RawConfig, base: &Path, env: &dyn Env) -> Result<Config, V
         body_timeout: s.body_timeout,
         idle_timeout: s.idle_timeout,
         header_timeout: s.header_timeout,
+        max_connections: s.max_connections,
+        max_connections_per_peer: s.max_connections_per_peer,
         max_buffered: s.max_buffered,
         trusted_proxies: s.trusted_proxies,
         upstream,

@@ -311,8 +311,14 @@ pub struct Config {
     pub grace_period: Duration,
     pub body_timeout: Duration,
     pub idle_timeout: Duration,
-    /// Bounds each read while a request head arrives on a new connection.
+    /// A request head must arrive whole within this, from its first byte
+    /// (a connection's first request: from the connection's start).
     pub header_timeout: Duration,
+    /// `[server] max_connections`: open client connections, all peers.
+    pub max_connections: usize,
+    /// `[server] max_connections_per_peer`: open client connections from one
+    /// TCP peer address; peers in `trusted_proxies` are exempt.
+    pub max_connections_per_peer: usize,
     /// Webhook body bytes held at once, all requests together (see `budget`).
     pub max_buffered: u64,
     /// `[server] trusted_proxies`: peers whose `X-Forwarded-For` is believed.

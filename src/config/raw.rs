@@ -63,6 +63,8 @@ pub(super) struct RawServer {
     pub header_timeout: Option<String>,
     pub max_buffered: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_peer: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

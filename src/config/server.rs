@@ -9,7 +9,8 @@ use std::time::Duration;
 use super::check::Check;
 use super::defaults::{
     DEFAULT_ADMIN, DEFAULT_BODY_TIMEOUT, DEFAULT_GRACE_PERIOD, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BUFFERED,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BUFFERED, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_PEER,
 };
 use super::raw::{RawAdmin, RawListen, RawServer, RawTls};
 use super::secret::Secret;
@@ -28,6 +29,8 @@ pub(super) struct Settings {
     pub body_timeout: Duration,
     pub idle_timeout: Duration,
     pub header_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
     pub max_buffered: u64,
     pub trusted_proxies: AllowList,
 }
@@ -86,6 +89,7 @@ pub(super) fn compile(
         raw.max_buffered.as_deref(),
         DEFAULT_MAX_BUFFERED,
     );
+    let (max_connections, max_connections_per_peer) = connection_limits(c, raw);
     let trusted_proxies = match &raw.trusted_proxies {
         None => AllowList::default(),
         Some(list) => AllowList::new(cidrs(c, "server.trusted_proxies", list, false)),
@@ -101,8 +105,26 @@ pub(super) fn compile(
         body_timeout,
         idle_timeout,
         header_timeout,
+        max_connections,
+        max_connections_per_peer,
         max_buffered,
     }
+}
+
+/// `max_connections` and `max_connections_per_peer`, each at least 1. A
+/// per-peer limit above the total is allowed (the total binds first): a small
+/// `max_connections` need not bring the per-peer default down with it.
+fn connection_limits(c: &mut Check, raw: &RawServer) -> (usize, usize) {
+    let total = c
+        .at_least_one("server.max_connections", raw.max_connections)
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    let per_peer = c
+        .at_least_one(
+            "server.max_connections_per_peer",
+            raw.max_connections_per_peer,
+        )
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_PEER);
+    (total, per_peer)
 }
 
 /// A list of CIDRs (and, where `persona` is allowed, the `"persona"`
@@ -224,7 +246,8 @@ mod tests {
         let text = format!(
             "log_format = \"xml\"\n[listen]\naddress = \"127.0.0.1:8080\"\n\
              [admin]\naddress = \"127.0.0.1:8080\"\n\
-             [server]\nthreads = 0\nidle_timeout = \"500ms\"\n{ROUTE}"
+             [server]\nthreads = 0\nidle_timeout = \"500ms\"\n\
+             max_connections = 0\nmax_connections_per_peer = 0\n{ROUTE}"
         );
         let p = from_str(&text, &env()).unwrap_err();
         assert_eq!(
@@ -233,12 +256,19 @@ mod tests {
                 "log_format",
                 "admin.address",
                 "server.threads",
-                "server.idle_timeout"
+                "server.idle_timeout",
+                "server.max_connections",
+                "server.max_connections_per_peer"
             ]
         );
         // Port 0 on both (tests) is allowed: the system picks two ports.
         let text = "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n";
-        assert!(from_str(&format!("{text}{ROUTE}"), &env()).is_ok());
+        let c = from_str(&format!("{text}{ROUTE}"), &env()).unwrap();
+        assert_eq!((c.max_connections, c.max_connections_per_peer), (4096, 256));
+        // A per-peer limit above the total is allowed (the total binds first).
+        let c = format!("[server]\nmax_connections = 10\nmax_connections_per_peer = 20\n{ROUTE}");
+        let c = from_str(&c, &env()).unwrap();
+        assert_eq!((c.max_connections, c.max_connections_per_peer), (10, 20));
     }
 
     /// `admin.token` is read from `env:` or `file:` only; a literal is

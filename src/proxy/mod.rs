@@ -40,6 +40,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::config::{Config, HostHeader, Route, RouteError, Unmatched};
+use crate::head_watch::HeadMark;
 use crate::outcome::Outcome;
 use crate::source;
 use crate::state::{InflightGuard, Policy, Shared};
@@ -81,9 +82,6 @@ fn source_allowed(session: &Session, cfg: &Config, route: &Route) -> bool {
     source::client_address(peer.ip(), &cfg.trusted_proxies, forwarded)
         .is_some_and(|ip| allow.contains(ip))
 }
-
-/// Carried from one request to the next on a keep-alive connection.
-struct ReusedConnection;
 
 impl Guard {
     /// Judges a request on route `index` and forwards it if admitted.
@@ -322,14 +320,16 @@ impl ProxyHttp for Guard {
         closed(code)
     }
 
-    fn persist_connection_context(
+    fn on_connection_reuse(
         &self,
-        _session: &Session,
-        _ctx: &Ctx,
-    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
-        // Marks the next request on this connection as a keep-alive reuse, so
-        // the head-timeout wrapper (server.rs) leaves its idle wait alone.
-        Some(Box::new(ReusedConnection))
+        _session: &mut Session,
+        _ctx: &mut Ctx,
+        mark: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        // pingora calls this right after it parsed an HTTP/1 head, with the
+        // mark the connection loop gave the session (`server/connection.rs`):
+        // the head is in, its deadline stops.
+        HeadMark::done(mark);
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {

@@ -3,6 +3,7 @@
 
 mod connection;
 mod lifecycle;
+mod limits;
 mod reload;
 
 use std::path::Path;
@@ -28,8 +29,9 @@ use crate::spool;
 use crate::state::Shared;
 use crate::telemetry::Telemetry;
 use crate::tls::ReloadableCert;
-use connection::{ClientConnection, HeaderTimeout};
+use connection::ClientConnection;
 use lifecycle::Drain;
+use limits::Connections;
 use pingora::apps::HttpServerOptions;
 
 /// Installs the log subscriber. `RUST_LOG` filters (default `info`); pingora's
@@ -252,9 +254,9 @@ fn listener_tls(cfg: &Config) -> Result<(Option<Acceptor>, Option<Arc<Reloadable
     Ok((Some(settings.build()), Some(cert)))
 }
 
-/// The public listener's service: [`ClientConnection`] (TLS, when
-/// configured, and the HTTP/2 preface), [`HeaderTimeout`], then pingora's
-/// proxy app running [`Guard`].
+/// The public listener's service: [`ClientConnection`] (the connection
+/// limits, TLS when configured, the HTTP/2 preface, the HTTP/1 head
+/// deadline), then pingora's proxy app running [`Guard`].
 fn proxy_service(
     server: &Server,
     shared: &Arc<Shared>,
@@ -279,12 +281,10 @@ fn proxy_service(
     Service::new(
         "persona-guard".to_string(),
         ClientConnection {
-            inner: Arc::new(HeaderTimeout {
-                inner: Arc::new(app),
-                shared: shared.clone(),
-            }),
+            inner: Arc::new(app),
             tls,
             shared: shared.clone(),
+            connections: Connections::new(&shared.metrics.connections),
         },
     )
 }

@@ -21,6 +21,8 @@ mod framing;
 mod hostile;
 /// SIGHUP, SIGTERM and SIGINT, with and without deliveries in flight (§ Configuration, Reload; § Operations).
 mod lifecycle;
+/// Connection limits and the whole-head deadline: one client cannot hold the proxy's connections (§ Client limits).
+mod limits;
 /// A secret written in the wrong place is never printed by `check`, `run` or a refused reload.
 mod misplaced_secrets;
 /// Logs, admin endpoints, metrics, and the timeouts on slow and idle clients.

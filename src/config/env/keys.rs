@@ -100,6 +100,8 @@ pub const KEYS: &[Key] = &[
     k("server", "header_timeout", Str, V("\"10s\"")),
     k("server", "max_buffered", Str, V("\"64MiB\"")),
     k("server", "trusted_proxies", List, Unset("none")),
+    k("server", "max_connections", Int, V("4096")),
+    k("server", "max_connections_per_peer", Int, V("256")),
     k("upstream", "address", Str, V("\"127.0.0.1:3000\"")),
     k("upstream", "connect_timeout", Str, V("\"2s\"")),
     k("upstream", "read_timeout", Str, V("\"30s\"")),
