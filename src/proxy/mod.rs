@@ -173,12 +173,15 @@ impl ProxyHttp for Guard {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-        if let Some(t) = self.shared.telemetry.get() {
-            ctx.trace = Some(t.request(&session.req_header().headers));
-        }
         let policy = self.shared.policy.load_full();
         ctx.policy = Some(policy.clone());
         let cfg = &policy.config;
+        if let Some(t) = self.shared.telemetry.get() {
+            // Only a trusted proxy's sampled flag may raise sampling.
+            let peer = session.client_addr().and_then(|a| a.as_inet());
+            let trusted = peer.is_some_and(|p| cfg.trusted_proxies.contains(p.ip()));
+            ctx.trace = Some(t.request(&session.req_header().headers, trusted));
+        }
 
         if let Some(reason) = refused_head(session) {
             tracing::debug!(reason, "refusing an ambiguous request");

@@ -2,6 +2,9 @@
 //! the test, the W3C trace context continued from the client and passed on to
 //! the app, nothing secret in any attribute, nothing exported when off.
 //!
+//! A client's trace context within the W3C limits, and its sampled flag
+//! from trusted proxies only: `limits`.
+//!
 //! The proxy exports in batches; `OTEL_BSP_SCHEDULE_DELAY=100` (the SDK's
 //! standard variable, in milliseconds) makes it send every 100 ms here.
 
@@ -19,6 +22,8 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 use crate::harness::*;
+
+mod limits;
 
 /// A span as the collector received it, ids in hex.
 #[derive(Debug, Clone)]
