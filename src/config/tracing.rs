@@ -12,8 +12,8 @@ pub struct TracingSettings {
     /// The OTLP/HTTP traces URL (`http://host:port/v1/traces`; a URL with no
     /// path gets `/v1/traces`). `None`: tracing is off.
     pub otlp_endpoint: Option<String>,
-    /// The share of new traces recorded (parent-based: a client's sampled
-    /// flag decides for its own trace).
+    /// The share of new traces recorded (a client's sampled flag decides for
+    /// its own trace only from `[server] trusted_proxies`).
     pub sampling_ratio: SamplingRatio,
     /// `service.name` on every span.
     pub service_name: String,
