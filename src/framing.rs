@@ -5,6 +5,9 @@
 //! latter). An application server behind the proxy might resolve the same bytes
 //! differently, which is how request smuggling starts. So the raw request head,
 //! exactly as received, is checked here and anything ambiguous is refused.
+//!
+//! [`valid_host`] is the `Host` rule (`host[:port]`, nothing else) every
+//! request is held to, HTTP/1 and HTTP/2 alike, before routing.
 
 /// What made a request head ambiguous. Messages never quote the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +90,64 @@ pub fn check(head: &[u8]) -> Result<(), FramingError> {
         (_, t) if t > 1 => Err(FramingError::RepeatedTransferEncoding),
         _ => Ok(()),
     }
+}
+
+/// `host[:port]`: a registered name or IPv4 address (RFC 3986 `reg-name`
+/// without percent-encoding: letters, digits, `-._~` and `!$&'()*+,;=`) or a
+/// bracketed IPv6 address (hex digits, `:` and `.`), then optionally `:` and
+/// 1 to 5 digits. Nothing else: no `/`, `?`, `#`, `@`, `\`, `%`, white space,
+/// and never empty.
+pub fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = match v.first() {
+        Some(b'[') => match v.iter().position(|b| *b == b']') {
+            Some(end) => {
+                let inner = &v[1..end];
+                let ok = !inner.is_empty()
+                    && inner
+                        .iter()
+                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+                if !ok {
+                    return false;
+                }
+                (&v[..=end], &v[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match v.iter().position(|b| *b == b':') {
+            Some(colon) => (&v[..colon], &v[colon..]),
+            None => (v, &v[v.len()..]),
+        },
+    };
+    let name_ok = host.first() == Some(&b'[')
+        || (!host.is_empty()
+            && host.iter().all(|b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(
+                        b,
+                        b'-' | b'.'
+                            | b'_'
+                            | b'~'
+                            | b'!'
+                            | b'$'
+                            | b'&'
+                            | b'\''
+                            | b'('
+                            | b')'
+                            | b'*'
+                            | b'+'
+                            | b','
+                            | b';'
+                            | b'='
+                    )
+            }));
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => {
+            (1..=5).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit)
+        }
+        Some(_) => false,
+    };
+    name_ok && port_ok
 }
 
 #[cfg(test)]
@@ -229,6 +290,50 @@ mod tests {
         #[test]
         fn prop_never_panics(h in prop::collection::vec(any::<u8>(), 0..512)) {
             let _ = check(&h);
+        }
+    }
+
+    #[test]
+    fn hosts_are_a_name_or_address_and_a_port() {
+        for ok in [
+            "h",
+            "e2e.test",
+            "app.example:8080",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "[::ffff:1.2.3.4]",
+            "xn--bcher-kva.example",
+            "a_b~c",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "x/webhooks/persona/",
+            "x/",
+            "x?y",
+            "x#y",
+            "u@x",
+            "x y",
+            " x",
+            "x\t",
+            "x\\y",
+            "x%2Fy",
+            "x:",
+            "x:80:80",
+            "x:8o",
+            "x:123456",
+            ":80",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "[::1]:",
+            "[v1.x]",
+            "h\u{e9}",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
         }
     }
 }

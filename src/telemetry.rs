@@ -9,6 +9,9 @@
 //! event's id and type, HTTP status codes. Never a body, a signature, a
 //! secret or any other header value.
 //!
+//! A client's trace context is read within the W3C limits, and its sampled
+//! flag counts only from `trusted_proxies` ([`context`]).
+//!
 //! The exporter speaks plain HTTP/1.1 through [`PlainHttp`], a small blocking
 //! client on `std::net` that runs on the batch processor's own thread: no
 //! HTTP client crate, no TLS, no async runtime of its own.
@@ -19,18 +22,19 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use bytes::Bytes;
-use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_http::{HeaderExtractor, HttpClient, HttpError, Request, Response};
+use opentelemetry_http::{HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
 
 use crate::config::TracingSettings;
+
+mod context;
+pub use context::{MAX_MEMBERS, MAX_TRACESTATE};
 
 /// Attribute keys: the only ones persona-guard records.
 pub const ROUTE: &str = "http.route";
@@ -71,9 +75,7 @@ impl Telemetry {
         let ratio = settings.sampling_ratio.0;
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                ratio,
-            ))))
+            .with_sampler(context::PeerSampler::new(ratio))
             .with_resource(
                 Resource::builder_empty()
                     .with_service_name(settings.service_name.clone())
@@ -93,9 +95,11 @@ impl Telemetry {
     }
 
     /// Starts a request's span: a child of the client's `traceparent` (and
-    /// `tracestate`) when they are valid, else a new trace's root.
-    pub fn request(&self, headers: &http::HeaderMap) -> Box<RequestTrace> {
-        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    /// `tracestate`) when they are valid and within the W3C limits, else a
+    /// new trace's root. `trusted`: the peer is in `trusted_proxies`, so its
+    /// sampled flag may raise sampling above the ratio.
+    pub fn request(&self, headers: &http::HeaderMap, trusted: bool) -> Box<RequestTrace> {
+        let parent = context::extract(headers, trusted);
         let span = self
             .tracer
             .span_builder("request")
@@ -407,7 +411,7 @@ mod tests {
                 .unwrap(),
         );
         headers.insert("tracestate", "congo=t61rcWkgMzE".parse().unwrap());
-        let mut rt = t.request(&headers);
+        let mut rt = t.request(&headers, true);
         let p = rt.start_upstream(Some("/a"));
         assert!(
             p.traceparent
@@ -430,7 +434,7 @@ mod tests {
                 .unwrap(),
         );
         headers.remove("tracestate");
-        let mut rt = t.request(&headers);
+        let mut rt = t.request(&headers, true);
         let p = rt.start_upstream(None);
         assert!(p.traceparent.ends_with("-00"), "{}", p.traceparent);
         assert_eq!(p.headers().count(), 1);

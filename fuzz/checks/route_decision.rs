@@ -2,7 +2,9 @@
 //! readers: whatever the WHATWG URL parser (Node's `new URL`, here the `url`
 //! crate) or a decode-once router (werkzeug, Starlette) routes under the route
 //! must be covered by some reading (`path::any_reading`). A crash here is a
-//! bypass some real framework would take. Also: no panic, and the config-side
+//! bypass some real framework would take. A dotted route (`/webhooks/persona.v2`)
+//! must cover what Express's `{.:format}` runs under it (a suffix after any
+//! dot of the last segment). Also: no panic, and the config-side
 //! `normalize` stays a clean absolute path that readings agree with.
 //!
 //! Shared by the cargo-fuzz target of the same name and by the ordinary
@@ -19,7 +21,29 @@ fn under(p: &str) -> bool {
             && p.as_bytes()[ROUTE.len()] == b'/')
 }
 
+/// Express's `/webhooks/persona.v2{.:format}` on the raw path (before `?`
+/// and `#`), case-insensitive, with an optional trailing slash.
+fn express_dotted(raw: &str) -> bool {
+    const DOTTED: &str = "/webhooks/persona.v2";
+    let raw = raw.strip_suffix('/').unwrap_or(raw);
+    raw.len() >= DOTTED.len()
+        && raw.is_char_boundary(DOTTED.len())
+        && raw[..DOTTED.len()].eq_ignore_ascii_case(DOTTED)
+        && (raw.len() == DOTTED.len()
+            || raw[DOTTED.len()..]
+                .strip_prefix('.')
+                .is_some_and(|f| !f.is_empty() && !f.contains('/')))
+}
+
 pub fn check(data: &[u8]) {
+    let dotted = path::RoutePath::new(b"/webhooks/persona.v2");
+    if let Ok(s) = std::str::from_utf8(data) {
+        let raw = s.split(['?', '#']).next().unwrap_or("");
+        if express_dotted(raw) {
+            let c = path::any_reading(data, |r| dotted.covers(r));
+            assert_ne!(c, Ok(false), "Express runs {s:?} under the dotted route");
+        }
+    }
     let route = path::RoutePath::new(ROUTE.as_bytes());
     let covered = path::any_reading(data, |r| route.covers(r));
     if let Ok(s) = std::str::from_utf8(data) {

@@ -159,6 +159,10 @@ fn route_path(c: &mut Check, key: &str, value: Option<&str>) -> (String, Vec<u8>
             c.problem(key, "is required, e.g. \"/webhooks/persona\"");
             (String::new(), b"/".to_vec())
         }
+        Some(p) if let Some(why) = invisible(p) => {
+            c.problem_with(key, why);
+            (p.to_string(), b"/".to_vec())
+        }
         Some(p) if !p.starts_with('/') => {
             c.problem(key, "must start with `/` (the value is not repeated here)");
             (p.to_string(), b"/".to_vec())
@@ -174,6 +178,30 @@ fn route_path(c: &mut Check, key: &str, value: Option<&str>) -> (String, Vec<u8>
             }
         },
     }
+}
+
+/// What makes a route path other than visible ASCII (`!` to `~`): the first
+/// such character by its code point and position, never the value itself
+/// (white space, a control or a zero-width character cannot be seen in it).
+/// Such a path would leave the intended one unprotected.
+fn invisible(p: &str) -> Option<String> {
+    let (at, ch) = p
+        .chars()
+        .enumerate()
+        .find(|(_, ch)| !ch.is_ascii_graphic())?;
+    let what = match ch {
+        ' ' => "a space",
+        '\t' => "a tab",
+        '\n' | '\r' => "a line break",
+        c if c.is_control() => "a control character",
+        c if c.is_whitespace() => "white space",
+        _ => "a character outside ASCII",
+    };
+    Some(format!(
+        "must be visible ASCII only: character {} is U+{:04X} ({what}); the value is not repeated here",
+        at + 1,
+        u32::from(ch)
+    ))
 }
 
 fn secrets(c: &mut Check, i: usize, list: Option<Vec<String>>, base: &Path) -> Vec<Secret> {
@@ -316,6 +344,32 @@ secrets = ["x"]
         assert_eq!(allow.len(), crate::source::persona().len() + 2);
         assert!(allow.contains("127.0.0.1".parse().unwrap()));
         assert!(c.routes[1].allow_from.is_none());
+    }
+
+    #[test]
+    fn route_paths_are_visible_ascii_only() {
+        for (bad, at, code) in [
+            ("/webhooks/persona ", 18, "U+0020"),
+            ("/webhooks/persona\n", 18, "U+000A"),
+            ("/webhooks/\tpersona", 11, "U+0009"),
+            ("/webhooks/persona\u{200b}", 18, "U+200B"),
+            ("/webhooks/\u{a0}persona", 11, "U+00A0"),
+            (" /webhooks/persona", 1, "U+0020"),
+            ("/webhooks/persona\u{7f}", 18, "U+007F"),
+        ] {
+            let path = toml::Value::String(bad.into());
+            let text = format!("[[route]]\npath = {path}\nsecrets = [\"x\"]\n");
+            let p = from_str(&text, &env()).unwrap_err();
+            assert_eq!(keys(&p), vec!["route[0].path"], "{bad:?}");
+            let m = &p[0].message;
+            assert!(
+                m.contains(code) && m.contains(&format!("character {at} ")),
+                "{m}"
+            );
+            assert!(!m.contains("webhooks"), "{m}");
+        }
+        let ok = "[[route]]\npath = \"/webhooks/persona.v2~x\"\nsecrets = [\"x\"]\n";
+        assert!(from_str(ok, &env()).is_ok());
     }
 
     #[test]

@@ -12,8 +12,8 @@ pub struct TracingSettings {
     /// The OTLP/HTTP traces URL (`http://host:port/v1/traces`; a URL with no
     /// path gets `/v1/traces`). `None`: tracing is off.
     pub otlp_endpoint: Option<String>,
-    /// The share of new traces recorded (parent-based: a client's sampled
-    /// flag decides for its own trace).
+    /// The share of new traces recorded (a client's sampled flag decides for
+    /// its own trace only from `[server] trusted_proxies`).
     pub sampling_ratio: SamplingRatio,
     /// `service.name` on every span.
     pub service_name: String,
@@ -65,7 +65,8 @@ pub(super) fn compile(c: &mut Check, raw: &RawTracing) -> TracingSettings {
     }
 }
 
-/// An `http://` URL with a host; no path or `/` becomes `/v1/traces`.
+/// An `http://` URL with a host and no credentials (no user info, no query,
+/// no fragment); no path or `/` becomes `/v1/traces`.
 fn endpoint(c: &mut Check, value: &str) -> Option<String> {
     const KEY: &str = "tracing.otlp_endpoint";
     let Ok(uri) = value.parse::<http::Uri>() else {
@@ -94,7 +95,17 @@ fn endpoint(c: &mut Check, value: &str) -> Option<String> {
         return None;
     }
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        c.problem(KEY, "must not hold credentials");
+        c.problem(
+            KEY,
+            "must not carry user info (credentials do not belong in the URL; the value is not repeated here)",
+        );
+        return None;
+    }
+    if uri.query().is_some() || value.contains('#') {
+        c.problem(
+            KEY,
+            "must not carry a query or a fragment (an api_key there would be printed and logged; the value is not repeated here)",
+        );
         return None;
     }
     let path = uri.path_and_query().map_or("", |p| p.as_str());
@@ -161,6 +172,11 @@ mod tests {
             "https://collector:4318",
             "ftp://collector",
             "http://user:LEAKCANARY@collector:4318",
+            "http://LEAKCANARY@collector:4318/v1/traces",
+            "http://collector:4318/v1/traces?api_key=LEAKCANARY",
+            "http://collector:4318/v1/traces?",
+            "http://collector:4318/?LEAKCANARY",
+            "http://collector:4318/v1/traces#LEAKCANARY",
             "/v1/traces",
         ] {
             let p = from_str(&with(&format!("otlp_endpoint = \"{bad}\"")), &env()).unwrap_err();

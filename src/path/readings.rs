@@ -15,7 +15,7 @@
 //! | parameters | kept; `;…` dropped from every segment | Tomcat, Jetty, Spring |
 //! | dot segments | literal; resolved after merging `//`; resolved with empty segments kept and `%2e` read as `.` | Express and Flask route `/x/..` to a handler under `/x`; Go's `path.Clean`; WHATWG URL |
 //! | raw white space | data; the end of the target; trimmed and with tabs and newlines removed | Python's `http.server` (werkzeug, Flask) splits the request line on any Unicode white space, so a raw `0x85` or `0xA0` ends the path; WHATWG URL parsers trim C0 controls and spaces at both ends and drop tabs and newlines |
-//! | last segment | kept; trailing white space and control bytes dropped; then `.…` dropped too | Python's `re` `$` matches before a final `\n` (Starlette runs `/webhooks/persona%0A`); Rails' `(.:format)` |
+//! | last segment | kept; trailing white space and control bytes dropped; then cut at each `.` in turn | Python's `re` `$` matches before a final `\n` (Starlette runs `/webhooks/persona%0A`); Rails' `(.:format)`, Express's `{.:format}` (a route `/a/b.v2` under `/a/b.v2.json`) |
 //!
 //! Empty segments are ignored when a reading is compared with a route (routers
 //! that merge `//` match more, never less), and so is ASCII case (Express
@@ -251,8 +251,9 @@ fn segment_readings(view: &[u8], visit: &mut impl FnMut(&[&[u8]]) -> bool) -> bo
 }
 
 /// The reading with its last non-empty segment trimmed of trailing white
-/// space and control bytes, and then also cut at its first `.`; visits each
-/// that differs from the reading.
+/// space and control bytes, and then also cut at each of its `.` (a route
+/// `/a/b.v2` is reached by `/a/b.v2.json`, as Express's `{.:format}` and
+/// Rails' `(.:format)` read it); visits each that differs from the reading.
 fn last_segment_readings(reading: &[&[u8]], visit: &mut impl FnMut(&[&[u8]]) -> bool) -> bool {
     let Some(last) = reading.iter().rposition(|s| !s.is_empty()) else {
         return false;
@@ -263,14 +264,15 @@ fn last_segment_readings(reading: &[&[u8]], visit: &mut impl FnMut(&[&[u8]]) -> 
         .rposition(|b| !(b.is_ascii_whitespace() || b.is_ascii_control()))
         .map_or(0, |i| i + 1);
     let trimmed = &segment[..keep];
-    let cut = trimmed
-        .iter()
-        .position(|b| *b == b'.')
-        .map(|dot| &trimmed[..dot]);
     let mut out = reading[..=last].to_vec();
-    let trimmed = (trimmed.len() < segment.len()).then_some(trimmed);
-    for variant in [trimmed, cut].into_iter().flatten() {
-        out[last] = variant;
+    if trimmed.len() < segment.len() {
+        out[last] = trimmed;
+        if visit(&out) {
+            return true;
+        }
+    }
+    for (dot, _) in trimmed.iter().enumerate().filter(|(_, b)| **b == b'.') {
+        out[last] = &trimmed[..dot];
         if visit(&out) {
             return true;
         }

@@ -14,6 +14,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 
 use crate::config::TrustedHeaders;
+use crate::framing::valid_host;
 use crate::outcome::Outcome;
 use crate::state::{InflightGuard, Policy};
 
@@ -190,7 +191,8 @@ pub fn declared_length(req: &RequestHeader) -> Option<u64> {
 
 /// How a request target is written (RFC 9112 §3.2), for the forms the proxy forwards.
 pub enum TargetForm<'a> {
-    /// `/path?query`, or `*` for `OPTIONS`: forwarded as it is.
+    /// `/path?query`, forwarded as it is; or `*` for `OPTIONS`, which the
+    /// proxy answers itself (`answer_asterisk`).
     Origin,
     /// `scheme://authority/path?query`: forwarded as `origin`, with the
     /// authority as `Host`.
@@ -228,17 +230,67 @@ pub fn target_form(req: &RequestHeader) -> Option<TargetForm<'_>> {
 }
 
 /// Why the head is refused before any routing: ambiguous framing (judged on
-/// the raw HTTP/1 head, exactly as received) or an HTTP/1.1 request without
-/// `Host` (RFC 9112 §3.2).
+/// the raw HTTP/1 head, exactly as received), or a `Host` (HTTP/2: `host`
+/// and `:authority`) that is missing where required or is not a host with an
+/// optional port.
 pub fn refused_head(session: &Session) -> Option<String> {
-    let h1 = session.as_downstream().as_http1()?;
-    match crate::framing::check(&h1.get_headers_raw_bytes()) {
-        Err(e) => Some(e.to_string()),
-        Ok(()) => missing_host(session.req_header()).then(|| "no Host header".to_string()),
+    if let Some(h1) = session.as_downstream().as_http1()
+        && let Err(e) = crate::framing::check(&h1.get_headers_raw_bytes())
+    {
+        return Some(e.to_string());
+    }
+    host_problem(session.req_header()).map(str::to_string)
+}
+
+/// What is wrong with the request's `Host` header(s) and target authority.
+/// An HTTP/1.1 request needs a `Host` (RFC 9112 §3.2), an HTTP/2 one a
+/// `:authority` or a `host`; each present must pass [`valid_host`]. An app
+/// that builds a URL from `'http://' + host + target` (Node's documented
+/// pattern) must not be handed a `Host` that carries a path.
+fn host_problem(req: &RequestHeader) -> Option<&'static str> {
+    let mut hosts = req.headers.get_all(http::header::HOST).iter().peekable();
+    let authority = req.uri.authority();
+    let required = match req.version {
+        http::Version::HTTP_11 => true,
+        http::Version::HTTP_2 => authority.is_none(),
+        _ => false,
+    };
+    if required && hosts.peek().is_none() {
+        return Some("no Host header");
+    }
+    if hosts.any(|h| !valid_host(h.as_bytes())) {
+        return Some("a Host that is not host[:port]");
+    }
+    match authority {
+        Some(a) if !valid_host(a.as_str().as_bytes()) => {
+            Some("an authority that is not host[:port]")
+        }
+        _ => None,
     }
 }
 
-/// An HTTP/1.1 request without `Host` (RFC 9112 §3.2: answered 400).
-fn missing_host(req: &RequestHeader) -> bool {
-    req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST)
+/// Whether the target is asterisk-form (`OPTIONS *`), which the proxy answers
+/// itself ([`answer_asterisk`]) and never forwards.
+pub fn is_asterisk(req: &RequestHeader) -> bool {
+    req.method == Method::OPTIONS && req.raw_path() == b"*"
+}
+
+/// The methods the proxy passes on, named in its answer to `OPTIONS *`.
+const ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// Answers `OPTIONS *` (a question about the server, not a resource): 204
+/// with `Allow`. Nothing reaches the app. A request that declares a body
+/// closes the connection (the body is not read).
+pub async fn answer_asterisk(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+    let mut resp = ResponseHeader::build(StatusCode::NO_CONTENT, Some(2))?;
+    resp.insert_header(http::header::ALLOW, ALLOW)?;
+    let h = &session.req_header().headers;
+    if h.contains_key(http::header::TRANSFER_ENCODING)
+        || declared_length(session.req_header()).is_some_and(|n| n > 0)
+    {
+        session.set_keepalive(None);
+    }
+    ctx.status = Some(StatusCode::NO_CONTENT.as_u16());
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
 }

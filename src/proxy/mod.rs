@@ -3,7 +3,8 @@
 //! Everything happens in `request_filter`, the only phase that runs before
 //! pingora picks and connects an upstream:
 //!
-//! 1. framing (raw HTTP/1 head) and the trusted-header strip, on every path;
+//! 1. framing (raw HTTP/1 head), the `Host` rule (`host[:port]`) and the
+//!    trusted-header strip, on every path; `OPTIONS *` is answered here;
 //! 2. the route decision over every reading of the target ([`crate::path`]),
 //!    then the route's `allow_from` on the client address ([`crate::source`]);
 //! 3. on a webhook route, [`webhook::judge`] (method, signature header, body
@@ -47,8 +48,8 @@ use crate::state::{InflightGuard, Policy, Shared};
 use crate::telemetry;
 pub use downstream::Ctx;
 use downstream::{
-    COALESCE_LIMIT, TargetForm, bad_body_framing, body_refused, read_body, refused_head, respond,
-    small_h1_request, strip_trusted, target_form,
+    COALESCE_LIMIT, TargetForm, answer_asterisk, bad_body_framing, body_refused, is_asterisk,
+    read_body, refused_head, respond, small_h1_request, strip_trusted, target_form,
 };
 use forward::Wire;
 use webhook::OnRoute;
@@ -170,12 +171,15 @@ impl ProxyHttp for Guard {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-        if let Some(t) = self.shared.telemetry.get() {
-            ctx.trace = Some(t.request(&session.req_header().headers));
-        }
         let policy = self.shared.policy.load_full();
         ctx.policy = Some(policy.clone());
         let cfg = &policy.config;
+        if let Some(t) = self.shared.telemetry.get() {
+            // Only a trusted proxy's sampled flag may raise sampling.
+            let peer = session.client_addr().and_then(|a| a.as_inet());
+            let trusted = peer.is_some_and(|p| cfg.trusted_proxies.contains(p.ip()));
+            ctx.trace = Some(t.request(&session.req_header().headers, trusted));
+        }
 
         if let Some(reason) = refused_head(session) {
             tracing::debug!(reason, "refusing an ambiguous request");
@@ -192,6 +196,12 @@ impl ProxyHttp for Guard {
         // keeps an HTTP/1.1 connection open forever). Only where keep-alive is on.
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(cfg.idle_timeout.as_secs().max(1)));
+        }
+
+        // Asterisk-form asks about the server, not a resource: answered here
+        // (after the Host rule), never forwarded.
+        if is_asterisk(session.req_header()) {
+            return answer_asterisk(session, ctx).await;
         }
 
         // The route decision takes every reading of the target that some

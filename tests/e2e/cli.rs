@@ -322,3 +322,39 @@ pub(crate) fn both_streams(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// A route path with white space, a control character or anything outside
+/// ASCII would leave the intended path unprotected: `check` refuses it,
+/// naming `route[0].path` and the character's code point, never the value.
+#[test]
+fn check_refuses_a_route_path_that_is_not_visible_ascii() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (bad, code)) in [
+        ("/webhooks/persona ", "U+0020"),
+        ("/webhooks/persona\n", "U+000A"),
+        ("/webhooks/\tpersona", "U+0009"),
+        ("/webhooks/persona\u{200b}", "U+200B"),
+        ("/webhooks/\u{a0}persona", "U+00A0"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = dir.path().join(format!("bad-{i}.toml"));
+        let written = toml::Value::String(bad.to_string()).to_string();
+        let text =
+            valid_config("env:PG_E2E_CHECK_SECRET").replace("\"/webhooks/persona\"", &written);
+        fs::write(&path, text).unwrap();
+        let out = run_cli(
+            &["check", "--config", path.to_str().unwrap()],
+            &[("PG_E2E_CHECK_SECRET", &secret())],
+            None,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{bad:?}: {stderr}");
+        assert!(
+            stderr.contains("route[0].path: must be visible ASCII only") && stderr.contains(code),
+            "{bad:?}: {stderr}"
+        );
+        assert!(!stderr.contains("/webhooks/"), "{stderr}");
+    }
+}

@@ -228,3 +228,35 @@ fn a_warning_names_the_variable_that_set_the_value() {
     assert!(stderr.contains("warning: replay.ttl: "), "{stderr}");
     assert!(!stderr.contains("PERSONA_GUARD_REPLAY_TTL"), "{stderr}");
 }
+
+/// A route path from the environment is held to the file's rule: visible
+/// ASCII only (a trailing newline from a mounted ConfigMap, a zero-width
+/// space); the variable is named, its value is not.
+#[test]
+fn a_route_path_variable_with_invisible_characters_fails() {
+    for (bad, code) in [
+        ("/webhooks/persona\n", "U+000A"),
+        ("/webhooks/persona ", "U+0020"),
+        ("/webhooks/\tpersona", "U+0009"),
+        ("/webhooks/persona\u{200b}", "U+200B"),
+        ("/webhooks/\u{a0}persona", "U+00A0"),
+    ] {
+        let out = run_cli(
+            &["check"],
+            &[
+                ("PG_E2E_PATH_SECRET", "wbhsec_x"),
+                ("PERSONA_GUARD_ROUTE_PATH", bad),
+                ("PERSONA_GUARD_ROUTE_SECRETS", "env:PG_E2E_PATH_SECRET"),
+            ],
+            None,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{bad:?}: {stderr}");
+        assert!(
+            stderr.contains("PERSONA_GUARD_ROUTE_PATH (route[0].path): must be visible ASCII only")
+                && stderr.contains(code),
+            "{bad:?}: {stderr}"
+        );
+        assert!(!stderr.contains("/webhooks/"), "{stderr}");
+    }
+}

@@ -21,6 +21,13 @@
 //! (single, double, `%2F`, `%5C`), `\`, case, dot segments (`%2e` too),
 //! `;parameters`, format suffixes, trailing white space, queries, fragments
 //! and raw bytes that Python splits request lines on.
+//!
+//! Two more cases: a dotted route (`/webhooks/persona.v2`, Express's
+//! `{.:format}` handler behind it, so every dot of the last segment counts),
+//! and `Host` spellings with asterisk-form (`hosts`: the Node app routes on
+//! `'http://' + Host`).
+
+mod hosts;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -41,6 +48,41 @@ const DEFAULT_TARGETS: usize = 2500;
 const DEFAULT_SEED: u64 = 0x5eed_0011;
 const H2_TARGETS: usize = 400;
 const WORKERS: usize = 4;
+
+/// Which route the proxy protects, and which handlers are under it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Case {
+    /// `/webhooks/persona`: the handlers `webhook`, `webhook-sub` (and
+    /// Express's `webhook-v2`, which the route covers too).
+    Persona,
+    /// `/webhooks/persona.v2` alone: Express's `webhook-v2` handler.
+    Dotted,
+}
+
+impl Case {
+    fn route(self) -> &'static str {
+        match self {
+            Case::Persona => "/webhooks/persona",
+            Case::Dotted => "/webhooks/persona.v2",
+        }
+    }
+
+    /// The route's last segment, which the generator respells.
+    fn last(self) -> &'static str {
+        match self {
+            Case::Persona => "persona",
+            Case::Dotted => "persona.v2",
+        }
+    }
+
+    /// Whether the handler named `h` runs under the route.
+    fn guards(self, h: &str) -> bool {
+        match self {
+            Case::Persona => h.starts_with("webhook"),
+            Case::Dotted => h == "webhook-v2",
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Framework {
@@ -110,15 +152,23 @@ impl App {
         }
     }
 
-    /// How often the webhook handlers (at and below the route) have run.
-    fn webhook_runs(&self) -> u64 {
+    /// How often the handlers under `case`'s route have run.
+    fn webhook_runs(&self, case: Case) -> u64 {
+        self.counts()
+            .iter()
+            .filter(|(k, _)| case.guards(k))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// How often each handler has run.
+    fn counts(&self) -> BTreeMap<String, u64> {
         let a = exchange(self.addr, "GET", b"/__pg_counts", "h", &[], b"")
             .unwrap_or_else(|| panic!("{:?}: no answer from /__pg_counts", self.framework));
         let counts: serde_json::Value = serde_json::from_slice(&a.body).expect("counts JSON");
-        ["webhook", "webhook-sub"]
-            .iter()
-            .map(|k| counts[k].as_u64().expect("a count"))
-            .sum()
+        let counts = counts.as_object().expect("a JSON object of counts");
+        let count = |v: &serde_json::Value| v.as_u64().expect("a count");
+        counts.iter().map(|(k, v)| (k.clone(), count(v))).collect()
     }
 }
 
@@ -139,10 +189,8 @@ struct Answer {
 }
 
 impl Answer {
-    fn ran_webhook(&self) -> bool {
-        self.handler
-            .as_deref()
-            .is_some_and(|h| h.starts_with("webhook"))
+    fn ran_webhook(&self, case: Case) -> bool {
+        self.handler.as_deref().is_some_and(|h| case.guards(h))
     }
 }
 
@@ -255,7 +303,7 @@ const TRICKS: [Trick; 8] = [
     Trick::RandomByte,
 ];
 
-fn generate(rng: &mut StdRng) -> Target {
+fn generate(rng: &mut StdRng, case: Case) -> Target {
     const AUTHORITIES: &[&str] = &[
         "http://h",
         "HTTP://h",
@@ -340,7 +388,7 @@ fn generate(rng: &mut StdRng) -> Target {
     ];
     const ENDS: &[&str] = &[
         ".json", ".", "%2e", ".xml", "?q=1", "?", "#f", "#", "%3Fq", "%23f", "?/..", "%2F", "/?x",
-        "\u{85}", "\u{a0}",
+        "\u{85}", "\u{a0}", ".tar.gz", ".v2.json", "%2ejson",
     ];
     // One to three classes per target: each alone already fools some router,
     // and combinations find what no single class does.
@@ -361,7 +409,7 @@ fn generate(rng: &mut StdRng) -> Target {
     if has(Trick::Lead) {
         t.push_str(pick(rng, LEADS));
     }
-    for (i, name) in ["webhooks", "persona"].into_iter().enumerate() {
+    for (i, name) in ["webhooks", case.last()].into_iter().enumerate() {
         t.push_str(match i {
             0 => "/",
             _ if has(Trick::Separator) => pick(rng, SEPARATORS),
@@ -399,9 +447,9 @@ fn generate(rng: &mut StdRng) -> Target {
     Target { bytes, host }
 }
 
-fn targets(seed: u64, n: usize) -> Vec<Target> {
+fn targets(seed: u64, n: usize, case: Case) -> Vec<Target> {
     let mut rng = StdRng::seed_from_u64(seed);
-    (0..n).map(|_| generate(&mut rng)).collect()
+    (0..n).map(|_| generate(&mut rng, case)).collect()
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -439,8 +487,14 @@ fn send_all(
 }
 
 /// Sends the targets that are valid HTTP/2 `:path` values over HTTP/2 (TLS,
-/// ALPN h2); returns how many were sent and which ran a webhook handler.
-fn send_h2(pki: &Pki, addr: SocketAddr, targets: &[Target], body: &[u8]) -> (usize, Vec<String>) {
+/// ALPN h2); returns how many were sent and which ran a handler under the route.
+fn send_h2(
+    pki: &Pki,
+    addr: SocketAddr,
+    targets: &[Target],
+    body: &[u8],
+    case: Case,
+) -> (usize, Vec<String>) {
     let paths: Vec<http::uri::PathAndQuery> = targets
         .iter()
         .filter(|t| t.bytes.first() == Some(&b'/'))
@@ -474,7 +528,8 @@ fn send_h2(pki: &Pki, addr: SocketAddr, targets: &[Target], body: &[u8]) -> (usi
             if resp
                 .headers()
                 .get("x-handler")
-                .is_some_and(|h| h.as_bytes().starts_with(b"webhook"))
+                .and_then(|h| h.to_str().ok())
+                .is_some_and(|h| case.guards(h))
             {
                 bypasses.push(p.to_string());
             }
@@ -488,9 +543,9 @@ fn send_h2(pki: &Pki, addr: SocketAddr, targets: &[Target], body: &[u8]) -> (usi
     (paths.len(), bypasses)
 }
 
-/// `/webhooks/persona` exactly, then nothing or `/`, `?`, `#`.
-fn plain_spelling(t: &[u8]) -> bool {
-    t.strip_prefix(b"/webhooks/persona")
+/// The route exactly, then nothing or `/`, `?`, `#`.
+fn plain_spelling(t: &[u8], case: Case) -> bool {
+    t.strip_prefix(case.route().as_bytes())
         .is_some_and(|rest| matches!(rest.first(), None | Some(b'/' | b'?' | b'#')))
 }
 
@@ -498,29 +553,40 @@ fn shown(t: &[u8]) -> String {
     t.escape_ascii().to_string()
 }
 
-fn suite(framework: Framework) {
+fn suite(framework: Framework, case: Case) {
     let started = Instant::now();
     let n = env_or("PG_ROUTER_TARGETS", DEFAULT_TARGETS);
     let seed = env_or("PG_ROUTER_SEED", DEFAULT_SEED);
     let app = App::start(framework);
     let pki = Pki::new();
     let leaf = pki.leaf("server");
-    let p = Proxy::builder().upstream_addr(app.addr).start();
+    let p = Proxy::builder()
+        .upstream_addr(app.addr)
+        .route(|r| r.set("path", case.route()))
+        .start();
     let p2 = Proxy::builder()
         .upstream_addr(app.addr)
+        .route(|r| r.set("path", case.route()))
         .secrets(vec![p.secret().to_string()])
         .apply(listen_tls(&leaf))
         .start();
 
-    // 1. Genuine deliveries reach both handlers: the suite can see a success.
-    let runs = app.webhook_runs();
-    let positives: [(&[u8], &str); 4] = [
-        (b"/webhooks/persona", "webhook"),
-        (b"/webhooks/persona/sub", "webhook-sub"),
-        (b"/webhooks/persona?x=1", "webhook"),
-        (b"http://h/webhooks/persona", "webhook"),
-    ];
-    for (target, want) in positives {
+    // 1. Genuine deliveries reach the handlers: the suite can see a success.
+    let runs = app.webhook_runs(case);
+    let positives: &[(&[u8], &str)] = match case {
+        Case::Persona => &[
+            (b"/webhooks/persona", "webhook"),
+            (b"/webhooks/persona/sub", "webhook-sub"),
+            (b"/webhooks/persona?x=1", "webhook"),
+            (b"http://h/webhooks/persona", "webhook"),
+        ],
+        Case::Dotted => &[
+            (b"/webhooks/persona.v2", "webhook-v2"),
+            (b"/webhooks/persona.v2.json", "webhook-v2"),
+            (b"/webhooks/persona.v2?x=1", "webhook-v2"),
+        ],
+    };
+    for &(target, want) in positives {
         let body = event_body(&event_id(), "inquiry.approved");
         let sig = vec![("Persona-Signature", sign(p.secret(), now(), &body))];
         let a = exchange(p.listen, "POST", target, "h", &sig, &body)
@@ -533,19 +599,19 @@ fn suite(framework: Framework) {
             String::from_utf8_lossy(&a.body)
         );
     }
-    assert_eq!(app.webhook_runs(), runs + positives.len() as u64);
+    assert_eq!(app.webhook_runs(case), runs + positives.len() as u64);
 
     // 2. Unsigned, through the proxy: no webhook handler runs.
-    let targets = targets(seed ^ framework as u64, n);
+    let targets = targets(seed ^ framework as u64 ^ case as u64, n, case);
     let body = event_body("evt_unsigned_router_suite", "inquiry.approved");
-    let runs = app.webhook_runs();
+    let runs = app.webhook_runs(case);
     let answers = send_all(p.listen, &targets, &[], &body);
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     let mut bypasses = Vec::new();
     for (t, a) in targets.iter().zip(&answers) {
         let key = match a {
             None => "closed".to_string(),
-            Some(a) if a.ran_webhook() => {
+            Some(a) if a.ran_webhook(case) => {
                 bypasses.push(shown(&t.bytes));
                 "BYPASS".to_string()
             }
@@ -553,29 +619,30 @@ fn suite(framework: Framework) {
         };
         *outcomes.entry(key).or_default() += 1;
     }
-    let (h2_sent, h2_bypasses) = send_h2(&pki, p2.listen, &targets, &body);
-    let leaked = app.webhook_runs() - runs;
+    let (h2_sent, h2_bypasses) = send_h2(&pki, p2.listen, &targets, &body, case);
+    let leaked = app.webhook_runs(case) - runs;
 
     // 3. The same targets straight to the app: what the proxy had to catch.
     let direct = send_all(app.addr, &targets, &[], &body);
     let dangerous: Vec<&Target> = targets
         .iter()
         .zip(&direct)
-        .filter(|(_, a)| a.as_ref().is_some_and(Answer::ran_webhook))
+        .filter(|(_, a)| a.as_ref().is_some_and(|a| a.ran_webhook(case)))
         .map(|(t, _)| t)
         .collect();
     // Those spelled other than the route itself, as a naive proxy compares.
     let tricky = dangerous
         .iter()
-        .filter(|t| !plain_spelling(&t.bytes))
+        .filter(|t| !plain_spelling(&t.bytes, case))
         .count();
     let dangerous = dangerous.len();
 
     eprintln!(
-        "router suite {framework:?}: seed {seed:#x}, {n} targets over HTTP/1.1 + {h2_sent} over HTTP/2; \
+        "router suite {framework:?} {case:?}: seed {seed:#x}, {n} targets over HTTP/1.1 + {h2_sent} over HTTP/2; \
          {dangerous} run a webhook handler when sent straight to the app ({tricky} of them not \
-         spelled /webhooks/persona[/?#...]), \
+         spelled {}[/?#...]), \
          {} through the proxy unsigned; proxy answers {outcomes:?}; {:.1} s",
+        case.route(),
         bypasses.len() + h2_bypasses.len(),
         started.elapsed().as_secs_f64()
     );
@@ -602,20 +669,27 @@ fn suite(framework: Framework) {
 
 #[test]
 fn router_suite_node_new_url() {
-    suite(Framework::NodeUrl);
+    suite(Framework::NodeUrl, Case::Persona);
 }
 
 #[test]
 fn router_suite_express() {
-    suite(Framework::Express);
+    suite(Framework::Express, Case::Persona);
 }
 
 #[test]
 fn router_suite_flask() {
-    suite(Framework::Flask);
+    suite(Framework::Flask, Case::Persona);
 }
 
 #[test]
 fn router_suite_starlette() {
-    suite(Framework::Starlette);
+    suite(Framework::Starlette, Case::Persona);
+}
+
+/// A dotted route: Express's `{.:format}` runs its handler for
+/// `/webhooks/persona.v2.json`, which the proxy must read under the route.
+#[test]
+fn router_suite_express_dotted_route() {
+    suite(Framework::Express, Case::Dotted);
 }

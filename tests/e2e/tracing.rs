@@ -2,6 +2,9 @@
 //! the test, the W3C trace context continued from the client and passed on to
 //! the app, nothing secret in any attribute, nothing exported when off.
 //!
+//! A client's trace context within the W3C limits, and its sampled flag
+//! from trusted proxies only: `limits`.
+//!
 //! The proxy exports in batches; `OTEL_BSP_SCHEDULE_DELAY=100` (the SDK's
 //! standard variable, in milliseconds) makes it send every 100 ms here.
 
@@ -19,6 +22,8 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 use crate::harness::*;
+
+mod limits;
 
 /// A span as the collector received it, ids in hex.
 #[derive(Debug, Clone)]
@@ -422,4 +427,63 @@ fn a_spool_redelivery_carries_the_original_context_and_records_no_span() {
     std::thread::sleep(Duration::from_millis(300));
     let upstreams = c.trace(&trace).into_iter().filter(|s| s.name == "upstream");
     assert_eq!(upstreams.count(), 1);
+}
+
+/// `otlp_endpoint` carries no credentials: user info, a query or a fragment
+/// is a configuration error naming the key, and `check --print` prints
+/// neither the URL nor the credential, from the file or the environment.
+#[test]
+fn an_endpoint_with_credentials_is_refused_and_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, endpoint) in [
+        "http://collector:4318/v1/traces?api_key=LEAKCANARY",
+        "http://LEAKCANARY@collector:4318/v1/traces",
+        "http://user:LEAKCANARY@collector:4318",
+        "http://collector:4318/v1/traces#LEAKCANARY",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let file = dir.path().join(format!("pg-{i}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "[tracing]\notlp_endpoint = \"{endpoint}\"\n[[route]]\npath = \"/a\"\nsecrets = [\"env:PG_E2E_OTLP_SECRET\"]\n"
+            ),
+        )
+        .unwrap();
+        let secret = [("PG_E2E_OTLP_SECRET", "wbhsec_x")];
+        let from_file = run_cli(
+            &["check", "--print", "--config", file.to_str().unwrap()],
+            &secret,
+            None,
+        );
+        let from_env = run_cli(
+            &["check", "--print"],
+            &[
+                ("PG_E2E_OTLP_SECRET", "wbhsec_x"),
+                ("PERSONA_GUARD_ROUTE_PATH", "/a"),
+                ("PERSONA_GUARD_ROUTE_SECRETS", "env:PG_E2E_OTLP_SECRET"),
+                ("PERSONA_GUARD_TRACING_OTLP_ENDPOINT", endpoint),
+            ],
+            None,
+        );
+        for (how, out, key) in [
+            ("file", from_file, "tracing.otlp_endpoint: must not carry"),
+            (
+                "env",
+                from_env,
+                "PERSONA_GUARD_TRACING_OTLP_ENDPOINT (tracing.otlp_endpoint): must not carry",
+            ),
+        ] {
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(out.status.code(), Some(64), "{how} {endpoint}: {all}");
+            assert!(all.contains(key), "{how} {endpoint}: {all}");
+            assert!(!all.contains("LEAKCANARY"), "{how} {endpoint}: {all}");
+        }
+    }
 }

@@ -5,6 +5,8 @@
 // Handlers (any method):
 //   app.all('/webhooks/persona')          -> "webhook"
 //   app.all('/webhooks/persona/*rest')    -> "webhook-sub" (one or more segments)
+//   app.all('/webhooks/persona.v2{.:format}') -> "webhook-v2" (a dotted route
+//                                            with an optional format suffix)
 //   app.use(...) fallback                 -> "other"
 // Control endpoint (raw target, checked before routing): GET /__pg_counts
 //
@@ -12,7 +14,7 @@
 
 const express = require('express');
 
-const counts = { webhook: 0, 'webhook-sub': 0, other: 0 };
+const counts = { webhook: 0, 'webhook-sub': 0, 'webhook-v2': 0, other: 0 };
 
 function handler(name) {
   return (req, res, next) => {
@@ -40,6 +42,7 @@ app.use((req, res, next) => {
 
 app.all('/webhooks/persona', handler('webhook'));
 app.all('/webhooks/persona/*rest', handler('webhook-sub'));
+app.all('/webhooks/persona.v2{.:format}', handler('webhook-v2'));
 app.use(handler('other'));
 
 // Quiet error handler (Express would otherwise print a stack trace per bad

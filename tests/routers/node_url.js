@@ -1,7 +1,9 @@
 'use strict';
 // Upstream app for the persona-guard differential router suite:
 // a hand-written router on Node's built-in `http` module that routes on
-// `new URL(req.url, 'http://localhost').pathname` (a very common Node pattern).
+// `new URL(req.url, 'http://' + req.headers.host).pathname` (the pattern
+// Node's own documentation shows), so a `Host` that carries a path would
+// route an asterisk-form `OPTIONS *` under it.
 //
 // Handlers (any method):
 //   /webhooks/persona          -> "webhook"
@@ -47,9 +49,10 @@ const server = http.createServer((req, res) => {
 
   let pathname;
   try {
-    ({ pathname } = new URL(req.url, 'http://localhost'));
+    ({ pathname } = new URL(req.url, `http://${req.headers.host}`));
   } catch {
-    // e.g. `file://h:80/...`: the WHATWG parser rejects it; no handler runs.
+    // e.g. `file://h:80/...`, or a Host the WHATWG parser cannot take as a
+    // base: no handler runs.
     req.resume();
     res.writeHead(400, { 'Content-Type': 'text/plain', 'Content-Length': 11 });
     res.end('Bad Request');

@@ -190,6 +190,37 @@ fn errors() {
     assert_eq!(covered(b"/ok?%zz\0"), Ok(false));
 }
 
+/// A dotted route is reached with a suffix cut at any dot, not only the
+/// first (Express's `{.:format}` runs `/webhooks/persona.v2` for
+/// `/webhooks/persona.v2.json`).
+#[test]
+fn a_dotted_route_is_reached_with_a_suffix() {
+    let r = RoutePath::new(b"/webhooks/persona.v2");
+    let on = |t: &str| any_reading(t.as_bytes(), |reading| r.covers(reading));
+    for t in [
+        "/webhooks/persona.v2",
+        "/webhooks/persona.v2.json",
+        "/webhooks/persona.v2.tar.gz",
+        "/webhooks/persona.v2.",
+        "/WEBHOOKS/Persona.V2.xml/",
+        "/webhooks/persona.v2%2ejson",
+        "/webhooks/persona.v2.json%0a",
+        "http://h/webhooks/persona.v2.json?x=1",
+    ] {
+        assert_eq!(on(t), Ok(true), "{t}: {:?}", readings_of(t.as_bytes()));
+    }
+    for t in [
+        "/webhooks/persona",
+        "/webhooks/persona.json",
+        "/webhooks/persona.v3.json",
+        "/webhooks/persona.v2x.json",
+    ] {
+        assert_eq!(on(t), Ok(false), "{t}");
+    }
+    // Each cut is one more reading, never a copy per dot.
+    assert_eq!(readings_of(b"/a/b.c.d").len(), 3);
+}
+
 #[test]
 fn a_plain_target_has_one_reading() {
     assert_eq!(readings_of(b"/api/users/7?x=%zz"), ["/api/users/7"]);
