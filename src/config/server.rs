@@ -1,6 +1,6 @@
 //! The process around the routes: `log_format`, `[listen]` (address and TLS),
 //! `[admin]` (address and the token of state-changing calls) and `[server]`
-//! (threads, timeouts, the body memory budget).
+//! (threads, timeouts, the body memory budget and body rate).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::check::Check;
 use super::defaults::{
     DEFAULT_ADMIN, DEFAULT_BODY_TIMEOUT, DEFAULT_GRACE_PERIOD, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BUFFERED,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BUFFERED, DEFAULT_MIN_BODY_RATE,
 };
 use super::raw::{RawAdmin, RawListen, RawServer, RawTls};
 use super::secret::Secret;
@@ -29,6 +29,9 @@ pub(super) struct Settings {
     pub idle_timeout: Duration,
     pub header_timeout: Duration,
     pub max_buffered: u64,
+    /// `None`: the default, settled once the routes are known (`cross`).
+    pub max_buffered_per_client: Option<u64>,
+    pub min_body_rate: u64,
     pub trusted_proxies: AllowList,
 }
 
@@ -81,11 +84,7 @@ pub(super) fn compile(
     if idle_timeout < Duration::from_secs(1) {
         c.problem("server.idle_timeout", "must be at least 1s");
     }
-    let max_buffered = c.size(
-        "server.max_buffered",
-        raw.max_buffered.as_deref(),
-        DEFAULT_MAX_BUFFERED,
-    );
+    let (max_buffered, max_buffered_per_client, min_body_rate) = body_limits(c, raw);
     let trusted_proxies = match &raw.trusted_proxies {
         None => AllowList::default(),
         Some(list) => AllowList::new(cidrs(c, "server.trusted_proxies", list, false)),
@@ -102,7 +101,29 @@ pub(super) fn compile(
         idle_timeout,
         header_timeout,
         max_buffered,
+        max_buffered_per_client,
+        min_body_rate,
     }
+}
+
+/// `max_buffered`, `max_buffered_per_client` (`None` when not written: its
+/// default needs the routes) and `min_body_rate`.
+fn body_limits(c: &mut Check, raw: &RawServer) -> (u64, Option<u64>, u64) {
+    let max_buffered = c.size(
+        "server.max_buffered",
+        raw.max_buffered.as_deref(),
+        DEFAULT_MAX_BUFFERED,
+    );
+    let max_buffered_per_client = raw
+        .max_buffered_per_client
+        .as_deref()
+        .map(|v| c.size("server.max_buffered_per_client", Some(v), max_buffered));
+    let min_body_rate = c.size(
+        "server.min_body_rate",
+        raw.min_body_rate.as_deref(),
+        DEFAULT_MIN_BODY_RATE,
+    );
+    (max_buffered, max_buffered_per_client, min_body_rate)
 }
 
 /// A list of CIDRs (and, where `persona` is allowed, the `"persona"`
