@@ -282,3 +282,49 @@ fn a_slow_passthrough_body_resets_its_http2_stream() {
         up.open_connections()
     );
 }
+
+/// The memory a fully used `max_buffered` costs (the README's figures):
+/// 64 MiB held by 8 addresses, as forged 1 MiB deliveries one byte short,
+/// then as 64 KiB passthrough bodies one byte short. Run with
+/// `cargo test --test e2e client_limits::measure -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_a_fully_used_budget() {
+    for (what, path, len) in [
+        ("webhook", ROUTE, MIB),
+        ("passthrough", "/app/up", 64 * KIB),
+    ] {
+        let (_up, p) = rig_with(|b| b.set("server.body_timeout", "60s"));
+        assert_eq!(p.post("/app/warm", &[], b"warm").status, 200);
+        let before = rss(p.pid());
+        let head = if path == ROUTE {
+            forged_head(len)
+        } else {
+            upload_head(path, len)
+        };
+        let body = vec![b' '; len - 1];
+        let per_address = 8 * MIB / len;
+        let held: Vec<Client> = (0..8u8)
+            .flat_map(|a| (0..per_address).map(move |_| a))
+            .map(|a| {
+                let mut c = Client::connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 1, a)), p.listen);
+                c.send(&head);
+                let _ = c.try_send(&body);
+                c
+            })
+            .collect();
+        wait_for("the budget to fill", W, || {
+            p.metric(GAUGE) >= (63 * MIB) as f64
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        let peak = rss(p.pid());
+        eprintln!(
+            "{what}: {} bodies, gauge {:.1} MiB, RSS {:.1} -> {:.1} MiB (+{:.1})",
+            held.len(),
+            p.metric(GAUGE) / MIB as f64,
+            before as f64 / MIB as f64,
+            peak as f64 / MIB as f64,
+            (peak - before) as f64 / MIB as f64
+        );
+    }
+}
