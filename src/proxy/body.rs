@@ -67,10 +67,7 @@ pub async fn read_body(
     let mut rest = BytesMut::new();
     loop {
         let held = first.as_ref().map_or(0, Bytes::len) + rest.len();
-        let read = session.read_request_body();
-        let next = tokio::time::timeout_at(pace.due(held as u64), read)
-            .await
-            .map_err(|_| Outcome::BodyTimeout)?;
+        let next = within(pace.due(held as u64), session.read_request_body()).await?;
         let chunk = match next {
             Err(e) if bad_body_framing(&e) => return Err(Outcome::MalformedRequest),
             Err(_) => return Err(Outcome::ClientError),
@@ -105,6 +102,19 @@ pub async fn read_body(
         rest.extend_from_slice(&chunk);
     }
     Ok(first.unwrap_or_else(|| rest.freeze()))
+}
+
+/// `read`, unless `due` passes first (`BodyTimeout`). A read that is ready at
+/// once (the usual body, already in with its head) sets no timer.
+async fn within<T>(due: Instant, read: impl Future<Output = T>) -> Result<T, Outcome> {
+    let mut read = std::pin::pin!(read);
+    let now = std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx))).await;
+    match now {
+        std::task::Poll::Ready(r) => Ok(r),
+        std::task::Poll::Pending => tokio::time::timeout_at(due, read)
+            .await
+            .map_err(|_| Outcome::BodyTimeout),
+    }
 }
 
 /// A passthrough body on pingora's streaming path: its pace and what of it
