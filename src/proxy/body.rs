@@ -176,7 +176,8 @@ impl Streaming {
         }
         let data = body.take().unwrap_or_default();
         let now = Instant::now();
-        if now > self.pace.due(self.read) {
+        // HTTP/1 reads are timed (below); an HTTP/2 chunk is judged on arrival.
+        if !self.h1 && now > self.pace.due(self.read) {
             return Err(Outcome::BodyTimeout);
         }
         self.read += data.len() as u64;
