@@ -29,7 +29,7 @@ pub struct Metrics {
     pub verify_duration: HistogramVec,
     /// `persona_guard_replay_entries`
     pub replay_entries: IntGauge,
-    /// `persona_guard_buffered_body_bytes`: webhook body bytes reserved now
+    /// `persona_guard_buffered_body_bytes`: request body bytes reserved now
     /// against `[server] max_buffered` (settled on scrape).
     pub buffered_body_bytes: IntGauge,
     /// `persona_guard_replay_insertions_total`: ids claimed (admitted as in flight).
@@ -231,7 +231,7 @@ fn replay_metrics(r: &Registry) -> (IntGauge, IntGauge, IntCounter, IntCounter, 
         gauge(
             r,
             "persona_guard_buffered_body_bytes",
-            "Webhook body bytes reserved right now against [server] max_buffered.",
+            "Request body bytes held right now against [server] max_buffered (webhook and passthrough).",
         ),
         counter(
             r,

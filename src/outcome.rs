@@ -30,7 +30,8 @@ pub enum Outcome {
     UpstreamTimeout,
     /// The Redis store cannot answer and `on_store_error = "reject"`.
     ReplayStoreUnavailable,
-    /// The body would not fit `[server] max_buffered` (nothing of it was read).
+    /// The body's next chunk would not fit `[server] max_buffered` or the
+    /// client's `max_buffered_per_client` (the rest of it is not read).
     Overloaded,
     /// Ambiguous framing (`docs/behaviour.md` § Framing): refused, connection closed.
     MalformedRequest,

@@ -152,7 +152,8 @@ pub struct Shared {
     pub spool: std::sync::OnceLock<Arc<crate::spool::Handle>>,
     /// OpenTelemetry export (`[tracing]`), when the process started with it.
     pub telemetry: std::sync::OnceLock<crate::telemetry::Telemetry>,
-    /// Webhook body bytes held at once (`[server] max_buffered`).
+    /// Request body bytes held at once (`[server] max_buffered`, and
+    /// `max_buffered_per_client` for one client address).
     pub budget: Arc<BodyBudget>,
     pub connector: Connector,
     /// Requests being handled now (for the SIGTERM drain).
@@ -178,7 +179,10 @@ impl Shared {
     ) -> Self {
         let policy = Policy::compile(config, &metrics);
         Shared {
-            budget: BodyBudget::new(policy.config.max_buffered),
+            budget: BodyBudget::new(
+                policy.config.max_buffered,
+                policy.config.max_buffered_per_client,
+            ),
             policy: ArcSwap::from_pointee(policy),
             store: ArcSwap::from_pointee(store),
             metrics,

@@ -1,7 +1,7 @@
 //! Rules that relate two sections, checked once each section is compiled.
 
 use super::check::Check;
-use super::defaults::PERSONA_RETRY_WINDOW;
+use super::defaults::{DEFAULT_PER_CLIENT_SHARE, PERSONA_RETRY_WINDOW};
 use super::{Problem, Replay, Route};
 
 /// What is valid but probably not meant, for `check` (exit 0) and the start
@@ -61,6 +61,36 @@ pub(super) fn check(c: &mut Check, replay: &Replay, max_buffered: u64, routes: &
     }
 }
 
+/// `server.max_buffered_per_client`: as written, or an eighth of
+/// `max_buffered` raised to the largest route `max_body` (a delivery that
+/// large must fit one client's share). Written, it must hold the largest
+/// `max_body` and fit in `max_buffered`.
+pub(super) fn per_client(c: &mut Check, s: &super::server::Settings, routes: &[Route]) -> u64 {
+    let largest = routes.iter().map(|r| r.max_body).max().unwrap_or(0);
+    let Some(written) = s.max_buffered_per_client else {
+        return (s.max_buffered / DEFAULT_PER_CLIENT_SHARE)
+            .max(largest)
+            .min(s.max_buffered);
+    };
+    if written < largest {
+        c.problem_with(
+            "server.max_buffered_per_client",
+            format!(
+                "{} is less than the largest route max_body ({}): a delivery that large could never be held",
+                bytesize::ByteSize(written),
+                bytesize::ByteSize(largest)
+            ),
+        );
+    }
+    if written > s.max_buffered {
+        c.problem(
+            "server.max_buffered_per_client",
+            "is more than server.max_buffered",
+        );
+    }
+    written
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::from_str;
@@ -100,6 +130,37 @@ max_body = "2MiB"
         // the upstream's timeouts.
         let fits = text.replace("2MiB", "1MiB");
         assert!(from_str(&fits, &env()).is_ok());
+    }
+
+    #[test]
+    fn one_client_s_share_defaults_to_an_eighth_and_holds_the_largest_body() {
+        let route = |max_body: &str| {
+            format!("[[route]]\npath = \"/a\"\nsecrets = [\"x\"]\nmax_body = \"{max_body}\"\n")
+        };
+        let c = from_str(&route("1MiB"), &env()).unwrap();
+        assert_eq!(c.max_buffered_per_client, 8 * 1024 * 1024, "64 MiB / 8");
+        assert_eq!(c.min_body_rate, 1024);
+        // Raised to the largest max_body.
+        let c = from_str(&route("12MiB"), &env()).unwrap();
+        assert_eq!(c.max_buffered_per_client, 12 * 1024 * 1024);
+        // Written: within max_buffered and at least the largest max_body.
+        let written = |share: &str| {
+            format!(
+                "[server]\nmax_buffered_per_client = \"{share}\"\n{}",
+                route("2MiB")
+            )
+        };
+        let c = from_str(&written("4MiB"), &env()).unwrap();
+        assert_eq!(c.max_buffered_per_client, 4 * 1024 * 1024);
+        for bad in ["1MiB", "65MiB"] {
+            let p = from_str(&written(bad), &env()).unwrap_err();
+            assert_eq!(keys(&p), vec!["server.max_buffered_per_client"], "{bad}");
+        }
+        let p = from_str(
+            &format!("[server]\nmin_body_rate = \"0\"\n{}", route("1MiB")),
+            &env(),
+        );
+        assert_eq!(keys(&p.unwrap_err()), vec!["server.min_body_rate"]);
     }
 
     #[test]

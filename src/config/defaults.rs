@@ -48,6 +48,13 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 256;
 /// Default `[server] max_buffered`: webhook body bytes held at once.
 pub const DEFAULT_MAX_BUFFERED: u64 = 64 * 1024 * 1024;
+/// Default `[server] max_buffered_per_client`: this share of `max_buffered`
+/// (raised to the largest route `max_body`).
+pub const DEFAULT_PER_CLIENT_SHARE: u64 = 8;
+/// Default `[server] min_body_rate`: passthrough body bytes per second.
+pub const DEFAULT_MIN_BODY_RATE: u64 = 1024;
+/// Time a passthrough body has before `min_body_rate` applies.
+pub const BODY_RATE_GRACE: Duration = Duration::from_secs(5);
 /// Default `[spool] max_bytes`: the spool's bytes on disk, all entries together.
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// Smallest `[spool] max_bytes` accepted.

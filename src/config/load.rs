@@ -121,6 +121,7 @@ fn validate(raw: raw::RawConfig, base: &Path, env: &dyn Env) -> Result<Config, V
     let tracing = super::tracing::compile(&mut c, &raw.tracing);
     let routes = routes::compile(&mut c, raw.route, base, &upstream);
     cross::check(&mut c, &replay, s.max_buffered, &routes);
+    let per_client = cross::per_client(&mut c, &s, &routes);
     spool::check(&mut c, &spool, &replay, &routes);
     c.finish(Config {
         unmatched,
@@ -139,6 +140,8 @@ fn validate(raw: raw::RawConfig, base: &Path, env: &dyn Env) -> Result<Config, V
         max_connections: s.max_connections,
         max_connections_per_peer: s.max_connections_per_peer,
         max_buffered: s.max_buffered,
+        max_buffered_per_client: per_client,
+        min_body_rate: s.min_body_rate,
         trusted_proxies: s.trusted_proxies,
         upstream,
         replay,

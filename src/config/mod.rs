@@ -319,8 +319,12 @@ pub struct Config {
     /// `[server] max_connections_per_peer`: open client connections from one
     /// TCP peer address; peers in `trusted_proxies` are exempt.
     pub max_connections_per_peer: usize,
-    /// Webhook body bytes held at once, all requests together (see `budget`).
+    /// Request body bytes held at once, all requests together (see `budget`).
     pub max_buffered: u64,
+    /// Request body bytes one client address holds at once.
+    pub max_buffered_per_client: u64,
+    /// Passthrough body bytes per second, after a grace (`BODY_RATE_GRACE`).
+    pub min_body_rate: u64,
     /// `[server] trusted_proxies`: peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: AllowList,
     pub upstream: Upstream,

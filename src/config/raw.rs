@@ -62,6 +62,8 @@ pub(super) struct RawServer {
     pub idle_timeout: Option<String>,
     pub header_timeout: Option<String>,
     pub max_buffered: Option<String>,
+    pub max_buffered_per_client: Option<String>,
+    pub min_body_rate: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
     pub max_connections: Option<usize>,
     pub max_connections_per_peer: Option<usize>,

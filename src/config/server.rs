@@ -1,6 +1,6 @@
 //! The process around the routes: `log_format`, `[listen]` (address and TLS),
 //! `[admin]` (address and the token of state-changing calls) and `[server]`
-//! (threads, timeouts, the body memory budget).
+//! (threads, timeouts, the body memory budget and body rate).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,7 +10,7 @@ use super::check::Check;
 use super::defaults::{
     DEFAULT_ADMIN, DEFAULT_BODY_TIMEOUT, DEFAULT_GRACE_PERIOD, DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BUFFERED, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_CONNECTIONS_PER_PEER,
+    DEFAULT_MAX_CONNECTIONS_PER_PEER, DEFAULT_MIN_BODY_RATE,
 };
 use super::raw::{RawAdmin, RawListen, RawServer, RawTls};
 use super::secret::Secret;
@@ -32,6 +32,9 @@ pub(super) struct Settings {
     pub max_connections: usize,
     pub max_connections_per_peer: usize,
     pub max_buffered: u64,
+    /// `None`: the default, settled once the routes are known (`cross`).
+    pub max_buffered_per_client: Option<u64>,
+    pub min_body_rate: u64,
     pub trusted_proxies: AllowList,
 }
 
@@ -84,11 +87,7 @@ pub(super) fn compile(
     if idle_timeout < Duration::from_secs(1) {
         c.problem("server.idle_timeout", "must be at least 1s");
     }
-    let max_buffered = c.size(
-        "server.max_buffered",
-        raw.max_buffered.as_deref(),
-        DEFAULT_MAX_BUFFERED,
-    );
+    let (max_buffered, max_buffered_per_client, min_body_rate) = body_limits(c, raw);
     let (max_connections, max_connections_per_peer) = connection_limits(c, raw);
     let trusted_proxies = match &raw.trusted_proxies {
         None => AllowList::default(),
@@ -108,6 +107,8 @@ pub(super) fn compile(
         max_connections,
         max_connections_per_peer,
         max_buffered,
+        max_buffered_per_client,
+        min_body_rate,
     }
 }
 
@@ -125,6 +126,26 @@ fn connection_limits(c: &mut Check, raw: &RawServer) -> (usize, usize) {
         )
         .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_PEER);
     (total, per_peer)
+}
+
+/// `max_buffered`, `max_buffered_per_client` (`None` when not written: its
+/// default needs the routes) and `min_body_rate`.
+fn body_limits(c: &mut Check, raw: &RawServer) -> (u64, Option<u64>, u64) {
+    let max_buffered = c.size(
+        "server.max_buffered",
+        raw.max_buffered.as_deref(),
+        DEFAULT_MAX_BUFFERED,
+    );
+    let max_buffered_per_client = raw
+        .max_buffered_per_client
+        .as_deref()
+        .map(|v| c.size("server.max_buffered_per_client", Some(v), max_buffered));
+    let min_body_rate = c.size(
+        "server.min_body_rate",
+        raw.min_body_rate.as_deref(),
+        DEFAULT_MIN_BODY_RATE,
+    );
+    (max_buffered, max_buffered_per_client, min_body_rate)
 }
 
 /// A list of CIDRs (and, where `persona` is allowed, the `"persona"`

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RETRY_AFTER};
 use http::{HeaderName, Method, StatusCode};
 use pingora::Error;
@@ -39,6 +39,10 @@ pub struct Ctx {
     /// The request's spans, when tracing is on (`[tracing]`); `None` costs
     /// nothing.
     pub trace: Option<Box<crate::telemetry::RequestTrace>>,
+    /// A passthrough body on pingora's streaming path (`body::Streaming`).
+    pub streaming: Option<super::body::Streaming>,
+    /// Why the proxy ended a streamed body (`overloaded`, `body_timeout`).
+    pub cut: Option<Outcome>,
 }
 
 /// Writes a JSON answer of persona-guard's own. The outcome says whether the
@@ -80,50 +84,6 @@ pub async fn body_refused(
         return Ok(true);
     }
     respond(session, ctx, outcome).await
-}
-
-/// Reads the whole request body within `max_body` bytes and, when given, the
-/// `deadline` (each read is also bounded by the session's read timeout). A body
-/// that arrives in one piece, the usual case, is returned without a copy.
-pub async fn read_body(
-    session: &mut Session,
-    max_body: u64,
-    deadline: Option<tokio::time::Instant>,
-) -> Result<Bytes, Outcome> {
-    let mut first: Option<Bytes> = None;
-    let mut rest = BytesMut::new();
-    loop {
-        let read = session.read_request_body();
-        let next = match deadline {
-            Some(d) => tokio::time::timeout_at(d, read)
-                .await
-                .map_err(|_| Outcome::BodyTimeout)?,
-            None => read.await,
-        };
-        let chunk = match next {
-            Err(e) if bad_body_framing(&e) => return Err(Outcome::MalformedRequest),
-            Err(_) => return Err(Outcome::ClientError),
-            Ok(None) => break,
-            Ok(Some(c)) => c,
-        };
-        let held = first.as_ref().map_or(0, Bytes::len) + rest.len();
-        if (held + chunk.len()) as u64 > max_body {
-            return Err(Outcome::BodyTooLarge);
-        }
-        if first.is_none() && rest.is_empty() {
-            first = Some(chunk);
-            continue;
-        }
-        if let Some(f) = first.take() {
-            // One allocation of the declared size (already within max_body),
-            // not a doubling buffer that can hold twice the body.
-            let declared = declared_length(session.req_header()).unwrap_or(0) as usize;
-            rest.reserve(declared.max(f.len() + chunk.len()));
-            rest.extend_from_slice(&f);
-        }
-        rest.extend_from_slice(&chunk);
-    }
-    Ok(first.unwrap_or_else(|| rest.freeze()))
 }
 
 /// A request body whose chunked framing is broken (a bad chunk size, data

@@ -27,10 +27,12 @@
 //! returns `Ok(false)` and pingora proxies it as usual; `fail_to_proxy` turns
 //! its upstream errors into the JSON 502/504 answers.
 
+mod body;
 mod downstream;
 pub mod forward;
 mod webhook;
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,10 +48,11 @@ use crate::outcome::Outcome;
 use crate::source;
 use crate::state::{InflightGuard, Policy, Shared};
 use crate::telemetry;
+use body::{Pace, Streaming, read_body};
 pub use downstream::Ctx;
 use downstream::{
     COALESCE_LIMIT, TargetForm, answer_asterisk, bad_body_framing, body_refused, is_asterisk,
-    read_body, refused_head, respond, small_h1_request, strip_trusted, target_form,
+    refused_head, respond, small_h1_request, strip_trusted, target_form,
 };
 use forward::Wire;
 use webhook::OnRoute;
@@ -63,17 +66,21 @@ pub struct Guard {
 }
 
 /// Whether `route` accepts the request's client address: any, without
-/// `allow_from`; otherwise the address ([`source::client_address`]: the TCP
-/// peer, or behind `[server] trusted_proxies` the right-most untrusted
-/// `X-Forwarded-For` entry) must be in the list. An address that cannot be
-/// told (no IP peer, a malformed entry) is refused.
+/// `allow_from`; otherwise the address ([`client_address`]) must be in the
+/// list. An address that cannot be told is refused.
 fn source_allowed(session: &Session, cfg: &Config, route: &Route) -> bool {
     let Some(allow) = &route.allow_from else {
         return true;
     };
-    let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) else {
-        return false;
-    };
+    client_address(session, cfg).is_some_and(|ip| allow.contains(ip))
+}
+
+/// The request's client address ([`source::client_address`]: the TCP peer,
+/// or behind `[server] trusted_proxies` the right-most untrusted
+/// `X-Forwarded-For` entry); `None` when it cannot be told (no IP peer, a
+/// malformed entry).
+fn client_address(session: &Session, cfg: &Config) -> Option<IpAddr> {
+    let peer = session.client_addr().and_then(|a| a.as_inet())?;
     let forwarded = session
         .req_header()
         .headers
@@ -81,7 +88,24 @@ fn source_allowed(session: &Session, cfg: &Config, route: &Route) -> bool {
         .iter()
         .map(|v| v.as_bytes());
     source::client_address(peer.ip(), &cfg.trusted_proxies, forwarded)
-        .is_some_and(|ip| allow.contains(ip))
+}
+
+/// The address whose share of the body budget (`max_buffered_per_client`) a
+/// request uses: its client address, or the TCP peer when that cannot be told.
+fn budget_key(session: &Session, cfg: &Config) -> IpAddr {
+    client_address(session, cfg)
+        .or_else(|| Some(session.client_addr()?.as_inet()?.ip()))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// Whether pingora's streaming path will read a request body (an upgrade's
+/// bytes after `101` are a stream of their own, not a body).
+fn streams_a_body(session: &mut Session) -> bool {
+    !session
+        .req_header()
+        .headers
+        .contains_key(http::header::UPGRADE)
+        && !session.as_downstream_mut().is_body_empty()
 }
 
 impl Guard {
@@ -116,11 +140,20 @@ impl Guard {
         ctx: &mut Ctx,
         policy: &Policy,
     ) -> pingora::Result<bool> {
+        let cfg = &policy.config;
+        let mut permit = self.shared.budget.permit(budget_key(session, cfg));
         if !small_h1_request(session) {
+            if streams_a_body(session) {
+                ctx.streaming = Some(Streaming::start(session, cfg.min_body_rate, permit));
+            }
             return Ok(false);
         }
-        // Each read is bounded by the session's read timeout, as on pingora's path.
-        let body = match read_body(session, COALESCE_LIMIT as u64, None).await {
+        // Each read is also bounded by the session's read timeout.
+        let pace = Pace::Rate {
+            start: tokio::time::Instant::now(),
+            rate: cfg.min_body_rate,
+        };
+        let body = match read_body(session, COALESCE_LIMIT as u64, pace, &mut permit).await {
             Ok(b) => b,
             Err(o) => return body_refused(session, ctx, o).await,
         };
@@ -167,6 +200,8 @@ impl ProxyHttp for Guard {
             event_id: None,
             event_type: None,
             trace: None,
+            streaming: None,
+            cut: None,
         }
     }
 
@@ -275,6 +310,23 @@ impl ProxyHttp for Guard {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        let Some(streaming) = &mut ctx.streaming else {
+            return Ok(());
+        };
+        if let Err(outcome) = streaming.chunk(session, body, end_of_stream) {
+            ctx.cut = Some(outcome);
+            return Err(Streaming::cut(outcome));
+        }
+        Ok(())
+    }
+
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
@@ -300,6 +352,9 @@ impl ProxyHttp for Guard {
             // request's outcome stands; nothing more can be said, and the
             // connection (or HTTP/2 stream) ends without completing the body.
             return closed(0);
+        }
+        if let Some(outcome) = cut_body(session, e, ctx) {
+            return cut_answer(session, ctx, outcome).await;
         }
         let outcome = match (e.esource(), e.etype()) {
             (_, ErrorType::HTTPStatus(code)) => {
@@ -390,5 +445,38 @@ impl ProxyHttp for Guard {
                 "passthrough"
             ),
         }
+    }
+}
+
+/// Why a streamed passthrough body was ended by the proxy: the budget or the
+/// pace (`request_body_filter`), or an HTTP/1 read past the time the next
+/// byte was due (the session's read timeout, set from `min_body_rate`).
+fn cut_body(session: &Session, e: &Error, ctx: &mut Ctx) -> Option<Outcome> {
+    if let Some(outcome) = ctx.cut.take() {
+        return Some(outcome);
+    }
+    let late = ctx.streaming.is_some()
+        && session.response_written().is_none()
+        && e.esource() == &ErrorSource::Downstream
+        && e.etype() == &ErrorType::ReadTimedout;
+    late.then_some(Outcome::BodyTimeout)
+}
+
+/// The answer to a cut body, once nothing of the app's answer was sent: 503
+/// `overloaded` or (HTTP/1) 408 `body_timeout`, and the connection closes; a
+/// late HTTP/2 body gets its stream reset. The app's connection, mid-request,
+/// is dropped by pingora.
+async fn cut_answer(session: &mut Session, ctx: &mut Ctx, outcome: Outcome) -> FailToProxy {
+    ctx.outcome = Some(outcome);
+    let reset = outcome == Outcome::BodyTimeout && session.as_downstream().is_http2();
+    let mut error_code = 0;
+    if session.response_written().is_none() && !reset {
+        session.set_keepalive(None);
+        let _ = respond(session, ctx, outcome).await;
+        error_code = outcome.status().map_or(0, |s| s.as_u16());
+    }
+    FailToProxy {
+        error_code,
+        can_reuse_downstream: false,
     }
 }

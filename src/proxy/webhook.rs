@@ -17,7 +17,8 @@ use http::Method;
 use http::header::EXPECT;
 use pingora::proxy::Session;
 
-use super::downstream::{Ctx, declared_length, read_body, respond};
+use super::body::{Pace, read_body};
+use super::downstream::{Ctx, declared_length, respond};
 use super::forward::{self, Answer, ForwardError, Wire};
 use crate::attempts;
 use crate::budget::Permit;
@@ -132,22 +133,20 @@ fn signature_header(session: &Session) -> Result<SignatureHeader, Rejection> {
 }
 
 /// The body, within the route's `max_body`, `body_timeout` and the memory
-/// budget. The body's size is reserved before any byte of it is read (the
-/// declared length, or `max_body` for a chunked body).
+/// budget: its bytes are reserved as they arrive (`body::read_body`), never
+/// on a declared length.
 async fn read_within_budget(
     shared: &Arc<Shared>,
     session: &mut Session,
     on: &OnRoute<'_>,
 ) -> Result<(Bytes, Permit), Rejection> {
     let max_body = on.route.max_body;
-    let declared = declared_length(session.req_header());
-    if declared.is_some_and(|n| n > max_body) {
+    if declared_length(session.req_header()).is_some_and(|n| n > max_body) {
         return Err(Outcome::BodyTooLarge);
     }
-    let permit = shared
+    let mut permit = shared
         .budget
-        .reserve(declared.unwrap_or(max_body))
-        .ok_or(Outcome::Overloaded)?;
+        .permit(super::budget_key(session, &on.policy.config));
     if session.req_header().headers.contains_key(EXPECT) {
         session
             .write_continue_response()
@@ -156,7 +155,7 @@ async fn read_within_budget(
         session.req_header_mut().remove_header(&EXPECT);
     }
     let deadline = tokio::time::Instant::now() + on.policy.config.body_timeout;
-    let body = read_body(session, max_body, Some(deadline)).await?;
+    let body = read_body(session, max_body, Pace::Deadline(deadline), &mut permit).await?;
     Ok((body, permit))
 }
 

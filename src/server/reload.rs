@@ -100,7 +100,9 @@ fn reload(
     }
     let routes: Vec<&str> = kept.routes.iter().map(|r| r.path.as_str()).collect();
     tracing::info!(?routes, "configuration reloaded");
-    shared.budget.set_limit(kept.max_buffered);
+    shared
+        .budget
+        .set_limits(kept.max_buffered, kept.max_buffered_per_client);
     shared
         .policy
         .store(Arc::new(Policy::compile(kept, &shared.metrics)));

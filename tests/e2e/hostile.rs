@@ -8,7 +8,7 @@ use crate::harness::*;
 const MIB: usize = 1024 * 1024;
 
 /// Resident memory of a process, from /proc (kB → bytes).
-fn rss(pid: u32) -> usize {
+pub(crate) fn rss(pid: u32) -> usize {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     let kb: usize = status
         .lines()
@@ -21,7 +21,7 @@ fn rss(pid: u32) -> usize {
 
 /// The head of a delivery whose signature looks right (well-formed, wrong
 /// secret) declaring `len` body bytes.
-fn forged_head(len: usize) -> Vec<u8> {
+pub(crate) fn forged_head(len: usize) -> Vec<u8> {
     let sig = sign("wbhsec_not_the_secret", now(), b"whatever");
     format!(
         "POST {ROUTE} HTTP/1.1\r\nHost: e2e.test\r\nContent-Type: application/json\r\n\
@@ -30,59 +30,53 @@ fn forged_head(len: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Bodies are reserved as their bytes arrive: three slow forged deliveries
+/// that sent all but 8 bytes hold the budget; a fourth is refused 503 with
+/// `Retry-After` as its first bytes arrive, and its body is no longer read.
 #[test]
-fn bodies_past_the_memory_budget_are_503_before_any_byte_is_read() {
+fn bodies_past_the_memory_budget_are_503_as_their_bytes_arrive() {
     let (up, p) = rig_with(|b| {
         b.route(|r| r.set("max_body", "1MiB"))
             .set("server.max_buffered", "3MiB")
+            .set("server.max_buffered_per_client", "3MiB")
+            .set("server.body_timeout", "30s")
     });
     // Three slow forged deliveries hold 1 MiB each: the whole budget.
     let mut slow: Vec<Client> = (0..3)
         .map(|_| {
             let mut c = p.client();
             c.send(&forged_head(MIB));
-            c.send(b"{\"data\":");
+            c.send(&vec![b' '; MIB - 8]);
             c
         })
         .collect();
     assert!(
         wait_until(W, || p.metric("persona_guard_buffered_body_bytes")
             == (3 * MIB) as f64),
-        "the three slow bodies do not hold the budget"
+        "the three slow bodies do not hold the budget: {}",
+        p.metric("persona_guard_buffered_body_bytes")
     );
-    // A fourth is refused from its head alone: no body byte is ever sent.
-    let mut refused = None;
-    assert!(
-        wait_until(W, || {
-            let mut c = p.client();
-            c.send(&forged_head(MIB));
-            c.set_read_timeout(Duration::from_millis(500));
-            match c.try_read_response() {
-                Ok(r) if r.status == 503 => {
-                    refused = Some((r, c.closed_within(W)));
-                    true
-                }
-                _ => false,
-            }
-        }),
-        "no 503 while three bodies hold the budget"
-    );
-    let (resp, closed) = refused.unwrap();
+    // A fourth is refused as its first bytes arrive.
+    let mut c = p.client();
+    c.send(&forged_head(MIB));
+    c.send(b"{\"data\":");
+    let resp = c.read_response();
     resp.assert_error(503, "overloaded");
     assert_eq!(resp.header("retry-after"), Some("1"));
-    assert!(closed, "the unread body's connection is closed");
-    // A chunked body (size unknown: max_body is reserved) is refused too.
+    assert!(c.closed_within(W), "the unread body's connection is closed");
+    // A chunked body is refused too.
     let mut c = p.client();
     c.send(&chunked_head(
         "POST",
         ROUTE,
         &[("Persona-Signature", &sign("wbhsec_x", now(), b"x"))],
     ));
+    c.send(b"1\r\nx\r\n");
     c.read_response().assert_error(503, "overloaded");
 
     // The positive twin: once the slow bodies end, the budget is free again.
     for c in &mut slow {
-        c.send(&vec![b' '; MIB - 8]);
+        c.send(b"{\"a\":12}");
         c.read_response().assert_error(401, "invalid_signature");
     }
     assert!(wait_until(W, || p
@@ -106,6 +100,7 @@ fn memory_stays_within_the_budget_under_a_flood_of_large_forged_bodies() {
     let (up, p) = rig_with(|b| {
         b.route(|r| r.set("max_body", "1MiB"))
             .set("server.max_buffered", format!("{BUDGET_MIB}MiB"))
+            .set("server.max_buffered_per_client", format!("{BUDGET_MIB}MiB"))
     });
     // Warm up: one genuine delivery, so allocator and pools exist.
     assert_eq!(

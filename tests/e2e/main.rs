@@ -13,6 +13,8 @@ mod admin;
 mod attempts;
 /// `check` and `sign`; configuration errors never quote the file (§ Configuration, § Command line).
 mod cli;
+/// Client limits: bodies against the memory budget as they arrive, one address's share, `min_body_rate` (§ Client limits).
+mod client_limits;
 /// Configuration from `PERSONA_GUARD_*` variables, with no file; `check --print`.
 mod env;
 /// Ambiguous framing is refused and nothing ambiguous is forwarded (§ Outcomes, Framing).

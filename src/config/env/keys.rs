@@ -99,6 +99,13 @@ pub const KEYS: &[Key] = &[
     k("server", "idle_timeout", Str, V("\"60s\"")),
     k("server", "header_timeout", Str, V("\"10s\"")),
     k("server", "max_buffered", Str, V("\"64MiB\"")),
+    k(
+        "server",
+        "max_buffered_per_client",
+        Str,
+        Unset("an eighth of max_buffered, at least the largest max_body"),
+    ),
+    k("server", "min_body_rate", Str, V("\"1KiB\"")),
     k("server", "trusted_proxies", List, Unset("none")),
     k("server", "max_connections", Int, V("4096")),
     k("server", "max_connections_per_peer", Int, V("256")),

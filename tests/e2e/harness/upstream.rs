@@ -390,6 +390,12 @@ impl Upstream {
         assert_eq!(recs[0].body, body);
     }
 
+    /// Connections the app holds open right now.
+    pub fn open_connections(&self) -> usize {
+        let conns = self.state.conns.lock().unwrap();
+        conns.iter().filter(|c| !c.is_finished()).count()
+    }
+
     pub fn count(&self) -> usize {
         self.state.requests.lock().unwrap().len()
     }
