@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::env::Provenance;
 use super::{
     Config, ConfigError, Env, EnvSource, Problem, check, cross, env, headers, raw, replay, routes,
-    server, spool, upstream,
+    server, spool, unknown, upstream,
 };
 
 /// The file name problems are shown under when there is no file.
@@ -75,6 +75,11 @@ pub(super) fn compile(
     env: &dyn Env,
     source: &str,
 ) -> Result<Effective, Vec<Problem>> {
+    // Every unknown key at once, by name and line (serde stops at the first).
+    let unknown = unknown::find(text);
+    if !unknown.is_empty() {
+        return Err(unknown);
+    }
     let raw = raw::parse(text).map_err(|p| vec![p])?;
     // Parsed once more as a table for the overlay: it cannot fail now.
     let mut table: toml::Table = text.parse().unwrap_or_default();

@@ -7,7 +7,9 @@
 //!
 //! 1. *Raw* (`raw.rs`): `serde` + `toml` turn the text into `Raw*` structs
 //!    that mirror the file, every field optional and unknown keys refused,
-//!    through `safe_de.rs` so that no error repeats the text.
+//!    through `safe_de.rs` so that no error repeats the text. Before it,
+//!    `unknown.rs` walks the file once against `env::KEYS` and reports every
+//!    unknown key and table by name and line, with the closest allowed name.
 //! 2. *Compiled*: `validate` (`load.rs`, with the entry points [`load()`],
 //!    [`load_with`] and [`from_str`]) hands each section to the file that
 //!    owns it (`server.rs`: `log_format`, `[listen]`, `[admin]`, `[server]`;
@@ -38,10 +40,11 @@
 //!
 //! A secret may be written in the wrong place (`secrets = "wbhsec_…"`, pasted as
 //! a key, into `redis_url`, with a stray quote), and the messages are printed by
-//! `check`, at start and in the SIGHUP log. So no message repeats a value or a
-//! key from the file; each names the key path (from the schema's own names and
-//! list indices), the line, and what is expected or allowed. Three layers keep
-//! it so:
+//! `check`, at start and in the SIGHUP log. So no message repeats a value from
+//! the file, nor a key that looks like a secret (`unknown::looks_like_secret`:
+//! an unknown key is named otherwise); each names the key path (from the
+//! schema's own names and list indices), the line, and what is expected or
+//! allowed. Three layers keep it so:
 //!
 //! - type errors, unknown keys and the like: `safe_de` hands serde an error
 //!   type of its own and builds the message from the error's *structure* (the
@@ -87,6 +90,7 @@ mod spool;
 #[cfg(test)]
 mod tests;
 mod tracing;
+mod unknown;
 mod upstream;
 
 pub use self::tracing::{SamplingRatio, TracingSettings};

@@ -135,7 +135,7 @@ fn dir_that_is_a_file_is_an_error_and_check_creates_nothing() {
 fn unknown_keys_are_refused() {
     let p = from_str(&with_spool("directory = \"x\"", ""), &env()).unwrap_err();
     assert_eq!(keys(&p), vec!["spool"]);
-    assert!(p[0].message.contains("max_backoff"), "{p:?}");
+    assert!(p[0].message.contains("did you mean `dir`?"), "{p:?}");
 }
 
 #[test]
