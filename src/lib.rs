@@ -27,7 +27,8 @@
 //!   client to the app (`forward.rs`);
 //! - [`server`]: pingora's server, the client connection (the connection
 //!   limits, TLS via [`tls`], HTTP/2 head deadlines via [`h2_watch`], HTTP/1
-//!   ones via [`head_watch`]), SIGHUP reload, readiness and the
+//!   ones via [`head_watch`], both passing the rest of the stream's traits
+//!   through `wrapped_stream`), SIGHUP reload, readiness and the
 //!   SIGTERM drain; [`admin`] and [`metrics`] for operators; [`telemetry`]
 //!   the OpenTelemetry spans and trace-context propagation; [`echo`] the demo
 //!   app and [`trigger`] the signed test event sender.
@@ -55,3 +56,4 @@ pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod trigger;
+mod wrapped_stream;
