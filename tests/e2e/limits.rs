@@ -16,17 +16,10 @@ const BY_PEER: &str =
 
 /// Resident memory (bytes) and open descriptors of a process, from /proc.
 fn rss_and_fds(pid: u32) -> (usize, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kb: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("proc fd")
         .count();
-    (kb * 1024, fds)
+    (crate::hostile::rss(pid), fds)
 }
 
 /// A connection from `from` that sends the start of a head and then nothing.
