@@ -42,11 +42,9 @@ struct Run {
 
 #[test]
 fn randomized_faults_lose_nothing_and_double_only_in_the_documented_window() {
-    let fresh = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let seed = seed_from("PG_FAULT_SEED", fresh);
+    // A fixed default, so that CI replays one known run; any other seed
+    // through PG_FAULT_SEED.
+    let seed = seed_from("PG_FAULT_SEED", 0x18ef_00bf_1f79_f817);
     eprintln!("spool fault run: seed {seed:#x} (PG_FAULT_SEED={seed:#x} replays its choices)");
     let runs: Vec<Run> = (0..RUNS).map(|i| one_run(seed, i)).collect();
     let total = |f: fn(&Run) -> u64| runs.iter().map(f).sum::<u64>();
@@ -134,9 +132,10 @@ fn one_run(seed: u64, run: u64) -> Run {
                 kill("KILL", p.pid());
                 p.wait_exit(Duration::from_secs(5)).expect("killed");
                 // What the dead process wrote to the app may still sit in
-                // its socket buffers: let the app read it, then note what
-                // it had taken by the kill.
-                thread::sleep(Duration::from_millis(200));
+                // its socket buffers: wait until the app has read it all
+                // (its connections from the dead process closed), then note
+                // what it had taken by the kill.
+                wait_until(W, || up.open_connections() == 0);
                 taken_before_kill.extend(up.accepted_ids());
                 stats.kills += 1;
                 p = make(&up);
