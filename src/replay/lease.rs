@@ -87,9 +87,10 @@ fn hold(store: &Arc<dyn ReplayStore>, key: StoreKey, token: u64, inflight_ttl: D
         store: store.clone(),
         key,
         token,
+        inflight_ttl,
         armed: true,
         on_error,
-        renewal,
+        renewal: Some(renewal),
     }
 }
 
@@ -121,18 +122,22 @@ async fn renew(
 /// [`Lease::release`] (either stops the renewal); dropped unsettled (the client went away, the task was
 /// cancelled) it releases itself: in place when the store can, else in a task
 /// on the current tokio runtime. A failure to settle changes nothing for the
-/// request (its answer is decided): it is reported (see [`Lease::on_error`])
-/// and the in-flight mark then expires after `inflight_ttl`.
+/// request (its answer is decided): it is reported (see [`Lease::on_error`]).
+/// A failed release leaves the in-flight mark to expire after `inflight_ttl`;
+/// a failed commit is written again later ([`commit_later`]) while the mark
+/// is renewed.
 pub struct Lease {
     store: Arc<dyn ReplayStore>,
     key: StoreKey,
     token: u64,
+    inflight_ttl: Duration,
     /// Cleared once settled, so the drop does nothing.
     armed: bool,
     /// Set at most once, by [`Lease::on_error`]; shared with the renewal.
     on_error: Arc<OnceLock<OnError>>,
-    /// The renewal task, aborted when the lease is settled or dropped.
-    renewal: tokio::task::AbortHandle,
+    /// The renewal task, aborted when the lease is settled or dropped
+    /// (or handed to [`commit_later`] when a commit fails).
+    renewal: Option<tokio::task::AbortHandle>,
 }
 
 impl fmt::Debug for Lease {
@@ -174,9 +179,32 @@ impl Lease {
         // Disarmed first: a commit cancelled midway must not release (the
         // upstream took the event; the mark expires after `inflight_ttl`).
         self.armed = false;
-        self.renewal.abort();
-        if let Err(e) = self.store.commit(&self.key, ttl).await {
-            report(&self.on_error, "commit", &e);
+        let (store, key) = (self.store.clone(), self.key.clone());
+        self.settle_delivered(store, key, ttl).await;
+    }
+
+    /// Writes the delivered mark through `store`; when that fails, the
+    /// renewal goes on and the write is tried again in the background
+    /// ([`commit_later`]), so the in-flight mark keeps retries out until the
+    /// delivered mark lands.
+    async fn settle_delivered(
+        &mut self,
+        store: Arc<dyn ReplayStore>,
+        key: StoreKey,
+        ttl: Duration,
+    ) {
+        match store.commit(&key, ttl).await {
+            Ok(()) => self.stop_renewal(),
+            Err(e) => {
+                report(&self.on_error, "commit", &e);
+                commit_later(store, key, ttl, self.inflight_ttl, self.renewal.take());
+            }
+        }
+    }
+
+    fn stop_renewal(&mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
         }
     }
 
@@ -196,10 +224,8 @@ impl Lease {
             return self.commit(ttl).await;
         }
         self.armed = false;
-        self.renewal.abort();
-        if let Err(e) = current.commit(&current.key(route, event_id), ttl).await {
-            report(&self.on_error, "commit", &e);
-        }
+        self.settle_delivered(current.clone(), current.key(route, event_id), ttl)
+            .await;
     }
 
     /// Renews the mark now and says whether it is still this lease's (it may
@@ -214,14 +240,14 @@ impl Lease {
     /// returned token (the spool's redelivery). Nothing is released.
     pub fn detach(mut self) -> u64 {
         self.armed = false;
-        self.renewal.abort();
+        self.stop_renewal();
         self.token
     }
 
     /// Forgets the claim so that a retry is admitted.
     pub async fn release(mut self) {
         self.armed = false;
-        self.renewal.abort();
+        self.stop_renewal();
         if let Err(e) = self.store.release(&self.key, self.token).await {
             report(&self.on_error, "release", &e);
         }
@@ -230,7 +256,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.renewal.abort();
+        self.stop_renewal();
         if !self.armed || self.store.release_in_place(&self.key, self.token) {
             return;
         }
@@ -248,6 +274,67 @@ impl Drop for Lease {
             }
         });
     }
+}
+
+/// How long a delivered mark that could not be written is tried again.
+const COMMIT_RETRY_FOR: Duration = Duration::from_secs(600);
+
+/// The first wait before writing a failed delivered mark again; it doubles
+/// up to [`COMMIT_RETRY_MAX_WAIT`].
+const COMMIT_RETRY_FIRST_WAIT: Duration = Duration::from_millis(100);
+const COMMIT_RETRY_MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// The app took the event but its delivered mark could not be written (the
+/// store did not answer): tries the write again in the background, every
+/// 100 ms doubling to 5 s, for up to [`COMMIT_RETRY_FOR`], while `renewal`
+/// keeps the in-flight mark alive (so a retry meanwhile gets 409, not a
+/// second copy). Only a store unavailable for longer than `inflight_ttl` lets
+/// the in-flight mark expire first. Outside a tokio runtime nothing can run
+/// later: the mark expires after `inflight_ttl`, as before.
+fn commit_later(
+    store: Arc<dyn ReplayStore>,
+    key: StoreKey,
+    ttl: Duration,
+    inflight_ttl: Duration,
+    renewal: Option<tokio::task::AbortHandle>,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        if let Some(r) = renewal {
+            r.abort();
+        }
+        return;
+    };
+    runtime.spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut wait = COMMIT_RETRY_FIRST_WAIT;
+        let mut tries = 1u32;
+        loop {
+            tokio::time::sleep(wait).await;
+            tries += 1;
+            match store.commit(&key, ttl).await {
+                Ok(()) => {
+                    tracing::info!(
+                        tries,
+                        "replay store: the delivered mark was written on a later try"
+                    );
+                    break;
+                }
+                Err(e) if started.elapsed() >= COMMIT_RETRY_FOR => {
+                    tracing::error!(
+                        tries,
+                        error = %e,
+                        inflight_ttl_seconds = inflight_ttl.as_secs(),
+                        "replay store: gave up writing a delivered mark; a retry of this event after the in-flight mark expires is forwarded again"
+                    );
+                    break;
+                }
+                Err(_) => wait = (wait * 2).min(COMMIT_RETRY_MAX_WAIT),
+            }
+        }
+        if let Some(r) = renewal {
+            r.abort();
+        }
+    });
 }
 
 fn report(on_error: &OnceLock<OnError>, op: &'static str, e: &StoreError) {

@@ -156,6 +156,53 @@ fn a_replica_killed_mid_delivery_frees_the_event_within_inflight_ttl() {
     b.deliver(&body).assert_status_json(200, "duplicate");
 }
 
+/// The app answered 2xx while Redis was down, so the delivered mark could
+/// not be written then. The proxy keeps the in-flight mark renewed and
+/// writes the delivered mark once Redis is back: a retry long after
+/// `inflight_ttl` is a duplicate, not a second copy (before, the mark
+/// expired and the retry was forwarded again).
+#[test]
+fn a_delivered_mark_lost_to_a_redis_outage_is_written_once_redis_is_back() {
+    let mut redis = RedisServer::start_persistent();
+    let up = Upstream::start();
+    let inflight = Duration::from_secs(3);
+    let p = Proxy::builder()
+        .upstream(&up)
+        .redis(&redis.url())
+        .set("replay.inflight_ttl", "3s")
+        .set("replay.redis_timeout", "300ms")
+        .set("upstream.read_timeout", "30s")
+        .start();
+    up.hold();
+    let id = event_id();
+    let body = event_body(&id, "inquiry.approved");
+    let raw = delivery(ROUTE, &sign(p.secret(), now(), &body), &body);
+    let addr = p.listen;
+    let first = thread::spawn(move || one_shot(addr, &raw));
+    up.wait_for_requests(1, W);
+    redis.stop();
+    up.release();
+    let r = first.join().unwrap();
+    assert_eq!(r.status, 200, "the app's answer: {}", r.text());
+    wait_for("the failed delivered write counted", W, || {
+        p.metric("persona_guard_replay_store_errors_total{op=\"commit\"}") >= 1.0
+    });
+    // Redis stays down a while: the outage is the fault.
+    thread::sleep(Duration::from_millis(500));
+    redis.restart();
+    // The later write is logged; the answer below is what must hold.
+    let written = wait_until(W, || {
+        p.stderr()
+            .contains("the delivered mark was written on a later try")
+    });
+    // Well past the in-flight mark's lifetime: only the delivered mark can
+    // answer now.
+    thread::sleep(inflight * 2);
+    p.deliver(&body).assert_status_json(200, "duplicate");
+    up.assert_saw_once(&id, &body);
+    assert!(written, "no later write of the delivered mark was logged");
+}
+
 #[test]
 fn upstream_failure_through_a_then_retry_through_b_is_forwarded() {
     let redis = RedisServer::start();

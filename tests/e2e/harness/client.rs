@@ -415,21 +415,49 @@ impl Client {
     }
 }
 
-/// One request on a fresh connection; `None` when the connection fails
-/// (refused, reset, closed before a whole answer): a proxy being restarted.
-pub fn try_one_shot(addr: SocketAddr, raw: &[u8]) -> Option<Response> {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
-    stream.set_write_timeout(Some(IO_TIMEOUT)).ok()?;
+/// How one request on a fresh connection ended (see [`try_attempt`]).
+pub enum Attempt {
+    /// No connection, or the request could not be written: the server
+    /// cannot have acted on it.
+    NotSent,
+    /// Sent whole, but the connection ended before a whole answer: the
+    /// server may have acted on it (a process killed mid-request).
+    Unanswered,
+    Answered(Response),
+}
+
+/// One request on a fresh connection, telling a request that never left
+/// from one that was sent and went unanswered.
+pub fn try_attempt(addr: SocketAddr, raw: &[u8]) -> Attempt {
+    let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return Attempt::NotSent;
+    };
+    if stream.set_read_timeout(Some(IO_TIMEOUT)).is_err()
+        || stream.set_write_timeout(Some(IO_TIMEOUT)).is_err()
+    {
+        return Attempt::NotSent;
+    }
     let mut c = Client {
         stream,
         buf: Vec::new(),
         eof: false,
     };
     if !c.try_send(raw) {
-        return None;
+        return Attempt::NotSent;
     }
-    c.try_read_response().ok()
+    match c.try_read_response() {
+        Ok(r) => Attempt::Answered(r),
+        Err(_) => Attempt::Unanswered,
+    }
+}
+
+/// One request on a fresh connection; `None` when the connection fails
+/// (refused, reset, closed before a whole answer): a proxy being restarted.
+pub fn try_one_shot(addr: SocketAddr, raw: &[u8]) -> Option<Response> {
+    match try_attempt(addr, raw) {
+        Attempt::Answered(r) => Some(r),
+        Attempt::NotSent | Attempt::Unanswered => None,
+    }
 }
 
 /// One request on a fresh connection.
