@@ -181,7 +181,9 @@ fn metrics_move_with_each_outcome_and_secret() {
 #[test]
 fn trickling_body_is_cut_off_with_408_and_the_id_stays_free() {
     let (up, p) = rig_with(|b| b.set("server.body_timeout", "1s"));
-    let body = event_body(&event_id(), "inquiry.approved");
+    let id = event_id();
+    let original = event_body(&id, "inquiry.approved");
+    let body = original.clone();
     let raw = delivery(ROUTE, &sign(p.secret(), now(), &body), &body);
     let head_len = raw.len() - body.len();
     let mut c = p.client();
@@ -208,8 +210,11 @@ fn trickling_body_is_cut_off_with_408_and_the_id_stays_free() {
     assert!(c.closed_within(Duration::from_secs(2)));
     let _ = t.join();
     up.assert_nothing_seen("a trickled body");
-    let body = event_body(&event_id(), "inquiry.approved");
-    assert_eq!(p.deliver(&body).status, 200);
+    // The same event, delivered whole: its id was never claimed for good.
+    let r = p.deliver(&original);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, DEFAULT_UPSTREAM_BODY, "forwarded, not a duplicate");
+    up.assert_saw_once(&id, &original);
 }
 
 #[test]

@@ -138,13 +138,14 @@ fn one_run(seed: u64, run: u64) -> Run {
             65..=79 => {
                 *target.lock().unwrap() = None;
                 killed.insert(p.listen);
+                let conns = up.open_peers();
                 kill("KILL", p.pid());
                 p.wait_exit(Duration::from_secs(5)).expect("killed");
                 // What the dead process wrote to the app may still sit in
                 // its socket buffers: wait until the app has read it all
                 // (its connections from the dead process closed), then note
                 // what it had taken by the kill.
-                wait_until(W, || up.open_connections() == 0);
+                up.wait_closed(&conns);
                 taken_before_kill.extend(up.accepted_ids());
                 stats.kills += 1;
                 p = make(&up);

@@ -130,13 +130,15 @@ fn a_replica_killed_mid_redelivery_is_taken_over_by_the_other() {
         Duration::from_secs(10),
         || up.count() >= 5,
     );
+    // B has sent nothing yet: the app's open connections are A's.
+    let a_conns = up.open_peers();
     kill("KILL", a.pid());
     a.wait_exit(Duration::from_secs(5)).expect("killed");
     let killed_at = Instant::now();
-    // What the app had received (and will answer 2xx) before the kill.
-    // Requests A wrote before it died may still sit in the app's socket
-    // buffers: let the app read them (B takes nothing of A's for 2 s).
-    std::thread::sleep(Duration::from_millis(200));
+    // What the app had received (and will answer 2xx) before the kill:
+    // requests A wrote before it died may still sit in the app's socket
+    // buffers, so first the app reads them (B takes nothing of A's for 2 s).
+    up.wait_closed(&a_conns);
     let taken_before: HashSet<String> = up.accepted_ids().into_iter().collect();
     up.set_delay(Duration::ZERO);
     // B takes A's entries over once they were idle for inflight_ttl.

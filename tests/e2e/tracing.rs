@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -195,6 +195,13 @@ fn traced(c: &Collector) -> impl FnOnce(ProxyBuilder) -> ProxyBuilder {
     }
 }
 
+/// SIGTERM, and the exit that follows: the proxy exports its batched spans
+/// before it exits, so what the collector holds then is all there is.
+pub(crate) fn stop_flushed(p: &mut Proxy) {
+    let st = p.terminate(W).expect("exit within W after SIGTERM");
+    assert!(st.success(), "{st:?}\n{}", p.logs());
+}
+
 fn one<'a>(spans: &'a [Got], name: &str) -> &'a Got {
     let found: Vec<&Got> = spans.iter().filter(|s| s.name == name).collect();
     assert_eq!(found.len(), 1, "one {name} span: {spans:#?}");
@@ -293,7 +300,7 @@ fn a_traced_delivery_exports_its_spans_and_passes_the_context_on() {
 #[test]
 fn a_refused_delivery_has_a_request_span_and_no_upstream_span() {
     let c = Collector::start();
-    let (up, p) = rig_with(traced(&c));
+    let (up, mut p) = rig_with(traced(&c));
     let (trace, client_span, tp) = client_context();
     let body = event_body(&event_id(), "inquiry.completed");
     let r = p.send(&traced_delivery("wbhsec_not_the_secret", &body, &tp));
@@ -311,8 +318,8 @@ fn a_refused_delivery_has_a_request_span_and_no_upstream_span() {
         one(&spans, "verify").attr("persona_guard.outcome"),
         Some("invalid_signature")
     );
-    // Give a late upstream or claim span the time of two more batches.
-    std::thread::sleep(Duration::from_millis(300));
+    // Stopped, the proxy has exported every span it had: none is late.
+    stop_flushed(&mut p);
     let spans = c.trace(&trace);
     assert!(
         !spans
@@ -355,7 +362,7 @@ fn without_an_endpoint_nothing_is_exported_and_the_context_passes_unchanged() {
     // `[tracing] otlp_endpoint` turns export on.
     let c = Collector::start();
     let endpoint = format!("http://{}", c.addr);
-    let (up, p) = rig_with(|b| {
+    let (up, mut p) = rig_with(|b| {
         b.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
             .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &c.endpoint())
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")
@@ -367,7 +374,8 @@ fn without_an_endpoint_nothing_is_exported_and_the_context_passes_unchanged() {
     let recs = up.wait_for_requests(1, W);
     assert_eq!(recs[0].header_all("traceparent"), vec![tp.as_str()]);
     assert_eq!(recs[0].header_all("tracestate"), vec!["vendor=opaque"]);
-    std::thread::sleep(Duration::from_millis(500));
+    // Stopped, the proxy has exported whatever it would have.
+    stop_flushed(&mut p);
     assert_eq!(c.posts.load(Ordering::SeqCst), 0);
     let logs = p.logs().to_ascii_lowercase();
     assert!(
@@ -403,7 +411,7 @@ fn an_unreachable_collector_is_logged_and_deliveries_go_on() {
 fn a_spool_redelivery_carries_the_original_context_and_records_no_span() {
     let c = Collector::start();
     let dir = tempfile::tempdir().unwrap();
-    let (up, p) = rig_with(|b| crate::spool::spooling(traced(&c)(b), dir.path(), "on_failure"));
+    let (up, mut p) = rig_with(|b| crate::spool::spooling(traced(&c)(b), dir.path(), "on_failure"));
     up.set_status(500);
     let (trace, _, tp) = client_context();
     let body = event_body(&event_id(), "inquiry.approved");
@@ -423,8 +431,8 @@ fn a_spool_redelivery_carries_the_original_context_and_records_no_span() {
     for r in &recs {
         assert_eq!(r.header_all("traceparent"), vec![want.as_str()]);
     }
-    // Two more batches' time: still one upstream span in the trace.
-    std::thread::sleep(Duration::from_millis(300));
+    // Stopped, every span is exported: still one upstream span in the trace.
+    stop_flushed(&mut p);
     let upstreams = c.trace(&trace).into_iter().filter(|s| s.name == "upstream");
     assert_eq!(upstreams.count(), 1);
 }

@@ -95,3 +95,95 @@ fn dropped_outside_a_runtime_it_gives_up_quietly() {
     drop(rt.block_on(lease(&store, &seen)));
     assert!(store.releases.lock().unwrap().is_empty());
 }
+
+/// Commits fail while `down` is set; counts renewals and commits.
+#[derive(Default)]
+struct Flaky {
+    down: std::sync::atomic::AtomicBool,
+    commits: std::sync::atomic::AtomicU32,
+    renewals: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl ReplayStore for Flaky {
+    fn key(&self, _: &[u8], event_id: &str) -> StoreKey {
+        StoreKey::Name(event_id.as_bytes().into())
+    }
+    async fn claim(&self, _: &StoreKey, _: Duration) -> Result<Claim, StoreError> {
+        Ok(Claim::Claimed(7))
+    }
+    async fn commit(&self, _: &StoreKey, _: Duration) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.commits.fetch_add(1, SeqCst);
+        match self.down.load(SeqCst) {
+            true => Err(StoreError::new(Down)),
+            false => Ok(()),
+        }
+    }
+    async fn release(&self, _: &StoreKey, _: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn renew(&self, _: &StoreKey, _: u64, _: Duration) -> Result<bool, StoreError> {
+        self.renewals
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(true)
+    }
+    async fn take_over(&self, _: &StoreKey, _: u64, _: Duration) -> Result<Claim, StoreError> {
+        Err(StoreError::new(Down))
+    }
+    async fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn close(&self) {}
+}
+
+/// A commit that fails is written again later, and the in-flight mark is
+/// renewed until it lands; then the renewal stops. On paused time.
+#[tokio::test(start_paused = true)]
+async fn a_failed_commit_is_retried_while_the_mark_is_renewed() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = Arc::new(Flaky::default());
+    store.down.store(true, SeqCst);
+    let dyn_store: Arc<dyn ReplayStore> = store.clone();
+    let inflight = Duration::from_secs(3);
+    let Ok(Claim::Claimed(lease)) = claim(&dyn_store, b"/r", "evt_1", inflight).await else {
+        panic!("expected a claim")
+    };
+    lease.commit(Duration::from_secs(60)).await;
+    // Down for two lifetimes of the mark: renewed throughout, commits retried.
+    tokio::time::sleep(inflight * 2).await;
+    let (renewed, tried) = (store.renewals.load(SeqCst), store.commits.load(SeqCst));
+    assert!(renewed >= 5, "renewed {renewed} times in two lifetimes");
+    assert!(tried >= 4, "the commit was tried {tried} times");
+    // Back: the next try lands, and nothing runs after it.
+    store.down.store(false, SeqCst);
+    tokio::time::sleep(COMMIT_RETRY_MAX_WAIT * 2).await;
+    let (renewed, tried) = (store.renewals.load(SeqCst), store.commits.load(SeqCst));
+    tokio::time::sleep(inflight * 3).await;
+    assert_eq!(
+        store.commits.load(SeqCst),
+        tried,
+        "no commit after the one that landed"
+    );
+    assert_eq!(store.renewals.load(SeqCst), renewed, "the renewal stopped");
+}
+
+/// Down for longer than the retries last: it gives up, and the renewal stops.
+#[tokio::test(start_paused = true)]
+async fn a_commit_that_never_lands_is_given_up_after_its_retry_window() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = Arc::new(Flaky::default());
+    store.down.store(true, SeqCst);
+    let dyn_store: Arc<dyn ReplayStore> = store.clone();
+    let Ok(Claim::Claimed(lease)) = claim(&dyn_store, b"/r", "evt_1", Duration::from_secs(3)).await
+    else {
+        panic!("expected a claim")
+    };
+    lease.commit(Duration::from_secs(60)).await;
+    tokio::time::sleep(COMMIT_RETRY_FOR + COMMIT_RETRY_MAX_WAIT * 2).await;
+    let (renewed, tried) = (store.renewals.load(SeqCst), store.commits.load(SeqCst));
+    assert!(tried > 100, "tried {tried} times in ten minutes");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(store.commits.load(SeqCst), tried);
+    assert_eq!(store.renewals.load(SeqCst), renewed);
+}

@@ -2,6 +2,7 @@
 //! status, body, delay and hold the test sets, and a scripted upstream that
 //! answers each request with the next raw bytes of a list.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream};
@@ -14,7 +15,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 
-use super::{W, poll, wait_until};
+use super::{W, poll, wait_for, wait_until};
 
 /// What the recording upstream answers unless told otherwise.
 pub const DEFAULT_UPSTREAM_BODY: &[u8] = br#"{"received":true,"by":"e2e-upstream"}"#;
@@ -194,7 +195,8 @@ struct UpstreamState {
     hold: tokio::sync::watch::Sender<bool>,
     requests: Mutex<Vec<Recorded>>,
     heads: AtomicUsize,
-    conns: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Each connection's peer and the task serving it.
+    conns: Mutex<Vec<(SocketAddr, tokio::task::JoinHandle<()>)>>,
 }
 
 /// A recording HTTP/1.1 application on 127.0.0.1, answering every request
@@ -246,8 +248,8 @@ impl Upstream {
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let handle = self.rt().spawn(async move {
             loop {
-                let sock = match listener.accept().await {
-                    Ok((sock, _)) => sock,
+                let (sock, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
                     Err(_) => {
                         // Out of descriptors, or a connection reset before it
                         // was taken: back off a little and keep listening.
@@ -257,8 +259,8 @@ impl Upstream {
                 };
                 let conn = tokio::spawn(Self::connection(sock, state.clone()));
                 let mut conns = state.conns.lock().unwrap();
-                conns.retain(|c| !c.is_finished());
-                conns.push(conn);
+                conns.retain(|(_, c)| !c.is_finished());
+                conns.push((peer, conn));
             }
         });
         self.acceptor = Some(handle);
@@ -351,7 +353,7 @@ impl Upstream {
             let _ = rt.block_on(a);
         }
         let conns: Vec<_> = std::mem::take(&mut *self.state.conns.lock().unwrap());
-        for c in conns {
+        for (_, c) in conns {
             c.abort();
             let _ = rt.block_on(c);
         }
@@ -393,7 +395,29 @@ impl Upstream {
     /// Connections the app holds open right now.
     pub fn open_connections(&self) -> usize {
         let conns = self.state.conns.lock().unwrap();
-        conns.iter().filter(|c| !c.is_finished()).count()
+        conns.iter().filter(|(_, c)| !c.is_finished()).count()
+    }
+
+    /// The peers of the connections open now: taken just before a proxy is
+    /// killed, they are its connections (see [`Upstream::wait_closed`]).
+    pub fn open_peers(&self) -> HashSet<SocketAddr> {
+        let conns = self.state.conns.lock().unwrap();
+        conns
+            .iter()
+            .filter(|(_, c)| !c.is_finished())
+            .map(|(peer, _)| *peer)
+            .collect()
+    }
+
+    /// Waits until none of `peers`' connections is open: the app has read
+    /// everything a killed proxy wrote to them (what sat in the socket
+    /// buffers included) and answered or dropped it.
+    pub fn wait_closed(&self, peers: &HashSet<SocketAddr>) {
+        wait_for(
+            "the app's connections from the killed proxy to close",
+            W,
+            || self.open_peers().is_disjoint(peers),
+        );
     }
 
     pub fn count(&self) -> usize {

@@ -82,8 +82,10 @@ fn a_huge_tracestate_costs_no_memory_that_grows_with_it() {
     assert!(huge.len() > 800_000);
     let before = rss_mib(p.pid());
     let mut c1 = p.client();
+    let mut last = String::new();
     for i in 0..100 {
-        let (_, _, tp) = client_context();
+        let (trace, _, tp) = client_context();
+        last = trace;
         let raw = request(
             "GET",
             "/app/items",
@@ -93,8 +95,8 @@ fn a_huge_tracestate_costs_no_memory_that_grows_with_it() {
         c1.send(&raw);
         assert_eq!(c1.read_response().status, 200, "request {i}");
     }
-    // Two batches' time for the spans to be exported.
-    std::thread::sleep(Duration::from_millis(300));
+    // Measured once the last request's span is exported (they go in order).
+    c.wait_for_spans(&last, &["request"]);
     let after = rss_mib(p.pid());
     let recs = up.wait_for_requests(100, W);
     assert!(recs.iter().all(|r| r.header_all("tracestate").is_empty()));
@@ -111,7 +113,7 @@ fn a_huge_tracestate_costs_no_memory_that_grows_with_it() {
 fn a_client_sampled_flag_counts_only_from_trusted_proxies() {
     for trusted in [false, true] {
         let c = Collector::start();
-        let (up, p) = rig_with(|b| {
+        let (up, mut p) = rig_with(|b| {
             let b = traced(&c)(b).set("tracing.sampling_ratio", 0.0);
             if trusted {
                 b.set("server.trusted_proxies", vec!["127.0.0.1"])
@@ -133,8 +135,8 @@ fn a_client_sampled_flag_counts_only_from_trusted_proxies() {
         if trusted {
             c.wait_for_spans(&trace, &["request", "upstream"]);
         } else {
-            // Three batches' time: nothing of this trace is exported.
-            std::thread::sleep(Duration::from_millis(400));
+            // Stopped, the proxy has exported everything it recorded.
+            super::stop_flushed(&mut p);
             assert!(
                 c.trace(&trace).is_empty(),
                 "an untrusted client's flag sampled its trace"
