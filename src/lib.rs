@@ -1,5 +1,6 @@
 //! persona-guard: a reverse proxy that admits only genuine, fresh, first-time
-//! Persona webhook deliveries. See `README.md` and `docs/behaviour.md` for the contract.
+//! Persona webhook deliveries. See `README.md` and the pages of `docs/`, with
+//! `docs/behaviour.md` for the contract.
 //!
 //! Module map (no module imports one that imports it back; `scripts/shape.py`
 //! checks that, and that no file is over 500 lines or function over 80):

@@ -22,7 +22,7 @@
 //!   only then is the entry removed: a crash between the two leaves an entry
 //!   whose adoption finds it delivered (Redis store) and drops it unsent. A
 //!   crash between the app's 2xx and the commit sends the entry once more
-//!   after the restart: the at-least-once window the README describes.
+//!   after the restart: the at-least-once window `docs/spool.md` describes.
 //! * **Backoff** doubles from 1 s to `[spool] max_backoff`, each wait drawn
 //!   between half and all of it (jitter, so a backlog does not hit a
 //!   recovering app in lockstep). A 2xx from the app (for a redelivery, or

@@ -30,7 +30,7 @@ def fail(where, what):
 
 
 def check_redis(where, docs, route_file):
-    """A redis-server in the example keeps its data (README: What Redis must keep)."""
+    """A redis-server in the example keeps its data (docs/replay.md: What Redis must keep)."""
     services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
     for d in docs:
         if d["kind"] not in ("StatefulSet", "Deployment"):

@@ -20,7 +20,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(72 * 3600);
 /// late retry of a delivered event through; `check` warns about it.
 pub const PERSONA_RETRY_WINDOW: Duration = Duration::from_secs(184_822);
 /// Ids the memory store remembers: ~418 bytes each, so at most ~120 MiB, which
-/// holds 72 h of about 4,100 deliveries an hour (see README, "Sizing").
+/// holds 72 h of about 4,100 deliveries an hour (see `docs/replay.md`, "Sizing").
 pub const DEFAULT_CAPACITY: u64 = 300_000;
 pub const DEFAULT_INFLIGHT_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(500);

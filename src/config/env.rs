@@ -12,7 +12,7 @@
 //! error when it has two or more).
 //!
 //! [`KEYS`] is the one authoritative list: the overlay, `check --print` and
-//! the README's table come from it, and a test holds it equal to the `Raw*`
+//! the table in `docs/configuration.md` come from it, and a test holds it equal to the `Raw*`
 //! structs' fields (a new table or key added there fails that test until it
 //! is listed here).
 //!
@@ -148,7 +148,7 @@ pub(super) fn overlay(table: &mut Table, env: &dyn Env) -> Result<Provenance, Ve
         let Some(key) = by_var.get(name) else {
             problems.push(problem(
                 name,
-                "is not a persona-guard setting (README, \"Environment variables\", lists every one); unset it or fix its name",
+                "is not a persona-guard setting (docs/configuration.md, \"Environment variables\", lists every one); unset it or fix its name",
             ));
             continue;
         };
@@ -406,7 +406,7 @@ fn shown(kind: Kind, v: &Value) -> String {
     }
 }
 
-/// The README's table of variables (between its `env-table` markers).
+/// The table of variables in `docs/configuration.md` (between its `env-table` markers).
 pub fn readme_table() -> String {
     let mut out = String::from("| variable | key | type |\n|---|---|---|\n");
     for key in KEYS {

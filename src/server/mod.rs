@@ -6,6 +6,7 @@ mod lifecycle;
 mod limits;
 mod reload;
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -36,8 +37,10 @@ use pingora::apps::HttpServerOptions;
 
 /// Installs the log subscriber. `RUST_LOG` filters (default `info`); pingora's
 /// own events are capped at `warn` whatever `RUST_LOG` says, because its debug
-/// lines can quote raw request heads (and so signatures).
+/// lines can quote raw request heads (and so signatures). Colour codes are
+/// written only when stderr is a terminal, never into a file or a pipe.
 pub fn init_logging(format: LogFormat) {
+    let ansi = std::io::stderr().is_terminal();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let cap = filter_fn(|meta| {
         !meta.target().starts_with("pingora") || *meta.level() <= tracing::Level::WARN
@@ -45,7 +48,11 @@ pub fn init_logging(format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter).with(cap);
     let result = match format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
@@ -53,6 +60,7 @@ pub fn init_logging(format: LogFormat) {
                     .json()
                     .flatten_event(true)
                     .with_current_span(false)
+                    .with_ansi(ansi)
                     .with_writer(std::io::stderr),
             )
             .try_init(),

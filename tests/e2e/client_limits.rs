@@ -305,7 +305,7 @@ fn a_slow_passthrough_body_resets_its_http2_stream() {
     );
 }
 
-/// The memory a fully used `max_buffered` costs (the README's figures):
+/// The memory a fully used `max_buffered` costs (the figures in `docs/operations.md`, "Memory under load"):
 /// 64 MiB held by 8 addresses, as forged 1 MiB deliveries one byte short,
 /// then as 64 KiB passthrough bodies one byte short. Run with
 /// `cargo test --test e2e client_limits::measure -- --ignored --nocapture`.

@@ -1,4 +1,4 @@
-//! README § Environment variables: the configuration from `PERSONA_GUARD_*`
+//! `docs/configuration.md` § Environment variables: the configuration from `PERSONA_GUARD_*`
 //! variables alone (no file), and `check --print`.
 
 use std::net::{SocketAddr, TcpStream};

@@ -74,6 +74,32 @@ fn debug_logs_never_contain_secret_signature_or_body() {
     assert_logs_clean(Some("debug"));
 }
 
+/// The harness writes the proxy's stderr to a file, not a terminal: the text
+/// log there is plain, with no ANSI colour or style codes around its fields.
+#[test]
+fn text_logs_to_a_file_carry_no_colour_codes() {
+    let (_up, mut p) = rig();
+    let id = event_id();
+    assert_eq!(p.deliver(&event_body(&id, "inquiry.approved")).status, 200);
+    let _ = p.terminate(W);
+    let log = p.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&id))
+        .unwrap_or_else(|| panic!("no log line for {id}:\n{log}"));
+    for field in [
+        r#"outcome="forwarded""#,
+        "status=200",
+        r#"event_type="inquiry.approved""#,
+    ] {
+        assert!(line.contains(field), "no plain `{field}` in: {line:?}");
+    }
+    assert!(
+        !log.contains('\u{1b}'),
+        "the log holds an ESC byte (a colour code): {log:?}"
+    );
+}
+
 #[test]
 fn json_logs_carry_the_request_fields() {
     let (_up, mut p) = rig_with(|b| b.set("log_format", "json"));

@@ -7,9 +7,9 @@
 //! 500, stalls past `read_timeout` and hangs up, or hangs up at once; and it is
 //! stopped and restarted mid-run. With the Redis store, Redis is restarted
 //! mid-run too, with the append-only file written before each answer (the
-//! README's advice for keeping the replay memory: without it a restart forgets
+//! advice of `docs/replay.md`, "What Redis must keep", for keeping the replay memory: without it a restart forgets
 //! the marks, and a retry of an event the app already took is forwarded again,
-//! as the README says; most seeds show it). Passes only if every event reached
+//! as that section says; most seeds show it). Passes only if every event reached
 //! the app and the app answered 2xx for it exactly once, and the faults really
 //! happened: they are counted, and the proxy must have met each of them.
 //!

@@ -13,7 +13,7 @@
 //! The lock is the directory's, not the spool's path: two spellings of one
 //! directory (a symlink, `..`) meet on the same file. It is not honoured
 //! across machines on a network filesystem that does not pass `flock` on
-//! (older NFS): the README says to give each pod its own volume.
+//! (older NFS): `docs/spool.md` (Rolling deploys) says to give each pod its own volume.
 
 use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
 use std::io;

@@ -23,7 +23,7 @@ impl RedisServer {
         Self::start_with(false)
     }
 
-    /// `appendonly yes`, `appendfsync always`: what the README advises to keep
+    /// `appendonly yes`, `appendfsync always`: what `docs/replay.md` advises to keep
     /// the replay memory across a restart.
     pub fn start_persistent() -> RedisServer {
         Self::start_with(true)
