@@ -75,15 +75,15 @@ use crate::source::AllowList;
 mod check;
 mod cross;
 mod defaults;
+mod doc;
 pub mod env;
 mod error;
 mod headers;
 mod load;
 mod process;
-mod raw;
 mod replay;
 mod routes;
-mod safe_de;
+pub mod schema;
 mod secret;
 mod server;
 mod spool;
@@ -114,7 +114,7 @@ pub enum Unmatched {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LogFormat {
     Text,
     Json,
