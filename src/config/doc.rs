@@ -58,45 +58,32 @@ pub(super) struct Doc {
     pub tables: BTreeSet<String>,
 }
 
+/// Typed reads of a value by key path: `None` when unset (the walk made sure
+/// each value has the schema's type).
+macro_rules! accessors {
+    ($($(#[$doc:meta])* $name:ident -> $ty:ty: $pat:pat => $out:expr;)*) => {$(
+        $(#[$doc])*
+        pub(super) fn $name(&self, path: &str) -> Option<$ty> {
+            match self.get(path)? {
+                $pat => $out,
+                _ => None,
+            }
+        }
+    )*};
+}
+
 impl Doc {
     pub(super) fn get(&self, path: &str) -> Option<&Val> {
         self.values.get(path).map(|f| &f.val)
     }
 
-    pub(super) fn str(&self, path: &str) -> Option<&str> {
-        match self.get(path)? {
-            Val::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    /// A count (negative ones are refused by [`Doc::check_counts`]).
-    pub(super) fn count(&self, path: &str) -> Option<u64> {
-        match self.get(path)? {
-            Val::Int(i) => u64::try_from(*i).ok(),
-            _ => None,
-        }
-    }
-
-    pub(super) fn float(&self, path: &str) -> Option<f64> {
-        match self.get(path)? {
-            Val::Float(f) => Some(*f),
-            _ => None,
-        }
-    }
-
-    pub(super) fn bool(&self, path: &str) -> Option<bool> {
-        match self.get(path)? {
-            Val::Bool(b) => Some(*b),
-            _ => None,
-        }
-    }
-
-    pub(super) fn list(&self, path: &str) -> Option<&[String]> {
-        match self.get(path)? {
-            Val::List(l) => Some(l),
-            _ => None,
-        }
+    accessors! {
+        str -> &str: Val::Str(s) => Some(s.as_str());
+        /// A count (negative ones are refused by [`Doc::check_counts`]).
+        count -> u64: Val::Int(i) => u64::try_from(*i).ok();
+        float -> f64: Val::Float(f) => Some(*f);
+        bool -> bool: Val::Bool(b) => Some(*b);
+        list -> &[String]: Val::List(l) => Some(l.as_slice());
     }
 
     pub(super) fn has(&self, path: &str) -> bool {
