@@ -1,4 +1,4 @@
-//! The [`Check`] collector: the one place a raw value becomes a typed one
+//! The [`Check`] collector: the one place a value of the file becomes a typed one
 //! (sizes, durations, addresses, choices, header names, secrets, readable
 //! files), recording a [`Problem`] under the value's key instead of stopping,
 //! so one run reports every mistake.
@@ -14,22 +14,26 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::defaults::MAX_MAX_BODY;
+use super::doc::Doc;
 use super::error::Problem;
 use super::secret::{self, Env, Secret};
 
-/// Collects problems while converting fields.
+/// Collects problems while converting the values of `doc`, each read by its
+/// key path.
 pub(super) struct Check<'e> {
     problems: Vec<Problem>,
     env: &'e dyn Env,
+    doc: &'e Doc,
     /// Every address resolved in this load, by its text: each is looked up once.
     resolved: HashMap<String, Result<SocketAddr, String>>,
 }
 
 impl<'e> Check<'e> {
-    pub(super) fn new(env: &'e dyn Env) -> Self {
+    pub(super) fn new(env: &'e dyn Env, doc: &'e Doc) -> Self {
         Check {
             problems: Vec::new(),
             env,
+            doc,
             resolved: HashMap::new(),
         }
     }
@@ -37,6 +41,11 @@ impl<'e> Check<'e> {
     /// Where `env:` secrets are read.
     pub(super) fn env(&self) -> &'e dyn Env {
         self.env
+    }
+
+    /// The values being checked.
+    pub(super) fn doc(&self) -> &'e Doc {
+        self.doc
     }
 
     /// `value` if no problem was recorded, else every problem.
@@ -63,14 +72,10 @@ impl<'e> Check<'e> {
     }
 
     /// One of a fixed set of words (`"forward"`, `"deny"`, ...).
-    pub(super) fn choice<T: Copy>(
-        &mut self,
-        key: &str,
-        value: Option<&str>,
-        options: &[(&str, T)],
-        default: T,
-    ) -> T {
-        let Some(v) = value else { return default };
+    pub(super) fn choice<T: Copy>(&mut self, key: &str, options: &[(&str, T)], default: T) -> T {
+        let Some(v) = self.doc.str(key) else {
+            return default;
+        };
         if let Some((_, t)) = options.iter().find(|(name, _)| *name == v) {
             return *t;
         }
@@ -86,14 +91,11 @@ impl<'e> Check<'e> {
     }
 
     /// A count that must be at least 1; a 0 is reported and read as 1.
-    pub(super) fn at_least_one<T>(&mut self, key: &str, value: Option<T>) -> Option<T>
-    where
-        T: PartialEq + From<u8>,
-    {
-        match value {
-            Some(n) if n == T::from(0) => {
+    pub(super) fn at_least_one(&mut self, key: &str) -> Option<u64> {
+        match self.doc.count(key) {
+            Some(0) => {
                 self.problem(key, "must be at least 1");
-                Some(T::from(1))
+                Some(1)
             }
             other => other,
         }
@@ -101,8 +103,10 @@ impl<'e> Check<'e> {
 
     /// A size such as "64KiB" or "1MiB", greater than zero and at most
     /// [`MAX_MAX_BODY`] (bodies are held in memory).
-    pub(super) fn size(&mut self, key: &str, value: Option<&str>, default: u64) -> u64 {
-        let Some(v) = value else { return default };
+    pub(super) fn size(&mut self, key: &str, default: u64) -> u64 {
+        let Some(v) = self.doc.str(key) else {
+            return default;
+        };
         match v.parse::<bytesize::ByteSize>() {
             Ok(b) if b.as_u64() == 0 => {
                 self.problem(key, "must be greater than zero");
@@ -127,13 +131,10 @@ impl<'e> Check<'e> {
         }
     }
 
-    pub(super) fn duration(
-        &mut self,
-        key: &str,
-        value: Option<&str>,
-        default: Duration,
-    ) -> Duration {
-        let Some(v) = value else { return default };
+    pub(super) fn duration(&mut self, key: &str, default: Duration) -> Duration {
+        let Some(v) = self.doc.str(key) else {
+            return default;
+        };
         match humantime::parse_duration(v) {
             Ok(d) if d.is_zero() => {
                 self.problem(key, "must be greater than zero");
@@ -153,8 +154,7 @@ impl<'e> Check<'e> {
 
     /// `host:port` or `ip:port` resolved through [`Env::resolve`], once per
     /// distinct text in a load however many keys name it.
-    pub(super) fn address(&mut self, key: &str, value: Option<&str>, default: &str) -> SocketAddr {
-        let v = value.unwrap_or(default);
+    pub(super) fn address(&mut self, key: &str, v: &str) -> SocketAddr {
         let env = self.env;
         let resolved = self
             .resolved
@@ -167,13 +167,8 @@ impl<'e> Check<'e> {
         })
     }
 
-    pub(super) fn header_name(
-        &mut self,
-        key: &str,
-        value: Option<&str>,
-        default: &str,
-    ) -> HeaderName {
-        let v = value.unwrap_or(default);
+    pub(super) fn header_name(&mut self, key: &str, default: &str) -> HeaderName {
+        let v = self.doc.str(key).unwrap_or(default);
         match HeaderName::from_bytes(v.as_bytes()) {
             Ok(h) => canonical_header(&h),
             Err(_) => {

@@ -11,10 +11,8 @@
 //! apply to the single `[[route]]` (creating it when the file has none; an
 //! error when it has two or more).
 //!
-//! [`KEYS`] is the one authoritative list: the overlay, `check --print` and
-//! the table in `docs/configuration.md` come from it, and a test holds it equal to the `Raw*`
-//! structs' fields (a new table or key added there fails that test until it
-//! is listed here).
+//! [`KEYS`] (the schema, `schema.rs`) is the one list of keys: the overlay,
+//! `check --print` and the table in `docs/configuration.md` come from it.
 //!
 //! # Values
 //!
@@ -36,19 +34,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use toml::{Table, Value};
-
+use super::doc::{Doc, Field, Val};
 use super::error::Problem;
 use super::secret::Env;
 
-mod keys;
-
+pub use super::schema::{Def, KEYS, Key, Kind, PREFIX};
 use Def::{Unset, Value as V};
-use Kind::{Bool, Float, Hidden, Int, List, Secret, SecretList, Str};
-pub use keys::{Def, KEYS, Key, Kind};
-
-/// Every variable name starts with this.
-pub const PREFIX: &str = "PERSONA_GUARD_";
+use Kind::{Bool, Float, Int, List, Secret, SecretList};
 
 /// `PERSONA_GUARD_*` variables persona-guard documents for other uses.
 pub const RESERVED: &[&str] = &["PERSONA_GUARD_BIN"];
@@ -105,13 +97,15 @@ impl Provenance {
     }
 }
 
-/// The parsed file (`table`) with the environment laid over it: each
-/// variable's value set into the table, every value's origin recorded.
-/// Problems name variables only.
-pub(super) fn overlay(table: &mut Table, env: &dyn Env) -> Result<Provenance, Vec<Problem>> {
-    let mut prov = Provenance::default();
-    record_file(table, "", &mut prov);
-
+/// The parsed file with the environment laid over it: each variable's value
+/// set into `doc`, every value's origin recorded. Problems name variables only.
+pub(super) fn overlay(doc: &mut Doc, env: &dyn Env) -> Result<Provenance, Vec<Problem>> {
+    let mut prov = Provenance(
+        doc.values
+            .keys()
+            .map(|k| (k.clone(), Origin::File))
+            .collect(),
+    );
     let vars: BTreeMap<String, String> = env
         .settings(PREFIX)
         .into_iter()
@@ -122,24 +116,27 @@ pub(super) fn overlay(table: &mut Table, env: &dyn Env) -> Result<Provenance, Ve
     // Variables named by an `env:` reference (in the file, or in a
     // reference a variable sets) hold secrets: never settings.
     let mut referenced = BTreeSet::new();
-    collect_refs(table, &mut referenced);
+    let refs = doc.values.iter().filter_map(|(path, f)| {
+        let key = super::schema::key_at(path)?;
+        matches!(key.kind, Secret | SecretList).then_some(&f.val)
+    });
+    for val in refs {
+        match val {
+            Val::Str(s) => add_ref(s, &mut referenced),
+            Val::List(l) => l.iter().for_each(|s| add_ref(s, &mut referenced)),
+            _ => {}
+        }
+    }
     for (name, value) in &vars {
         if let Some(key) = by_var.get(name)
             && matches!(key.kind, Secret | SecretList)
             && !referenced.contains(name)
         {
-            for item in split(value) {
-                if let Some(n) = item.strip_prefix("env:") {
-                    referenced.insert(n.to_string());
-                }
-            }
+            split(value).for_each(|s| add_ref(s, &mut referenced));
         }
     }
 
-    let routes = table
-        .get("route")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
+    let routes = doc.routes;
     let mut problems = Vec::new();
     for (name, value) in &vars {
         if RESERVED.contains(&name.as_str()) || referenced.contains(name) {
@@ -162,8 +159,14 @@ pub(super) fn overlay(table: &mut Table, env: &dyn Env) -> Result<Provenance, Ve
             continue;
         }
         match parse(key.kind, value) {
-            Ok(v) => {
-                let path = set(table, key, v);
+            Ok(val) => {
+                let path = if key.is_route() {
+                    doc.routes = 1;
+                    format!("route[0].{}", key.name)
+                } else {
+                    key.path()
+                };
+                doc.values.insert(path.clone(), Field { val, line: 0 });
                 prov.0.insert(path, Origin::Env(name.clone()));
             }
             Err(message) => problems.push(problem(name, message)),
@@ -173,6 +176,12 @@ pub(super) fn overlay(table: &mut Table, env: &dyn Env) -> Result<Provenance, Ve
         Ok(prov)
     } else {
         Err(problems)
+    }
+}
+
+fn add_ref(spec: &str, out: &mut BTreeSet<String>) {
+    if let Some(n) = spec.strip_prefix("env:") {
+        out.insert(n.to_string());
     }
 }
 
@@ -188,149 +197,56 @@ fn split(value: &str) -> impl Iterator<Item = &str> {
 }
 
 /// A variable's string as the key's TOML type. Messages never repeat it.
-fn parse(kind: Kind, value: &str) -> Result<Value, &'static str> {
+fn parse(kind: Kind, value: &str) -> Result<Val, &'static str> {
     let reference = |s: &str| s.starts_with("env:") || s.starts_with("file:");
     const NOT_A_REF: &str = "must be `env:NAME` or `file:/path` (comma-separated for a list): a secret is never given in a PERSONA_GUARD_ variable itself (the value is not repeated here)";
     Ok(match kind {
-        Str | Hidden => Value::String(value.to_string()),
-        Int => Value::Integer(
+        Int => Val::Int(
             value
                 .trim()
                 .replace('_', "")
                 .parse()
                 .map_err(|_| "is not an integer (the value is not repeated here)")?,
         ),
-        Float => Value::Float(
+        Float => Val::Float(
             value
                 .trim()
                 .parse()
                 .map_err(|_| "is not a number (the value is not repeated here)")?,
         ),
         Bool => match value.trim() {
-            "true" => Value::Boolean(true),
-            "false" => Value::Boolean(false),
+            "true" => Val::Bool(true),
+            "false" => Val::Bool(false),
             _ => return Err("must be `true` or `false` (the value is not repeated here)"),
         },
-        List => Value::Array(split(value).map(|s| Value::String(s.into())).collect()),
+        List => Val::List(split(value).map(String::from).collect()),
         Secret => {
             let v = value.trim();
             if !reference(v) {
                 return Err(NOT_A_REF);
             }
-            Value::String(v.to_string())
+            Val::Str(v.to_string())
         }
         SecretList => {
             let items: Vec<&str> = split(value).collect();
             if items.iter().any(|s| !reference(s)) {
                 return Err(NOT_A_REF);
             }
-            Value::Array(items.into_iter().map(|s| Value::String(s.into())).collect())
+            Val::List(items.into_iter().map(String::from).collect())
         }
+        _ => Val::Str(value.to_string()),
     })
-}
-
-/// Sets `key` in `table` (creating its tables, and the route when there is
-/// none); returns the key path as problems name it.
-fn set(table: &mut Table, key: &Key, value: Value) -> String {
-    if key.is_route() {
-        let routes = table
-            .entry("route")
-            .or_insert_with(|| Value::Array(Vec::new()));
-        if let Value::Array(a) = routes {
-            if a.is_empty() {
-                a.push(Value::Table(Table::new()));
-            }
-            if let Some(Value::Table(t)) = a.first_mut() {
-                t.insert(key.name.to_string(), value);
-            }
-        }
-        return format!("route[0].{}", key.name);
-    }
-    let mut t = table;
-    if !key.table.is_empty() {
-        for part in key.table.split('.') {
-            let next = t.entry(part).or_insert_with(|| Value::Table(Table::new()));
-            // The file was deserialised before: a table key holds a table.
-            let Value::Table(inner) = next else {
-                return key.path();
-            };
-            t = inner;
-        }
-    }
-    t.insert(key.name.to_string(), value);
-    key.path()
-}
-
-/// Records every key set in the file as [`Origin::File`].
-fn record_file(table: &Table, path: &str, prov: &mut Provenance) {
-    for (name, value) in table {
-        let p = if path.is_empty() {
-            name.clone()
-        } else {
-            format!("{path}.{name}")
-        };
-        match value {
-            Value::Table(t) => record_file(t, &p, prov),
-            Value::Array(a) if name == "route" && path.is_empty() => {
-                for (i, r) in a.iter().enumerate() {
-                    if let Value::Table(t) = r {
-                        record_file(t, &format!("route[{i}]"), prov);
-                    }
-                }
-            }
-            _ => {
-                prov.0.insert(p, Origin::File);
-            }
-        }
-    }
-}
-
-/// The variable names of every `env:` reference among the secret keys.
-fn collect_refs(table: &Table, out: &mut BTreeSet<String>) {
-    let mut add = |v: Option<&Value>| {
-        let items: Vec<&Value> = match v {
-            Some(Value::Array(a)) => a.iter().collect(),
-            Some(v) => vec![v],
-            None => vec![],
-        };
-        for s in items.into_iter().filter_map(Value::as_str) {
-            if let Some(n) = s.strip_prefix("env:") {
-                out.insert(n.to_string());
-            }
-        }
-    };
-    let sub = |t: &str, k: &str| {
-        table
-            .get(t)
-            .and_then(Value::as_table)
-            .and_then(|t| t.get(k))
-    };
-    add(sub("admin", "token"));
-    add(sub("replay", "redis_password"));
-    add(sub("spool", "key"));
-    if let Some(Value::Array(routes)) = table.get("route") {
-        for r in routes {
-            add(r.as_table().and_then(|t| t.get("secrets")));
-        }
-    }
 }
 
 /// The effective configuration in TOML form: every key with its value or
 /// default, each annotated with where it came from. Secret references are
 /// shown as written; a literal secret and `redis_url` are `"<redacted>"`.
-pub(super) fn render(table: &Table, prov: &Provenance, source: &str) -> String {
+pub(super) fn render(doc: &Doc, prov: &Provenance, source: &str) -> String {
     let mut out = format!(
         "# persona-guard: the effective configuration ({source}; environment variables PERSONA_GUARD_*)\n"
     );
     let mut current = None;
     for key in KEYS.iter().filter(|k| !k.is_route()) {
-        let lookup = |key: &Key| {
-            let mut t = Some(table);
-            for part in key.table.split('.').filter(|p| !p.is_empty()) {
-                t = t.and_then(|t| t.get(part)).and_then(Value::as_table);
-            }
-            t.and_then(|t| t.get(key.name))
-        };
         if current != Some(key.table) {
             current = Some(key.table);
             // A table with no value at all is shown commented out: an empty
@@ -338,33 +254,29 @@ pub(super) fn render(table: &Table, prov: &Provenance, source: &str) -> String {
             let empty = KEYS
                 .iter()
                 .filter(|k| k.table == key.table)
-                .all(|k| lookup(k).is_none() && matches!(k.default, Unset(_)));
+                .all(|k| !doc.has(&k.path()) && matches!(k.default, Unset(_)));
             if !key.table.is_empty() {
                 let hash = if empty { "# " } else { "" };
                 let _ = write!(out, "\n{hash}[{}]\n", key.table);
             }
         }
-        line(&mut out, key, lookup(key), prov.get(&key.path()));
+        let path = key.path();
+        line(&mut out, key, doc.get(&path), prov.get(&path));
     }
-    let routes: Vec<&Table> = table
-        .get("route")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_table).collect())
-        .unwrap_or_default();
-    if routes.is_empty() {
+    if doc.routes == 0 {
         out.push_str("\n# no [[route]]\n");
     }
-    for (i, r) in routes.iter().enumerate() {
+    for i in 0..doc.routes {
         out.push_str("\n[[route]]\n");
         for key in KEYS.iter().filter(|k| k.is_route()) {
-            let origin = prov.get(&format!("route[{i}].{}", key.name));
-            line(&mut out, key, r.get(key.name), origin);
+            let path = format!("route[{i}].{}", key.name);
+            line(&mut out, key, doc.get(&path), prov.get(&path));
         }
     }
     out
 }
 
-fn line(out: &mut String, key: &Key, value: Option<&Value>, origin: Option<&Origin>) {
+fn line(out: &mut String, key: &Key, value: Option<&Val>, origin: Option<&Origin>) {
     let from = match origin {
         Some(Origin::File) => "file".to_string(),
         Some(Origin::Env(v)) => format!("env {v}"),
@@ -384,25 +296,23 @@ fn line(out: &mut String, key: &Key, value: Option<&Value>, origin: Option<&Orig
 }
 
 /// A value as `check --print` may show it: never a secret.
-fn shown(kind: Kind, v: &Value) -> String {
+fn shown(kind: Kind, v: &Val) -> String {
     let safe = |s: &str| s.starts_with("env:") || s.starts_with("file:");
-    match kind {
-        Hidden => "\"<redacted>\"".into(),
-        Secret | SecretList => match v {
-            Value::String(s) if safe(s) => Value::String(s.clone()).to_string(),
-            Value::Array(a) => {
-                let items: Vec<String> = a
-                    .iter()
-                    .map(|i| match i.as_str() {
-                        Some(s) if safe(s) => Value::String(s.into()).to_string(),
-                        _ => "\"<redacted>\"".into(),
-                    })
-                    .collect();
-                format!("[{}]", items.join(", "))
-            }
-            _ => "\"<redacted>\"".into(),
-        },
-        _ => v.to_string(),
+    let item = |s: &str| {
+        if safe(s) {
+            Val::Str(s.to_string()).toml()
+        } else {
+            "\"<redacted>\"".into()
+        }
+    };
+    match (kind.secret(), v) {
+        (false, v) => v.toml(),
+        (true, Val::List(a)) if kind != Kind::Hidden => {
+            let items: Vec<String> = a.iter().map(|s| item(s)).collect();
+            format!("[{}]", items.join(", "))
+        }
+        (true, Val::Str(s)) if kind != Kind::Hidden => item(s),
+        _ => "\"<redacted>\"".into(),
     }
 }
 
@@ -411,13 +321,13 @@ pub fn readme_table() -> String {
     let mut out = String::from("| variable | key | type |\n|---|---|---|\n");
     for key in KEYS {
         let kind = match key.kind {
-            Str | Hidden => "string",
             Int => "integer",
             Float => "number",
             Bool => "`true` / `false`",
             List => "comma-separated list",
             Secret => "`env:NAME` or `file:/path`",
             SecretList => "comma-separated `env:NAME` / `file:/path`",
+            _ => "string",
         };
         let path = if key.is_route() {
             format!("`[[route]] {}` (the single route)", key.name)

@@ -3,9 +3,8 @@
 //! layer rebuilt so that they never quote the file.
 
 use std::fmt;
+use std::ops::Range;
 use std::path::PathBuf;
-
-use super::safe_de;
 
 /// One thing wrong with the file: the key and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,27 +33,6 @@ impl fmt::Display for ConfigError {
             write!(f, "\n  {}: {}: {}", self.file.display(), p.key, p.message)?;
         }
         Ok(())
-    }
-}
-
-/// A TOML error as a problem. Errors that `safe_de` made carry the key path it
-/// tracked and a message built from the error's structure; any other (a syntax
-/// error, from the TOML layer itself) goes through [`syntax_problem`].
-pub(super) fn from_toml(text: &str, ctx: &safe_de::Ctx, e: &toml::de::Error) -> Problem {
-    let Some(path) = ctx.path_of(e.message()) else {
-        return syntax_problem(text, e);
-    };
-    let mut message = e.message().to_string();
-    if let Some(span) = e.span() {
-        message.push_str(&format!(" (line {})", position(text, span.start).0));
-    }
-    Problem {
-        key: if path.is_empty() {
-            "(top level)".into()
-        } else {
-            path
-        },
-        message,
     }
 }
 
@@ -131,15 +109,13 @@ fn syntax_part(line: &str) -> Option<String> {
     }
 }
 
-/// A TOML syntax error (or any error the TOML layer made itself, rather than
-/// `safe_de`) as a problem with its line and column that never quotes the
+/// A TOML syntax error (the parser's `message` and `span`) as a problem with its line and column that never quotes the
 /// file. The parser's message may hold text from the file (a duplicate key's
 /// name), so it is not passed on: it is rebuilt from an allow-list of the
 /// parser's fixed phrases (`invalid basic string`), grammar tokens (`expected
 /// `"``) and rewordings; anything unrecognised is dropped.
-fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
-    let mut parts: Vec<String> = e
-        .message()
+pub(super) fn syntax_problem(text: &str, message: &str, span: Option<Range<usize>>) -> Problem {
+    let mut parts: Vec<String> = message
         .lines()
         .map(str::trim)
         .filter_map(syntax_part)
@@ -148,7 +124,7 @@ fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
         parts.push("invalid TOML (a control character or malformed syntax)".to_string());
     }
     let mut message = parts.join("; ");
-    match e.span() {
+    match span {
         Some(span) => {
             let (line, column) = position(text, span.start);
             message.push_str(&format!(

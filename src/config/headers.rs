@@ -10,7 +10,6 @@ use super::check::Check;
 use super::defaults::{
     DEFAULT_EVENT_CREATED_AT_HEADER, DEFAULT_EVENT_ID_HEADER, DEFAULT_EVENT_TYPE_HEADER,
 };
-use super::raw::RawHeaders;
 
 /// Headers the proxy or HTTP itself owns: not usable as trusted header names.
 const RESERVED_HEADERS: &[&str] = &[
@@ -28,23 +27,12 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 /// The three names: valid, distinct, none of [`RESERVED_HEADERS`].
-pub(super) fn compile(c: &mut Check, raw: &RawHeaders) -> TrustedHeaders {
+pub(super) fn compile(c: &mut Check) -> TrustedHeaders {
     let headers = TrustedHeaders {
-        event_type: c.header_name(
-            "headers.event_type",
-            raw.event_type.as_deref(),
-            DEFAULT_EVENT_TYPE_HEADER,
-        ),
-        event_id: c.header_name(
-            "headers.event_id",
-            raw.event_id.as_deref(),
-            DEFAULT_EVENT_ID_HEADER,
-        ),
-        event_created_at: c.header_name(
-            "headers.event_created_at",
-            raw.event_created_at.as_deref(),
-            DEFAULT_EVENT_CREATED_AT_HEADER,
-        ),
+        event_type: c.header_name("headers.event_type", DEFAULT_EVENT_TYPE_HEADER),
+        event_id: c.header_name("headers.event_id", DEFAULT_EVENT_ID_HEADER),
+        event_created_at: c
+            .header_name("headers.event_created_at", DEFAULT_EVENT_CREATED_AT_HEADER),
     };
     let distinct: HashSet<_> = headers.names().into_iter().collect();
     if distinct.len() != 3 {

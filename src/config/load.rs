@@ -4,10 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use super::doc::{self, Doc};
 use super::env::Provenance;
 use super::{
-    Config, ConfigError, Env, EnvSource, Problem, check, cross, env, headers, raw, replay, routes,
-    server, spool, unknown, upstream,
+    Config, ConfigError, Env, EnvSource, Problem, check, cross, env, headers, replay, routes,
+    server, spool, upstream,
 };
 
 /// The file name problems are shown under when there is no file.
@@ -67,37 +68,27 @@ pub fn from_str(text: &str, env: &dyn Env) -> Result<Config, Vec<Problem>> {
     compile(text, Path::new("."), env, "text").map(|e| e.config)
 }
 
-/// The file's text, then the environment over it, then validation; problems
-/// under a key a variable set name the variable.
+/// The file's text parsed once (syntax, unknown keys, types), then the
+/// environment over it, then validation; problems under a key a variable set
+/// name the variable.
 pub(super) fn compile(
     text: &str,
     base: &Path,
     env: &dyn Env,
     source: &str,
 ) -> Result<Effective, Vec<Problem>> {
-    // Every unknown key at once, by name and line (serde stops at the first).
-    let unknown = unknown::find(text);
-    if !unknown.is_empty() {
-        return Err(unknown);
-    }
-    let raw = raw::parse(text).map_err(|p| vec![p])?;
-    // Parsed once more as a table for the overlay: it cannot fail now.
-    let mut table: toml::Table = text.parse().unwrap_or_default();
-    let prov = env::overlay(&mut table, env)?;
-    let raw = if prov.any_env() {
-        raw::from_table(table.clone()).map_err(|p| {
-            let mut v = vec![p];
-            prov.name_vars(&mut v);
-            v
-        })?
-    } else {
-        raw
-    };
-    let config = validate(raw, base, env).map_err(|mut v| {
+    let mut doc = doc::parse(text)?;
+    let prov = env::overlay(&mut doc, env)?;
+    let name_vars = |mut v: Vec<Problem>| {
         prov.name_vars(&mut v);
         v
-    })?;
-    let printed = env::render(&table, &prov, source);
+    };
+    let counts = doc.check_counts();
+    if !counts.is_empty() {
+        return Err(name_vars(counts));
+    }
+    let config = validate(&doc, base, env).map_err(name_vars)?;
+    let printed = env::render(&doc, &prov, source);
     Ok(Effective {
         config,
         printed,
@@ -107,24 +98,17 @@ pub(super) fn compile(
 
 /// Compiles each section in turn (the order problems are reported in), then
 /// the rules across sections. Relative paths are taken from `base`.
-fn validate(raw: raw::RawConfig, base: &Path, env: &dyn Env) -> Result<Config, Vec<Problem>> {
-    let mut c = check::Check::new(env);
-    let unmatched = routes::unmatched(&mut c, raw.unmatched.as_deref());
-    let s = server::compile(
-        &mut c,
-        raw.log_format.as_deref(),
-        &raw.listen,
-        &raw.admin,
-        &raw.server,
-        base,
-    );
-    let (upstream, upstream_ca_file) = upstream::compile(&mut c, &raw.upstream, base);
-    let (listen_tls, listen_cert) = server::listen_tls(&mut c, raw.listen.tls.as_ref(), base);
-    let replay = replay::compile(&mut c, &raw.replay, base);
-    let headers = headers::compile(&mut c, &raw.headers);
-    let spool = spool::compile(&mut c, &raw.spool, base);
-    let tracing = super::tracing::compile(&mut c, &raw.tracing);
-    let routes = routes::compile(&mut c, raw.route, base, &upstream);
+fn validate(doc: &Doc, base: &Path, env: &dyn Env) -> Result<Config, Vec<Problem>> {
+    let mut c = check::Check::new(env, doc);
+    let unmatched = routes::unmatched(&mut c);
+    let s = server::compile(&mut c, base);
+    let (upstream, upstream_ca_file) = upstream::compile(&mut c, base);
+    let (listen_tls, listen_cert) = server::listen_tls(&mut c, base);
+    let replay = replay::compile(&mut c, base);
+    let headers = headers::compile(&mut c);
+    let spool = spool::compile(&mut c, base);
+    let tracing = super::tracing::compile(&mut c);
+    let routes = routes::compile(&mut c, base, &upstream);
     cross::check(&mut c, &replay, s.max_buffered, &routes);
     let per_client = cross::per_client(&mut c, &s, &routes);
     spool::check(&mut c, &spool, &replay, &routes);

@@ -1,64 +1,50 @@
 //! The route file, from TOML text to the typed [`Config`] the rest of the
 //! program uses.
 //!
-//! # Raw, then compiled
+//! # One schema, one parse
 //!
-//! Loading is two steps, and nothing after them parses a string again.
+//! `schema.rs` is the one description of the file: [`schema::KEYS`] gives
+//! every key its kind, default, variable, restart-only flag and doc line.
+//! Loading ([`load()`], [`load_with`], [`from_str`]; `load.rs`) then runs once
+//! through it:
 //!
-//! 1. *Raw* (`raw.rs`): `serde` + `toml` turn the text into `Raw*` structs
-//!    that mirror the file, every field optional and unknown keys refused,
-//!    through `safe_de.rs` so that no error repeats the text. Before it,
-//!    `unknown.rs` walks the file once against `env::KEYS` and reports every
-//!    unknown key and table by name and line, with the closest allowed name.
-//! 2. *Compiled*: `validate` (`load.rs`, with the entry points [`load()`],
-//!    [`load_with`] and [`from_str`]) hands each section to the file that
-//!    owns it (`server.rs`: `log_format`, `[listen]`, `[admin]`, `[server]`;
-//!    `upstream.rs`; `replay.rs`; `headers.rs`; `routes.rs`: `unmatched` and
-//!    `[[route]]`; then `cross.rs` for the rules that relate two sections).
-//!    Each turns its raw fields into typed values once, through the `Check`
-//!    collector (`check.rs`): durations and sizes parsed, addresses resolved
-//!    (once per load each), secrets read (`secret.rs`: `env:NAME`,
-//!    `file:/path` or a literal), the listener's key pair loaded and matched.
-//!    What is loaded is kept: a missing secret or a bad certificate is a
-//!    configuration error, never a runtime surprise. Every problem is recorded
-//!    under the key as the file spells it with the fix, so an operator sees
-//!    every mistake in one run instead of one per restart.
+//! 1. `doc.rs` parses the text once (`toml_edit`, with spans) and walks it
+//!    against the schema: every unknown key and table by name and line, with
+//!    the closest allowed name (`unknown.rs`), then every value of the wrong
+//!    type by key path and line. The result is a `Doc`: values by key path.
+//! 2. `env.rs` lays the `PERSONA_GUARD_*` variables over it (one naming rule),
+//!    recording where each value came from for `check --print`; a file is
+//!    optional. Problems under a key a variable set are named by the variable.
+//! 3. Each section's file turns its values into typed ones through the
+//!    `Check` collector (`check.rs`), which records every problem under its
+//!    key instead of stopping: `server.rs` (`log_format`, `[listen]`,
+//!    `[admin]`, `[server]`), `upstream.rs`, `replay.rs`, `headers.rs`,
+//!    `spool.rs`, `tracing.rs`, `routes.rs` (`unmatched`, `[[route]]`), then
+//!    `cross.rs` for the rules that relate two sections. Secrets are read
+//!    (`secret.rs`) and the listener's key pair loaded now: a missing secret
+//!    is a configuration error, never a runtime surprise.
 //!
-//! Between the two, `env.rs` lays the `PERSONA_GUARD_*` environment variables
-//! over the parsed table (one naming rule, one key list: `env::KEYS`, in
-//! `env/keys.rs`), recording where each value came from for `check --print`;
-//! a file is optional (none: the defaults and the environment). Problems
-//! under a key a variable set are named by the variable, and so are warnings
-//! ([`Effective::warnings`]).
-//!
-//! The compiled [`Config`] serves two lifetimes: [`ProcessConfig`] is the part
-//! fixed at start (listeners, threads, the store's kind...) and
-//! [`ProcessConfig::diff`] names what a SIGHUP reload could not apply; the
-//! rest is the policy a reload swaps.
+//! The restart-only keys of the schema make up [`ProcessConfig`]: what a
+//! SIGHUP reload cannot apply ([`ProcessConfig::diff`]) and keeps
+//! ([`ProcessConfig::keep`]); the rest is the policy a reload swaps.
 //!
 //! # Error messages never quote the file
 //!
-//! A secret may be written in the wrong place (`secrets = "wbhsec_…"`, pasted as
-//! a key, into `redis_url`, with a stray quote), and the messages are printed by
-//! `check`, at start and in the SIGHUP log. So no message repeats a value from
-//! the file, nor a key that looks like a secret (`unknown::looks_like_secret`:
-//! an unknown key is named otherwise); each names the key path (from the
-//! schema's own names and list indices), the line, and what is expected or
-//! allowed. Three layers keep it so:
+//! A secret may be written in the wrong place (`secrets = "wbhsec_…"`, pasted
+//! as a key, into `redis_url`), and the messages are printed by `check`, at
+//! start and in the SIGHUP log. So no message repeats a value from the file,
+//! nor a key that looks like a secret (`unknown::looks_like_secret`: such a
+//! key is named by its line alone); each names the key path (the schema's
+//! names and list indices), the line, and what is expected or allowed:
 //!
-//! - type errors, unknown keys and the like: `safe_de` hands serde an error
-//!   type of its own and builds the message from the error's *structure* (the
-//!   kind of value found, what our type expects, the schema's allowed names);
-//!   whatever serde would have quoted is never formatted at all;
-//! - TOML syntax errors: `error::syntax_problem` rebuilds the message from an
-//!   allow-list of the parser's fixed phrases and grammar tokens, and drops
-//!   everything else (a duplicate key's name, say);
+//! - type errors are built from the schema's type and the *kind* of value
+//!   found (`expected a list, found a string (line 26)`);
+//! - TOML syntax errors: `error::syntax_problem` rebuilds the parser's message
+//!   from an allow-list of its fixed phrases and grammar tokens;
 //! - validation: `Check::problem` takes only `&'static str`; the few messages
-//!   with computed parts (durations we parsed, route indices) go through
-//!   `Check::problem_with`, and none interpolates text from the file. The one
-//!   exception is an `env:` variable that is not set: its name is shown when it
-//!   looks like a conventional variable name (`PERSONA_WEBHOOK_SECRET`), which a
-//!   pasted secret does not (see `secret::looks_like_env_name`).
+//!   with computed parts go through `Check::problem_with` and interpolate no
+//!   text from the file, except an unset `env:` variable's name when it looks
+//!   like a conventional one (`secret::looks_like_env_name`).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -75,15 +61,15 @@ use crate::source::AllowList;
 mod check;
 mod cross;
 mod defaults;
+mod doc;
 pub mod env;
 mod error;
 mod headers;
 mod load;
 mod process;
-mod raw;
 mod replay;
 mod routes;
-mod safe_de;
+pub mod schema;
 mod secret;
 mod server;
 mod spool;
@@ -114,7 +100,7 @@ pub enum Unmatched {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LogFormat {
     Text,
     Json,

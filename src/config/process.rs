@@ -1,208 +1,73 @@
 //! The settings fixed for the life of the process, apart from the policy a
-//! SIGHUP reload swaps: [`ProcessConfig`], and [`ProcessConfig::diff`] naming
-//! each one a new file changed, which the reload cannot apply.
+//! SIGHUP reload swaps: the schema's restart-only keys ([`Key::restart`]).
+//! [`ProcessConfig`] holds their compiled values as the process started with
+//! them, [`ProcessConfig::diff`] names each one a new file changed, and
+//! [`ProcessConfig::keep`] puts the running values back into it.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
+use super::Config;
+use super::schema::{KEYS, Key, Restart};
 
-use super::SpoolKey;
-use super::{Config, LogFormat, TracingSettings};
-
-/// What the process set up at start from the file and keeps until it exits:
-/// bound listeners, worker threads, the replay store, the log subscriber,
-/// pingora's grace period and upstream CA bundle, HTTP/2's idle bound.
+/// The restart-only settings of a configuration: one fingerprint per
+/// restart-only key of the schema, in its order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessConfig {
-    pub listen: SocketAddr,
-    /// TLS on the public listener or not (its files reload; turning it on or
-    /// off does not).
-    pub listen_tls: bool,
-    pub admin: SocketAddr,
-    pub threads: usize,
-    /// The replay store's kind, `"memory"` or `"redis"` (its Redis settings
-    /// reload).
-    pub store: &'static str,
-    pub capacity: u64,
-    pub log_format: LogFormat,
-    pub grace_period: Duration,
-    pub upstream_ca_file: Option<PathBuf>,
-    pub idle_timeout: Duration,
-    /// `spool.dir`: the embedded spool's directory, opened at start.
-    pub spool_dir: Option<PathBuf>,
-    /// `spool.key`: entries already sealed with it stay readable only with it.
-    pub spool_key: Option<SpoolKey>,
-    /// `spool.max_bytes`: the spool is sized at start.
-    pub spool_max_bytes: u64,
-    /// `[tracing]`: the exporter and sampler are built at start.
-    pub tracing: TracingSettings,
-}
+pub struct ProcessConfig(Vec<u64>);
 
 /// A key whose new value a reload cannot apply: the running value stays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestartOnly {
-    /// The key as the file spells it (`listen.address`).
-    pub key: &'static str,
+    /// The key as the file spells it (`listen.address`), or its table (`listen.tls`).
+    pub key: String,
     /// What happens instead, for the operator.
     pub note: &'static str,
 }
 
+/// Every restart-only key of the schema, in its order.
+fn restart_only() -> impl Iterator<Item = (&'static Key, Restart)> {
+    KEYS.iter().filter_map(|k| Some((k, k.restart?)))
+}
+
 impl RestartOnly {
-    pub const LISTEN_ADDRESS: RestartOnly = RestartOnly {
-        key: "listen.address",
-        note: "the bound listener stays until a restart",
-    };
-    pub const LISTEN_TLS: RestartOnly = RestartOnly {
-        key: "listen.tls",
-        note: "TLS is turned on or off only on restart (a new cert or key reloads)",
-    };
-    pub const ADMIN_ADDRESS: RestartOnly = RestartOnly {
-        key: "admin.address",
-        note: "the bound admin listener stays until a restart",
-    };
-    pub const THREADS: RestartOnly = RestartOnly {
-        key: "server.threads",
-        note: "pingora starts its worker threads once",
-    };
-    pub const STORE: RestartOnly = RestartOnly {
-        key: "replay.store",
-        note: "the replay store is chosen at start (its Redis settings reload)",
-    };
-    pub const CAPACITY: RestartOnly = RestartOnly {
-        key: "replay.capacity",
-        note: "the memory store is sized at start",
-    };
-    pub const LOG_FORMAT: RestartOnly = RestartOnly {
-        key: "log_format",
-        note: "the log format is set at start",
-    };
-    pub const GRACE_PERIOD: RestartOnly = RestartOnly {
-        key: "server.grace_period",
-        note: "pingora fixes the shutdown grace period at start",
-    };
-    pub const CA_FILE: RestartOnly = RestartOnly {
-        key: "upstream.ca_file",
-        note: "the upstream CA bundle is loaded at start",
-    };
-    pub const IDLE_TIMEOUT: RestartOnly = RestartOnly {
-        key: "server.idle_timeout",
-        note: "HTTP/2 connections keep the value from start; HTTP/1 uses the new one",
-    };
-
-    pub const SPOOL_DIR: RestartOnly = RestartOnly {
-        key: "spool.dir",
-        note: "the spool directory is opened at start; its entries stay where they are",
-    };
-    pub const SPOOL_KEY: RestartOnly = RestartOnly {
-        key: "spool.key",
-        note: "the spool key is loaded at start (entries sealed with it need it to be read)",
-    };
-    pub const SPOOL_MAX_BYTES: RestartOnly = RestartOnly {
-        key: "spool.max_bytes",
-        note: "the spool is sized at start",
-    };
-
-    pub const TRACING_ENDPOINT: RestartOnly = RestartOnly {
-        key: "tracing.otlp_endpoint",
-        note: "the span exporter is built at start",
-    };
-    pub const TRACING_SAMPLING_RATIO: RestartOnly = RestartOnly {
-        key: "tracing.sampling_ratio",
-        note: "the sampler is built at start",
-    };
-    pub const TRACING_SERVICE_NAME: RestartOnly = RestartOnly {
-        key: "tracing.service_name",
-        note: "the service name is set on the exporter at start",
-    };
-
     /// Every entry, in the order [`ProcessConfig::diff`] lists them.
-    pub const ALL: [RestartOnly; 16] = [
-        RestartOnly::LISTEN_ADDRESS,
-        RestartOnly::LISTEN_TLS,
-        RestartOnly::ADMIN_ADDRESS,
-        RestartOnly::THREADS,
-        RestartOnly::STORE,
-        RestartOnly::CAPACITY,
-        RestartOnly::LOG_FORMAT,
-        RestartOnly::GRACE_PERIOD,
-        RestartOnly::CA_FILE,
-        RestartOnly::IDLE_TIMEOUT,
-        RestartOnly::SPOOL_DIR,
-        RestartOnly::SPOOL_KEY,
-        RestartOnly::SPOOL_MAX_BYTES,
-        RestartOnly::TRACING_ENDPOINT,
-        RestartOnly::TRACING_SAMPLING_RATIO,
-        RestartOnly::TRACING_SERVICE_NAME,
-    ];
+    pub fn all() -> Vec<RestartOnly> {
+        restart_only()
+            .map(|(k, r)| RestartOnly {
+                key: if r.table {
+                    k.table.to_string()
+                } else {
+                    k.path()
+                },
+                note: r.note,
+            })
+            .collect()
+    }
 }
 
 impl ProcessConfig {
     /// The process settings of `cfg`. The server keeps the one from start and
     /// compares each reloaded file's with it ([`ProcessConfig::diff`]).
     pub fn of(cfg: &Config) -> Self {
-        ProcessConfig {
-            listen: cfg.listen,
-            listen_tls: cfg.listen_tls.is_some(),
-            admin: cfg.admin,
-            threads: cfg.threads,
-            store: cfg.replay.store.name(),
-            capacity: cfg.replay.capacity,
-            log_format: cfg.log_format,
-            grace_period: cfg.grace_period,
-            upstream_ca_file: cfg.upstream_ca_file.clone(),
-            idle_timeout: cfg.idle_timeout,
-            spool_dir: cfg.spool.dir.clone(),
-            spool_key: cfg.spool.key.clone(),
-            spool_max_bytes: cfg.spool.max_bytes,
-            tracing: cfg.tracing.clone(),
-        }
+        ProcessConfig(restart_only().map(|(_, r)| (r.of)(cfg)).collect())
     }
 
     /// Each setting `new` changes from `old` that a reload cannot apply, in
-    /// the order of the fields. Empty when a reload applies all of `new`.
+    /// the schema's order. Empty when a reload applies all of `new`.
     pub fn diff(old: &ProcessConfig, new: &ProcessConfig) -> Vec<RestartOnly> {
-        [
-            (old.listen != new.listen, RestartOnly::LISTEN_ADDRESS),
-            (old.listen_tls != new.listen_tls, RestartOnly::LISTEN_TLS),
-            (old.admin != new.admin, RestartOnly::ADMIN_ADDRESS),
-            (old.threads != new.threads, RestartOnly::THREADS),
-            (old.store != new.store, RestartOnly::STORE),
-            (old.capacity != new.capacity, RestartOnly::CAPACITY),
-            (old.log_format != new.log_format, RestartOnly::LOG_FORMAT),
-            (
-                old.grace_period != new.grace_period,
-                RestartOnly::GRACE_PERIOD,
-            ),
-            (
-                old.upstream_ca_file != new.upstream_ca_file,
-                RestartOnly::CA_FILE,
-            ),
-            (
-                old.idle_timeout != new.idle_timeout,
-                RestartOnly::IDLE_TIMEOUT,
-            ),
-            (old.spool_dir != new.spool_dir, RestartOnly::SPOOL_DIR),
-            (old.spool_key != new.spool_key, RestartOnly::SPOOL_KEY),
-            (
-                old.spool_max_bytes != new.spool_max_bytes,
-                RestartOnly::SPOOL_MAX_BYTES,
-            ),
-            (
-                old.tracing.otlp_endpoint != new.tracing.otlp_endpoint,
-                RestartOnly::TRACING_ENDPOINT,
-            ),
-            (
-                old.tracing.sampling_ratio != new.tracing.sampling_ratio,
-                RestartOnly::TRACING_SAMPLING_RATIO,
-            ),
-            (
-                old.tracing.service_name != new.tracing.service_name,
-                RestartOnly::TRACING_SERVICE_NAME,
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(changed, entry)| changed.then_some(entry))
-        .collect()
+        RestartOnly::all()
+            .into_iter()
+            .zip(old.0.iter().zip(&new.0))
+            .filter(|(_, (a, b))| a != b)
+            .map(|(entry, _)| entry)
+            .collect()
+    }
+
+    /// `new` with `running`'s value of each restart-only key, for a reload
+    /// (where a new value is harmless, as `idle_timeout` for HTTP/1, the new
+    /// one stays).
+    pub fn keep(mut new: Config, running: &Config) -> Config {
+        for (_, r) in restart_only() {
+            (r.keep)(&mut new, running);
+        }
+        new
     }
 }
 
@@ -264,28 +129,37 @@ spool = "on_failure"
 
     #[test]
     fn everything_changed_names_every_entry_once_in_order() {
-        let old = process(BASE);
-        let new = ProcessConfig {
-            listen: "127.0.0.1:1".parse().unwrap(),
-            listen_tls: true,
-            admin: "127.0.0.1:2".parse().unwrap(),
-            threads: 9,
-            store: "redis",
-            capacity: 9,
-            log_format: LogFormat::Json,
-            grace_period: Duration::from_secs(9),
-            upstream_ca_file: Some("ca.pem".into()),
-            idle_timeout: Duration::from_secs(9),
-            spool_dir: Some("spool".into()),
-            spool_key: Some(SpoolKey([9; 32])),
-            spool_max_bytes: 9,
-            tracing: TracingSettings {
-                otlp_endpoint: None,
-                sampling_ratio: super::super::SamplingRatio(0.1),
-                service_name: "other".into(),
-            },
-        };
-        assert_eq!(ProcessConfig::diff(&old, &new), RestartOnly::ALL);
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_cert(dir.path(), "a");
+        let mut changed = BASE.to_string();
+        for (old, new) in [
+            ("\"text\"", "\"json\""),
+            (
+                "127.0.0.1:18080\"",
+                "127.0.0.1:18081\"\ntls = { cert = \"C\", key = \"K\" }",
+            ),
+            ("127.0.0.1:19090", "127.0.0.1:19091"),
+            ("threads = 2", "threads = 3"),
+            ("grace_period = \"10s\"", "grace_period = \"20s\""),
+            ("idle_timeout = \"60s\"", "idle_timeout = \"30s\""),
+            ("127.0.0.1:13000\"", "127.0.0.1:13000\"\nca_file = \"C\""),
+            ("store = \"memory\"", REDIS),
+            ("capacity = 1000", "capacity = 2000"),
+            ("\"spool-a\"", "\"spool-b\""),
+            ("max_bytes = \"1MiB\"", "max_bytes = \"2MiB\""),
+            ("env:SPOOL_KEY", "env:SPOOL_KEY_OTHER"),
+            ("4318/v1/traces", "4319/v1/traces"),
+            ("sampling_ratio = 0.5", "sampling_ratio = 0.25"),
+            ("\"guard-a\"", "\"guard-b\""),
+        ] {
+            changed = changed.replacen(old, new, 1);
+        }
+        let changed = changed
+            .replace("\"C\"", &format!("\"{}\"", cert.display()))
+            .replace("\"K\"", &format!("\"{}\"", key.display()));
+        let all = ProcessConfig::diff(&process(BASE), &process(&changed));
+        assert_eq!(all, RestartOnly::all());
+        assert_eq!(all.len(), 16);
     }
 
     #[test]
@@ -301,72 +175,52 @@ spool = "on_failure"
             "address = \"127.0.0.1:13000\"\nca_file = \"{}\"",
             cert.display()
         );
-        let cases: &[(&str, &str, RestartOnly)] = &[
-            (
-                "127.0.0.1:18080",
-                "127.0.0.1:18081",
-                RestartOnly::LISTEN_ADDRESS,
-            ),
-            (
-                "address = \"127.0.0.1:18080\"",
-                &tls,
-                RestartOnly::LISTEN_TLS,
-            ),
-            (
-                "127.0.0.1:19090",
-                "127.0.0.1:19091",
-                RestartOnly::ADMIN_ADDRESS,
-            ),
-            ("threads = 2", "threads = 3", RestartOnly::THREADS),
-            ("store = \"memory\"", REDIS, RestartOnly::STORE),
-            ("capacity = 1000", "capacity = 2000", RestartOnly::CAPACITY),
-            ("\"text\"", "\"json\"", RestartOnly::LOG_FORMAT),
+        let cases: &[(&str, &str, &str)] = &[
+            ("127.0.0.1:18080", "127.0.0.1:18081", "listen.address"),
+            ("address = \"127.0.0.1:18080\"", &tls, "listen.tls"),
+            ("127.0.0.1:19090", "127.0.0.1:19091", "admin.address"),
+            ("threads = 2", "threads = 3", "server.threads"),
+            ("store = \"memory\"", REDIS, "replay.store"),
+            ("capacity = 1000", "capacity = 2000", "replay.capacity"),
+            ("\"text\"", "\"json\"", "log_format"),
             (
                 "grace_period = \"10s\"",
                 "grace_period = \"20s\"",
-                RestartOnly::GRACE_PERIOD,
+                "server.grace_period",
             ),
-            ("address = \"127.0.0.1:13000\"", &ca, RestartOnly::CA_FILE),
+            ("address = \"127.0.0.1:13000\"", &ca, "upstream.ca_file"),
             (
                 "idle_timeout = \"60s\"",
                 "idle_timeout = \"30s\"",
-                RestartOnly::IDLE_TIMEOUT,
+                "server.idle_timeout",
             ),
-            ("\"spool-a\"", "\"spool-b\"", RestartOnly::SPOOL_DIR),
-            (
-                "env:SPOOL_KEY",
-                "env:SPOOL_KEY_OTHER",
-                RestartOnly::SPOOL_KEY,
-            ),
-            ("key = \"env:SPOOL_KEY\"", "", RestartOnly::SPOOL_KEY),
+            ("\"spool-a\"", "\"spool-b\"", "spool.dir"),
+            ("env:SPOOL_KEY", "env:SPOOL_KEY_OTHER", "spool.key"),
+            ("key = \"env:SPOOL_KEY\"", "", "spool.key"),
             (
                 "max_bytes = \"1MiB\"",
                 "max_bytes = \"2MiB\"",
-                RestartOnly::SPOOL_MAX_BYTES,
+                "spool.max_bytes",
             ),
-            (
-                "4318/v1/traces",
-                "4319/v1/traces",
-                RestartOnly::TRACING_ENDPOINT,
-            ),
+            ("4318/v1/traces", "4319/v1/traces", "tracing.otlp_endpoint"),
             (
                 "otlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"",
                 "",
-                RestartOnly::TRACING_ENDPOINT,
+                "tracing.otlp_endpoint",
             ),
             (
                 "sampling_ratio = 0.5",
                 "sampling_ratio = 0.25",
-                RestartOnly::TRACING_SAMPLING_RATIO,
+                "tracing.sampling_ratio",
             ),
-            (
-                "\"guard-a\"",
-                "\"guard-b\"",
-                RestartOnly::TRACING_SERVICE_NAME,
-            ),
+            ("\"guard-a\"", "\"guard-b\"", "tracing.service_name"),
         ];
         for (old, new, entry) in cases {
-            assert_eq!(diff_after(BASE, old, new), [*entry], "{}", entry.key);
+            let named: Vec<String> = diff_after(BASE, old, new)
+                .into_iter()
+                .map(|r| r.key)
+                .collect();
+            assert_eq!(named, [*entry], "{entry}");
         }
     }
 

@@ -7,29 +7,23 @@ use super::check::Check;
 use super::defaults::{
     DEFAULT_CAPACITY, DEFAULT_INFLIGHT_TTL, DEFAULT_KEY_PREFIX, DEFAULT_REDIS_TIMEOUT, DEFAULT_TTL,
 };
-use super::raw::RawReplay;
 use super::{OnStoreError, RedisSettings, Replay, StoreKind};
 
-pub(super) fn compile(c: &mut Check, raw: &RawReplay, base: &Path) -> Replay {
-    let store = store(c, raw, base);
+pub(super) fn compile(c: &mut Check, base: &Path) -> Replay {
+    let store = store(c, base);
     let on_store_error = c.choice(
         "replay.on_store_error",
-        raw.on_store_error.as_deref(),
         &[
             ("reject", OnStoreError::Reject),
             ("allow", OnStoreError::Allow),
         ],
         OnStoreError::Reject,
     );
-    let ttl = c.duration("replay.ttl", raw.ttl.as_deref(), DEFAULT_TTL);
+    let ttl = c.duration("replay.ttl", DEFAULT_TTL);
     let capacity = c
-        .at_least_one("replay.capacity", raw.capacity)
+        .at_least_one("replay.capacity")
         .unwrap_or(DEFAULT_CAPACITY);
-    let inflight_ttl = c.duration(
-        "replay.inflight_ttl",
-        raw.inflight_ttl.as_deref(),
-        DEFAULT_INFLIGHT_TTL,
-    );
+    let inflight_ttl = c.duration("replay.inflight_ttl", DEFAULT_INFLIGHT_TTL);
     Replay {
         store,
         on_store_error,
@@ -39,23 +33,25 @@ pub(super) fn compile(c: &mut Check, raw: &RawReplay, base: &Path) -> Replay {
     }
 }
 
-fn store(c: &mut Check, raw: &RawReplay, base: &Path) -> StoreKind {
-    match raw.store.as_deref() {
+/// The keys only the Redis store takes.
+const REDIS_ONLY: [&str; 5] = [
+    "replay.redis_url",
+    "replay.redis_password",
+    "replay.redis_timeout",
+    "replay.key_prefix",
+    "replay.on_store_error",
+];
+
+fn store(c: &mut Check, base: &Path) -> StoreKind {
+    let d = c.doc();
+    match d.str("replay.store") {
         None | Some("memory") => {
-            for (key, set) in [
-                ("replay.redis_url", raw.redis_url.is_some()),
-                ("replay.redis_password", raw.redis_password.is_some()),
-                ("replay.redis_timeout", raw.redis_timeout.is_some()),
-                ("replay.key_prefix", raw.key_prefix.is_some()),
-                ("replay.on_store_error", raw.on_store_error.is_some()),
-            ] {
-                if set {
-                    c.problem(key, "only applies to store = \"redis\"");
-                }
+            for key in REDIS_ONLY.into_iter().filter(|k| d.has(k)) {
+                c.problem(key, "only applies to store = \"redis\"");
             }
             StoreKind::Memory
         }
-        Some("redis") => StoreKind::Redis(redis(c, raw, base)),
+        Some("redis") => StoreKind::Redis(redis(c, base)),
         Some(_) => {
             c.problem(
                 "replay.store",
@@ -66,21 +62,17 @@ fn store(c: &mut Check, raw: &RawReplay, base: &Path) -> StoreKind {
     }
 }
 
-fn redis(c: &mut Check, raw: &RawReplay, base: &Path) -> RedisSettings {
-    let url = redis_url(c, raw.redis_url.as_deref());
-    let password = raw
-        .redis_password
-        .as_deref()
+fn redis(c: &mut Check, base: &Path) -> RedisSettings {
+    let d = c.doc();
+    let url = redis_url(c, d.str("replay.redis_url"));
+    let password = d
+        .str("replay.redis_password")
         .and_then(|spec| c.secret("replay.redis_password", spec, base));
-    let timeout = c.duration(
-        "replay.redis_timeout",
-        raw.redis_timeout.as_deref(),
-        DEFAULT_REDIS_TIMEOUT,
-    );
-    let key_prefix = raw
-        .key_prefix
-        .clone()
-        .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string());
+    let timeout = c.duration("replay.redis_timeout", DEFAULT_REDIS_TIMEOUT);
+    let key_prefix = d
+        .str("replay.key_prefix")
+        .unwrap_or(DEFAULT_KEY_PREFIX)
+        .to_string();
     RedisSettings {
         url,
         password,

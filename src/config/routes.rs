@@ -5,16 +5,14 @@ use std::path::Path;
 
 use super::check::Check;
 use super::defaults::{DEFAULT_MAX_BODY, DEFAULT_TOLERANCE};
-use super::raw::RawRoute;
 use super::server;
 use super::{EventPattern, Route, RouteKind, Secret, Unmatched, Upstream, upstream};
 use crate::path;
 use crate::source::AllowList;
 
-pub(super) fn unmatched(c: &mut Check, value: Option<&str>) -> Unmatched {
+pub(super) fn unmatched(c: &mut Check) -> Unmatched {
     c.choice(
         "unmatched",
-        value,
         &[("forward", Unmatched::Forward), ("deny", Unmatched::Deny)],
         Unmatched::Forward,
     )
@@ -22,21 +20,17 @@ pub(super) fn unmatched(c: &mut Check, value: Option<&str>) -> Unmatched {
 
 /// Every route, in file order; at least one is required and no two may have
 /// the same normalised path.
-pub(super) fn compile(
-    c: &mut Check,
-    raw: Vec<RawRoute>,
-    base: &Path,
-    default: &Upstream,
-) -> Vec<Route> {
-    if raw.is_empty() {
+pub(super) fn compile(c: &mut Check, base: &Path, default: &Upstream) -> Vec<Route> {
+    let n = c.doc().routes;
+    if n == 0 {
         c.problem(
             "route",
             "no [[route]] is configured; add one with path and secrets",
         );
     }
-    let mut routes: Vec<Route> = Vec::with_capacity(raw.len());
-    for (i, r) in raw.into_iter().enumerate() {
-        let route = compile_one(c, i, r, base, default, &routes);
+    let mut routes: Vec<Route> = Vec::with_capacity(n);
+    for i in 0..n {
+        let route = compile_one(c, i, base, default, &routes);
         routes.push(route);
     }
     routes
@@ -46,35 +40,36 @@ pub(super) fn compile(
 fn compile_one(
     c: &mut Check,
     i: usize,
-    r: RawRoute,
     base: &Path,
     default: &Upstream,
     earlier: &[Route],
 ) -> Route {
+    let d = c.doc();
     let k = |field: &str| format!("route[{i}].{field}");
-    let (path, normalized) = route_path(c, &k("path"), r.path.as_deref());
+    let (path, normalized) = route_path(c, &k("path"), d.str(&k("path")));
     if let Some(j) = earlier.iter().position(|o| o.normalized == normalized)
-        && r.path.is_some()
+        && d.has(&k("path"))
     {
         c.problem_with(
             k("path"),
             format!("the same path as route[{j}]; merge the two routes"),
         );
     }
-    let secrets = secrets(c, i, r.secrets, base);
-    let tolerance = c.duration(&k("tolerance"), r.tolerance.as_deref(), DEFAULT_TOLERANCE);
-    let max_body = c.size(&k("max_body"), r.max_body.as_deref(), DEFAULT_MAX_BODY);
-    let kind = kind(c, i, r.kind.as_deref(), r.id_pointer);
-    if kind != RouteKind::Event && r.events.is_some() {
+    let secrets = secrets(c, i, d.list(&k("secrets")), base);
+    let tolerance = c.duration(&k("tolerance"), DEFAULT_TOLERANCE);
+    let max_body = c.size(&k("max_body"), DEFAULT_MAX_BODY);
+    let kind = kind(c, i, d.str(&k("kind")), d.str(&k("id_pointer")));
+    let events = d.list(&k("events"));
+    if kind != RouteKind::Event && events.is_some() {
         c.problem(
             k("events"),
             "does not apply to kind = \"signature\" (its bodies are not events); remove it",
         );
     }
-    let events = r.events.map(|list| events(c, i, &list));
-    let allow_from = r.allow_from.map(|list| allow_from(c, i, &list));
-    let spool = super::spool::mode(c, &k("spool"), r.spool.as_deref());
-    let upstream = match r.upstream.as_deref() {
+    let events = events.map(|list| self::events(c, i, list));
+    let allow_from = d.list(&k("allow_from")).map(|list| allow_from(c, i, list));
+    let spool = super::spool::mode(c, &k("spool"));
+    let upstream = match d.str(&k("upstream")) {
         None => default.clone(),
         Some(v) => upstream::for_route(c, &k("upstream"), v, default),
     };
@@ -108,10 +103,9 @@ fn allow_from(c: &mut Check, i: usize, list: &[String]) -> AllowList {
 /// `kind` and `id_pointer`: `id_pointer` only on signature routes, and a
 /// JSON pointer (RFC 6901) into the body: `/` then segments, `~` only as
 /// `~0` or `~1`.
-fn kind(c: &mut Check, i: usize, kind: Option<&str>, id_pointer: Option<String>) -> RouteKind {
+fn kind(c: &mut Check, i: usize, kind: Option<&str>, id_pointer: Option<&str>) -> RouteKind {
     let signature = c.choice(
         &format!("route[{i}].kind"),
-        kind,
         &[("event", false), ("signature", true)],
         false,
     );
@@ -129,14 +123,14 @@ fn kind(c: &mut Check, i: usize, kind: Option<&str>, id_pointer: Option<String>)
         }
         (true, None) => RouteKind::Signature { id_pointer: None },
         (true, Some(p)) => {
-            if !valid_pointer(&p) {
+            if !valid_pointer(p) {
                 c.problem(
                     key,
                     "is not a JSON pointer to a field, such as \"/inquiry/id\" (RFC 6901: starts with `/`, `~` only as `~0` or `~1`; the value is not repeated here)",
                 );
             }
             RouteKind::Signature {
-                id_pointer: Some(p),
+                id_pointer: Some(p.to_string()),
             }
         }
     }
@@ -204,7 +198,7 @@ fn invisible(p: &str) -> Option<String> {
     ))
 }
 
-fn secrets(c: &mut Check, i: usize, list: Option<Vec<String>>, base: &Path) -> Vec<Secret> {
+fn secrets(c: &mut Check, i: usize, list: Option<&[String]>, base: &Path) -> Vec<Secret> {
     let key = format!("route[{i}].secrets");
     match list {
         None => {
@@ -214,7 +208,7 @@ fn secrets(c: &mut Check, i: usize, list: Option<Vec<String>>, base: &Path) -> V
             );
             Vec::new()
         }
-        Some(list) if list.is_empty() => {
+        Some([]) => {
             c.problem(key, "must list at least one secret");
             Vec::new()
         }

@@ -12,7 +12,6 @@ use super::defaults::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BUFFERED, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_PEER, DEFAULT_MIN_BODY_RATE,
 };
-use super::raw::{RawAdmin, RawListen, RawServer, RawTls};
 use super::secret::Secret;
 use super::{ListenCert, ListenTls, LogFormat};
 use crate::source::{self, AllowList, Cidr};
@@ -38,58 +37,45 @@ pub(super) struct Settings {
     pub trusted_proxies: AllowList,
 }
 
-pub(super) fn compile(
-    c: &mut Check,
-    log_format: Option<&str>,
-    listen: &RawListen,
-    admin: &RawAdmin,
-    raw: &RawServer,
-    base: &Path,
-) -> Settings {
+pub(super) fn compile(c: &mut Check, base: &Path) -> Settings {
+    let d = c.doc();
     let log_format = c.choice(
         "log_format",
-        log_format,
         &[("text", LogFormat::Text), ("json", LogFormat::Json)],
         LogFormat::Text,
     );
-    let admin_token = admin.token.as_deref().and_then(|spec| token(c, spec, base));
-    let (listen, admin) = addresses(c, listen, admin);
-    let threads = c
-        .at_least_one("server.threads", raw.threads)
-        .unwrap_or_else(|| {
+    let admin_token = d.str("admin.token").and_then(|spec| token(c, spec, base));
+    let (listen, admin) = addresses(c);
+    let threads = c.at_least_one("server.threads").map_or_else(
+        || {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
-        });
-    let mut duration = |key: &str, value: &Option<String>, default: Duration| {
-        c.duration(key, value.as_deref(), default)
-    };
-    let grace_period = duration(
-        "server.grace_period",
-        &raw.grace_period,
-        DEFAULT_GRACE_PERIOD,
+        },
+        |n| n as usize,
     );
-    let body_timeout = duration(
-        "server.body_timeout",
-        &raw.body_timeout,
-        DEFAULT_BODY_TIMEOUT,
-    );
-    let idle_timeout = duration(
-        "server.idle_timeout",
-        &raw.idle_timeout,
-        DEFAULT_IDLE_TIMEOUT,
-    );
-    let header_timeout = duration(
-        "server.header_timeout",
-        &raw.header_timeout,
-        DEFAULT_HEADER_TIMEOUT,
-    );
+    let grace_period = c.duration("server.grace_period", DEFAULT_GRACE_PERIOD);
+    let body_timeout = c.duration("server.body_timeout", DEFAULT_BODY_TIMEOUT);
+    let idle_timeout = c.duration("server.idle_timeout", DEFAULT_IDLE_TIMEOUT);
+    let header_timeout = c.duration("server.header_timeout", DEFAULT_HEADER_TIMEOUT);
     if idle_timeout < Duration::from_secs(1) {
         c.problem("server.idle_timeout", "must be at least 1s");
     }
-    let (max_buffered, max_buffered_per_client, min_body_rate) = body_limits(c, raw);
-    let (max_connections, max_connections_per_peer) = connection_limits(c, raw);
-    let trusted_proxies = match &raw.trusted_proxies {
+    let max_buffered = c.size("server.max_buffered", DEFAULT_MAX_BUFFERED);
+    let max_buffered_per_client = d
+        .has("server.max_buffered_per_client")
+        .then(|| c.size("server.max_buffered_per_client", max_buffered));
+    let min_body_rate = c.size("server.min_body_rate", DEFAULT_MIN_BODY_RATE);
+    // A per-peer limit above the total is allowed (the total binds first): a
+    // small `max_connections` need not bring the per-peer default down with it.
+    let count = |c: &mut Check, key, default| c.at_least_one(key).map_or(default, |n| n as usize);
+    let max_connections = count(c, "server.max_connections", DEFAULT_MAX_CONNECTIONS);
+    let max_connections_per_peer = count(
+        c,
+        "server.max_connections_per_peer",
+        DEFAULT_MAX_CONNECTIONS_PER_PEER,
+    );
+    let trusted_proxies = match d.list("server.trusted_proxies") {
         None => AllowList::default(),
         Some(list) => AllowList::new(cidrs(c, "server.trusted_proxies", list, false)),
     };
@@ -110,42 +96,6 @@ pub(super) fn compile(
         max_buffered_per_client,
         min_body_rate,
     }
-}
-
-/// `max_connections` and `max_connections_per_peer`, each at least 1. A
-/// per-peer limit above the total is allowed (the total binds first): a small
-/// `max_connections` need not bring the per-peer default down with it.
-fn connection_limits(c: &mut Check, raw: &RawServer) -> (usize, usize) {
-    let total = c
-        .at_least_one("server.max_connections", raw.max_connections)
-        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
-    let per_peer = c
-        .at_least_one(
-            "server.max_connections_per_peer",
-            raw.max_connections_per_peer,
-        )
-        .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_PEER);
-    (total, per_peer)
-}
-
-/// `max_buffered`, `max_buffered_per_client` (`None` when not written: its
-/// default needs the routes) and `min_body_rate`.
-fn body_limits(c: &mut Check, raw: &RawServer) -> (u64, Option<u64>, u64) {
-    let max_buffered = c.size(
-        "server.max_buffered",
-        raw.max_buffered.as_deref(),
-        DEFAULT_MAX_BUFFERED,
-    );
-    let max_buffered_per_client = raw
-        .max_buffered_per_client
-        .as_deref()
-        .map(|v| c.size("server.max_buffered_per_client", Some(v), max_buffered));
-    let min_body_rate = c.size(
-        "server.min_body_rate",
-        raw.min_body_rate.as_deref(),
-        DEFAULT_MIN_BODY_RATE,
-    );
-    (max_buffered, max_buffered_per_client, min_body_rate)
 }
 
 /// A list of CIDRs (and, where `persona` is allowed, the `"persona"`
@@ -177,9 +127,16 @@ fn cidr_message(e: source::CidrError, persona: bool) -> String {
 }
 
 /// The public and admin listeners' addresses, which must differ.
-fn addresses(c: &mut Check, listen: &RawListen, admin: &RawAdmin) -> (SocketAddr, SocketAddr) {
-    let listen = c.address("listen.address", listen.address.as_deref(), DEFAULT_LISTEN);
-    let admin = c.address("admin.address", admin.address.as_deref(), DEFAULT_ADMIN);
+fn addresses(c: &mut Check) -> (SocketAddr, SocketAddr) {
+    let d = c.doc();
+    let listen = c.address(
+        "listen.address",
+        d.str("listen.address").unwrap_or(DEFAULT_LISTEN),
+    );
+    let admin = c.address(
+        "admin.address",
+        d.str("admin.address").unwrap_or(DEFAULT_ADMIN),
+    );
     if listen == admin && listen.port() != 0 {
         c.problem(
             "admin.address",
@@ -207,13 +164,12 @@ fn token(c: &mut Check, spec: &str, base: &Path) -> Option<Secret> {
 
 /// `listen.tls`: the file paths, and the key pair loaded from them and matched
 /// (kept, so the listener need not load it again).
-pub(super) fn listen_tls(
-    c: &mut Check,
-    raw: Option<&RawTls>,
-    base: &Path,
-) -> (Option<ListenTls>, Option<ListenCert>) {
-    let Some(raw) = raw else { return (None, None) };
-    let (Some(cert), Some(key)) = (&raw.cert, &raw.key) else {
+pub(super) fn listen_tls(c: &mut Check, base: &Path) -> (Option<ListenTls>, Option<ListenCert>) {
+    let d = c.doc();
+    if !d.has_table("listen.tls") {
+        return (None, None);
+    }
+    let (Some(cert), Some(key)) = (d.str("listen.tls.cert"), d.str("listen.tls.key")) else {
         c.problem("listen.tls", "needs both cert and key (PEM file paths)");
         return (None, None);
     };

@@ -10,7 +10,6 @@ use super::defaults::{
     DEFAULT_SPOOL_MAX_AGE, DEFAULT_SPOOL_MAX_BACKOFF, DEFAULT_SPOOL_MAX_BYTES, MIN_SPOOL_DURATION,
     MIN_SPOOL_MAX_BYTES,
 };
-use super::raw::RawSpool;
 use super::secret::{self, Source};
 use super::{OnStoreError, Problem, Replay, Route, StoreKind};
 
@@ -29,7 +28,7 @@ pub enum SpoolMode {
 
 /// `[spool] key`: the 32-byte AES-256-GCM key that seals spooled records at
 /// rest. Its `Debug` never shows the key.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SpoolKey(pub [u8; 32]);
 
 impl std::fmt::Debug for SpoolKey {
@@ -55,22 +54,9 @@ pub struct SpoolSettings {
     pub key: Option<SpoolKey>,
 }
 
-impl SpoolSettings {
-    /// These settings with `running`'s value of each restart-only key
-    /// (`dir`, `key`, `max_bytes`, the ones [`super::ProcessConfig::diff`] names);
-    /// `max_age` and `max_backoff` are the new ones. For a SIGHUP reload.
-    pub fn keep_running(self, running: &SpoolSettings) -> SpoolSettings {
-        SpoolSettings {
-            dir: running.dir.clone(),
-            key: running.key.clone(),
-            max_bytes: running.max_bytes,
-            ..self
-        }
-    }
-}
-
-pub(super) fn compile(c: &mut Check, raw: &RawSpool, base: &Path) -> SpoolSettings {
-    let dir = raw.dir.as_deref().map(|d| {
+pub(super) fn compile(c: &mut Check, base: &Path) -> SpoolSettings {
+    let doc = c.doc();
+    let dir = doc.str("spool.dir").map(|d| {
         let path = base.join(d);
         // `check` creates nothing: a missing directory is made at start.
         if path.metadata().is_ok_and(|m| !m.is_dir()) {
@@ -81,20 +67,10 @@ pub(super) fn compile(c: &mut Check, raw: &RawSpool, base: &Path) -> SpoolSettin
         }
         path
     });
-    let max_bytes = max_bytes(c, raw.max_bytes.as_deref());
-    let max_age = at_least_a_second(
-        c,
-        "spool.max_age",
-        raw.max_age.as_deref(),
-        DEFAULT_SPOOL_MAX_AGE,
-    );
-    let max_backoff = at_least_a_second(
-        c,
-        "spool.max_backoff",
-        raw.max_backoff.as_deref(),
-        DEFAULT_SPOOL_MAX_BACKOFF,
-    );
-    let key = raw.key.as_deref().and_then(|spec| key(c, spec, base));
+    let max_bytes = max_bytes(c, doc.str("spool.max_bytes"));
+    let max_age = at_least_a_second(c, "spool.max_age", DEFAULT_SPOOL_MAX_AGE);
+    let max_backoff = at_least_a_second(c, "spool.max_backoff", DEFAULT_SPOOL_MAX_BACKOFF);
+    let key = doc.str("spool.key").and_then(|spec| key(c, spec, base));
     SpoolSettings {
         dir,
         max_bytes,
@@ -105,10 +81,9 @@ pub(super) fn compile(c: &mut Check, raw: &RawSpool, base: &Path) -> SpoolSettin
 }
 
 /// The route's `spool` word.
-pub(super) fn mode(c: &mut Check, key: &str, value: Option<&str>) -> SpoolMode {
+pub(super) fn mode(c: &mut Check, key: &str) -> SpoolMode {
     c.choice(
         key,
-        value,
         &[
             ("off", SpoolMode::Off),
             ("on_failure", SpoolMode::OnFailure),
@@ -140,8 +115,8 @@ fn max_bytes(c: &mut Check, value: Option<&str>) -> u64 {
     }
 }
 
-fn at_least_a_second(c: &mut Check, key: &str, value: Option<&str>, default: Duration) -> Duration {
-    let d = c.duration(key, value, default);
+fn at_least_a_second(c: &mut Check, key: &str, default: Duration) -> Duration {
+    let d = c.duration(key, default);
     if d < MIN_SPOOL_DURATION {
         c.problem_with(
             key,

@@ -443,3 +443,19 @@ upstream = "nowhere.invalid:1"
     assert_eq!(c.routes[1].upstream.address.port(), 3000);
     assert!(env.0.borrow().values().all(|n| *n == 1));
 }
+
+/// `docs/config-keys.md` is the schema's rendering ([`schema::markdown`]);
+/// `BLESS=1 cargo test --lib config_keys_doc` writes it.
+#[test]
+fn config_keys_doc_is_the_schema() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config-keys.md");
+    let want = schema::markdown();
+    if std::env::var_os("BLESS").is_some() {
+        std::fs::write(path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        have == want,
+        "docs/config-keys.md is not the schema's rendering; regenerate it: BLESS=1 cargo test --lib config_keys_doc"
+    );
+}

@@ -4,7 +4,6 @@
 
 use super::check::Check;
 use super::defaults::{DEFAULT_SAMPLING_RATIO, DEFAULT_SERVICE_NAME};
-use super::raw::RawTracing;
 
 /// `[tracing]` as validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,9 +34,10 @@ pub struct SamplingRatio(pub f64);
 
 impl Eq for SamplingRatio {}
 
-pub(super) fn compile(c: &mut Check, raw: &RawTracing) -> TracingSettings {
-    let otlp_endpoint = raw.otlp_endpoint.as_deref().and_then(|e| endpoint(c, e));
-    let sampling_ratio = match raw.sampling_ratio {
+pub(super) fn compile(c: &mut Check) -> TracingSettings {
+    let d = c.doc();
+    let otlp_endpoint = d.str("tracing.otlp_endpoint").and_then(|e| endpoint(c, e));
+    let sampling_ratio = match d.float("tracing.sampling_ratio") {
         None => DEFAULT_SAMPLING_RATIO,
         Some(r) if (0.0..=1.0).contains(&r) => r,
         Some(_) => {
@@ -45,7 +45,7 @@ pub(super) fn compile(c: &mut Check, raw: &RawTracing) -> TracingSettings {
             DEFAULT_SAMPLING_RATIO
         }
     };
-    let service_name = match raw.service_name.as_deref() {
+    let service_name = match d.str("tracing.service_name") {
         None => DEFAULT_SERVICE_NAME.to_string(),
         Some(s) if !s.is_empty() && s.len() <= 255 && !s.bytes().any(|b| b.is_ascii_control()) => {
             s.to_string()

@@ -1,4 +1,4 @@
-//! Unknown keys: the file is walked once against the schema (the tables and
+//! Unknown keys: the parsed file is walked against the schema (the tables and
 //! keys of [`KEYS`]) and **every** key or table it does not know is reported,
 //! by name and line, with the closest allowed name as a suggestion
 //! (`tolerence` → `tolerance`). A key that looks like a secret pasted in the
@@ -7,10 +7,10 @@
 
 use std::collections::BTreeSet;
 
-use toml_edit::{ImDocument, Item, Key, Value};
+use toml_edit::{Item, Key, Value};
 
-use super::env::KEYS;
 use super::error::{Problem, position};
+use super::schema::KEYS;
 
 /// A suggestion is made only from this Jaro-Winkler similarity up.
 const SIMILAR: f64 = 0.8;
@@ -18,14 +18,11 @@ const SIMILAR: f64 = 0.8;
 /// A key this long or longer with no word structure may be a secret.
 const LONG: usize = 24;
 
-/// Every unknown key and table of `text`, in the order of their lines; none
-/// when the text is not TOML (the parser's own error reports that).
-pub(super) fn find(text: &str) -> Vec<Problem> {
-    let Ok(doc) = ImDocument::parse(text) else {
-        return Vec::new();
-    };
+/// Every unknown key and table of the file `text` parsed to `root`, in the
+/// order of their lines.
+pub(super) fn find(text: &str, root: &toml_edit::Table) -> Vec<Problem> {
     let mut found = Vec::new();
-    walk(text, "", "(top level)", table(doc.as_table()), &mut found);
+    walk(text, "", "(top level)", entries(root), &mut found);
     found.sort_by_key(|(line, _)| *line);
     found.into_iter().map(|(_, p)| p).collect()
 }
@@ -104,11 +101,11 @@ fn walk(
 }
 
 /// The entries of the table (or of each table of the array) `item` holds; a
-/// value of another type has none here (serde reports its type).
-fn tables(item: &Item) -> Vec<Vec<(&Key, &Item)>> {
+/// value of another type has none here (`doc` reports its type).
+pub(super) fn tables(item: &Item) -> Vec<Vec<(&Key, &Item)>> {
     match item {
-        Item::Table(t) => vec![table(t)],
-        Item::ArrayOfTables(a) => a.iter().map(table).collect(),
+        Item::Table(t) => vec![entries(t)],
+        Item::ArrayOfTables(a) => a.iter().map(entries).collect(),
         Item::Value(Value::InlineTable(t)) => vec![inline(t)],
         Item::Value(Value::Array(a)) => a
             .iter()
@@ -119,7 +116,8 @@ fn tables(item: &Item) -> Vec<Vec<(&Key, &Item)>> {
     }
 }
 
-fn table(t: &toml_edit::Table) -> Vec<(&Key, &Item)> {
+/// A table's entries with their keys (which carry the spans).
+pub(super) fn entries(t: &toml_edit::Table) -> Vec<(&Key, &Item)> {
     t.iter().filter_map(|(n, _)| t.get_key_value(n)).collect()
 }
 

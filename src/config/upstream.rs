@@ -6,48 +6,35 @@ use std::path::{Path, PathBuf};
 
 use super::check::Check;
 use super::defaults::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, DEFAULT_UPSTREAM};
-use super::raw::RawUpstream;
 use super::{HostHeader, Upstream};
 
 /// The default upstream, and the CA file (`upstream.ca_file`, checked readable)
 /// trusted for upstream TLS instead of the system roots.
-pub(super) fn compile(
-    c: &mut Check,
-    raw: &RawUpstream,
-    base: &Path,
-) -> (Upstream, Option<PathBuf>) {
-    let connect_timeout = c.duration(
-        "upstream.connect_timeout",
-        raw.connect_timeout.as_deref(),
-        DEFAULT_CONNECT_TIMEOUT,
-    );
-    let read_timeout = c.duration(
-        "upstream.read_timeout",
-        raw.read_timeout.as_deref(),
-        DEFAULT_READ_TIMEOUT,
-    );
+pub(super) fn compile(c: &mut Check, base: &Path) -> (Upstream, Option<PathBuf>) {
+    let d = c.doc();
+    let connect_timeout = c.duration("upstream.connect_timeout", DEFAULT_CONNECT_TIMEOUT);
+    let read_timeout = c.duration("upstream.read_timeout", DEFAULT_READ_TIMEOUT);
     let host_header = c.choice(
         "upstream.host_header",
-        raw.host_header.as_deref(),
         &[
             ("keep", HostHeader::Keep),
             ("upstream", HostHeader::Upstream),
         ],
         HostHeader::Keep,
     );
-    let address = raw.address.as_deref().unwrap_or(DEFAULT_UPSTREAM);
-    let e = endpoint(c, "upstream.address", address, raw.tls);
+    let address = d.str("upstream.address").unwrap_or(DEFAULT_UPSTREAM);
+    let e = endpoint(c, "upstream.address", address, d.bool("upstream.tls"));
     let upstream = Upstream {
         address: e.address,
         authority: e.authority,
         connect_timeout,
         read_timeout,
         tls: e.tls,
-        sni: raw.sni.clone().unwrap_or(e.host),
-        verify: raw.verify.unwrap_or(true),
+        sni: d.str("upstream.sni").map_or(e.host, String::from),
+        verify: d.bool("upstream.verify").unwrap_or(true),
         host_header,
     };
-    let ca_file = raw.ca_file.as_deref().map(|p| {
+    let ca_file = d.str("upstream.ca_file").map(|p| {
         let path = base.join(p);
         c.readable("upstream.ca_file", &path);
         path
@@ -107,7 +94,7 @@ fn endpoint(c: &mut Check, key: &str, value: &str, tls_flag: Option<bool>) -> En
     } else {
         format!("{rest}:{}", if tls { 443 } else { 80 })
     };
-    let address = c.address(key, Some(&authority), DEFAULT_UPSTREAM);
+    let address = c.address(key, &authority);
     let host = authority
         .rsplit_once(':')
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))

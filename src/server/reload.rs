@@ -76,11 +76,15 @@ fn reload(
         }
     }
     for r in ProcessConfig::diff(start, &ProcessConfig::of(&new)) {
-        tracing::warn!(key = r.key, "needs a restart to change; {}", r.note);
+        tracing::warn!(
+            key = r.key.as_str(),
+            "needs a restart to change; {}",
+            r.note
+        );
     }
     let running = shared.policy.load_full();
     let mut kept = without_spool(
-        keep_running(new, &running.config),
+        ProcessConfig::keep(new, &running.config),
         shared.spool.get().is_some() || shared.spool_waiting.load(Ordering::SeqCst),
     );
     if let Err(e) = swap_redis(shared, &running.config.replay.store, &kept.replay.store) {
@@ -107,34 +111,6 @@ fn reload(
         .policy
         .store(Arc::new(Policy::compile(kept, &shared.metrics)));
     shared.metrics.reloads.with_label_values(&["ok"]).inc();
-}
-
-/// The new configuration with the running value of every key that takes
-/// effect only at start (the ones [`ProcessConfig::diff`] names).
-/// `idle_timeout` is the new one: HTTP/1 connections follow it.
-fn keep_running(new: Config, running: &Config) -> Config {
-    let mut replay = new.replay;
-    replay.capacity = running.replay.capacity;
-    let same_kind = matches!(
-        (&running.replay.store, &replay.store),
-        (StoreKind::Memory, StoreKind::Memory) | (StoreKind::Redis(_), StoreKind::Redis(_))
-    );
-    if !same_kind {
-        replay.store = running.replay.store.clone();
-    }
-    Config {
-        listen: running.listen,
-        listen_tls: running.listen_tls.clone(),
-        listen_cert: running.listen_cert.clone(),
-        admin: running.admin,
-        threads: running.threads,
-        log_format: running.log_format,
-        grace_period: running.grace_period,
-        upstream_ca_file: running.upstream_ca_file.clone(),
-        replay,
-        spool: new.spool.clone().keep_running(&running.spool),
-        ..new
-    }
 }
 
 /// Routes that a reload turns to spooling when the process started without a

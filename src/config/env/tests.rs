@@ -1,10 +1,5 @@
-use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
-use serde::Deserialize;
-use serde::de::{self, Deserializer, Visitor};
-
-use super::super::raw::*;
 use super::super::tests::keys;
 use super::super::{Config, Env, HostHeader, from_str};
 use super::*;
@@ -293,73 +288,6 @@ fn variable_names_follow_the_rule() {
     for r in RESERVED {
         assert!(!names.iter().any(|x| x == r));
     }
-}
-
-/// A deserializer that records the field names a struct asks for.
-struct Fields(Cell<&'static [&'static str]>);
-impl<'de> Deserializer<'de> for &Fields {
-    type Error = de::value::Error;
-    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-        Err(de::Error::custom("not a struct"))
-    }
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        fields: &'static [&'static str],
-        _: V,
-    ) -> Result<V::Value, Self::Error> {
-        self.0.set(fields);
-        Err(de::Error::custom("captured"))
-    }
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf option unit unit_struct newtype_struct seq tuple
-        tuple_struct map enum identifier ignored_any
-    }
-}
-
-fn fields<T: Deserialize<'static>>() -> BTreeSet<&'static str> {
-    let f = Fields(Cell::new(&[]));
-    let _ = T::deserialize(&f);
-    f.0.get().iter().copied().collect()
-}
-
-/// [`KEYS`] is every scalar key of the `Raw*` structs: a key or table
-/// added there and not here (or the reverse) fails this test.
-#[test]
-fn the_key_list_is_the_raw_structs() {
-    let tables: Vec<(&str, BTreeSet<&str>, &[&str])> = vec![
-        (
-            "",
-            fields::<RawConfig>(),
-            &[
-                "listen", "admin", "server", "upstream", "replay", "headers", "spool", "tracing",
-                "route",
-            ],
-        ),
-        ("listen", fields::<RawListen>(), &["tls"]),
-        ("listen.tls", fields::<RawTls>(), &[]),
-        ("admin", fields::<RawAdmin>(), &[]),
-        ("server", fields::<RawServer>(), &[]),
-        ("upstream", fields::<RawUpstream>(), &[]),
-        ("replay", fields::<RawReplay>(), &[]),
-        ("headers", fields::<RawHeaders>(), &[]),
-        ("spool", fields::<RawSpool>(), &[]),
-        ("tracing", fields::<RawTracing>(), &[]),
-        ("route", fields::<RawRoute>(), &[]),
-    ];
-    for (table, all, sub) in &tables {
-        assert!(!all.is_empty(), "{table}");
-        let scalars: BTreeSet<&str> = all.iter().copied().filter(|f| !sub.contains(f)).collect();
-        let listed: BTreeSet<&str> = KEYS
-            .iter()
-            .filter(|k| k.table == *table)
-            .map(|k| k.name)
-            .collect();
-        assert_eq!(scalars, listed, "table `{table}`");
-    }
-    let known: BTreeSet<&str> = tables.iter().map(|t| t.0).collect();
-    assert!(KEYS.iter().all(|k| known.contains(k.table)));
 }
 
 /// The defaults `check --print` shows are the loader's: written out

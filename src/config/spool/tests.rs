@@ -231,24 +231,18 @@ fn warnings_for_an_unused_dir_and_an_allowed_store_error() {
 
 #[test]
 fn keep_running_keeps_the_restart_only_keys() {
-    let running = SpoolSettings {
-        dir: Some("a".into()),
-        max_bytes: 1,
-        max_age: Duration::from_secs(1),
-        max_backoff: Duration::from_secs(1),
-        key: Some(SpoolKey([1; 32])),
+    let running = |spool: &str| {
+        let text = format!("[spool]\n{spool}\n[[route]]\npath = \"/a\"\nsecrets = [\"x\"]\n");
+        from_str(&text, &env()).unwrap()
     };
-    let new = SpoolSettings {
-        dir: None,
-        max_bytes: 2,
-        max_age: Duration::from_secs(2),
-        max_backoff: Duration::from_secs(2),
-        key: None,
-    };
-    let kept = new.keep_running(&running);
-    assert_eq!(kept.dir, running.dir);
-    assert_eq!(kept.key, running.key);
-    assert_eq!(kept.max_bytes, 1);
+    let old = running(
+        "dir = \"a\"\nmax_bytes = \"1KiB\"\nmax_age = \"1s\"\nmax_backoff = \"1s\"\nkey = \"env:SPOOL_KEY\"",
+    );
+    let new = running("max_bytes = \"2KiB\"\nmax_age = \"2s\"\nmax_backoff = \"2s\"");
+    let kept = crate::config::ProcessConfig::keep(new, &old).spool;
+    assert_eq!(kept.dir, old.spool.dir);
+    assert_eq!(kept.key, old.spool.key);
+    assert_eq!(kept.max_bytes, 1024);
     assert_eq!(kept.max_age, Duration::from_secs(2));
     assert_eq!(kept.max_backoff, Duration::from_secs(2));
 }
