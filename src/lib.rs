@@ -22,9 +22,10 @@
 //!   the app under their replay lease;
 //! - [`state`]: what lives across reloads: the compiled [`state::Policy`]
 //!   (peers and metric handles per route), the store, the counters;
+//! - [`upstream`]: the HTTP/1 client to the app, on pingora's connector
+//!   and pool, below both [`proxy`] and [`redelivery`];
 //! - [`proxy`]: the pingora phases, the decision on a webhook route
-//!   (`proxy/webhook.rs`), the client side (`downstream.rs`) and the HTTP/1
-//!   client to the app (`forward.rs`);
+//!   (`proxy/webhook.rs`) and the client side (`downstream.rs`);
 //! - [`server`]: pingora's server, the client connection (the connection
 //!   limits, TLS via [`tls`], HTTP/2 head deadlines via [`h2_watch`], HTTP/1
 //!   ones via [`head_watch`], both passing the rest of the stream's traits
@@ -56,4 +57,5 @@ pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod trigger;
+pub mod upstream;
 mod wrapped_stream;

@@ -140,7 +140,7 @@ impl Propagation {
         }
     }
 
-    /// The headers for [`crate::proxy::forward::Wire::new`]'s `extra`.
+    /// The headers for [`crate::upstream::Wire::new`]'s `extra`.
     pub fn headers(&self) -> impl Iterator<Item = (&http::HeaderName, &str)> {
         std::iter::once((&TRACEPARENT, self.traceparent.as_str()))
             .chain((!self.tracestate.is_empty()).then_some((&TRACESTATE, self.tracestate.as_str())))

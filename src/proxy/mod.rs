@@ -29,7 +29,6 @@
 
 mod body;
 mod downstream;
-pub mod forward;
 mod webhook;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -48,13 +47,13 @@ use crate::outcome::Outcome;
 use crate::source;
 use crate::state::{InflightGuard, Policy, Shared};
 use crate::telemetry;
+use crate::upstream::{self, COALESCE_LIMIT, TargetForm, Wire, target_form};
 use body::{Pace, Streaming, read_body};
 pub use downstream::Ctx;
 use downstream::{
-    COALESCE_LIMIT, TargetForm, answer_asterisk, bad_body_framing, body_refused, is_asterisk,
-    refused_head, respond, small_h1_request, strip_trusted, target_form,
+    answer_asterisk, bad_body_framing, body_refused, is_asterisk, refused_head, respond,
+    small_h1_request, strip_trusted,
 };
-use forward::Wire;
 use webhook::OnRoute;
 
 /// Per-read bound on request bodies (pingora's default).
@@ -164,7 +163,7 @@ impl Guard {
         let traced: Vec<_> = propagation.iter().flat_map(|p| p.headers()).collect();
         let wire = Wire::new(client, up, &traced, declared.then_some(body.len()), &body)?;
         let peer = &policy.passthrough;
-        let answer = match forward::exchange(&self.shared.connector, peer, &wire).await {
+        let answer = match upstream::exchange(&self.shared.connector, peer, &wire).await {
             Ok(a) => a,
             Err(e) => return respond(session, ctx, e.into()).await,
         };

@@ -19,7 +19,6 @@ use pingora::proxy::Session;
 
 use super::body::{Pace, read_body};
 use super::downstream::{Ctx, declared_length, respond};
-use super::forward::{self, Answer, ForwardError, Wire};
 use crate::attempts;
 use crate::budget::Permit;
 use crate::config::SpoolMode;
@@ -30,6 +29,7 @@ use crate::replay::{self, Claim, Lease};
 use crate::signature::{self, SignatureHeader, Verdict};
 use crate::state::{CompiledRoute, Policy, Shared};
 use crate::telemetry::{self, Propagation};
+use crate::upstream::{self, Answer, ForwardError, Wire};
 use keeper::Keeper;
 
 /// A delivery that passed every check: forward it.
@@ -329,7 +329,7 @@ async fn exchange(
     on: &OnRoute<'_>,
     wire: &Wire<'_>,
 ) -> Result<Answer, ForwardError> {
-    let exchanged = forward::exchange(&shared.connector, &on.compiled.peer, wire).await;
+    let exchanged = upstream::exchange(&shared.connector, &on.compiled.peer, wire).await;
     if let Some(t) = &mut ctx.trace {
         match &exchanged {
             Ok(a) => t.end_upstream(Some(a.head.status.as_u16()), None),

@@ -8,10 +8,10 @@ use pingora::connectors::http::v1::Connector;
 use pingora::upstreams::peer::HttpPeer;
 
 use super::{Held, Step, backoff};
-use crate::proxy::forward::{self, Wire};
 use crate::replay::{self, Claim, Lease};
 use crate::spool::{self, Handle, SpoolStore};
 use crate::state::Shared;
+use crate::upstream::{self, Wire};
 
 /// One attempt at one entry: bury it if it is past `max_age`, adopt its
 /// replay mark if not held yet, send it, and settle.
@@ -172,7 +172,7 @@ async fn confirm(
 /// Sends the entry to `peer`; whether the app answered 2xx.
 async fn send(connector: &Connector, peer: &HttpPeer, record: &spool::Record) -> bool {
     let wire = Wire::from_parts(&record.head, &record.body);
-    match forward::exchange(connector, peer, &wire).await {
+    match upstream::exchange(connector, peer, &wire).await {
         Ok(answer) => {
             let status = answer.head.status;
             answer.discard(connector, peer).await;

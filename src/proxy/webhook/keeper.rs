@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use super::OnRoute;
-use crate::proxy::forward::Wire;
 use crate::replay::Lease;
 use crate::spool;
 use crate::state::Shared;
+use crate::upstream::Wire;
 
 /// Keeps the delivery in the spool: `true` once it is durable (its claim is
 /// then detached: the id stays in flight for the redelivery worker to adopt).
