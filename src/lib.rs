@@ -37,6 +37,7 @@
 pub mod admin;
 pub mod attempts;
 pub mod budget;
+pub mod clock;
 pub mod config;
 pub mod echo;
 pub mod event;
@@ -44,6 +45,7 @@ pub mod framing;
 pub mod h2_watch;
 pub mod head_watch;
 pub mod metrics;
+pub mod outbound;
 pub mod outcome;
 pub mod path;
 pub mod proxy;

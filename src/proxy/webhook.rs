@@ -10,7 +10,7 @@
 mod keeper;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::Method;
@@ -180,7 +180,7 @@ fn verify(parsed: &SignatureHeader, body: &[u8], on: &OnRoute<'_>) -> Result<i64
         parsed,
         &on.route.secrets,
         body,
-        unix_now(),
+        crate::clock::unix_now().as_secs() as i64,
         on.route.tolerance.as_secs() as i64,
     );
     on.compiled.verify.observe(started.elapsed().as_secs_f64());
@@ -468,11 +468,4 @@ fn final_attempt_failed(on: &OnRoute<'_>, ctx: &Ctx, failure: &'static str, stat
         upstream_status = status,
         "delivery failed on Persona's last automatic attempt (Persona-Webhook-Attempts-Left: 0); Persona will not retry it on its own"
     );
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
