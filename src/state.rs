@@ -55,8 +55,7 @@ pub struct OutcomeCounters(Vec<IntCounter>);
 impl OutcomeCounters {
     fn new(metrics: &Metrics, route: &str) -> Self {
         OutcomeCounters(
-            Outcome::ALL
-                .iter()
+            Outcome::all()
                 .map(|o| metrics.requests.with_label_values(&[route, o.code()]))
                 .collect(),
         )
