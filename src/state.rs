@@ -24,7 +24,8 @@ use crate::upstream::peer_for;
 /// a request builds no peer and looks up no metric series by name.
 pub struct Policy {
     pub config: Config,
-    /// One per `config.routes`, in the same order.
+    /// One per `config.routes`, in the same order (`config.routes` is what
+    /// requests are matched on; everything after the match reads these).
     pub routes: Vec<CompiledRoute>,
     /// Where requests under no route go.
     pub passthrough: HttpPeer,
@@ -32,8 +33,9 @@ pub struct Policy {
     pub no_route: OutcomeCounters,
 }
 
-/// A route's upstream peer and metric handles.
+/// A route, with its upstream peer and metric handles.
 pub struct CompiledRoute {
+    pub route: Route,
     pub peer: HttpPeer,
     pub outcomes: OutcomeCounters,
     /// `persona_guard_verify_duration_seconds{route}`.
@@ -95,6 +97,7 @@ impl CompiledRoute {
         let path = route.path.as_str();
         let class = |c: &str| metrics.upstream_duration.with_label_values(&[path, c]);
         CompiledRoute {
+            route: route.clone(),
             peer: peer_for(&route.upstream),
             outcomes: OutcomeCounters::new(metrics, path),
             verify: metrics.verify_duration.with_label_values(&[path]),

@@ -13,6 +13,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 
 use crate::config::TrustedHeaders;
+use crate::event::{Fact, Facts};
 use crate::framing::valid_host;
 use crate::outcome::Outcome;
 use crate::state::{InflightGuard, Policy};
@@ -39,6 +40,14 @@ pub struct Ctx {
     pub streaming: Option<super::body::Streaming>,
     /// Why the proxy ended a streamed body (`overloaded`, `body_timeout`).
     pub cut: Option<Outcome>,
+}
+
+impl Ctx {
+    /// Copies the event's id and type for the request's log line and span.
+    pub fn mirror(&mut self, facts: &Facts) {
+        self.event_id.clone_from(&facts.id);
+        self.event_type.clone_from(&facts.event_type);
+    }
 }
 
 /// Writes a JSON answer of persona-guard's own. The outcome says whether the
@@ -88,9 +97,19 @@ pub fn bad_body_framing(e: &Error) -> bool {
     matches!(e.etype().as_str(), "InvalidChunk" | "InvalidTrailerEnd")
 }
 
+/// The trusted headers, each with the fact it carries: the one list that
+/// stripping (every request) and setting (an admitted delivery) go through.
+pub fn trusted_headers(names: &TrustedHeaders) -> [(Fact, &HeaderName); 3] {
+    [
+        (Fact::Type, &names.event_type),
+        (Fact::Id, &names.event_id),
+        (Fact::CreatedAt, &names.event_created_at),
+    ]
+}
+
 /// Removes every client-sent copy of the trusted headers: any case, `_` or `-`.
 pub fn strip_trusted(req: &mut RequestHeader, names: &TrustedHeaders) {
-    let targets = names.names();
+    let targets = trusted_headers(names);
     // Header names arrive lower-cased; compare with `_` read as `-`, no allocation
     // on the common path where nothing matches.
     let same = |k: &HeaderName, t: &HeaderName| {
@@ -103,7 +122,7 @@ pub fn strip_trusted(req: &mut RequestHeader, names: &TrustedHeaders) {
     let doomed: Vec<HeaderName> = req
         .headers
         .keys()
-        .filter(|k| targets.iter().any(|t| same(k, t)))
+        .filter(|k| targets.iter().any(|(_, t)| same(k, t)))
         .cloned()
         .collect();
     for name in doomed {

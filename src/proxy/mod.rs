@@ -116,10 +116,11 @@ impl Guard {
         policy: &Policy,
         index: usize,
     ) -> pingora::Result<bool> {
+        let compiled = &policy.routes[index];
         let on = OnRoute {
             policy,
-            route: &policy.config.routes[index],
-            compiled: &policy.routes[index],
+            route: &compiled.route,
+            compiled,
         };
         match webhook::judge(&self.shared, session, ctx, &on).await {
             Ok(admitted) => webhook::deliver(&self.shared, session, ctx, &on, admitted).await,
@@ -412,11 +413,11 @@ impl ProxyHttp for Guard {
             Some(p) => p.clone(),
             None => self.shared.policy.load_full(),
         };
-        let route = ctx.route.and_then(|i| Some((i, policy.routes.get(i)?)));
-        let counters = route.map_or(&policy.no_route, |(_, r)| &r.outcomes);
+        let compiled = ctx.route.and_then(|i| policy.routes.get(i));
+        let counters = compiled.map_or(&policy.no_route, |r| &r.outcomes);
         counters.inc(outcome);
         let elapsed_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
-        let route_cfg = route.and_then(|(i, _)| policy.config.routes.get(i));
+        let route_cfg = compiled.map(|c| &c.route);
         if let Some(t) = ctx.trace.take() {
             t.finish(
                 route_cfg.map(|r| r.path.as_str()),

@@ -25,14 +25,14 @@ pub(super) async fn attempt(
     let cfg = &policy.config;
     let record = &held.entry.record;
     let route_path = record.route.as_str();
-    let Some(index) = cfg.routes.iter().position(|r| r.path == record.route) else {
+    let Some(compiled) = policy.routes.iter().find(|c| c.route.path == record.route) else {
         tracing::warn!(
             route = route_path,
             "spool: the entry's route is no longer configured; the entry is kept"
         );
         return Step::Deferred(cfg.spool.max_backoff);
     };
-    let (route, compiled) = (&cfg.routes[index], &policy.routes[index]);
+    let route = &compiled.route;
     let store = handle.store.as_ref();
     let age = Duration::from_millis(spool::now_ms().saturating_sub(record.live_since_ms));
     if age > cfg.spool.max_age {
