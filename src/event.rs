@@ -27,6 +27,42 @@ pub struct Event<'a> {
     pub created_at: Option<Cow<'a, str>>,
 }
 
+/// What an admitted delivery tells the app in the trusted headers, and the
+/// spool keeps with it: `None` for what its route does not read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub id: Option<String>,
+    pub event_type: Option<String>,
+    pub created_at: Option<String>,
+}
+
+/// Which of the [`Facts`] a trusted header carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fact {
+    Type,
+    Id,
+    CreatedAt,
+}
+
+impl Facts {
+    /// An event's id, type and created-at.
+    pub fn of(ev: &Event<'_>) -> Facts {
+        Facts {
+            id: Some(ev.id.to_string()),
+            event_type: Some(ev.name.to_string()),
+            created_at: ev.created_at.as_ref().map(|c| c.to_string()),
+        }
+    }
+
+    pub fn get(&self, fact: Fact) -> Option<&str> {
+        match fact {
+            Fact::Type => self.event_type.as_deref(),
+            Fact::Id => self.id.as_deref(),
+            Fact::CreatedAt => self.created_at.as_deref(),
+        }
+    }
+}
+
 /// Why a verified body is not a usable event. Never carries body content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {

@@ -241,12 +241,7 @@ fn cmd_sign(secret_env: &str, timestamp: Option<i64>, file: Option<&Path>) -> Ex
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let t = timestamp.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
-    });
+    let t = timestamp.unwrap_or_else(|| persona_guard::clock::unix_now().as_secs() as i64);
     println!("{}", signature::sign(secret.as_encoded_bytes(), t, &body));
     ExitCode::SUCCESS
 }

@@ -389,7 +389,7 @@ impl Metrics {
 
     /// Pre-creates every outcome, attempt and final-failure series of a route at 0, so rates work from the start.
     pub fn register_route(&self, route: &str) {
-        for o in Outcome::ALL {
+        for o in Outcome::all() {
             if !matches!(
                 o,
                 Outcome::Passthrough
@@ -408,7 +408,7 @@ impl Metrics {
 
     /// Pre-creates the outcome series of requests under no route.
     pub fn register_no_route(&self) {
-        for o in Outcome::ALL.into_iter().filter(|o| o.applies_off_route()) {
+        for o in Outcome::all().filter(|o| o.applies_off_route()) {
             self.requests.with_label_values(&[NO_ROUTE, o.code()]);
         }
     }

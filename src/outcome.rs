@@ -3,9 +3,21 @@
 //! drift apart.
 
 use http::StatusCode;
+use strum::IntoEnumIterator;
 
-/// How a request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a request ended. Its code is its name in snake case; its index, its
+/// position in the list.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::EnumIter,
+    strum::IntoStaticStr,
+    strum::EnumDiscriminants,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum Outcome {
     /// A verified delivery went upstream (the upstream's status is returned).
     Forwarded,
@@ -52,31 +64,7 @@ pub enum Outcome {
 impl Outcome {
     /// The label used in logs, metrics and the JSON `error` field.
     pub fn code(self) -> &'static str {
-        match self {
-            Outcome::Forwarded => "forwarded",
-            Outcome::Passthrough => "passthrough",
-            Outcome::MissingSignature => "missing_signature",
-            Outcome::MalformedSignature => "malformed_signature",
-            Outcome::InvalidSignature => "invalid_signature",
-            Outcome::TimestampOutOfTolerance => "timestamp_out_of_tolerance",
-            Outcome::BodyTooLarge => "body_too_large",
-            Outcome::BodyTimeout => "body_timeout",
-            Outcome::MethodNotAllowed => "method_not_allowed",
-            Outcome::InvalidEvent => "invalid_event",
-            Outcome::Ignored => "ignored",
-            Outcome::Duplicate => "duplicate",
-            Outcome::DeliveryInProgress { .. } => "delivery_in_progress",
-            Outcome::UpstreamUnavailable => "upstream_unavailable",
-            Outcome::UpstreamTimeout => "upstream_timeout",
-            Outcome::ReplayStoreUnavailable => "replay_store_unavailable",
-            Outcome::Overloaded => "overloaded",
-            Outcome::MalformedRequest => "malformed_request",
-            Outcome::InvalidPath => "invalid_path",
-            Outcome::NotFound => "not_found",
-            Outcome::ClientError => "client_error",
-            Outcome::SourceNotAllowed => "source_not_allowed",
-            Outcome::Spooled => "spooled",
-        }
+        self.into()
     }
 
     /// The status persona-guard answers with itself (`None`: the upstream's).
@@ -144,33 +132,15 @@ impl Outcome {
         }
     }
 
-    /// Its position in [`Outcome::ALL`] (a metric handle's index).
+    /// Its position in [`Outcome::all`] (a metric handle's index).
     pub fn index(self) -> usize {
-        match self {
-            Outcome::Forwarded => 0,
-            Outcome::Passthrough => 1,
-            Outcome::MissingSignature => 2,
-            Outcome::MalformedSignature => 3,
-            Outcome::InvalidSignature => 4,
-            Outcome::TimestampOutOfTolerance => 5,
-            Outcome::BodyTooLarge => 6,
-            Outcome::BodyTimeout => 7,
-            Outcome::MethodNotAllowed => 8,
-            Outcome::InvalidEvent => 9,
-            Outcome::Ignored => 10,
-            Outcome::Duplicate => 11,
-            Outcome::DeliveryInProgress { .. } => 12,
-            Outcome::UpstreamUnavailable => 13,
-            Outcome::UpstreamTimeout => 14,
-            Outcome::ReplayStoreUnavailable => 15,
-            Outcome::Overloaded => 16,
-            Outcome::MalformedRequest => 17,
-            Outcome::InvalidPath => 18,
-            Outcome::NotFound => 19,
-            Outcome::ClientError => 20,
-            Outcome::SourceNotAllowed => 21,
-            Outcome::Spooled => 22,
-        }
+        OutcomeDiscriminants::from(self) as usize
+    }
+
+    /// Every outcome (`DeliveryInProgress` with `retry_after` 0), for
+    /// pre-registering metric labels.
+    pub fn all() -> impl Iterator<Item = Outcome> {
+        Outcome::iter()
     }
 
     /// Whether answering this way closes the connection: the outcomes decided
@@ -226,33 +196,6 @@ impl Outcome {
             _ => serde_json::json!({ "error": self.code(), "message": self.message() }).to_string(),
         }
     }
-
-    /// Every outcome, for pre-registering metric labels.
-    pub const ALL: [Outcome; 23] = [
-        Outcome::Forwarded,
-        Outcome::Passthrough,
-        Outcome::MissingSignature,
-        Outcome::MalformedSignature,
-        Outcome::InvalidSignature,
-        Outcome::TimestampOutOfTolerance,
-        Outcome::BodyTooLarge,
-        Outcome::BodyTimeout,
-        Outcome::MethodNotAllowed,
-        Outcome::InvalidEvent,
-        Outcome::Ignored,
-        Outcome::Duplicate,
-        Outcome::DeliveryInProgress { retry_after: 1 },
-        Outcome::UpstreamUnavailable,
-        Outcome::UpstreamTimeout,
-        Outcome::ReplayStoreUnavailable,
-        Outcome::Overloaded,
-        Outcome::MalformedRequest,
-        Outcome::InvalidPath,
-        Outcome::NotFound,
-        Outcome::ClientError,
-        Outcome::SourceNotAllowed,
-        Outcome::Spooled,
-    ];
 }
 
 #[cfg(test)]
@@ -261,7 +204,7 @@ mod tests {
 
     #[test]
     fn error_bodies_are_json_with_code_and_message() {
-        for o in Outcome::ALL {
+        for o in Outcome::all() {
             let v: serde_json::Value = serde_json::from_str(&o.body()).unwrap();
             match o {
                 Outcome::Ignored => assert_eq!(v["status"], "ignored"),
@@ -277,7 +220,7 @@ mod tests {
 
     #[test]
     fn index_is_the_position_in_all() {
-        for (i, o) in Outcome::ALL.iter().enumerate() {
+        for (i, o) in Outcome::all().enumerate() {
             assert_eq!(o.index(), i, "{}", o.code());
         }
     }
@@ -307,9 +250,9 @@ mod tests {
 
     #[test]
     fn codes_are_unique() {
-        let mut codes: Vec<_> = Outcome::ALL.iter().map(|o| o.code()).collect();
+        let mut codes: Vec<_> = Outcome::all().map(|o| o.code()).collect();
         codes.sort();
         codes.dedup();
-        assert_eq!(codes.len(), Outcome::ALL.len());
+        assert_eq!(codes.len(), Outcome::all().count());
     }
 }

@@ -249,7 +249,7 @@ impl Worker {
         let min_idle = policy.config.replay.inflight_ttl;
         // Every route, spooling or not: a route whose `spool` a reload turned
         // off still delivers what its spool holds.
-        for route in &policy.config.routes {
+        for route in policy.routes.iter().map(|c| &c.route) {
             let room = HELD_MAX.saturating_sub(self.held.len() + self.busy.len());
             if room == 0 {
                 return;

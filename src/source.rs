@@ -6,6 +6,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use ipnet::{IpNet, Ipv4Net};
+
 /// The `allow_from` entry that stands for Persona's published addresses.
 pub const PERSONA: &str = "persona";
 
@@ -16,10 +18,7 @@ const PERSONA_LIST: &str = include_str!("source/persona_ips.txt");
 /// An IPv4 or IPv6 network: an address and a prefix length. A bare address is
 /// a network of one (`/32`, `/128`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    net: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 /// Why an entry is not a [`Cidr`]. The messages never repeat the entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -43,79 +42,38 @@ impl Cidr {
             None => (s, None),
             Some((a, p)) => (a, Some(p)),
         };
-        let net: IpAddr = addr.parse().map_err(|_| CidrError::Syntax)?;
-        let bits = max_prefix(net);
-        let prefix = match prefix {
-            None => bits,
+        let addr: IpAddr = addr.parse().map_err(|_| CidrError::Syntax)?;
+        let net = match prefix {
+            None => IpNet::from(addr),
             // Plain digits only (`u8::from_str` would take `+8`).
             Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => {
-                p.parse::<u8>().map_err(|_| CidrError::PrefixTooLong)?
+                let len = p.parse::<u8>().map_err(|_| CidrError::PrefixTooLong)?;
+                IpNet::new(addr, len).map_err(|_| CidrError::PrefixTooLong)?
             }
             Some(_) => return Err(CidrError::Syntax),
         };
-        if prefix > bits {
-            return Err(CidrError::PrefixTooLong);
-        }
-        let cidr = Cidr { net, prefix };
-        if bits_of(net) & !mask(bits, prefix) != 0 {
+        if net.trunc() != net {
             return Err(CidrError::HostBits);
         }
-        Ok(cidr.canonical())
+        Ok(Cidr(canonical(net)))
     }
 
     /// Whether `ip` is in this network. IPv4-mapped IPv6 addresses
     /// (`::ffff:192.0.2.1`) count as the IPv4 address they carry.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        self.contains_exact(ip.to_canonical())
+        self.0.contains(&ip.to_canonical())
     }
+}
 
-    fn contains_exact(&self, ip: IpAddr) -> bool {
-        match (self.net, ip) {
-            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
-                let m = mask(max_prefix(ip), self.prefix);
-                bits_of(ip) & m == bits_of(self.net) & m
-            }
-            _ => false,
+/// An IPv4-mapped network (`::ffff:192.0.2.0/120`) as the IPv4 network it
+/// covers, since addresses are compared in their canonical form.
+fn canonical(net: IpNet) -> IpNet {
+    match (net.addr().to_canonical(), net.prefix_len()) {
+        (IpAddr::V4(v4), len @ 96..) if net.addr().is_ipv6() => {
+            Ipv4Net::new(v4, len - 96).map_or(net, IpNet::V4)
         }
+        _ => net,
     }
-
-    /// An IPv4-mapped network (`::ffff:192.0.2.0/120`) as the IPv4 network it
-    /// covers, since addresses are compared in their canonical form.
-    fn canonical(self) -> Cidr {
-        match (self.net.to_canonical(), self.net) {
-            (IpAddr::V4(v4), IpAddr::V6(_)) if self.prefix >= 96 => Cidr {
-                net: IpAddr::V4(v4),
-                prefix: self.prefix - 96,
-            },
-            _ => self,
-        }
-    }
-}
-
-fn max_prefix(ip: IpAddr) -> u8 {
-    if ip.is_ipv4() { 32 } else { 128 }
-}
-
-fn bits_of(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => u128::from(v6),
-    }
-}
-
-/// The network mask of `prefix` bits in an address of `bits` bits, as the low
-/// `bits` bits of a `u128`.
-fn mask(bits: u8, prefix: u8) -> u128 {
-    if prefix == 0 {
-        return 0;
-    }
-    let all = if bits == 128 {
-        u128::MAX
-    } else {
-        (1u128 << bits) - 1
-    };
-    let host = bits - prefix;
-    (all >> host) << host
 }
 
 /// A set of networks; an address is in it when any network contains it.

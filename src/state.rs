@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora::connectors::http::v1::Connector;
@@ -15,19 +14,18 @@ use tokio::sync::Notify;
 
 use crate::attempts;
 use crate::budget::BodyBudget;
-use crate::config::{Config, Route, Upstream};
+use crate::config::{Config, Route};
 use crate::metrics::{self, Metrics};
 use crate::outcome::Outcome;
 use crate::replay::{ReplayStore, StoreError};
-
-/// How long an idle upstream connection stays in the pool.
-pub const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
+use crate::upstream::peer_for;
 
 /// The configuration as the request path uses it: compiled once per load, so
 /// a request builds no peer and looks up no metric series by name.
 pub struct Policy {
     pub config: Config,
-    /// One per `config.routes`, in the same order.
+    /// One per `config.routes`, in the same order (`config.routes` is what
+    /// requests are matched on; everything after the match reads these).
     pub routes: Vec<CompiledRoute>,
     /// Where requests under no route go.
     pub passthrough: HttpPeer,
@@ -35,8 +33,9 @@ pub struct Policy {
     pub no_route: OutcomeCounters,
 }
 
-/// A route's upstream peer and metric handles.
+/// A route, with its upstream peer and metric handles.
 pub struct CompiledRoute {
+    pub route: Route,
     pub peer: HttpPeer,
     pub outcomes: OutcomeCounters,
     /// `persona_guard_verify_duration_seconds{route}`.
@@ -58,8 +57,7 @@ pub struct OutcomeCounters(Vec<IntCounter>);
 impl OutcomeCounters {
     fn new(metrics: &Metrics, route: &str) -> Self {
         OutcomeCounters(
-            Outcome::ALL
-                .iter()
+            Outcome::all()
                 .map(|o| metrics.requests.with_label_values(&[route, o.code()]))
                 .collect(),
         )
@@ -99,6 +97,7 @@ impl CompiledRoute {
         let path = route.path.as_str();
         let class = |c: &str| metrics.upstream_duration.with_label_values(&[path, c]);
         CompiledRoute {
+            route: route.clone(),
             peer: peer_for(&route.upstream),
             outcomes: OutcomeCounters::new(metrics, path),
             verify: metrics.verify_duration.with_label_values(&[path]),
@@ -126,19 +125,6 @@ impl CompiledRoute {
     pub fn upstream_duration(&self, status: u16) -> &Histogram {
         &self.upstream[usize::from(status.clamp(100, 599) / 100 - 1)]
     }
-}
-
-/// The upstream peer of an `[upstream]` block: timeouts, TLS and pool idle time.
-fn peer_for(up: &Upstream) -> HttpPeer {
-    let mut peer = HttpPeer::new(up.address, up.tls, up.sni.clone());
-    peer.options.verify_cert = up.verify;
-    peer.options.verify_hostname = up.verify;
-    peer.options.connection_timeout = Some(up.connect_timeout);
-    peer.options.total_connection_timeout = Some(up.connect_timeout);
-    peer.options.read_timeout = Some(up.read_timeout);
-    peer.options.write_timeout = Some(up.read_timeout);
-    peer.options.idle_timeout = Some(UPSTREAM_IDLE);
-    peer
 }
 
 /// Process state shared by the proxy, the admin listener and the signal handlers.

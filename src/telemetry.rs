@@ -12,13 +12,10 @@
 //! A client's trace context is read within the W3C limits, and its sampled
 //! flag counts only from `trusted_proxies` ([`context`]).
 //!
-//! The exporter speaks plain HTTP/1.1 through [`PlainHttp`], a small blocking
-//! client on `std::net` that runs on the batch processor's own thread: no
-//! HTTP client crate, no TLS, no async runtime of its own.
+//! The exporter speaks plain HTTP/1.1 through [`Exporter`], the blocking
+//! [`crate::outbound`] client, on the batch processor's own thread: no async
+//! runtime of its own.
 
-use std::borrow::Cow;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,6 +29,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
 
 use crate::config::TracingSettings;
+use crate::outbound;
 
 mod context;
 pub use context::{MAX_MEMBERS, MAX_TRACESTATE};
@@ -66,7 +64,10 @@ impl Telemetry {
         };
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(PlainHttp)
+            .with_http_client(Exporter(outbound::Client::new(
+                EXPORT_TIMEOUT,
+                EXPORT_TIMEOUT,
+            )))
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(endpoint.as_str())
             .with_timeout(EXPORT_TIMEOUT)
@@ -140,7 +141,7 @@ impl Propagation {
         }
     }
 
-    /// The headers for [`crate::proxy::forward::Wire::new`]'s `extra`.
+    /// The headers for [`crate::upstream::Wire::new`]'s `extra`.
     pub fn headers(&self) -> impl Iterator<Item = (&http::HeaderName, &str)> {
         std::iter::once((&TRACEPARENT, self.traceparent.as_str()))
             .chain((!self.tracestate.is_empty()).then_some((&TRACESTATE, self.tracestate.as_str())))
@@ -242,149 +243,27 @@ pub fn end_child(mut span: Span, outcome: &'static str, route: &str, event_id: O
     span.end();
 }
 
-/// A blocking HTTP/1.1 client for `http://` OTLP endpoints, one connection
-/// per export (`Connection: close`). It runs on the batch span processor's
-/// own thread (the SDK drives the export future there with a blocking
-/// executor), so blocking I/O stalls no request.
-#[derive(Debug, Clone, Copy)]
-pub struct PlainHttp;
-
-/// Largest answer read from the collector.
-const MAX_ANSWER: u64 = 1024 * 1024;
+/// The OTLP exporter's client for `http://` endpoints. It runs on the batch
+/// span processor's own thread (the SDK drives the export future there with
+/// a blocking executor), so blocking I/O stalls no request.
+#[derive(Debug, Clone)]
+pub struct Exporter(outbound::Client);
 
 #[async_trait::async_trait]
-impl HttpClient for PlainHttp {
+impl HttpClient for Exporter {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        post(&request)
-    }
-}
-
-fn post(request: &Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-    let uri = request.uri();
-    if uri.scheme_str() != Some("http") {
-        return Err("only http:// endpoints are supported".into());
-    }
-    let authority = uri.authority().ok_or("no host in the endpoint")?;
-    let port = authority.port_u16().unwrap_or(80);
-    let mut last: Option<std::io::Error> = None;
-    let mut stream = None;
-    for addr in (authority.host(), port).to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, EXPORT_TIMEOUT) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
+        if request.uri().scheme_str() != Some("http") {
+            return Err("only http:// endpoints are supported".into());
         }
+        let (head, body) = request.into_parts();
+        let answer = self.0.send(Request::from_parts(head, &body[..]))?;
+        Ok(answer.map(Bytes::from))
     }
-    let mut stream = match (stream, last) {
-        (Some(s), _) => s,
-        (None, Some(e)) => return Err(e.into()),
-        (None, None) => return Err("the endpoint's host has no address".into()),
-    };
-    stream.set_read_timeout(Some(EXPORT_TIMEOUT))?;
-    stream.set_write_timeout(Some(EXPORT_TIMEOUT))?;
-    let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut head = format!(
-        "{} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        request.method(),
-        authority.as_str(),
-        request.body().len()
-    );
-    for (name, value) in request.headers() {
-        // Framing and connection headers are this client's own.
-        let own = [
-            http::header::HOST,
-            http::header::CONTENT_LENGTH,
-            http::header::CONNECTION,
-            http::header::TRANSFER_ENCODING,
-        ];
-        if own.contains(name) {
-            continue;
-        }
-        if let Ok(v) = value.to_str() {
-            head.push_str(name.as_str());
-            head.push_str(": ");
-            head.push_str(v);
-            head.push_str("\r\n");
-        }
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(request.body())?;
-    let mut answer = Vec::new();
-    stream.take(MAX_ANSWER).read_to_end(&mut answer)?;
-    parse_answer(&answer)
-}
-
-/// The status and body of an HTTP/1.1 answer read to its end.
-fn parse_answer(answer: &[u8]) -> Result<Response<Bytes>, HttpError> {
-    let end = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("the collector's answer has no complete head")?;
-    let head = String::from_utf8_lossy(&answer[..end]);
-    let status = head
-        .split_ascii_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or("the collector's answer has no status")?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let raw = &answer[end + 4..];
-    let body: Cow<[u8]> = if chunked {
-        Cow::Owned(dechunk(raw))
-    } else {
-        Cow::Borrowed(raw)
-    };
-    Ok(Response::builder()
-        .status(status)
-        .body(Bytes::copy_from_slice(&body))?)
-}
-
-/// A chunked body's data (best effort: the exporter reads only the status
-/// and, on success, an optional partial-success message).
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&raw[..eol])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok());
-        let Some(size) = size.filter(|&n| n > 0) else {
-            break;
-        };
-        let data = &raw[eol + 2..];
-        if data.len() < size {
-            break;
-        }
-        out.extend_from_slice(&data[..size]);
-        raw = data.get(size + 2..).unwrap_or(&[]);
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn answers_are_parsed() {
-        let r = parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
-        assert_eq!(r.status(), 200);
-        assert_eq!(r.body().as_ref(), b"ok");
-        let r = parse_answer(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(r.body().as_ref(), b"abc");
-        assert_eq!(
-            parse_answer(b"HTTP/1.1 503 x\r\n\r\n").unwrap().status(),
-            503
-        );
-        assert!(parse_answer(b"HTTP/1.1 200").is_err());
-    }
 
     #[test]
     fn off_without_an_endpoint() {

@@ -5,17 +5,16 @@
 //! random `evt_` id, `attributes.name` and `created-at` now, a plausible
 //! payload with obviously fake data), with the attribute keys spelled in the
 //! chosen inflection, signed by [`crate::signature::sign`]. The request goes
-//! over plain HTTP/1.1 on a `std` TCP stream: an `https://` URL is refused
-//! (use a plain-HTTP URL or the proxy's loopback listener).
+//! over plain HTTP/1.1 through [`crate::outbound`]: an `https://` URL is
+//! refused (use a plain-HTTP URL or the proxy's loopback listener).
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 use rand::distributions::Alphanumeric;
 use serde_json::{Map, Value, json};
 
+use crate::outbound::{self, Client};
 use crate::signature;
 
 /// How attribute keys are spelled (Persona's webhook setting).
@@ -200,7 +199,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
 /// The answer to one request.
 #[derive(Debug)]
 pub struct Answer {
-    /// `HTTP/1.1 200 OK`.
+    /// `HTTP/1.1 200 OK` (the status's own reason phrase).
     pub status_line: String,
     pub status: u16,
     pub body: Vec<u8>,
@@ -210,9 +209,9 @@ pub struct Answer {
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error("cannot connect to {0}: {1}")]
-    Connect(String, String),
+    Connect(String, outbound::Error),
     #[error("no answer from {0}: {1}")]
-    Read(String, String),
+    Read(String, outbound::Error),
 }
 
 /// One signed delivery: POST `body` to `target` with Persona's headers.
@@ -224,114 +223,35 @@ pub fn send(
     attempts_left: u32,
 ) -> Result<Answer, SendError> {
     let authority = &target.authority;
-    let connect_err = |e: String| SendError::Connect(authority.clone(), e);
-    let has_port = match authority.strip_prefix('[') {
-        Some(v6) => v6.contains("]:"),
-        None => authority.contains(':'),
-    };
-    let with_port = if has_port {
-        authority.clone()
-    } else {
-        format!("{authority}:80")
-    };
-    let addrs: Vec<_> = with_port
-        .to_socket_addrs()
-        .map_err(|e| connect_err(e.to_string()))?
-        .collect();
-    let mut last = String::from("the host resolves to no address");
-    let mut stream = None;
-    for a in addrs {
-        match TcpStream::connect_timeout(&a, Duration::from_secs(5)) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = e.to_string(),
-        }
-    }
-    let mut stream = stream.ok_or_else(|| connect_err(last))?;
-    let read_err = |e: std::io::Error| SendError::Read(authority.clone(), e.to_string());
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(read_err)?;
-    let t = unix_now();
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: persona-guard-trigger\r\nContent-Type: application/json\r\nContent-Length: {}\r\nPersona-Signature: {}\r\nPersona-Webhook-Attempts-Made: {attempts_made}\r\nPersona-Webhook-Attempts-Left: {attempts_left}\r\nConnection: close\r\n\r\n",
-        target.path,
-        body.len(),
-        signature::sign(secret, t, body),
-    );
-    stream.write_all(head.as_bytes()).map_err(read_err)?;
-    stream.write_all(body).map_err(read_err)?;
-    let mut raw = Vec::new();
-    // A read error after some bytes (a reset after the answer) keeps them.
-    if let Err(e) = stream.read_to_end(&mut raw)
-        && raw.is_empty()
-    {
-        return Err(read_err(e));
-    }
-    parse_answer(&raw).ok_or_else(|| {
-        SendError::Read(
-            authority.clone(),
-            "the answer is not an HTTP/1.x response".into(),
+    let t = crate::clock::unix_now().as_secs() as i64;
+    let request = http::Request::post(format!("http://{authority}{}", target.path))
+        .header("user-agent", "persona-guard-trigger")
+        .header("content-type", "application/json")
+        .header("persona-signature", signature::sign(secret, t, body))
+        .header("persona-webhook-attempts-made", attempts_made)
+        .header("persona-webhook-attempts-left", attempts_left)
+        .body(body)
+        .map_err(|e| SendError::Connect(authority.clone(), outbound::Error::Http(e)))?;
+    let client = Client::new(Duration::from_secs(5), Duration::from_secs(60));
+    let answer = client
+        .send(request)
+        .map_err(|e| match outbound::not_connected(&e) {
+            true => SendError::Connect(authority.clone(), e),
+            false => SendError::Read(authority.clone(), e),
+        })?;
+    let status = answer.status();
+    Ok(Answer {
+        status_line: format!(
+            "{:?} {} {}",
+            answer.version(),
+            status.as_str(),
+            status.canonical_reason().unwrap_or("")
         )
+        .trim_end()
+        .to_string(),
+        status: status.as_u16(),
+        body: answer.into_body(),
     })
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Splits a whole HTTP/1.x response (read to EOF): status line, body
-/// (de-chunked when chunked).
-fn parse_answer(raw: &[u8]) -> Option<Answer> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next()?.to_string();
-    let status = status_line.split(' ').nth(1)?.parse().ok()?;
-    if !status_line.starts_with("HTTP/1.") {
-        return None;
-    }
-    let chunked = lines.any(|l| {
-        l.split_once(':').is_some_and(|(n, v)| {
-            n.trim().eq_ignore_ascii_case("transfer-encoding")
-                && v.to_ascii_lowercase().contains("chunked")
-        })
-    });
-    let rest = &raw[end + 4..];
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_vec()
-    };
-    Some(Answer {
-        status_line,
-        status,
-        body,
-    })
-}
-
-fn dechunk(mut rest: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
-        let size_text = String::from_utf8_lossy(&rest[..i]);
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let Ok(size) = usize::from_str_radix(size_text, 16) else {
-            break;
-        };
-        rest = &rest[i + 2..];
-        if size == 0 || rest.len() < size {
-            out.extend_from_slice(&rest[..size.min(rest.len())]);
-            break;
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = rest.get(size + 2..).unwrap_or(&[]);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -340,7 +260,7 @@ mod tests {
 
     #[test]
     fn the_body_is_a_persona_event_in_each_inflection() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         for (inflection, key) in [
             (Inflection::Kebab, "created-at"),
             (Inflection::Camel, "createdAt"),
@@ -396,18 +316,5 @@ mod tests {
         );
         assert!(parse_url("ftp://x").is_err());
         assert!(parse_url("http:///x").is_err());
-    }
-
-    #[test]
-    fn answers_plain_and_chunked() {
-        let a = parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
-        assert_eq!((a.status, a.body.as_slice()), (200, &b"ok"[..]));
-        assert_eq!(a.status_line, "HTTP/1.1 200 OK");
-        let a = parse_answer(
-            b"HTTP/1.1 500 Internal\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!((a.status, a.body.as_slice()), (500, &b"abcde"[..]));
-        assert!(parse_answer(b"garbage").is_none());
     }
 }

@@ -2,7 +2,6 @@
 //! own answers, reading the body, and what the head says about framing,
 //! target form and trusted headers.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,13 +13,11 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 
 use crate::config::TrustedHeaders;
+use crate::event::{Fact, Facts};
 use crate::framing::valid_host;
 use crate::outcome::Outcome;
 use crate::state::{InflightGuard, Policy};
-
-/// Bodies up to this size are sent in the same write as the request head,
-/// and passthrough requests up to it take the buffered path.
-pub const COALESCE_LIMIT: usize = 64 * 1024;
+use crate::upstream::COALESCE_LIMIT;
 
 /// Per-request state.
 pub struct Ctx {
@@ -43,6 +40,14 @@ pub struct Ctx {
     pub streaming: Option<super::body::Streaming>,
     /// Why the proxy ended a streamed body (`overloaded`, `body_timeout`).
     pub cut: Option<Outcome>,
+}
+
+impl Ctx {
+    /// Copies the event's id and type for the request's log line and span.
+    pub fn mirror(&mut self, facts: &Facts) {
+        self.event_id.clone_from(&facts.id);
+        self.event_type.clone_from(&facts.event_type);
+    }
 }
 
 /// Writes a JSON answer of persona-guard's own. The outcome says whether the
@@ -92,9 +97,19 @@ pub fn bad_body_framing(e: &Error) -> bool {
     matches!(e.etype().as_str(), "InvalidChunk" | "InvalidTrailerEnd")
 }
 
+/// The trusted headers, each with the fact it carries: the one list that
+/// stripping (every request) and setting (an admitted delivery) go through.
+pub fn trusted_headers(names: &TrustedHeaders) -> [(Fact, &HeaderName); 3] {
+    [
+        (Fact::Type, &names.event_type),
+        (Fact::Id, &names.event_id),
+        (Fact::CreatedAt, &names.event_created_at),
+    ]
+}
+
 /// Removes every client-sent copy of the trusted headers: any case, `_` or `-`.
 pub fn strip_trusted(req: &mut RequestHeader, names: &TrustedHeaders) {
-    let targets = names.names();
+    let targets = trusted_headers(names);
     // Header names arrive lower-cased; compare with `_` read as `-`, no allocation
     // on the common path where nothing matches.
     let same = |k: &HeaderName, t: &HeaderName| {
@@ -107,7 +122,7 @@ pub fn strip_trusted(req: &mut RequestHeader, names: &TrustedHeaders) {
     let doomed: Vec<HeaderName> = req
         .headers
         .keys()
-        .filter(|k| targets.iter().any(|t| same(k, t)))
+        .filter(|k| targets.iter().any(|(_, t)| same(k, t)))
         .cloned()
         .collect();
     for name in doomed {
@@ -147,46 +162,6 @@ pub fn declared_length(req: &RequestHeader) -> Option<u64> {
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
-}
-
-/// How a request target is written (RFC 9112 §3.2), for the forms the proxy forwards.
-pub enum TargetForm<'a> {
-    /// `/path?query`, forwarded as it is; or `*` for `OPTIONS`, which the
-    /// proxy answers itself (`answer_asterisk`).
-    Origin,
-    /// `scheme://authority/path?query`: forwarded as `origin`, with the
-    /// authority as `Host`.
-    Absolute {
-        authority: &'a [u8],
-        origin: Cow<'a, [u8]>,
-    },
-}
-
-/// The request's target form; `None` for every other form (authority-form
-/// `CONNECT`, `scheme:opaque`, a bare `?query`), which is refused: nothing
-/// but an origin-form target is forwarded, so the app never routes on a form
-/// the proxy did not judge.
-pub fn target_form(req: &RequestHeader) -> Option<TargetForm<'_>> {
-    use pingora::http::authority::{RawTargetAuthority, raw_target_authority};
-    let raw = req.raw_path();
-    if raw.first() == Some(&b'/') || (raw == b"*" && req.method == Method::OPTIONS) {
-        return Some(TargetForm::Origin);
-    }
-    match raw_target_authority(raw) {
-        RawTargetAuthority::Absolute {
-            authority,
-            path_and_query,
-            ..
-        } => {
-            let origin = match path_and_query.first() {
-                None => Cow::Borrowed(&b"/"[..]),
-                Some(b'/') => Cow::Borrowed(path_and_query),
-                Some(_) => Cow::Owned([b"/", path_and_query].concat()),
-            };
-            Some(TargetForm::Absolute { authority, origin })
-        }
-        _ => None,
-    }
 }
 
 /// Why the head is refused before any routing: ambiguous framing (judged on

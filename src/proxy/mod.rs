@@ -29,7 +29,6 @@
 
 mod body;
 mod downstream;
-pub mod forward;
 mod webhook;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -48,13 +47,13 @@ use crate::outcome::Outcome;
 use crate::source;
 use crate::state::{InflightGuard, Policy, Shared};
 use crate::telemetry;
+use crate::upstream::{self, COALESCE_LIMIT, TargetForm, Wire, target_form};
 use body::{Pace, Streaming, read_body};
 pub use downstream::Ctx;
 use downstream::{
-    COALESCE_LIMIT, TargetForm, answer_asterisk, bad_body_framing, body_refused, is_asterisk,
-    refused_head, respond, small_h1_request, strip_trusted, target_form,
+    answer_asterisk, bad_body_framing, body_refused, is_asterisk, refused_head, respond,
+    small_h1_request, strip_trusted,
 };
-use forward::Wire;
 use webhook::OnRoute;
 
 /// Per-read bound on request bodies (pingora's default).
@@ -117,10 +116,11 @@ impl Guard {
         policy: &Policy,
         index: usize,
     ) -> pingora::Result<bool> {
+        let compiled = &policy.routes[index];
         let on = OnRoute {
             policy,
-            route: &policy.config.routes[index],
-            compiled: &policy.routes[index],
+            route: &compiled.route,
+            compiled,
         };
         match webhook::judge(&self.shared, session, ctx, &on).await {
             Ok(admitted) => webhook::deliver(&self.shared, session, ctx, &on, admitted).await,
@@ -164,7 +164,7 @@ impl Guard {
         let traced: Vec<_> = propagation.iter().flat_map(|p| p.headers()).collect();
         let wire = Wire::new(client, up, &traced, declared.then_some(body.len()), &body)?;
         let peer = &policy.passthrough;
-        let answer = match forward::exchange(&self.shared.connector, peer, &wire).await {
+        let answer = match upstream::exchange(&self.shared.connector, peer, &wire).await {
             Ok(a) => a,
             Err(e) => return respond(session, ctx, e.into()).await,
         };
@@ -413,11 +413,11 @@ impl ProxyHttp for Guard {
             Some(p) => p.clone(),
             None => self.shared.policy.load_full(),
         };
-        let route = ctx.route.and_then(|i| Some((i, policy.routes.get(i)?)));
-        let counters = route.map_or(&policy.no_route, |(_, r)| &r.outcomes);
+        let compiled = ctx.route.and_then(|i| policy.routes.get(i));
+        let counters = compiled.map_or(&policy.no_route, |r| &r.outcomes);
         counters.inc(outcome);
         let elapsed_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
-        let route_cfg = route.and_then(|(i, _)| policy.config.routes.get(i));
+        let route_cfg = compiled.map(|c| &c.route);
         if let Some(t) = ctx.trace.take() {
             t.finish(
                 route_cfg.map(|r| r.path.as_str()),

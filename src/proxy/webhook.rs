@@ -10,7 +10,7 @@
 mod keeper;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::Method;
@@ -18,18 +18,18 @@ use http::header::EXPECT;
 use pingora::proxy::Session;
 
 use super::body::{Pace, read_body};
-use super::downstream::{Ctx, declared_length, respond};
-use super::forward::{self, Answer, ForwardError, Wire};
+use super::downstream::{Ctx, declared_length, respond, trusted_headers};
 use crate::attempts;
 use crate::budget::Permit;
 use crate::config::SpoolMode;
 use crate::config::{OnStoreError, Route, RouteKind};
-use crate::event;
+use crate::event::{self, Facts};
 use crate::outcome::Outcome;
 use crate::replay::{self, Claim, Lease};
 use crate::signature::{self, SignatureHeader, Verdict};
 use crate::state::{CompiledRoute, Policy, Shared};
 use crate::telemetry::{self, Propagation};
+use crate::upstream::{self, Answer, ForwardError, Wire};
 use keeper::Keeper;
 
 /// A delivery that passed every check: forward it.
@@ -38,7 +38,8 @@ pub struct Admitted {
     /// The id the claim holds (event id, id at `id_pointer`, or the signed
     /// request's digest): what a spooled entry re-claims.
     replay_id: String,
-    created_at: Option<String>,
+    /// The event's id, type and created-at, as far as the route reads them.
+    facts: Facts,
     /// `None` when the store failed and `on_store_error = "allow"`.
     claim: Option<Lease>,
     /// The body's share of `[server] max_buffered`, held until the request ends.
@@ -52,12 +53,13 @@ pub type Rejection = Outcome;
 /// The route and its compiled handles, as [`judge`] and [`deliver`] need them.
 pub struct OnRoute<'a> {
     pub policy: &'a Policy,
+    /// `compiled.route`, named for short.
     pub route: &'a Route,
     pub compiled: &'a CompiledRoute,
 }
 
-/// Judges a request on a webhook route. The event's id and type go into
-/// `ctx` as soon as they are known (for the request's log line).
+/// Judges a request on a webhook route. The event's id and type are mirrored
+/// into `ctx` as soon as they are known (for the request's log line).
 pub async fn judge(
     shared: &Arc<Shared>,
     session: &mut Session,
@@ -73,28 +75,32 @@ pub async fn judge(
         telemetry::end_child(span, outcome, &on.route.path, None);
     }
     let t = verified?;
-    let (key, created_at) = match &on.route.kind {
+    let (key, facts) = match &on.route.kind {
         RouteKind::Event => {
             let ev = event::parse(&body).map_err(|_| Outcome::InvalidEvent)?;
-            ctx.event_id = Some(ev.id.to_string());
-            ctx.event_type = Some(ev.name.to_string());
+            let facts = Facts::of(&ev);
+            ctx.mirror(&facts);
             // An ignored event is not remembered.
             if !on.route.allows(&ev.name) {
                 return Err(Outcome::Ignored);
             }
-            (ev.id.into_owned(), ev.created_at.map(|c| c.into_owned()))
+            (ev.id.into_owned(), facts)
         }
-        RouteKind::Signature { id_pointer: None } => (request_key(t, &body), None),
+        RouteKind::Signature { id_pointer: None } => (request_key(t, &body), Facts::default()),
         RouteKind::Signature {
             id_pointer: Some(pointer),
         } => {
             let id = event::id_at(&body, pointer).map_err(|_| Outcome::InvalidEvent)?;
-            ctx.event_id = Some(id.clone());
-            (id, None)
+            let facts = Facts {
+                id: Some(id.clone()),
+                ..Facts::default()
+            };
+            ctx.mirror(&facts);
+            (id, facts)
         }
     };
     let span = ctx.trace.as_ref().map(|t| t.child("claim"));
-    let claimed = claim(shared, on, &key, ctx.event_id.as_deref()).await;
+    let claimed = claim(shared, on, &key, facts.id.as_deref()).await;
     if let Some(span) = span {
         let outcome = match &claimed {
             Ok(Some(_)) => "claimed",
@@ -102,13 +108,13 @@ pub async fn judge(
             Ok(None) => "unclaimed",
             Err(o) => o.code(),
         };
-        telemetry::end_child(span, outcome, &on.route.path, ctx.event_id.as_deref());
+        telemetry::end_child(span, outcome, &on.route.path, facts.id.as_deref());
     }
     let claim = claimed?;
     Ok(Admitted {
         body,
         replay_id: key,
-        created_at,
+        facts,
         claim,
         _permit: permit,
     })
@@ -180,7 +186,7 @@ fn verify(parsed: &SignatureHeader, body: &[u8], on: &OnRoute<'_>) -> Result<i64
         parsed,
         &on.route.secrets,
         body,
-        unix_now(),
+        crate::clock::unix_now().as_secs() as i64,
         on.route.tolerance.as_secs() as i64,
     );
     on.compiled.verify.observe(started.elapsed().as_secs_f64());
@@ -253,26 +259,21 @@ pub async fn deliver(
     let Admitted {
         body,
         replay_id,
+        facts,
         claim,
         ..
     } = admitted;
-    let created_at = admitted.created_at.as_deref();
-    let wire = request(session, ctx, on, created_at, propagation.as_ref(), &body)?;
+    let wire = request(session, on, &facts, propagation.as_ref(), &body)?;
     let spool = shared
         .spool
         .get()
         .filter(|_| on.route.spool != SpoolMode::Off);
-    // Copied only for a route that may spool (the answer needs `ctx` mutably).
-    let ids = match spool {
-        Some(_) => (ctx.event_id.clone(), ctx.event_type.clone()),
-        None => (None, None),
-    };
     let mut pending = Pending {
         keeper: Keeper {
             shared,
             spool,
             on,
-            ids: &ids,
+            facts: &facts,
             wire: &wire,
             body: &body,
             replay_id: &replay_id,
@@ -291,26 +292,18 @@ pub async fn deliver(
 }
 
 /// The request to the app: the client's head with the trusted headers (the
-/// event's type, id and creation time, then the trace context) and the body.
+/// event's facts the route reads, then the trace context) and the body.
 fn request<'b>(
     session: &Session,
-    ctx: &Ctx,
     on: &OnRoute<'_>,
-    created_at: Option<&str>,
+    facts: &Facts,
     propagation: Option<&Propagation>,
     body: &'b [u8],
 ) -> pingora::Result<Wire<'b>> {
-    let h = &on.policy.config.headers;
-    let mut trusted = Vec::with_capacity(5);
-    if let Some(name) = &ctx.event_type {
-        trusted.push((&h.event_type, name.as_str()));
-    }
-    if let Some(id) = &ctx.event_id {
-        trusted.push((&h.event_id, id.as_str()));
-    }
-    if let Some(c) = created_at {
-        trusted.push((&h.event_created_at, c));
-    }
+    let mut trusted: Vec<_> = trusted_headers(&on.policy.config.headers)
+        .into_iter()
+        .filter_map(|(fact, name)| Some((name, facts.get(fact)?)))
+        .collect();
     trusted.extend(propagation.iter().flat_map(|p| p.headers()));
     Wire::new(
         session.req_header(),
@@ -329,7 +322,7 @@ async fn exchange(
     on: &OnRoute<'_>,
     wire: &Wire<'_>,
 ) -> Result<Answer, ForwardError> {
-    let exchanged = forward::exchange(&shared.connector, &on.compiled.peer, wire).await;
+    let exchanged = upstream::exchange(&shared.connector, &on.compiled.peer, wire).await;
     if let Some(t) = &mut ctx.trace {
         match &exchanged {
             Ok(a) => t.end_upstream(Some(a.head.status.as_u16()), None),
@@ -372,7 +365,7 @@ impl Pending<'_> {
         }
         let outcome: Outcome = e.into();
         if self.last_attempt {
-            final_attempt_failed(self.keeper.on, ctx, outcome.code(), None);
+            final_attempt_failed(&self.keeper, outcome.code(), None);
         }
         respond(session, ctx, outcome).await
     }
@@ -400,7 +393,7 @@ impl Pending<'_> {
         // The application has answered: settle the claim before anything can fail.
         self.settle(status).await;
         if self.last_attempt && !status.is_success() {
-            final_attempt_failed(on, ctx, "upstream_status", Some(status.as_u16()));
+            final_attempt_failed(&self.keeper, "upstream_status", Some(status.as_u16()));
         }
         ctx.outcome = Some(Outcome::Forwarded);
         ctx.upstream_status = Some(status.as_u16());
@@ -458,21 +451,15 @@ fn count_attempt(session: &Session, on: &OnRoute<'_>) -> bool {
 /// A forwarded delivery failed on Persona's last automatic attempt: counted
 /// and logged at `error` with the event's id and type (never its body), since
 /// only an operator's manual retry can deliver it now.
-fn final_attempt_failed(on: &OnRoute<'_>, ctx: &Ctx, failure: &'static str, status: Option<u16>) {
+fn final_attempt_failed(delivery: &Keeper<'_>, failure: &'static str, status: Option<u16>) {
+    let Keeper { on, facts, .. } = delivery;
     on.compiled.final_failures.inc();
     tracing::error!(
         route = on.route.path.as_str(),
-        event_id = ctx.event_id.as_deref(),
-        event_type = ctx.event_type.as_deref(),
+        event_id = facts.id.as_deref(),
+        event_type = facts.event_type.as_deref(),
         failure,
         upstream_status = status,
         "delivery failed on Persona's last automatic attempt (Persona-Webhook-Attempts-Left: 0); Persona will not retry it on its own"
     );
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }

@@ -8,10 +8,10 @@ use pingora::connectors::http::v1::Connector;
 use pingora::upstreams::peer::HttpPeer;
 
 use super::{Held, Step, backoff};
-use crate::proxy::forward::{self, Wire};
 use crate::replay::{self, Claim, Lease};
 use crate::spool::{self, Handle, SpoolStore};
 use crate::state::Shared;
+use crate::upstream::{self, Wire};
 
 /// One attempt at one entry: bury it if it is past `max_age`, adopt its
 /// replay mark if not held yet, send it, and settle.
@@ -25,14 +25,14 @@ pub(super) async fn attempt(
     let cfg = &policy.config;
     let record = &held.entry.record;
     let route_path = record.route.as_str();
-    let Some(index) = cfg.routes.iter().position(|r| r.path == record.route) else {
+    let Some(compiled) = policy.routes.iter().find(|c| c.route.path == record.route) else {
         tracing::warn!(
             route = route_path,
             "spool: the entry's route is no longer configured; the entry is kept"
         );
         return Step::Deferred(cfg.spool.max_backoff);
     };
-    let (route, compiled) = (&cfg.routes[index], &policy.routes[index]);
+    let route = &compiled.route;
     let store = handle.store.as_ref();
     let age = Duration::from_millis(spool::now_ms().saturating_sub(record.live_since_ms));
     if age > cfg.spool.max_age {
@@ -172,7 +172,7 @@ async fn confirm(
 /// Sends the entry to `peer`; whether the app answered 2xx.
 async fn send(connector: &Connector, peer: &HttpPeer, record: &spool::Record) -> bool {
     let wire = Wire::from_parts(&record.head, &record.body);
-    match forward::exchange(connector, peer, &wire).await {
+    match upstream::exchange(connector, peer, &wire).await {
         Ok(answer) => {
             let status = answer.head.status;
             answer.discard(connector, peer).await;

@@ -174,9 +174,7 @@ impl MemoryStore {
             cache,
             clock,
             stats,
-            started_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            started_ms: crate::clock::unix_now().as_millis() as u64,
         }
     }
 

@@ -36,11 +36,14 @@
 //!   mark, and settles the claim exactly once (commit, release, or a release
 //!   when it is dropped unsettled);
 //! * [`memory`]: one process's memory in a bounded cache, on an injected clock;
-//! * [`redis`]: one memory shared by every replica.
+//! * [`redis`]: one memory shared by every replica;
+//! * [`kind`]: the one place that names the stores: which one `replay.store`
+//!   builds, what a reload does with it, which spool goes beside it.
 //!
-//! Nothing here names a store: the stores depend on this file, never the
-//! other way round, and the process wiring (`server.rs`) picks one.
+//! Nothing else here names a store: the stores depend on this file, never the
+//! other way round.
 
+pub mod kind;
 mod lease;
 pub mod memory;
 pub mod redis;

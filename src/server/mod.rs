@@ -20,12 +20,10 @@ use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::prelude::*;
 
 use crate::admin::Admin;
-use crate::config::{Config, LogFormat, ProcessConfig, StoreKind};
+use crate::config::{Config, LogFormat, ProcessConfig};
 use crate::metrics::Metrics;
 use crate::proxy::Guard;
-use crate::replay::ReplayStore;
-use crate::replay::memory::{MemoryStore, SystemClock};
-use crate::replay::redis::RedisStore;
+use crate::replay::kind;
 use crate::spool;
 use crate::state::Shared;
 use crate::telemetry::Telemetry;
@@ -70,18 +68,6 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
-fn build_store(cfg: &Config) -> Result<Arc<dyn ReplayStore>, String> {
-    Ok(match &cfg.replay.store {
-        StoreKind::Memory => Arc::new(MemoryStore::new(
-            cfg.replay.capacity,
-            Arc::new(SystemClock::default()),
-        )),
-        StoreKind::Redis(r) => {
-            Arc::new(RedisStore::new(r).map_err(|e| format!("replay store: {e}"))?)
-        }
-    })
-}
-
 /// The delivery spool a route needs, as [`build_spool`] finds it.
 enum SpoolStart {
     /// No route spools.
@@ -107,12 +93,12 @@ fn build_spool(cfg: &Config) -> Result<SpoolStart, String> {
         return Ok(SpoolStart::None);
     }
     let s = &cfg.spool;
-    let handle = match &cfg.replay.store {
-        StoreKind::Redis(r) => spool::Handle::new(Arc::new(
+    let handle = match kind::spool(&cfg.replay.store) {
+        kind::Spool::Redis(r) => spool::Handle::new(Arc::new(
             spool::redis::RedisSpool::new(r, s.max_bytes, s.key.clone())
                 .map_err(|e| format!("spool: {e}"))?,
         )),
-        StoreKind::Memory => {
+        kind::Spool::Dir => {
             let dir = s
                 .dir
                 .as_deref()
@@ -303,7 +289,7 @@ pub fn run(config_path: Option<&Path>, cfg: Config) -> Result<(), String> {
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
-    let built = build_store(&cfg).and_then(|s| {
+    let built = kind::build(&cfg.replay).and_then(|s| {
         Ok((
             s,
             listener_tls(&cfg)?,

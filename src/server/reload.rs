@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::config::{self, Config, ProcessConfig, RedisSettings, StoreKind};
-use crate::replay::redis::RedisStore;
+use crate::config::{self, Config, ProcessConfig, RedisSettings};
+use crate::replay::ReplayStore;
+use crate::replay::kind::OnReload;
 use crate::state::{Policy, Shared};
 use crate::tls::ReloadableCert;
 
@@ -87,20 +88,17 @@ fn reload(
         ProcessConfig::keep(new, &running.config),
         shared.spool.get().is_some() || shared.spool_waiting.load(Ordering::SeqCst),
     );
-    if let Err(e) = swap_redis(shared, &running.config.replay.store, &kept.replay.store) {
-        tracing::error!(
-            key = "replay.redis_url",
-            "the new Redis settings cannot be applied, the running client stays: {e}"
-        );
-        kept.replay.store = running.config.replay.store.clone();
-    }
-    if let (Some(spool), StoreKind::Redis(old), StoreKind::Redis(new)) = (
-        shared.spool.get(),
-        &running.config.replay.store,
-        &kept.replay.store,
-    ) && old != new
-    {
-        follow_in_spool(&*spool.store, old, new);
+    let on_reload = OnReload::of(&running.config.replay.store, &kept.replay.store);
+    match on_reload.apply() {
+        Ok(None) => {}
+        Ok(Some(store)) => swap_store(shared, &on_reload, store),
+        Err(e) => {
+            tracing::error!(
+                key = "replay.redis_url",
+                "the new Redis settings cannot be applied, the running client stays: {e}"
+            );
+            kept.replay.store = running.config.replay.store.clone();
+        }
     }
     let routes: Vec<&str> = kept.routes.iter().map(|r| r.path.as_str()).collect();
     tracing::info!(?routes, "configuration reloaded");
@@ -133,19 +131,18 @@ fn without_spool(mut cfg: Config, has_spool: bool) -> Config {
     cfg
 }
 
-/// A new Redis client when the settings changed; the old one stays with the
-/// leases that hold it and shuts down when the last of them settles.
-fn swap_redis(shared: &Shared, running: &StoreKind, new: &StoreKind) -> Result<(), String> {
-    let (StoreKind::Redis(old), StoreKind::Redis(new)) = (running, new) else {
-        return Ok(());
+/// Swaps in the new Redis client; the old one stays with the leases that
+/// hold it and shuts down when the last of them settles. The delivery spool
+/// beside it follows.
+fn swap_store(shared: &Shared, on_reload: &OnReload<'_>, store: Arc<dyn ReplayStore>) {
+    let OnReload::Rebuild { old, new } = *on_reload else {
+        return;
     };
-    if old == new {
-        return Ok(());
-    }
-    let store = RedisStore::new(new).map_err(|e| e.to_string())?;
-    drop(shared.swap_store(Arc::new(store)));
+    drop(shared.swap_store(store));
     tracing::info!(changed = ?changed_keys(old, new), "Redis client rebuilt");
-    Ok(())
+    if let Some(spool) = shared.spool.get() {
+        follow_in_spool(&*spool.store, old, new);
+    }
 }
 
 /// The delivery spool's Redis client follows new credentials, TLS or

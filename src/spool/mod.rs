@@ -203,10 +203,7 @@ pub trait SpoolStore: Send + Sync {
 
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::unix_now().as_millis() as u64
 }
 
 /// The process's spool: where entries are kept, and how the request path

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use super::OnRoute;
-use crate::proxy::forward::Wire;
+use crate::event::Facts;
 use crate::replay::Lease;
 use crate::spool;
 use crate::state::Shared;
+use crate::upstream::Wire;
 
 /// Keeps the delivery in the spool: `true` once it is durable (its claim is
 /// then detached: the id stays in flight for the redelivery worker to adopt).
@@ -17,7 +18,7 @@ pub(super) struct Keeper<'a> {
     pub(super) shared: &'a Shared,
     pub(super) spool: Option<&'a Arc<spool::Handle>>,
     pub(super) on: &'a OnRoute<'a>,
-    pub(super) ids: &'a (Option<String>, Option<String>),
+    pub(super) facts: &'a Facts,
     pub(super) wire: &'a Wire<'a>,
     pub(super) body: &'a [u8],
     pub(super) replay_id: &'a str,
@@ -29,7 +30,7 @@ impl Keeper<'_> {
             shared,
             spool,
             on,
-            ids: (event_id, event_type),
+            facts,
             wire,
             body,
             replay_id,
@@ -49,7 +50,7 @@ impl Keeper<'_> {
             fallback("no_claim");
             tracing::warn!(
                 route,
-                event_id = event_id.as_deref(),
+                event_id = facts.id.as_deref(),
                 "spool: a delivery without a replay claim is not spooled"
             );
             return false;
@@ -58,8 +59,8 @@ impl Keeper<'_> {
         let record = spool::Record {
             route: route.to_string(),
             replay_id: replay_id.to_string(),
-            event_id: event_id.clone(),
-            event_type: event_type.clone(),
+            event_id: facts.id.clone(),
+            event_type: facts.event_type.clone(),
             token: lease.token(),
             spooled_at_ms: now,
             live_since_ms: now,
@@ -79,7 +80,7 @@ impl Keeper<'_> {
                     spool::SpoolError::Full => "full",
                     _ => "unavailable",
                 });
-                tracing::warn!(route, event_id = event_id.as_deref(), error = %e, "spool: cannot keep the delivery; answered as without a spool");
+                tracing::warn!(route, event_id = facts.id.as_deref(), error = %e, "spool: cannot keep the delivery; answered as without a spool");
                 false
             }
         }

@@ -166,10 +166,7 @@ impl Inner {
     }
 
     fn new_id(&self) -> EntryId {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let now = crate::clock::unix_now().as_nanos();
         let mut last = self.last_nanos.lock().unwrap_or_else(|p| p.into_inner());
         *last = now.max(*last + 1);
         format!("{:020}-{:08x}", *last, self.suffix)

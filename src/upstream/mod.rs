@@ -1,5 +1,6 @@
 //! The app's side: persona-guard's own HTTP/1.1 client for verified
-//! deliveries and small passthrough requests, on pingora's connector and pool.
+//! deliveries, small passthrough requests and redeliveries from the spool, on
+//! pingora's connector and pool. Below both `proxy` and `redelivery`.
 //!
 //! The request is written straight from the client's head (header names in
 //! their case, no second header map), head and body in one write up to
@@ -7,6 +8,7 @@
 //! streamed back and never completed when the app's body ends early.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use http::{HeaderName, StatusCode};
@@ -18,10 +20,14 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
-use super::downstream::{COALESCE_LIMIT, TargetForm, target_form};
 use crate::config::{HostHeader, Upstream};
 use crate::outcome::Outcome;
-use crate::state::UPSTREAM_IDLE;
+
+mod target;
+pub use target::{COALESCE_LIMIT, TargetForm, target_form};
+
+/// How long an idle upstream connection stays in the pool.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 
 /// Headers that describe one hop and are never forwarded as they are.
 const HOP_BY_HOP: [&str; 9] = [
@@ -39,6 +45,19 @@ const HOP_BY_HOP: [&str; 9] = [
 /// Interim (1xx) answers passed on before the final one (RFC 9110 §15.2);
 /// an app that sends more is treated as broken (502).
 const MAX_INTERIM: usize = 8;
+
+/// The upstream peer of an `[upstream]` block: timeouts, TLS and pool idle time.
+pub fn peer_for(up: &Upstream) -> HttpPeer {
+    let mut peer = HttpPeer::new(up.address, up.tls, up.sni.clone());
+    peer.options.verify_cert = up.verify;
+    peer.options.verify_hostname = up.verify;
+    peer.options.connection_timeout = Some(up.connect_timeout);
+    peer.options.total_connection_timeout = Some(up.connect_timeout);
+    peer.options.read_timeout = Some(up.read_timeout);
+    peer.options.write_timeout = Some(up.read_timeout);
+    peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+    peer
+}
 
 /// Why forwarding failed before a response head arrived.
 #[derive(Clone, Copy)]
