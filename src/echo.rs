@@ -13,9 +13,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 
-use crate::config::{
-    DEFAULT_EVENT_CREATED_AT_HEADER, DEFAULT_EVENT_ID_HEADER, DEFAULT_EVENT_TYPE_HEADER,
-};
+use crate::config::schema::default_str;
 
 struct Echo;
 
@@ -37,9 +35,9 @@ impl ServeHttp for Echo {
             "method": req.method.as_str(),
             "path": String::from_utf8_lossy(req.raw_path()),
             "body_bytes": bytes,
-            "event_type": header(DEFAULT_EVENT_TYPE_HEADER),
-            "event_id": header(DEFAULT_EVENT_ID_HEADER),
-            "event_created_at": header(DEFAULT_EVENT_CREATED_AT_HEADER),
+            "event_type": header(default_str("headers.event_type").unwrap_or_default()),
+            "event_id": header(default_str("headers.event_id").unwrap_or_default()),
+            "event_created_at": header(default_str("headers.event_created_at").unwrap_or_default()),
         })
         .to_string();
         println!("echo: {summary}");

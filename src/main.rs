@@ -121,7 +121,7 @@ fn cmd_run(config: Option<&Path>) -> ExitCode {
     match load(config) {
         // The warnings are logged by `server::run`.
         Ok((effective, _warnings)) => {
-            server::init_logging(effective.config.log_format);
+            server::init_logging(effective.config.process.log_format);
             for w in effective.warnings() {
                 tracing::warn!(key = %w.key, "{}", w.message);
             }
@@ -155,8 +155,12 @@ fn cmd_check(config: Option<&Path>, print: bool) -> ExitCode {
             let shown = config.map_or_else(|| config::NO_FILE.into(), |p| p.display().to_string());
             println!(
                 "{shown}: ok ({} route{}, every secret resolved)",
-                cfg.routes.len(),
-                if cfg.routes.len() == 1 { "" } else { "s" }
+                cfg.policy.routes.len(),
+                if cfg.policy.routes.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                }
             );
             ExitCode::SUCCESS
         }
@@ -252,7 +256,7 @@ fn cmd_sign(secret_env: &str, timestamp: Option<i64>, file: Option<&Path>) -> Ex
 /// fixed words: no path, no certificate field.
 fn load(path: Option<&Path>) -> Result<(config::Effective, Vec<String>), config::ConfigError> {
     let cfg = config::load_with(path, &config::EnvSource)?;
-    let Some(loaded) = &cfg.config.listen_cert else {
+    let Some(loaded) = &cfg.config.process.listen_cert else {
         return Ok((cfg, Vec::new()));
     };
     let checked = tls::check_chain(&loaded.key().cert, SystemTime::now());

@@ -183,7 +183,7 @@ impl Worker {
                     }
                 }
             }
-            let inflight_ttl = self.shared.policy.load().config.replay.inflight_ttl;
+            let inflight_ttl = self.shared.policy.load().config.policy.replay.inflight_ttl;
             if now >= next_keep {
                 self.keep().await;
                 next_keep = now + replay::renew_every(inflight_ttl);
@@ -246,7 +246,7 @@ impl Worker {
     /// hold yet.
     async fn look(&mut self) {
         let policy = self.shared.policy.load_full();
-        let min_idle = policy.config.replay.inflight_ttl;
+        let min_idle = policy.config.policy.replay.inflight_ttl;
         // Every route, spooling or not: a route whose `spool` a reload turned
         // off still delivers what its spool holds.
         for route in policy.routes.iter().map(|c| &c.route) {
@@ -345,7 +345,7 @@ impl Worker {
             .with_label_values(&[route, step.result()])
             .inc();
         self.busy.remove(&key);
-        let max_backoff = self.shared.policy.load().config.spool.max_backoff;
+        let max_backoff = self.shared.policy.load().config.policy.spool.max_backoff;
         match step {
             Step::Delivered => {
                 self.handle.recovered(route);

@@ -71,7 +71,7 @@ impl OutcomeCounters {
 impl Policy {
     /// Compiles `config` and pre-creates every series its routes report.
     pub fn compile(config: Config, metrics: &Metrics) -> Policy {
-        for r in &config.routes {
+        for r in &config.policy.routes {
             metrics.register_route(&r.path);
             if r.spool != crate::config::SpoolMode::Off {
                 metrics.register_spool_route(&r.path);
@@ -79,12 +79,13 @@ impl Policy {
         }
         metrics.register_no_route();
         let routes = config
+            .policy
             .routes
             .iter()
             .map(|r| CompiledRoute::new(r, metrics))
             .collect();
         Policy {
-            passthrough: peer_for(&config.upstream),
+            passthrough: peer_for(&config.policy.upstream),
             no_route: OutcomeCounters::new(metrics, metrics::NO_ROUTE),
             routes,
             config,
@@ -166,8 +167,8 @@ impl Shared {
         let policy = Policy::compile(config, &metrics);
         Shared {
             budget: BodyBudget::new(
-                policy.config.max_buffered,
-                policy.config.max_buffered_per_client,
+                policy.config.policy.max_buffered,
+                policy.config.policy.max_buffered_per_client,
             ),
             policy: ArcSwap::from_pointee(policy),
             store: ArcSwap::from_pointee(store),

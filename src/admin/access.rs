@@ -90,7 +90,12 @@ impl Admin {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let policy = self.shared.policy.load();
-        let token = policy.config.admin_token.as_ref().map(|t| t.expose());
+        let token = policy
+            .config
+            .policy
+            .admin_token
+            .as_ref()
+            .map(|t| t.expose());
         let refusal = match allowed(peer, &session.req_header().headers, token) {
             Ok(()) => return Ok(()),
             Err(r) => r,

@@ -114,6 +114,7 @@ impl Admin {
         let policy = self.shared.policy.load();
         let routes = policy
             .config
+            .policy
             .routes
             .iter()
             .map(|r| (r.path.clone(), r.spool != SpoolMode::Off))
@@ -251,7 +252,7 @@ impl Admin {
                 serde_json::json!({"error": "not_found", "message": "No dead letter has that id."}),
             );
         }
-        let ttl = self.shared.policy.load().config.replay.ttl;
+        let ttl = self.shared.policy.load().config.policy.replay.ttl;
         let now = crate::spool::now_ms();
         let since = self.shared.store().remembers_since_ms();
         let (stale, eligible): (Vec<_>, Vec<_>) = found

@@ -1,8 +1,15 @@
 //! Rules that relate two sections, checked once each section is compiled.
 
+use std::time::Duration;
+
 use super::check::Check;
-use super::defaults::{DEFAULT_PER_CLIENT_SHARE, PERSONA_RETRY_WINDOW};
 use super::{Problem, Replay, Route};
+
+/// Persona retries a failed delivery up to 7 more times, about 3, 64, 729,
+/// 4096, 15625, 46656 and 117649 s after the first attempt: the last one comes
+/// 184,822 s (about 51.3 h) after it. A `replay.ttl` shorter than this lets a
+/// late retry of a delivered event through; `check` warns about it.
+pub const PERSONA_RETRY_WINDOW: Duration = Duration::from_secs(184_822);
 
 /// What is valid but probably not meant, for `check` (exit 0) and the start
 /// log: a replay window (`replay.ttl`, every route's) shorter than Persona's
@@ -10,15 +17,15 @@ use super::{Problem, Replay, Route};
 pub(super) fn warnings(replay: &Replay, routes: &[Route]) -> Vec<Problem> {
     let mut w = Vec::new();
     if replay.ttl < PERSONA_RETRY_WINDOW && !routes.is_empty() {
-        w.push(Problem {
-            key: "replay.ttl".into(),
-            message: format!(
+        w.push(Problem::new(
+            "replay.ttl",
+            format!(
                 "{} is shorter than Persona's automatic retries (the last comes ~51.3h after the first attempt): \
                  on every route a retry of a delivered event arriving later is delivered again; \
                  set ttl to at least 52h (the default is 72h)",
                 humantime::format_duration(replay.ttl)
             ),
-        });
+        ));
     }
     w
 }
@@ -65,16 +72,20 @@ pub(super) fn check(c: &mut Check, replay: &Replay, max_buffered: u64, routes: &
 /// `max_buffered` raised to the largest route `max_body` (a delivery that
 /// large must fit one client's share). Written, it must hold the largest
 /// `max_body` and fit in `max_buffered`.
-pub(super) fn per_client(c: &mut Check, s: &super::server::Settings, routes: &[Route]) -> u64 {
+pub(super) fn per_client(
+    c: &mut Check,
+    written: Option<u64>,
+    max_buffered: u64,
+    routes: &[Route],
+) -> u64 {
+    let key = "server.max_buffered_per_client";
     let largest = routes.iter().map(|r| r.max_body).max().unwrap_or(0);
-    let Some(written) = s.max_buffered_per_client else {
-        return (s.max_buffered / DEFAULT_PER_CLIENT_SHARE)
-            .max(largest)
-            .min(s.max_buffered);
+    let Some(written) = written else {
+        return (max_buffered / 8).max(largest).min(max_buffered);
     };
     if written < largest {
         c.problem_with(
-            "server.max_buffered_per_client",
+            key,
             format!(
                 "{} is less than the largest route max_body ({}): a delivery that large could never be held",
                 bytesize::ByteSize(written),
@@ -82,11 +93,8 @@ pub(super) fn per_client(c: &mut Check, s: &super::server::Settings, routes: &[R
             ),
         );
     }
-    if written > s.max_buffered {
-        c.problem(
-            "server.max_buffered_per_client",
-            "is more than server.max_buffered",
-        );
+    if written > max_buffered {
+        c.problem(key, "is more than server.max_buffered");
     }
     written
 }
@@ -138,11 +146,15 @@ max_body = "2MiB"
             format!("[[route]]\npath = \"/a\"\nsecrets = [\"x\"]\nmax_body = \"{max_body}\"\n")
         };
         let c = from_str(&route("1MiB"), &env()).unwrap();
-        assert_eq!(c.max_buffered_per_client, 8 * 1024 * 1024, "64 MiB / 8");
-        assert_eq!(c.min_body_rate, 1024);
+        assert_eq!(
+            c.policy.max_buffered_per_client,
+            8 * 1024 * 1024,
+            "64 MiB / 8"
+        );
+        assert_eq!(c.policy.min_body_rate, 1024);
         // Raised to the largest max_body.
         let c = from_str(&route("12MiB"), &env()).unwrap();
-        assert_eq!(c.max_buffered_per_client, 12 * 1024 * 1024);
+        assert_eq!(c.policy.max_buffered_per_client, 12 * 1024 * 1024);
         // Written: within max_buffered and at least the largest max_body.
         let written = |share: &str| {
             format!(
@@ -151,7 +163,7 @@ max_body = "2MiB"
             )
         };
         let c = from_str(&written("4MiB"), &env()).unwrap();
-        assert_eq!(c.max_buffered_per_client, 4 * 1024 * 1024);
+        assert_eq!(c.policy.max_buffered_per_client, 4 * 1024 * 1024);
         for bad in ["1MiB", "65MiB"] {
             let p = from_str(&written(bad), &env()).unwrap_err();
             assert_eq!(keys(&p), vec!["server.max_buffered_per_client"], "{bad}");
@@ -165,8 +177,9 @@ max_body = "2MiB"
 
     #[test]
     fn the_default_ttl_outlasts_persona_retries_and_a_shorter_one_is_a_warning() {
-        use super::super::{DEFAULT_TTL, PERSONA_RETRY_WINDOW};
+        use super::super::PERSONA_RETRY_WINDOW;
         use std::time::Duration;
+        const DEFAULT_TTL: Duration = Duration::from_secs(72 * 3600);
         assert_eq!(DEFAULT_TTL, Duration::from_secs(72 * 3600));
         // 3 + 64 + 729 + 4096 + 15625 + 46656 + 117649 s after the first attempt.
         let schedule: u64 = [3, 64, 729, 4096, 15625, 46656, 117649].iter().sum();
@@ -176,7 +189,7 @@ max_body = "2MiB"
 
         let route = "[[route]]\npath = \"/a\"\nsecrets = [\"x\"]\n";
         let c = from_str(route, &env()).unwrap();
-        assert_eq!(c.replay.ttl, DEFAULT_TTL);
+        assert_eq!(c.policy.replay.ttl, DEFAULT_TTL);
         assert!(c.warnings().is_empty(), "{:?}", c.warnings());
 
         let short = format!("[replay]\nttl = \"24h\"\n{route}");

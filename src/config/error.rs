@@ -13,6 +13,15 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Every problem found in one file.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {

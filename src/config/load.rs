@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use super::doc::{self, Doc};
 use super::env::Provenance;
 use super::{
-    Config, ConfigError, Env, EnvSource, Problem, check, cross, env, headers, replay, routes,
-    server, spool, upstream,
+    Config, ConfigError, Env, EnvSource, LogFormat, PolicyConfig, Problem, ProcessConfig,
+    Unmatched, check, cross, env, headers, replay, routes, server, spool, upstream,
 };
 
 /// The file name problems are shown under when there is no file.
@@ -96,47 +96,72 @@ pub(super) fn compile(
     })
 }
 
-/// Compiles each section in turn (the order problems are reported in), then
-/// the rules across sections. Relative paths are taken from `base`.
+/// Compiles each key in turn, section by section (the order problems are
+/// reported in), then the rules across sections. Relative paths are taken
+/// from `base`.
 fn validate(doc: &Doc, base: &Path, env: &dyn Env) -> Result<Config, Vec<Problem>> {
-    let mut c = check::Check::new(env, doc);
-    let unmatched = routes::unmatched(&mut c);
-    let s = server::compile(&mut c, base);
-    let (upstream, upstream_ca_file) = upstream::compile(&mut c, base);
-    let (listen_tls, listen_cert) = server::listen_tls(&mut c, base);
-    let replay = replay::compile(&mut c, base);
-    let headers = headers::compile(&mut c);
-    let spool = spool::compile(&mut c, base);
-    let tracing = super::tracing::compile(&mut c);
-    let routes = routes::compile(&mut c, base, &upstream);
-    cross::check(&mut c, &replay, s.max_buffered, &routes);
-    let per_client = cross::per_client(&mut c, &s, &routes);
-    spool::check(&mut c, &spool, &replay, &routes);
-    c.finish(Config {
-        unmatched,
-        log_format: s.log_format,
-        listen: s.listen,
+    let mut check = check::Check::new(env, doc, base);
+    let c = &mut check;
+    let unmatched = c.choice("unmatched", [Unmatched::Forward, Unmatched::Deny]);
+    let log_format = c.choice("log_format", [LogFormat::Text, LogFormat::Json]);
+    let admin_token = server::admin_token(c);
+    let (listen, admin) = server::addresses(c);
+    let cpus = || std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = c.count("server.threads").map_or_else(cpus, |n| n as usize);
+    let grace_period = c.duration("server.grace_period");
+    let body_timeout = c.duration("server.body_timeout");
+    let idle_timeout = c.read("server.idle_timeout", check::at_least_a_second);
+    let header_timeout = c.duration("server.header_timeout");
+    let max_buffered = c.size("server.max_buffered");
+    let per_client = "server.max_buffered_per_client";
+    let per_client = (doc.has(per_client)).then(|| c.read(per_client, check::memory_size));
+    let min_body_rate = c.size("server.min_body_rate");
+    // A per-peer limit above the total is allowed (the total binds first).
+    let max_connections = c.count("server.max_connections").unwrap_or_default() as usize;
+    let per_peer = c.count("server.max_connections_per_peer");
+    let trusted_proxies = server::trusted_proxies(c);
+    let (upstream, upstream_ca_file) = upstream::compile(c);
+    let (listen_tls, listen_cert) = server::listen_tls(c);
+    let (store, capacity, replay) = replay::compile(c);
+    let headers = headers::compile(c);
+    let (spool, redelivery) = spool::compile(c);
+    let tracing = super::tracing::compile(c);
+    let routes = routes::compile(c, &upstream);
+    cross::check(c, &replay, max_buffered, &routes);
+    let per_client = per_client.map(|p| p.unwrap_or(max_buffered));
+    let max_buffered_per_client = cross::per_client(c, per_client, max_buffered, &routes);
+    let process = ProcessConfig {
+        log_format,
+        listen,
         listen_tls,
         listen_cert,
-        admin: s.admin,
-        admin_token: s.admin_token,
+        admin,
+        threads,
+        grace_period,
+        idle_timeout: idle_timeout.unwrap_or_default(),
         upstream_ca_file,
-        threads: s.threads,
-        grace_period: s.grace_period,
-        body_timeout: s.body_timeout,
-        idle_timeout: s.idle_timeout,
-        header_timeout: s.header_timeout,
-        max_connections: s.max_connections,
-        max_connections_per_peer: s.max_connections_per_peer,
-        max_buffered: s.max_buffered,
-        max_buffered_per_client: per_client,
-        min_body_rate: s.min_body_rate,
-        trusted_proxies: s.trusted_proxies,
+        store,
+        capacity,
+        spool,
+        tracing,
+    };
+    spool::check(c, &process, &routes);
+    let policy = PolicyConfig {
+        unmatched,
+        admin_token,
+        body_timeout,
+        header_timeout,
+        max_connections,
+        max_connections_per_peer: per_peer.unwrap_or_default() as usize,
+        max_buffered,
+        max_buffered_per_client,
+        min_body_rate,
+        trusted_proxies,
         upstream,
         replay,
         headers,
-        spool,
-        tracing,
+        spool: redelivery,
         routes,
-    })
+    };
+    check.finish(Config { process, policy })
 }

@@ -48,19 +48,18 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
 use pingora::tls::sign::CertifiedKey;
 
+use crate::event::Fact;
 use crate::path;
 use crate::source::AllowList;
 
 mod check;
 mod cross;
-mod defaults;
 mod doc;
 pub mod env;
 mod error;
@@ -80,13 +79,14 @@ mod unknown;
 mod upstream;
 
 pub use self::tracing::{SamplingRatio, TracingSettings};
+pub use check::MAX_MAX_BODY;
 pub use check::canonical_header;
-pub use defaults::*;
+pub use cross::PERSONA_RETRY_WINDOW;
 pub use error::{ConfigError, Problem};
 pub use load::{Effective, NO_FILE, from_str, load, load_with};
 pub use process::{ProcessConfig, RestartOnly};
 pub use secret::{Env, EnvSource, Secret};
-pub use spool::{SpoolKey, SpoolMode, SpoolSettings};
+pub use spool::{Redelivery, SpoolKey, SpoolMode, SpoolSettings};
 
 /// Certificate and key (PEM files) of the public TLS listener; defined by
 /// `tls`, which takes paths rather than configuration types.
@@ -214,28 +214,18 @@ impl fmt::Debug for ListenCert {
     }
 }
 
+/// `[replay]` as a reload applies it (the store itself is a [`ProcessConfig`]'s).
 #[derive(Debug, Clone)]
 pub struct Replay {
-    pub store: StoreKind,
     pub on_store_error: OnStoreError,
     pub ttl: Duration,
-    pub capacity: u64,
     pub inflight_ttl: Duration,
 }
 
-#[derive(Debug, Clone)]
-pub struct TrustedHeaders {
-    pub event_type: HeaderName,
-    pub event_id: HeaderName,
-    pub event_created_at: HeaderName,
-}
-
-impl TrustedHeaders {
-    /// The three names, lower-case with `-` (the form client headers are compared in).
-    pub fn names(&self) -> [&HeaderName; 3] {
-        [&self.event_type, &self.event_id, &self.event_created_at]
-    }
-}
+/// The trusted headers, each with the fact it carries: the one list that
+/// stripping (every request) and setting (an admitted delivery) go through.
+/// Names are lower-case with `-` (the form client headers are compared in).
+pub type TrustedHeaders = Vec<(Fact, HeaderName)>;
 
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -280,49 +270,46 @@ impl Route {
     }
 }
 
-/// The validated configuration.
+/// Time a passthrough body has before `min_body_rate` applies.
+pub const BODY_RATE_GRACE: Duration = Duration::from_secs(5);
+
+/// The validated configuration: what is fixed at start, and the policy a
+/// SIGHUP reload swaps.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub process: ProcessConfig,
+    pub policy: PolicyConfig,
+}
+
+/// Everything a reload applies: the keys of the schema that are not restart-only.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
     pub unmatched: Unmatched,
-    pub log_format: LogFormat,
-    pub listen: SocketAddr,
-    /// TLS on the public listener (HTTP/1.1 and HTTP/2 by ALPN).
-    pub listen_tls: Option<ListenTls>,
-    /// The key pair of `listen_tls`, loaded and matched at validation.
-    pub listen_cert: Option<ListenCert>,
-    pub admin: SocketAddr,
     /// `[admin] token`: a peer other than loopback may make the admin
     /// listener's state-changing calls with `Authorization: Bearer <token>`
-    /// (`None`: only loopback may). Reloaded with the file.
+    /// (`None`: only loopback may).
     pub admin_token: Option<Secret>,
-    /// CA bundle (PEM) trusted for upstream TLS instead of the system roots.
-    pub upstream_ca_file: Option<PathBuf>,
-    pub threads: usize,
-    pub grace_period: Duration,
     pub body_timeout: Duration,
-    pub idle_timeout: Duration,
     /// A request head must arrive whole within this, from its first byte
     /// (a connection's first request: from the connection's start).
     pub header_timeout: Duration,
-    /// `[server] max_connections`: open client connections, all peers.
+    /// Open client connections, all peers.
     pub max_connections: usize,
-    /// `[server] max_connections_per_peer`: open client connections from one
-    /// TCP peer address; peers in `trusted_proxies` are exempt.
+    /// Open client connections from one TCP peer address; peers in
+    /// `trusted_proxies` are exempt.
     pub max_connections_per_peer: usize,
     /// Request body bytes held at once, all requests together (see `budget`).
     pub max_buffered: u64,
     /// Request body bytes one client address holds at once.
     pub max_buffered_per_client: u64,
-    /// Passthrough body bytes per second, after a grace (`BODY_RATE_GRACE`).
+    /// Passthrough body bytes per second, after a grace ([`BODY_RATE_GRACE`]).
     pub min_body_rate: u64,
-    /// `[server] trusted_proxies`: peers whose `X-Forwarded-For` is believed.
+    /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: AllowList,
     pub upstream: Upstream,
     pub replay: Replay,
     pub headers: TrustedHeaders,
-    pub spool: SpoolSettings,
-    /// `[tracing]`: OpenTelemetry export (restart-only).
-    pub tracing: TracingSettings,
+    pub spool: Redelivery,
     pub routes: Vec<Route>,
 }
 
@@ -330,8 +317,8 @@ impl Config {
     /// What is valid but probably a mistake (`check` prints these and exits
     /// 0; `run` logs them): each names its key, never a secret.
     pub fn warnings(&self) -> Vec<Problem> {
-        let mut w = cross::warnings(&self.replay, &self.routes);
-        w.extend(spool::warnings(&self.spool, &self.replay, &self.routes));
+        let mut w = cross::warnings(&self.policy.replay, &self.policy.routes);
+        w.extend(spool::warnings(self));
         w
     }
 
@@ -345,6 +332,7 @@ impl Config {
         let mut ambiguous = false;
         path::any_reading(target, |reading| {
             let best = self
+                .policy
                 .routes
                 .iter()
                 .enumerate()
@@ -355,7 +343,7 @@ impl Config {
                 (_, None) => false,
                 (None, Some(i)) => {
                     found = Some(i);
-                    self.routes.len() == 1
+                    self.policy.routes.len() == 1
                 }
                 (Some(j), Some(i)) => {
                     ambiguous = i != j;
@@ -367,7 +355,7 @@ impl Config {
         if ambiguous {
             return Err(RouteError::Ambiguous);
         }
-        Ok(found.map(|i| (i, &self.routes[i])))
+        Ok(found.map(|i| (i, &self.policy.routes[i])))
     }
 }
 

@@ -1,16 +1,39 @@
-//! The settings fixed for the life of the process, apart from the policy a
-//! SIGHUP reload swaps: the schema's restart-only keys ([`Key::restart`]).
-//! [`ProcessConfig`] holds their compiled values as the process started with
-//! them, [`ProcessConfig::diff`] names each one a new file changed, and
-//! [`ProcessConfig::keep`] puts the running values back into it.
+//! The settings fixed for the life of the process: [`ProcessConfig`], the
+//! compiled values of the schema's restart-only keys ([`Key::restart`]). A
+//! SIGHUP reload names each one a new file changes ([`ProcessConfig::diff`])
+//! and keeps the running values ([`ProcessConfig::keep`]).
 
-use super::Config;
-use super::schema::{KEYS, Key, Restart};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
-/// The restart-only settings of a configuration: one fingerprint per
-/// restart-only key of the schema, in its order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessConfig(Vec<u64>);
+use super::schema::{KEYS, Key};
+use super::{Config, ListenCert, ListenTls, LogFormat, SpoolSettings, StoreKind, TracingSettings};
+
+/// What a reload cannot change: the process keeps the values it started with.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    pub log_format: LogFormat,
+    pub listen: SocketAddr,
+    /// TLS on the public listener (HTTP/1.1 and HTTP/2 by ALPN).
+    pub listen_tls: Option<ListenTls>,
+    /// The key pair of `listen_tls`, loaded and matched at validation.
+    pub listen_cert: Option<ListenCert>,
+    pub admin: SocketAddr,
+    pub threads: usize,
+    pub grace_period: Duration,
+    /// How long an idle client connection is kept open.
+    pub idle_timeout: Duration,
+    /// CA bundle (PEM) trusted for upstream TLS instead of the system roots.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// The replay store: its kind is fixed, its Redis settings reload.
+    pub store: StoreKind,
+    /// Ids the memory store holds.
+    pub capacity: u64,
+    pub spool: SpoolSettings,
+    /// `[tracing]`: OpenTelemetry export.
+    pub tracing: TracingSettings,
+}
 
 /// A key whose new value a reload cannot apply: the running value stays.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,52 +44,62 @@ pub struct RestartOnly {
     pub note: &'static str,
 }
 
-/// Every restart-only key of the schema, in its order.
-fn restart_only() -> impl Iterator<Item = (&'static Key, Restart)> {
-    KEYS.iter().filter_map(|k| Some((k, k.restart?)))
-}
-
 impl RestartOnly {
-    /// Every entry, in the order [`ProcessConfig::diff`] lists them.
+    /// Every restart-only key of the schema, in its order.
     pub fn all() -> Vec<RestartOnly> {
-        restart_only()
-            .map(|(k, r)| RestartOnly {
-                key: if r.table {
-                    k.table.to_string()
-                } else {
-                    k.path()
-                },
-                note: r.note,
+        KEYS.iter()
+            .filter_map(|k: &Key| {
+                let r = k.restart?;
+                let key = if r.table { k.table.into() } else { k.path() };
+                Some(RestartOnly { key, note: r.note })
             })
             .collect()
     }
 }
 
 impl ProcessConfig {
-    /// The process settings of `cfg`. The server keeps the one from start and
-    /// compares each reloaded file's with it ([`ProcessConfig::diff`]).
-    pub fn of(cfg: &Config) -> Self {
-        ProcessConfig(restart_only().map(|(_, r)| (r.of)(cfg)).collect())
-    }
-
     /// Each setting `new` changes from `old` that a reload cannot apply, in
     /// the schema's order. Empty when a reload applies all of `new`.
     pub fn diff(old: &ProcessConfig, new: &ProcessConfig) -> Vec<RestartOnly> {
-        RestartOnly::all()
-            .into_iter()
-            .zip(old.0.iter().zip(&new.0))
-            .filter(|(_, (a, b))| a != b)
-            .map(|(entry, _)| entry)
+        let (a, b) = (old, new);
+        let (s, t) = (&a.tracing, &b.tracing);
+        // One entry per restart-only key, in the schema's order.
+        let changed = [
+            a.log_format != b.log_format,
+            a.listen != b.listen,
+            a.listen_tls.is_some() != b.listen_tls.is_some(),
+            a.admin != b.admin,
+            a.threads != b.threads,
+            a.grace_period != b.grace_period,
+            a.idle_timeout != b.idle_timeout,
+            a.upstream_ca_file != b.upstream_ca_file,
+            a.store.name() != b.store.name(),
+            a.capacity != b.capacity,
+            a.spool.dir != b.spool.dir,
+            a.spool.max_bytes != b.spool.max_bytes,
+            a.spool.key != b.spool.key,
+            s.otlp_endpoint != t.otlp_endpoint,
+            s.sampling_ratio != t.sampling_ratio,
+            s.service_name != t.service_name,
+        ];
+        let all = RestartOnly::all();
+        debug_assert_eq!(all.len(), changed.len());
+        all.into_iter()
+            .zip(changed)
+            .filter_map(|(r, changed)| changed.then_some(r))
             .collect()
     }
 
-    /// `new` with `running`'s value of each restart-only key, for a reload
-    /// (where a new value is harmless, as `idle_timeout` for HTTP/1, the new
-    /// one stays).
+    /// `new` with `running`'s process settings, for a reload; but for two
+    /// read again: `idle_timeout` (HTTP/1 connections use the new one) and
+    /// the Redis settings of an unchanged store kind.
     pub fn keep(mut new: Config, running: &Config) -> Config {
-        for (_, r) in restart_only() {
-            (r.keep)(&mut new, running);
+        let mut kept = running.process.clone();
+        kept.idle_timeout = new.process.idle_timeout;
+        if kept.store.name() == new.process.store.name() {
+            kept.store = new.process.store;
         }
+        new.process = kept;
         new
     }
 }
@@ -112,7 +145,7 @@ spool = "on_failure"
     const REDIS: &str = "store = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"";
 
     fn process(text: &str) -> ProcessConfig {
-        ProcessConfig::of(&from_str(text, &env()).unwrap())
+        from_str(text, &env()).unwrap().process
     }
 
     /// The entries for `BASE` with `old` replaced by `new`.

@@ -1,36 +1,41 @@
 //! `[replay]`: the store of seen deliveries (memory or Redis), how long an id
 //! is remembered, and what a route does when Redis cannot answer.
 
-use std::path::Path;
+use std::time::Duration;
 
 use super::check::Check;
-use super::defaults::{
-    DEFAULT_CAPACITY, DEFAULT_INFLIGHT_TTL, DEFAULT_KEY_PREFIX, DEFAULT_REDIS_TIMEOUT, DEFAULT_TTL,
-};
 use super::{OnStoreError, RedisSettings, Replay, StoreKind};
 
-pub(super) fn compile(c: &mut Check, base: &Path) -> Replay {
-    let store = store(c, base);
+/// `redis_timeout` unless set (the schema shows it, with `store = "redis"` only).
+const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+/// `key_prefix` unless set.
+pub const DEFAULT_KEY_PREFIX: &str = "persona-guard:";
+
+/// The store and its capacity (fixed at start), and the rest of `[replay]`.
+pub(super) fn compile(c: &mut Check) -> (StoreKind, u64, Replay) {
+    let d = c.doc();
+    let store = match c.choice("replay.store", [false, true]) {
+        false => {
+            for key in REDIS_ONLY.into_iter().filter(|k| d.has(k)) {
+                c.problem(key, "only applies to store = \"redis\"");
+            }
+            StoreKind::Memory
+        }
+        true => StoreKind::Redis(redis(c)),
+    };
     let on_store_error = c.choice(
         "replay.on_store_error",
-        &[
-            ("reject", OnStoreError::Reject),
-            ("allow", OnStoreError::Allow),
-        ],
-        OnStoreError::Reject,
+        [OnStoreError::Reject, OnStoreError::Allow],
     );
-    let ttl = c.duration("replay.ttl", DEFAULT_TTL);
-    let capacity = c
-        .at_least_one("replay.capacity")
-        .unwrap_or(DEFAULT_CAPACITY);
-    let inflight_ttl = c.duration("replay.inflight_ttl", DEFAULT_INFLIGHT_TTL);
-    Replay {
-        store,
+    let ttl = c.duration("replay.ttl");
+    let capacity = c.count("replay.capacity").unwrap_or_default();
+    let inflight_ttl = c.duration("replay.inflight_ttl");
+    let replay = Replay {
         on_store_error,
         ttl,
-        capacity,
         inflight_ttl,
-    }
+    };
+    (store, capacity, replay)
 }
 
 /// The keys only the Redis store takes.
@@ -42,81 +47,50 @@ const REDIS_ONLY: [&str; 5] = [
     "replay.on_store_error",
 ];
 
-fn store(c: &mut Check, base: &Path) -> StoreKind {
-    let d = c.doc();
-    match d.str("replay.store") {
-        None | Some("memory") => {
-            for key in REDIS_ONLY.into_iter().filter(|k| d.has(k)) {
-                c.problem(key, "only applies to store = \"redis\"");
-            }
-            StoreKind::Memory
-        }
-        Some("redis") => StoreKind::Redis(redis(c, base)),
-        Some(_) => {
-            c.problem(
-                "replay.store",
-                "is not one of \"memory\", \"redis\" (the value is not repeated here)",
-            );
-            StoreKind::Memory
-        }
-    }
-}
-
-fn redis(c: &mut Check, base: &Path) -> RedisSettings {
+fn redis(c: &mut Check) -> RedisSettings {
     let d = c.doc();
     let url = redis_url(c, d.str("replay.redis_url"));
     let password = d
         .str("replay.redis_password")
-        .and_then(|spec| c.secret("replay.redis_password", spec, base));
-    let timeout = c.duration("replay.redis_timeout", DEFAULT_REDIS_TIMEOUT);
-    let key_prefix = d
-        .str("replay.key_prefix")
-        .unwrap_or(DEFAULT_KEY_PREFIX)
-        .to_string();
+        .and_then(|spec| c.secret("replay.redis_password", spec));
+    let timeout = c.read("replay.redis_timeout", super::check::parse_duration);
+    let key_prefix = d.str("replay.key_prefix").unwrap_or(DEFAULT_KEY_PREFIX);
     RedisSettings {
         url,
         password,
-        key_prefix,
-        timeout,
+        key_prefix: key_prefix.to_string(),
+        timeout: timeout.unwrap_or(DEFAULT_REDIS_TIMEOUT),
     }
 }
 
 /// The URL, parsed by the Redis client to be sure; never in a message (it may
 /// hold a password).
 fn redis_url(c: &mut Check, value: Option<&str>) -> String {
+    let key = "replay.redis_url";
     match value {
-        None => {
-            c.problem(
-                "replay.redis_url",
-                "is required with store = \"redis\", e.g. \"redis://127.0.0.1:6379/0\"",
-            );
-            String::new()
-        }
-        Some(u) if !(u.starts_with("redis://") || u.starts_with("rediss://")) => {
-            c.problem(
-                "replay.redis_url",
-                "must start with redis:// or rediss:// (the URL is not repeated here: it may hold a password)",
-            );
-            String::new()
-        }
-        Some(u) => {
-            if redis::Client::open(u).is_err() {
-                c.problem(
-                    "replay.redis_url",
-                    "is not a valid Redis URL (the URL is not repeated here: it may hold a password)",
-                );
-            }
-            u.to_string()
-        }
+        None => c.problem(
+            key,
+            "is required with store = \"redis\", e.g. \"redis://127.0.0.1:6379/0\"",
+        ),
+        Some(u) if !(u.starts_with("redis://") || u.starts_with("rediss://")) => c.problem(
+            key,
+            "must start with redis:// or rediss:// (the URL is not repeated here: it may hold a password)",
+        ),
+        Some(u) if redis::Client::open(u).is_err() => c.problem(
+            key,
+            "is not a valid Redis URL (the URL is not repeated here: it may hold a password)",
+        ),
+        Some(u) => return u.to_string(),
     }
+    String::new()
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
+    use super::super::from_str;
     use super::super::tests::{env, keys};
-    use super::super::{DEFAULT_KEY_PREFIX, from_str};
     use super::*;
 
     #[test]
@@ -133,8 +107,8 @@ path = "/a"
 secrets = ["x"]
 "#;
         let c = from_str(text, &env()).unwrap();
-        assert_eq!(c.replay.on_store_error, OnStoreError::Allow);
-        let StoreKind::Redis(r) = &c.replay.store else {
+        assert_eq!(c.policy.replay.on_store_error, OnStoreError::Allow);
+        let StoreKind::Redis(r) = &c.process.store else {
             panic!("redis expected")
         };
         assert_eq!(r.timeout, Duration::from_millis(250));

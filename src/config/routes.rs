@@ -1,26 +1,15 @@
-//! `[[route]]` (a path, its secrets, tolerance, body limit, event allow-list
-//! and upstream) and the top-level `unmatched` policy for paths under none.
-
-use std::path::Path;
+//! `[[route]]`: a path, its secrets, tolerance, body limit, event allow-list,
+//! sources, kind, spooling and upstream.
 
 use super::check::Check;
-use super::defaults::{DEFAULT_MAX_BODY, DEFAULT_TOLERANCE};
 use super::server;
-use super::{EventPattern, Route, RouteKind, Secret, Unmatched, Upstream, upstream};
+use super::{EventPattern, Route, RouteKind, Secret, SpoolMode, Upstream, upstream};
 use crate::path;
 use crate::source::AllowList;
 
-pub(super) fn unmatched(c: &mut Check) -> Unmatched {
-    c.choice(
-        "unmatched",
-        &[("forward", Unmatched::Forward), ("deny", Unmatched::Deny)],
-        Unmatched::Forward,
-    )
-}
-
 /// Every route, in file order; at least one is required and no two may have
 /// the same normalised path.
-pub(super) fn compile(c: &mut Check, base: &Path, default: &Upstream) -> Vec<Route> {
+pub(super) fn compile(c: &mut Check, default: &Upstream) -> Vec<Route> {
     let n = c.doc().routes;
     if n == 0 {
         c.problem(
@@ -30,20 +19,15 @@ pub(super) fn compile(c: &mut Check, base: &Path, default: &Upstream) -> Vec<Rou
     }
     let mut routes: Vec<Route> = Vec::with_capacity(n);
     for i in 0..n {
-        let route = compile_one(c, i, base, default, &routes);
+        let route = compile_one(c, i, default, &routes);
         routes.push(route);
     }
     routes
 }
 
-/// Route `i`; `earlier` are the routes before it, whose paths it must not repeat.
-fn compile_one(
-    c: &mut Check,
-    i: usize,
-    base: &Path,
-    default: &Upstream,
-    earlier: &[Route],
-) -> Route {
+/// Route `i`, each key read by its path (`route[i].name`); `earlier` are
+/// the routes before it, whose paths it must not repeat.
+fn compile_one(c: &mut Check, i: usize, default: &Upstream, earlier: &[Route]) -> Route {
     let d = c.doc();
     let k = |field: &str| format!("route[{i}].{field}");
     let (path, normalized) = route_path(c, &k("path"), d.str(&k("path")));
@@ -55,9 +39,9 @@ fn compile_one(
             format!("the same path as route[{j}]; merge the two routes"),
         );
     }
-    let secrets = secrets(c, i, d.list(&k("secrets")), base);
-    let tolerance = c.duration(&k("tolerance"), DEFAULT_TOLERANCE);
-    let max_body = c.size(&k("max_body"), DEFAULT_MAX_BODY);
+    let secrets = secrets(c, i, d.list(&k("secrets")));
+    let tolerance = c.duration(&k("tolerance"));
+    let max_body = c.size(&k("max_body"));
     let kind = kind(c, i, d.str(&k("kind")), d.str(&k("id_pointer")));
     let events = d.list(&k("events"));
     if kind != RouteKind::Event && events.is_some() {
@@ -68,7 +52,8 @@ fn compile_one(
     }
     let events = events.map(|list| self::events(c, i, list));
     let allow_from = d.list(&k("allow_from")).map(|list| allow_from(c, i, list));
-    let spool = super::spool::mode(c, &k("spool"));
+    let spool = [SpoolMode::Off, SpoolMode::OnFailure, SpoolMode::Always];
+    let spool = c.choice(&k("spool"), spool);
     let upstream = match d.str(&k("upstream")) {
         None => default.clone(),
         Some(v) => upstream::for_route(c, &k("upstream"), v, default),
@@ -104,11 +89,7 @@ fn allow_from(c: &mut Check, i: usize, list: &[String]) -> AllowList {
 /// JSON pointer (RFC 6901) into the body: `/` then segments, `~` only as
 /// `~0` or `~1`.
 fn kind(c: &mut Check, i: usize, kind: Option<&str>, id_pointer: Option<&str>) -> RouteKind {
-    let signature = c.choice(
-        &format!("route[{i}].kind"),
-        &[("event", false), ("signature", true)],
-        false,
-    );
+    let signature = c.choice(&format!("route[{i}].kind"), [false, true]);
     let key = format!("route[{i}].id_pointer");
     match (signature, id_pointer) {
         (false, None) => RouteKind::Event,
@@ -198,7 +179,7 @@ fn invisible(p: &str) -> Option<String> {
     ))
 }
 
-fn secrets(c: &mut Check, i: usize, list: Option<&[String]>, base: &Path) -> Vec<Secret> {
+fn secrets(c: &mut Check, i: usize, list: Option<&[String]>) -> Vec<Secret> {
     let key = format!("route[{i}].secrets");
     match list {
         None => {
@@ -215,7 +196,7 @@ fn secrets(c: &mut Check, i: usize, list: Option<&[String]>, base: &Path) -> Vec
         Some(list) => list
             .iter()
             .enumerate()
-            .filter_map(|(j, spec)| c.secret(format!("{key}[{j}]"), spec, base))
+            .filter_map(|(j, spec)| c.secret(format!("{key}[{j}]"), spec))
             .collect(),
     }
 }
@@ -333,11 +314,11 @@ path = "/b"
 secrets = ["x"]
 "#;
         let c = from_str(ok, &env()).unwrap();
-        assert_eq!(c.trusted_proxies.len(), 2);
-        let allow = c.routes[0].allow_from.as_ref().unwrap();
+        assert_eq!(c.policy.trusted_proxies.len(), 2);
+        let allow = c.policy.routes[0].allow_from.as_ref().unwrap();
         assert_eq!(allow.len(), crate::source::persona().len() + 2);
         assert!(allow.contains("127.0.0.1".parse().unwrap()));
-        assert!(c.routes[1].allow_from.is_none());
+        assert!(c.policy.routes[1].allow_from.is_none());
     }
 
     #[test]
@@ -437,16 +418,16 @@ kind = "event"
 "#;
         let cfg = from_str(text, &env()).unwrap();
         assert_eq!(
-            cfg.routes[0].kind,
+            cfg.policy.routes[0].kind,
             RouteKind::Signature { id_pointer: None }
         );
         assert_eq!(
-            cfg.routes[1].kind,
+            cfg.policy.routes[1].kind,
             RouteKind::Signature {
                 id_pointer: Some("/inquiry/id~1x".into())
             }
         );
-        assert_eq!(cfg.routes[2].kind, RouteKind::Event);
+        assert_eq!(cfg.policy.routes[2].kind, RouteKind::Event);
     }
 
     #[test]

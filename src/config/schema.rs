@@ -6,9 +6,6 @@
 //! all read it. Rules that relate keys stay in the section files.
 
 use std::fmt::Write as _;
-use std::hash::{DefaultHasher, Hash, Hasher};
-
-use super::Config;
 
 /// Every variable name starts with this.
 pub const PREFIX: &str = "PERSONA_GUARD_";
@@ -102,18 +99,13 @@ pub enum Def {
 }
 
 /// A key a SIGHUP reload cannot apply: the running value stays and the reload
-/// names the key.
+/// names the key (see `process.rs`).
 #[derive(Debug, Clone, Copy)]
 pub struct Restart {
     /// Named by its table (`listen.tls`: turning the table on or off), not the key.
     pub table: bool,
     /// What happens instead, for the operator.
     pub note: &'static str,
-    /// The compiled value, as a fingerprint the reload compares.
-    pub of: fn(&Config) -> u64,
-    /// Puts the running value back into a reloaded configuration (a no-op
-    /// where the new value is harmless, e.g. read only at start).
-    pub keep: fn(&mut Config, &Config),
 }
 
 /// One key of the route file.
@@ -161,28 +153,18 @@ pub fn key_at(path: &str) -> Option<&'static Key> {
     }
 }
 
-/// A value's fingerprint for the restart-only diff.
-fn fp<T: Hash + ?Sized>(v: &T) -> u64 {
-    let mut h = DefaultHasher::new();
-    v.hash(&mut h);
-    h.finish()
+/// The default of the key at `path` (`replay.ttl`, `route[2].tolerance`) as
+/// the key's text: a string unquoted, a number or boolean as written.
+pub fn default_str(path: &str) -> Option<&'static str> {
+    match key_at(path)?.default {
+        Def::Value(v) => Some(v.trim_matches('"')),
+        Def::Unset(_) => None,
+    }
 }
 
-const fn restart(
-    note: &'static str,
-    of: fn(&Config) -> u64,
-    keep: fn(&mut Config, &Config),
-) -> Option<Restart> {
-    Some(Restart {
-        table: false,
-        note,
-        of,
-        keep,
-    })
+const fn restart(note: &'static str) -> Option<Restart> {
+    Some(Restart { table: false, note })
 }
-
-/// For a key read only at start: the new value may stay in the policy.
-fn unused(_: &mut Config, _: &Config) {}
 
 macro_rules! schema {
     ($( [$table:literal] $name:ident: $kind:expr, $def:expr, $restart:expr, $doc:literal; )*) => {
@@ -207,33 +189,31 @@ schema! {
     [""] unmatched: Choice(&["forward", "deny"]), V("\"forward\""), None,
         "What a path under no route gets: forwarded unchecked, or 404.";
     [""] log_format: Choice(&["text", "json"]), V("\"text\""),
-        restart("the log format is set at start", |c| fp(&c.log_format), |n, r| n.log_format = r.log_format),
+        restart("the log format is set at start"),
         "Log line format.";
     ["listen"] address: Address, V("\"0.0.0.0:8080\""),
-        restart("the bound listener stays until a restart", |c| fp(&c.listen), |n, r| n.listen = r.listen),
+        restart("the bound listener stays until a restart"),
         "The public listener.";
     ["listen.tls"] cert: Path, Unset("no TLS: plain HTTP"),
-        Some(Restart { table: true, note: "TLS is turned on or off only on restart (a new cert or key reloads)",
-            of: |c| fp(&c.listen_tls.is_some()),
-            keep: |n, r| { n.listen_tls = r.listen_tls.clone(); n.listen_cert = r.listen_cert.clone(); } }),
+        Some(Restart { table: true, note: "TLS is turned on or off only on restart (a new cert or key reloads)" }),
         "Certificate chain (PEM) of the public listener; with `key`, turns TLS on (HTTP/1.1 and HTTP/2).";
     ["listen.tls"] key: Path, Unset("no TLS: plain HTTP"), None,
         "Private key (PEM) matching `cert`.";
     ["admin"] address: Address, V("\"127.0.0.1:9090\""),
-        restart("the bound admin listener stays until a restart", |c| fp(&c.admin), |n, r| n.admin = r.admin),
+        restart("the bound admin listener stays until a restart"),
         "The admin listener (health, readiness, metrics, spool); must differ from `listen.address`.";
     ["admin"] token: Secret, Unset("none: state-changing calls from loopback only"), None,
         "Bearer token that lets a peer other than loopback make the admin listener's state-changing calls.";
     ["server"] threads: Int, Unset("the number of CPUs"),
-        restart("pingora starts its worker threads once", |c| fp(&c.threads), |n, r| n.threads = r.threads),
+        restart("pingora starts its worker threads once"),
         "Worker threads, at least 1.";
     ["server"] grace_period: Duration, V("\"10s\""),
-        restart("pingora fixes the shutdown grace period at start", |c| fp(&c.grace_period), |n, r| n.grace_period = r.grace_period),
+        restart("pingora fixes the shutdown grace period at start"),
         "After SIGTERM, how long in-flight requests may take to finish.";
     ["server"] body_timeout: Duration, V("\"10s\""), None,
         "A webhook route's whole request body must arrive within this.";
     ["server"] idle_timeout: Duration, V("\"60s\""),
-        restart("HTTP/2 connections keep the value from start; HTTP/1 uses the new one", |c| fp(&c.idle_timeout), unused),
+        restart("HTTP/2 connections keep the value from start; HTTP/1 uses the new one"),
         "How long an idle client connection is kept open (at least 1s).";
     ["server"] header_timeout: Duration, V("\"10s\""), None,
         "A request head must arrive whole within this, from its first byte.";
@@ -262,18 +242,17 @@ schema! {
     ["upstream"] verify: Bool, V("true"), None,
         "Verify the upstream's certificate and name.";
     ["upstream"] ca_file: Path, Unset("the system roots"),
-        restart("the upstream CA bundle is loaded at start", |c| fp(&c.upstream_ca_file), |n, r| n.upstream_ca_file = r.upstream_ca_file.clone()),
+        restart("the upstream CA bundle is loaded at start"),
         "CA bundle (PEM) trusted for upstream TLS instead of the system roots.";
     ["upstream"] host_header: Choice(&["keep", "upstream"]), V("\"keep\""), None,
         "The `Host` the upstream sees: the client's, or the upstream's own authority.";
     ["replay"] store: Choice(&["memory", "redis"]), V("\"memory\""),
-        restart("the replay store is chosen at start (its Redis settings reload)", |c| fp(c.replay.store.name()),
-            |n, r| if n.replay.store.name() != r.replay.store.name() { n.replay.store = r.replay.store.clone() }),
+        restart("the replay store is chosen at start (its Redis settings reload)"),
         "Where delivered event ids are remembered.";
     ["replay"] ttl: Duration, V("\"72h\""), None,
         "How long a delivered id is remembered; at least twice the largest tolerance.";
     ["replay"] capacity: Int, V("300000"),
-        restart("the memory store is sized at start", |c| fp(&c.replay.capacity), |n, r| n.replay.capacity = r.replay.capacity),
+        restart("the memory store is sized at start"),
         "Ids the memory store holds (at least 1).";
     ["replay"] inflight_ttl: Duration, V("\"60s\""), None,
         "How long a dead instance's in-flight mark holds an event.";
@@ -294,26 +273,26 @@ schema! {
     ["headers"] event_created_at: Str, V("\"X-Persona-Event-Created-At\""), None,
         "Trusted header set to the verified event's creation time.";
     ["spool"] dir: Path, Unset("none"),
-        restart("the spool directory is opened at start; its entries stay where they are", |c| fp(&c.spool.dir), |n, r| n.spool.dir = r.spool.dir.clone()),
+        restart("the spool directory is opened at start; its entries stay where they are"),
         "Directory of the delivery spool (memory store); created at start.";
     ["spool"] max_bytes: Size, V("\"256MiB\""),
-        restart("the spool is sized at start", |c| fp(&c.spool.max_bytes), |n, r| n.spool.max_bytes = r.spool.max_bytes),
+        restart("the spool is sized at start"),
         "Bytes the spool holds, all entries together (at least 1KiB).";
     ["spool"] max_age: Duration, V("\"7d\""), None,
         "A spooled delivery older than this becomes a dead letter (at least 1s).";
     ["spool"] max_backoff: Duration, V("\"60s\""), None,
         "The longest wait between two redeliveries (at least 1s).";
     ["spool"] key: Secret, Unset("none: entries are not sealed"),
-        restart("the spool key is loaded at start (entries sealed with it need it to be read)", |c| fp(&c.spool.key), |n, r| n.spool.key = r.spool.key.clone()),
+        restart("the spool key is loaded at start (entries sealed with it need it to be read)"),
         "32-byte key (64 hex or base64) that seals spooled entries (AES-256-GCM).";
     ["tracing"] otlp_endpoint: Str, Unset("none: tracing off"),
-        restart("the span exporter is built at start", |c| fp(&c.tracing.otlp_endpoint), unused),
+        restart("the span exporter is built at start"),
         "OTLP/HTTP traces URL (`http://`, no credentials); turns span export on.";
     ["tracing"] sampling_ratio: Float, V("1.0"),
-        restart("the sampler is built at start", |c| fp(&c.tracing.sampling_ratio.0.to_bits()), unused),
+        restart("the sampler is built at start"),
         "Share of new traces recorded, 0.0 to 1.0.";
     ["tracing"] service_name: Str, V("\"persona-guard\""),
-        restart("the service name is set on the exporter at start", |c| fp(&c.tracing.service_name), unused),
+        restart("the service name is set on the exporter at start"),
         "`service.name` on every span.";
     ["route"] path: Str, Unset("required"), None,
         "The path prefix the route protects (visible ASCII).";

@@ -184,7 +184,7 @@ mod tests {
             p.display()
         );
         let c = from_str(&text, &env()).unwrap();
-        assert_eq!(c.routes[0].secrets[0].expose(), b"wbhsec_file");
+        assert_eq!(c.policy.routes[0].secrets[0].expose(), b"wbhsec_file");
     }
 
     #[test]

@@ -1,101 +1,19 @@
-//! The process around the routes: `log_format`, `[listen]` (address and TLS),
-//! `[admin]` (address and the token of state-changing calls) and `[server]`
-//! (threads, timeouts, the body memory budget and body rate).
+//! The listeners and `[server]`: the public and admin addresses, the
+//! listener's TLS, the admin token, and the peers believed for
+//! `X-Forwarded-For` (the rest of `[server]` is read by `load.rs` as it is).
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::time::Duration;
 
 use super::check::Check;
-use super::defaults::{
-    DEFAULT_ADMIN, DEFAULT_BODY_TIMEOUT, DEFAULT_GRACE_PERIOD, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BUFFERED, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_CONNECTIONS_PER_PEER, DEFAULT_MIN_BODY_RATE,
-};
 use super::secret::Secret;
-use super::{ListenCert, ListenTls, LogFormat};
+use super::{ListenCert, ListenTls};
 use crate::source::{self, AllowList, Cidr};
 
-/// The compiled settings of this section, moved into [`super::Config`]'s
-/// fields of the same names.
-pub(super) struct Settings {
-    pub log_format: LogFormat,
-    pub listen: SocketAddr,
-    pub admin: SocketAddr,
-    pub admin_token: Option<Secret>,
-    pub threads: usize,
-    pub grace_period: Duration,
-    pub body_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub header_timeout: Duration,
-    pub max_connections: usize,
-    pub max_connections_per_peer: usize,
-    pub max_buffered: u64,
-    /// `None`: the default, settled once the routes are known (`cross`).
-    pub max_buffered_per_client: Option<u64>,
-    pub min_body_rate: u64,
-    pub trusted_proxies: AllowList,
-}
-
-pub(super) fn compile(c: &mut Check, base: &Path) -> Settings {
-    let d = c.doc();
-    let log_format = c.choice(
-        "log_format",
-        &[("text", LogFormat::Text), ("json", LogFormat::Json)],
-        LogFormat::Text,
-    );
-    let admin_token = d.str("admin.token").and_then(|spec| token(c, spec, base));
-    let (listen, admin) = addresses(c);
-    let threads = c.at_least_one("server.threads").map_or_else(
-        || {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        },
-        |n| n as usize,
-    );
-    let grace_period = c.duration("server.grace_period", DEFAULT_GRACE_PERIOD);
-    let body_timeout = c.duration("server.body_timeout", DEFAULT_BODY_TIMEOUT);
-    let idle_timeout = c.duration("server.idle_timeout", DEFAULT_IDLE_TIMEOUT);
-    let header_timeout = c.duration("server.header_timeout", DEFAULT_HEADER_TIMEOUT);
-    if idle_timeout < Duration::from_secs(1) {
-        c.problem("server.idle_timeout", "must be at least 1s");
-    }
-    let max_buffered = c.size("server.max_buffered", DEFAULT_MAX_BUFFERED);
-    let max_buffered_per_client = d
-        .has("server.max_buffered_per_client")
-        .then(|| c.size("server.max_buffered_per_client", max_buffered));
-    let min_body_rate = c.size("server.min_body_rate", DEFAULT_MIN_BODY_RATE);
-    // A per-peer limit above the total is allowed (the total binds first): a
-    // small `max_connections` need not bring the per-peer default down with it.
-    let count = |c: &mut Check, key, default| c.at_least_one(key).map_or(default, |n| n as usize);
-    let max_connections = count(c, "server.max_connections", DEFAULT_MAX_CONNECTIONS);
-    let max_connections_per_peer = count(
-        c,
-        "server.max_connections_per_peer",
-        DEFAULT_MAX_CONNECTIONS_PER_PEER,
-    );
-    let trusted_proxies = match d.list("server.trusted_proxies") {
-        None => AllowList::default(),
-        Some(list) => AllowList::new(cidrs(c, "server.trusted_proxies", list, false)),
-    };
-    Settings {
-        trusted_proxies,
-        log_format,
-        listen,
-        admin,
-        admin_token,
-        threads,
-        grace_period,
-        body_timeout,
-        idle_timeout,
-        header_timeout,
-        max_connections,
-        max_connections_per_peer,
-        max_buffered,
-        max_buffered_per_client,
-        min_body_rate,
-    }
+/// `server.trusted_proxies`: addresses and CIDRs.
+pub(super) fn trusted_proxies(c: &mut Check) -> AllowList {
+    let key = "server.trusted_proxies";
+    let list = c.doc().list(key).unwrap_or_default();
+    AllowList::new(cidrs(c, key, list, false))
 }
 
 /// A list of CIDRs (and, where `persona` is allowed, the `"persona"`
@@ -110,33 +28,27 @@ pub(super) fn cidrs(c: &mut Check, key: &str, list: &[String], persona: bool) ->
         };
         match parsed {
             Ok(mut v) => out.append(&mut v),
-            Err(e) => c.problem_with(format!("{key}[{j}]"), cidr_message(e, persona)),
+            // Fixed words, never the entry.
+            Err(e) => {
+                let or = if persona && e == source::CidrError::Syntax {
+                    ", or \"persona\""
+                } else {
+                    ""
+                };
+                c.problem_with(
+                    format!("{key}[{j}]"),
+                    format!("{e}{or} (the value is not repeated here)"),
+                );
+            }
         }
     }
     out
 }
 
-/// A [`source::CidrError`]'s message (fixed words, never the entry).
-fn cidr_message(e: source::CidrError, persona: bool) -> String {
-    let also = if persona && e == source::CidrError::Syntax {
-        ", or \"persona\" (the value is not repeated here)"
-    } else {
-        " (the value is not repeated here)"
-    };
-    format!("{e}{also}")
-}
-
 /// The public and admin listeners' addresses, which must differ.
-fn addresses(c: &mut Check) -> (SocketAddr, SocketAddr) {
-    let d = c.doc();
-    let listen = c.address(
-        "listen.address",
-        d.str("listen.address").unwrap_or(DEFAULT_LISTEN),
-    );
-    let admin = c.address(
-        "admin.address",
-        d.str("admin.address").unwrap_or(DEFAULT_ADMIN),
-    );
+pub(super) fn addresses(c: &mut Check) -> (SocketAddr, SocketAddr) {
+    let listen = c.address_at("listen.address");
+    let admin = c.address_at("admin.address");
     if listen == admin && listen.port() != 0 {
         c.problem(
             "admin.address",
@@ -147,36 +59,25 @@ fn addresses(c: &mut Check) -> (SocketAddr, SocketAddr) {
 }
 
 /// `admin.token`: the bearer token that lets a peer other than loopback make
-/// the admin listener's state-changing calls. A secret source only (a token
-/// is not written in the file, where a literal would end up in backups and
-/// diffs); read like every secret, so a SIGHUP reload reads it again. No
-/// message repeats it.
-fn token(c: &mut Check, spec: &str, base: &Path) -> Option<Secret> {
-    if !(spec.starts_with("env:") || spec.starts_with("file:")) {
-        c.problem(
-            "admin.token",
-            "must be `env:NAME` or `file:/path`: a token is not written in the file (the value is not repeated here)",
-        );
-        return None;
-    }
-    c.secret("admin.token", spec, base)
+/// the admin listener's state-changing calls, read like every secret (a
+/// SIGHUP reload reads it again), from `env:` or `file:` only.
+pub(super) fn admin_token(c: &mut Check) -> Option<Secret> {
+    let refused = "must be `env:NAME` or `file:/path`: a token is not written in the file (the value is not repeated here)";
+    let spec = c.reference("admin.token", refused)?;
+    c.secret("admin.token", spec)
 }
 
 /// `listen.tls`: the file paths, and the key pair loaded from them and matched
 /// (kept, so the listener need not load it again).
-pub(super) fn listen_tls(c: &mut Check, base: &Path) -> (Option<ListenTls>, Option<ListenCert>) {
-    let d = c.doc();
-    if !d.has_table("listen.tls") {
+pub(super) fn listen_tls(c: &mut Check) -> (Option<ListenTls>, Option<ListenCert>) {
+    if !c.doc().has_table("listen.tls") {
         return (None, None);
     }
-    let (Some(cert), Some(key)) = (d.str("listen.tls.cert"), d.str("listen.tls.key")) else {
+    let (Some(cert), Some(key)) = (c.path("listen.tls.cert"), c.path("listen.tls.key")) else {
         c.problem("listen.tls", "needs both cert and key (PEM file paths)");
         return (None, None);
     };
-    let tls = ListenTls {
-        cert: base.join(cert),
-        key: base.join(key),
-    };
+    let tls = ListenTls { cert, key };
     // Both checked, so both problems are reported.
     let readable = [
         c.readable("listen.tls.cert", &tls.cert),
@@ -241,11 +142,17 @@ mod tests {
         // Port 0 on both (tests) is allowed: the system picks two ports.
         let text = "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n";
         let c = from_str(&format!("{text}{ROUTE}"), &env()).unwrap();
-        assert_eq!((c.max_connections, c.max_connections_per_peer), (4096, 256));
+        assert_eq!(
+            (c.policy.max_connections, c.policy.max_connections_per_peer),
+            (4096, 256)
+        );
         // A per-peer limit above the total is allowed (the total binds first).
         let c = format!("[server]\nmax_connections = 10\nmax_connections_per_peer = 20\n{ROUTE}");
         let c = from_str(&c, &env()).unwrap();
-        assert_eq!((c.max_connections, c.max_connections_per_peer), (10, 20));
+        assert_eq!(
+            (c.policy.max_connections, c.policy.max_connections_per_peer),
+            (10, 20)
+        );
     }
 
     /// `admin.token` is read from `env:` or `file:` only; a literal is
@@ -254,7 +161,10 @@ mod tests {
     fn the_admin_token_is_a_secret_source_never_a_literal() {
         let with = |token: &str| format!("[admin]\ntoken = \"{token}\"\n{ROUTE}");
         let c = from_str(&with("env:SECRET"), &env()).unwrap();
-        assert_eq!(c.admin_token.as_ref().unwrap().expose(), b"wbhsec_abc");
+        assert_eq!(
+            c.policy.admin_token.as_ref().unwrap().expose(),
+            b"wbhsec_abc"
+        );
         assert!(!format!("{c:?}").contains("wbhsec_abc"));
 
         let dir = tempfile::tempdir().unwrap();
@@ -262,7 +172,7 @@ mod tests {
         std::fs::write(&file, "t0ken-from-a-file\n").unwrap();
         let c = from_str(&with(&format!("file:{}", file.display())), &env()).unwrap();
         assert_eq!(
-            c.admin_token.as_ref().unwrap().expose(),
+            c.policy.admin_token.as_ref().unwrap().expose(),
             b"t0ken-from-a-file"
         );
 
@@ -278,7 +188,13 @@ mod tests {
         assert!(p[0].message.contains("empty"), "{p:?}");
 
         // None unless set.
-        assert!(from_str(ROUTE, &env()).unwrap().admin_token.is_none());
+        assert!(
+            from_str(ROUTE, &env())
+                .unwrap()
+                .policy
+                .admin_token
+                .is_none()
+        );
     }
 
     #[test]
@@ -291,8 +207,12 @@ mod tests {
             key.display()
         );
         let c = from_str(&tls, &env()).unwrap();
-        assert_eq!(c.listen_tls.as_ref().unwrap().cert, cert);
-        let kept = c.listen_cert.as_ref().expect("the loaded key pair is kept");
+        assert_eq!(c.process.listen_tls.as_ref().unwrap().cert, cert);
+        let kept = c
+            .process
+            .listen_cert
+            .as_ref()
+            .expect("the loaded key pair is kept");
         assert_eq!(kept.key().cert.len(), 1);
         // What the listener needs next, without reading the files again.
         let checked = crate::tls::check_loaded(kept.key()).unwrap();

@@ -2,16 +2,12 @@
 //! [`crate::spool`]), how much and for how long, the key that seals them, and
 //! the rules relating it to `[replay]` and the routes' `spool`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use super::check::Check;
-use super::defaults::{
-    DEFAULT_SPOOL_MAX_AGE, DEFAULT_SPOOL_MAX_BACKOFF, DEFAULT_SPOOL_MAX_BYTES, MIN_SPOOL_DURATION,
-    MIN_SPOOL_MAX_BYTES,
-};
-use super::secret::{self, Source};
-use super::{OnStoreError, Problem, Replay, Route, StoreKind};
+use super::check::{Check, at_least_a_second, parse_size};
+use super::secret::Source;
+use super::{Config, OnStoreError, Problem, ProcessConfig, Route, StoreKind};
 
 /// A route's `spool` setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,8 +33,8 @@ impl std::fmt::Debug for SpoolKey {
     }
 }
 
-/// `[spool]`: the delivery spool (see [`crate::spool`]). `Debug` never shows
-/// the key.
+/// `[spool]` as the process opens it (see [`crate::spool`]). `Debug` never
+/// shows the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolSettings {
     /// The embedded spool's directory (relative paths taken from the file's
@@ -46,103 +42,58 @@ pub struct SpoolSettings {
     pub dir: Option<PathBuf>,
     /// Bytes the spool may hold, all entries together.
     pub max_bytes: u64,
-    /// A live entry older than this becomes a dead letter.
-    pub max_age: Duration,
-    /// The longest wait between two redeliveries of an entry.
-    pub max_backoff: Duration,
     /// Seals entries at rest (AES-256-GCM) when set.
     pub key: Option<SpoolKey>,
 }
 
-pub(super) fn compile(c: &mut Check, base: &Path) -> SpoolSettings {
-    let doc = c.doc();
-    let dir = doc.str("spool.dir").map(|d| {
-        let path = base.join(d);
-        // `check` creates nothing: a missing directory is made at start.
-        if path.metadata().is_ok_and(|m| !m.is_dir()) {
-            c.problem(
-                "spool.dir",
-                "exists but is not a directory (the path is not repeated here)",
-            );
-        }
-        path
-    });
-    let max_bytes = max_bytes(c, doc.str("spool.max_bytes"));
-    let max_age = at_least_a_second(c, "spool.max_age", DEFAULT_SPOOL_MAX_AGE);
-    let max_backoff = at_least_a_second(c, "spool.max_backoff", DEFAULT_SPOOL_MAX_BACKOFF);
-    let key = doc.str("spool.key").and_then(|spec| key(c, spec, base));
-    SpoolSettings {
-        dir,
-        max_bytes,
-        max_age,
-        max_backoff,
-        key,
-    }
+/// `[spool]` as a reload applies it: how redelivery goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redelivery {
+    /// A live entry older than this becomes a dead letter.
+    pub max_age: Duration,
+    /// The longest wait between two redeliveries of an entry.
+    pub max_backoff: Duration,
 }
 
-/// The route's `spool` word.
-pub(super) fn mode(c: &mut Check, key: &str) -> SpoolMode {
-    c.choice(
-        key,
-        &[
-            ("off", SpoolMode::Off),
-            ("on_failure", SpoolMode::OnFailure),
-            ("always", SpoolMode::Always),
-        ],
-        SpoolMode::Off,
-    )
-}
-
-/// A size of at least [`MIN_SPOOL_MAX_BYTES`] (no upper bound: the spool is on disk).
-fn max_bytes(c: &mut Check, value: Option<&str>) -> u64 {
-    let Some(v) = value else {
-        return DEFAULT_SPOOL_MAX_BYTES;
-    };
-    match v.parse::<bytesize::ByteSize>() {
-        Ok(b) if b.as_u64() >= MIN_SPOOL_MAX_BYTES => b.as_u64(),
-        Ok(_) => {
-            c.problem("spool.max_bytes", "must be at least 1KiB");
-            DEFAULT_SPOOL_MAX_BYTES
-        }
-        // Not `e`: bytesize's message quotes the input.
-        Err(_) => {
-            c.problem(
-                "spool.max_bytes",
-                "is not a size (the value is not repeated here); write e.g. \"256MiB\", \"2GiB\"",
-            );
-            DEFAULT_SPOOL_MAX_BYTES
-        }
-    }
-}
-
-fn at_least_a_second(c: &mut Check, key: &str, default: Duration) -> Duration {
-    let d = c.duration(key, default);
-    if d < MIN_SPOOL_DURATION {
-        c.problem_with(
-            key,
-            format!(
-                "{} is less than the minimum of 1s",
-                humantime::format_duration(d)
-            ),
+pub(super) fn compile(c: &mut Check) -> (SpoolSettings, Redelivery) {
+    let dir = c.path("spool.dir");
+    // `check` creates nothing: a missing directory is made at start.
+    if dir
+        .as_ref()
+        .is_some_and(|p| p.metadata().is_ok_and(|m| !m.is_dir()))
+    {
+        c.problem(
+            "spool.dir",
+            "exists but is not a directory (the path is not repeated here)",
         );
-        return default;
     }
-    d
+    let max_bytes = c.read("spool.max_bytes", |v| match parse_size(v)? {
+        b if b < 1024 => Err("must be at least 1KiB"),
+        b => Ok(b),
+    });
+    let max_age = c.read("spool.max_age", at_least_a_second);
+    let max_backoff = c.read("spool.max_backoff", at_least_a_second);
+    let spool = SpoolSettings {
+        dir,
+        max_bytes: max_bytes.unwrap_or_default(),
+        key: key(c),
+    };
+    let redelivery = Redelivery {
+        max_age: max_age.unwrap_or_default(),
+        max_backoff: max_backoff.unwrap_or_default(),
+    };
+    (spool, redelivery)
 }
 
 const KEY_FORMS: &str = "must be `env:NAME` or `file:/path` holding 32 bytes: 64 hex characters or standard base64 of 32 bytes (a file may also hold the 32 raw bytes); the value is not repeated here";
 
 /// `spool.key`: a secret source (never a literal: a key is not written in the
 /// file) whose value decodes to exactly 32 bytes. No message repeats it.
-fn key(c: &mut Check, spec: &str, base: &Path) -> Option<SpoolKey> {
-    let decoded = match secret::read_source(spec, base, c.env()) {
-        Err(msg) => {
-            c.problem_with("spool.key", msg);
-            return None;
-        }
-        Ok(Source::Literal(_)) => None,
-        Ok(Source::File(b)) if b.len() == 32 => b.try_into().ok(),
-        Ok(Source::File(b) | Source::Env(b)) => decode_text(b.trim_ascii()),
+fn key(c: &mut Check) -> Option<SpoolKey> {
+    let spec = c.reference("spool.key", KEY_FORMS)?;
+    let decoded = match c.source("spool.key", spec)? {
+        Source::File(b) if b.len() == 32 => b.try_into().ok(),
+        Source::File(b) | Source::Env(b) | Source::Literal(b) => decode_text(b.trim_ascii()),
     };
     if decoded.is_none() {
         c.problem("spool.key", KEY_FORMS);
@@ -199,9 +150,9 @@ fn base64_standard(text: &[u8]) -> Option<Vec<u8>> {
 
 /// A spooling route with the memory store needs `spool.dir`: entries must
 /// survive a restart, and the memory store keeps nothing across one.
-pub(super) fn check(c: &mut Check, spool: &SpoolSettings, replay: &Replay, routes: &[Route]) {
-    if spool.dir.is_none()
-        && matches!(replay.store, StoreKind::Memory)
+pub(super) fn check(c: &mut Check, p: &ProcessConfig, routes: &[Route]) {
+    if p.spool.dir.is_none()
+        && matches!(p.store, StoreKind::Memory)
         && routes.iter().any(|r| r.spool != SpoolMode::Off)
     {
         c.problem(
@@ -213,24 +164,23 @@ pub(super) fn check(c: &mut Check, spool: &SpoolSettings, replay: &Replay, route
 
 /// Valid but probably not meant: `spool.dir` with the Redis store (the shared
 /// spool lives in Redis), spooling routes with `on_store_error = "allow"`.
-pub(super) fn warnings(spool: &SpoolSettings, replay: &Replay, routes: &[Route]) -> Vec<Problem> {
+pub(super) fn warnings(cfg: &Config) -> Vec<Problem> {
+    let (p, policy) = (&cfg.process, &cfg.policy);
     let mut w = Vec::new();
-    if spool.dir.is_some() && matches!(replay.store, StoreKind::Redis(_)) {
-        w.push(Problem {
-            key: "spool.dir".into(),
-            message: "is unused with replay.store = \"redis\": the shared spool lives in Redis; remove it".into(),
-        });
+    if p.spool.dir.is_some() && matches!(p.store, StoreKind::Redis(_)) {
+        w.push(Problem::new(
+            "spool.dir",
+            "is unused with replay.store = \"redis\": the shared spool lives in Redis; remove it",
+        ));
     }
-    if replay.on_store_error == OnStoreError::Allow {
-        for (i, _) in routes
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.spool != SpoolMode::Off)
-        {
-            w.push(Problem {
-                key: format!("route[{i}].spool"),
-                message: "with replay.on_store_error = \"allow\", a delivery forwarded without a replay claim (Redis unavailable) cannot be spooled; it is answered as without a spool".into(),
-            });
+    if policy.replay.on_store_error == OnStoreError::Allow {
+        for (i, r) in policy.routes.iter().enumerate() {
+            if r.spool != SpoolMode::Off {
+                w.push(Problem::new(
+                    format!("route[{i}].spool"),
+                    "with replay.on_store_error = \"allow\", a delivery forwarded without a replay claim (Redis unavailable) cannot be spooled; it is answered as without a spool",
+                ));
+            }
         }
     }
     w

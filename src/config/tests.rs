@@ -77,20 +77,19 @@ pub(super) fn write_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 #[test]
 fn minimal_file_gets_documented_defaults() {
     let c = from_str(MINIMAL, &env()).unwrap();
-    assert_eq!(c.unmatched, Unmatched::Forward);
-    assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
-    assert_eq!(c.admin, "127.0.0.1:9090".parse().unwrap());
-    assert_eq!(c.upstream.address, "127.0.0.1:3000".parse().unwrap());
-    assert_eq!(c.upstream.read_timeout, DEFAULT_READ_TIMEOUT);
-    assert_eq!(c.replay.ttl, DEFAULT_TTL);
-    assert_eq!(c.replay.ttl, Duration::from_secs(72 * 3600));
-    assert_eq!(c.replay.capacity, 300_000);
-    assert_eq!(c.replay.inflight_ttl, Duration::from_secs(60));
-    let r = &c.routes[0];
+    assert_eq!(c.policy.unmatched, Unmatched::Forward);
+    assert_eq!(c.process.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(c.process.admin, "127.0.0.1:9090".parse().unwrap());
+    assert_eq!(c.policy.upstream.address, "127.0.0.1:3000".parse().unwrap());
+    assert_eq!(c.policy.upstream.read_timeout, Duration::from_secs(30));
+    assert_eq!(c.policy.replay.ttl, Duration::from_secs(72 * 3600));
+    assert_eq!(c.process.capacity, 300_000);
+    assert_eq!(c.policy.replay.inflight_ttl, Duration::from_secs(60));
+    let r = &c.policy.routes[0];
     assert_eq!(r.secrets, vec![Secret::new("wbhsec_abc")]);
     assert_eq!(r.tolerance, Duration::from_secs(300));
     assert_eq!(r.max_body, 1024 * 1024);
-    assert_eq!(c.headers.event_id.as_str(), "x-persona-event-id");
+    assert_eq!(c.policy.headers[1].1.as_str(), "x-persona-event-id");
 }
 
 #[test]
@@ -105,9 +104,9 @@ tolerance = "90s"
 max_body = "64KiB"
 "#;
     let c = from_str(text, &env()).unwrap();
-    assert_eq!(c.replay.ttl, Duration::from_secs(3600));
-    assert_eq!(c.routes[0].tolerance, Duration::from_secs(90));
-    assert_eq!(c.routes[0].max_body, 64 * 1024);
+    assert_eq!(c.policy.replay.ttl, Duration::from_secs(3600));
+    assert_eq!(c.policy.routes[0].tolerance, Duration::from_secs(90));
+    assert_eq!(c.policy.routes[0].max_body, 64 * 1024);
 }
 
 #[test]
@@ -439,8 +438,11 @@ upstream = "nowhere.invalid:1"
     let env = CountingEnv(RefCell::default());
     let valid = text.split("[[route]]\npath = \"/c\"").next().unwrap();
     let c = from_str(valid, &env).unwrap();
-    assert_eq!(c.upstream.address, c.routes[0].upstream.address);
-    assert_eq!(c.routes[1].upstream.address.port(), 3000);
+    assert_eq!(
+        c.policy.upstream.address,
+        c.policy.routes[0].upstream.address
+    );
+    assert_eq!(c.policy.routes[1].upstream.address.port(), 3000);
     assert!(env.0.borrow().values().all(|n| *n == 1));
 }
 

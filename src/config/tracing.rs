@@ -3,7 +3,7 @@
 //! restart-only (the exporter is built at start).
 
 use super::check::Check;
-use super::defaults::{DEFAULT_SAMPLING_RATIO, DEFAULT_SERVICE_NAME};
+use super::schema;
 
 /// `[tracing]` as validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,11 +19,13 @@ pub struct TracingSettings {
 }
 
 impl Default for TracingSettings {
+    /// Tracing off, with the schema's defaults.
     fn default() -> Self {
+        let d = |key| schema::default_str(key).unwrap_or_default();
         TracingSettings {
             otlp_endpoint: None,
-            sampling_ratio: SamplingRatio(DEFAULT_SAMPLING_RATIO),
-            service_name: DEFAULT_SERVICE_NAME.to_string(),
+            sampling_ratio: SamplingRatio(d("tracing.sampling_ratio").parse().unwrap_or(1.0)),
+            service_name: d("tracing.service_name").to_string(),
         }
     }
 }
@@ -37,31 +39,24 @@ impl Eq for SamplingRatio {}
 pub(super) fn compile(c: &mut Check) -> TracingSettings {
     let d = c.doc();
     let otlp_endpoint = d.str("tracing.otlp_endpoint").and_then(|e| endpoint(c, e));
-    let sampling_ratio = match d.float("tracing.sampling_ratio") {
-        None => DEFAULT_SAMPLING_RATIO,
-        Some(r) if (0.0..=1.0).contains(&r) => r,
-        Some(_) => {
-            c.problem("tracing.sampling_ratio", "must be a number from 0.0 to 1.0");
-            DEFAULT_SAMPLING_RATIO
+    let mut t = TracingSettings::default();
+    match d.float("tracing.sampling_ratio") {
+        Some(r) if !(0.0..=1.0).contains(&r) => {
+            c.problem("tracing.sampling_ratio", "must be a number from 0.0 to 1.0")
         }
-    };
-    let service_name = match d.str("tracing.service_name") {
-        None => DEFAULT_SERVICE_NAME.to_string(),
-        Some(s) if !s.is_empty() && s.len() <= 255 && !s.bytes().any(|b| b.is_ascii_control()) => {
-            s.to_string()
+        Some(r) => t.sampling_ratio = SamplingRatio(r),
+        None => {}
+    }
+    let name = c.read("tracing.service_name", |s| {
+        if s.is_empty() || s.len() > 255 || s.bytes().any(|b| b.is_ascii_control()) {
+            return Err("must be 1 to 255 characters with no control characters");
         }
-        Some(_) => {
-            c.problem(
-                "tracing.service_name",
-                "must be 1 to 255 characters with no control characters",
-            );
-            DEFAULT_SERVICE_NAME.to_string()
-        }
-    };
+        Ok(s.to_string())
+    });
     TracingSettings {
         otlp_endpoint,
-        sampling_ratio: SamplingRatio(sampling_ratio),
-        service_name,
+        service_name: name.unwrap_or_default(),
+        ..t
     }
 }
 
@@ -129,10 +124,10 @@ mod tests {
     #[test]
     fn off_by_default() {
         let c = from_str(MINIMAL, &env()).unwrap();
-        assert_eq!(c.tracing, TracingSettings::default());
-        assert_eq!(c.tracing.otlp_endpoint, None);
-        assert_eq!(c.tracing.sampling_ratio, SamplingRatio(1.0));
-        assert_eq!(c.tracing.service_name, "persona-guard");
+        assert_eq!(c.process.tracing, TracingSettings::default());
+        assert_eq!(c.process.tracing.otlp_endpoint, None);
+        assert_eq!(c.process.tracing.sampling_ratio, SamplingRatio(1.0));
+        assert_eq!(c.process.tracing.service_name, "persona-guard");
     }
 
     #[test]
@@ -143,14 +138,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            c.tracing.otlp_endpoint.as_deref(),
+            c.process.tracing.otlp_endpoint.as_deref(),
             Some("http://127.0.0.1:4318/v1/traces")
         );
-        assert_eq!(c.tracing.sampling_ratio, SamplingRatio(0.25));
-        assert_eq!(c.tracing.service_name, "guard-eu");
+        assert_eq!(c.process.tracing.sampling_ratio, SamplingRatio(0.25));
+        assert_eq!(c.process.tracing.service_name, "guard-eu");
         // An integer ratio is a number too.
         let c = from_str(&with("sampling_ratio = 0"), &env()).unwrap();
-        assert_eq!(c.tracing.sampling_ratio, SamplingRatio(0.0));
+        assert_eq!(c.process.tracing.sampling_ratio, SamplingRatio(0.0));
     }
 
     #[test]
@@ -158,7 +153,7 @@ mod tests {
         for e in ["http://collector:4318", "http://collector:4318/"] {
             let c = from_str(&with(&format!("otlp_endpoint = \"{e}\"")), &env()).unwrap();
             assert_eq!(
-                c.tracing.otlp_endpoint.as_deref(),
+                c.process.tracing.otlp_endpoint.as_deref(),
                 Some("http://collector:4318/v1/traces"),
                 "{e}"
             );

@@ -2,27 +2,22 @@
 //! `Host` policy) and a route's own `upstream = "..."`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::check::Check;
-use super::defaults::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, DEFAULT_UPSTREAM};
 use super::{HostHeader, Upstream};
 
 /// The default upstream, and the CA file (`upstream.ca_file`, checked readable)
 /// trusted for upstream TLS instead of the system roots.
-pub(super) fn compile(c: &mut Check, base: &Path) -> (Upstream, Option<PathBuf>) {
+pub(super) fn compile(c: &mut Check) -> (Upstream, Option<PathBuf>) {
     let d = c.doc();
-    let connect_timeout = c.duration("upstream.connect_timeout", DEFAULT_CONNECT_TIMEOUT);
-    let read_timeout = c.duration("upstream.read_timeout", DEFAULT_READ_TIMEOUT);
+    let connect_timeout = c.duration("upstream.connect_timeout");
+    let read_timeout = c.duration("upstream.read_timeout");
     let host_header = c.choice(
         "upstream.host_header",
-        &[
-            ("keep", HostHeader::Keep),
-            ("upstream", HostHeader::Upstream),
-        ],
-        HostHeader::Keep,
+        [HostHeader::Keep, HostHeader::Upstream],
     );
-    let address = d.str("upstream.address").unwrap_or(DEFAULT_UPSTREAM);
+    let address = c.text("upstream.address").unwrap_or_default();
     let e = endpoint(c, "upstream.address", address, d.bool("upstream.tls"));
     let upstream = Upstream {
         address: e.address,
@@ -34,11 +29,10 @@ pub(super) fn compile(c: &mut Check, base: &Path) -> (Upstream, Option<PathBuf>)
         verify: d.bool("upstream.verify").unwrap_or(true),
         host_header,
     };
-    let ca_file = d.str("upstream.ca_file").map(|p| {
-        let path = base.join(p);
-        c.readable("upstream.ca_file", &path);
-        path
-    });
+    let ca_file = c.path("upstream.ca_file");
+    if let Some(path) = &ca_file {
+        c.readable("upstream.ca_file", path);
+    }
     (upstream, ca_file)
 }
 
@@ -131,17 +125,17 @@ secrets = ["x"]
 upstream = "https://127.0.0.1"
 "#;
         let c = from_str(text, &env()).unwrap();
-        assert!(c.upstream.tls);
-        assert_eq!(c.upstream.sni, "localhost");
-        assert_eq!(c.upstream.address.port(), 8443);
-        assert_eq!(c.upstream.authority, "localhost:8443");
-        assert_eq!(c.upstream.host_header, HostHeader::Upstream);
-        assert!(c.upstream.verify);
-        assert!(c.upstream_ca_file.is_some());
-        let a = &c.routes[0].upstream;
+        assert!(c.policy.upstream.tls);
+        assert_eq!(c.policy.upstream.sni, "localhost");
+        assert_eq!(c.policy.upstream.address.port(), 8443);
+        assert_eq!(c.policy.upstream.authority, "localhost:8443");
+        assert_eq!(c.policy.upstream.host_header, HostHeader::Upstream);
+        assert!(c.policy.upstream.verify);
+        assert!(c.process.upstream_ca_file.is_some());
+        let a = &c.policy.routes[0].upstream;
         assert!(!a.tls);
         assert_eq!(a.address, "127.0.0.1:80".parse().unwrap());
-        let b = &c.routes[1].upstream;
+        let b = &c.policy.routes[1].upstream;
         assert!(b.tls);
         assert_eq!(b.address, "127.0.0.1:443".parse().unwrap());
 
@@ -184,11 +178,11 @@ secrets = ["x"]
 upstream = "https://[::1]"
 "#;
         let c = from_str(text, &env()).unwrap();
-        let r = &c.routes[0].upstream;
+        let r = &c.policy.routes[0].upstream;
         assert_eq!(r.authority, "[::1]:443");
         assert_eq!(r.sni, "::1");
         assert!(r.tls && r.verify);
-        assert_eq!(r.read_timeout, c.upstream.read_timeout);
+        assert_eq!(r.read_timeout, c.policy.upstream.read_timeout);
         assert_eq!(r.host_header, HostHeader::Upstream);
     }
 }

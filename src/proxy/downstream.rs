@@ -13,7 +13,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 
 use crate::config::TrustedHeaders;
-use crate::event::{Fact, Facts};
+use crate::event::Facts;
 use crate::framing::valid_host;
 use crate::outcome::Outcome;
 use crate::state::{InflightGuard, Policy};
@@ -97,19 +97,8 @@ pub fn bad_body_framing(e: &Error) -> bool {
     matches!(e.etype().as_str(), "InvalidChunk" | "InvalidTrailerEnd")
 }
 
-/// The trusted headers, each with the fact it carries: the one list that
-/// stripping (every request) and setting (an admitted delivery) go through.
-pub fn trusted_headers(names: &TrustedHeaders) -> [(Fact, &HeaderName); 3] {
-    [
-        (Fact::Type, &names.event_type),
-        (Fact::Id, &names.event_id),
-        (Fact::CreatedAt, &names.event_created_at),
-    ]
-}
-
 /// Removes every client-sent copy of the trusted headers: any case, `_` or `-`.
 pub fn strip_trusted(req: &mut RequestHeader, names: &TrustedHeaders) {
-    let targets = trusted_headers(names);
     // Header names arrive lower-cased; compare with `_` read as `-`, no allocation
     // on the common path where nothing matches.
     let same = |k: &HeaderName, t: &HeaderName| {
@@ -122,7 +111,7 @@ pub fn strip_trusted(req: &mut RequestHeader, names: &TrustedHeaders) {
     let doomed: Vec<HeaderName> = req
         .headers
         .keys()
-        .filter(|k| targets.iter().any(|(_, t)| same(k, t)))
+        .filter(|k| names.iter().any(|(_, t)| same(k, t)))
         .cloned()
         .collect();
     for name in doomed {

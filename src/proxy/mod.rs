@@ -86,7 +86,7 @@ fn client_address(session: &Session, cfg: &Config) -> Option<IpAddr> {
         .get_all("x-forwarded-for")
         .iter()
         .map(|v| v.as_bytes());
-    source::client_address(peer.ip(), &cfg.trusted_proxies, forwarded)
+    source::client_address(peer.ip(), &cfg.policy.trusted_proxies, forwarded)
 }
 
 /// The address whose share of the body budget (`max_buffered_per_client`) a
@@ -144,14 +144,14 @@ impl Guard {
         let mut permit = self.shared.budget.permit(budget_key(session, cfg));
         if !small_h1_request(session) {
             if streams_a_body(session) {
-                ctx.streaming = Some(Streaming::start(session, cfg.min_body_rate, permit));
+                ctx.streaming = Some(Streaming::start(session, cfg.policy.min_body_rate, permit));
             }
             return Ok(false);
         }
         // Each read is also bounded by the session's read timeout.
         let pace = Pace::Rate {
             start: tokio::time::Instant::now(),
-            rate: cfg.min_body_rate,
+            rate: cfg.policy.min_body_rate,
         };
         let body = match read_body(session, COALESCE_LIMIT as u64, pace, &mut permit).await {
             Ok(b) => b,
@@ -159,7 +159,7 @@ impl Guard {
         };
         let client = session.req_header();
         let declared = client.headers.contains_key(http::header::CONTENT_LENGTH);
-        let up = &policy.config.upstream;
+        let up = &policy.config.policy.upstream;
         let propagation = ctx.trace.as_mut().map(|t| t.start_upstream(None));
         let traced: Vec<_> = propagation.iter().flat_map(|p| p.headers()).collect();
         let wire = Wire::new(client, up, &traced, declared.then_some(body.len()), &body)?;
@@ -212,7 +212,7 @@ impl ProxyHttp for Guard {
         if let Some(t) = self.shared.telemetry.get() {
             // Only a trusted proxy's sampled flag may raise sampling.
             let peer = session.client_addr().and_then(|a| a.as_inet());
-            let trusted = peer.is_some_and(|p| cfg.trusted_proxies.contains(p.ip()));
+            let trusted = peer.is_some_and(|p| cfg.policy.trusted_proxies.contains(p.ip()));
             ctx.trace = Some(t.request(&session.req_header().headers, trusted));
         }
 
@@ -223,14 +223,14 @@ impl ProxyHttp for Guard {
         // Pipelined requests (RFC 9112 §9.3.2) are each judged and answered in
         // order, rather than dropped with the connection after the first.
         session.as_downstream_mut().set_pipelining_enabled(true);
-        strip_trusted(session.req_header_mut(), &cfg.headers);
+        strip_trusted(session.req_header_mut(), &cfg.policy.headers);
         // The head is in: body reads get pingora's usual per-read bound back
         // (the webhook body also has its whole-body deadline).
         session.set_read_timeout(Some(BODY_READ_TIMEOUT));
         // Bound the wait for this connection's next request (pingora's default
         // keeps an HTTP/1.1 connection open forever). Only where keep-alive is on.
         if session.get_keepalive().is_some() {
-            session.set_keepalive(Some(cfg.idle_timeout.as_secs().max(1)));
+            session.set_keepalive(Some(cfg.process.idle_timeout.as_secs().max(1)));
         }
 
         // Asterisk-form asks about the server, not a resource: answered here
@@ -260,7 +260,7 @@ impl ProxyHttp for Guard {
                 }
                 self.webhook(session, ctx, &policy, i).await
             }
-            Ok(None) if cfg.unmatched == Unmatched::Deny => {
+            Ok(None) if cfg.policy.unmatched == Unmatched::Deny => {
                 respond(session, ctx, Outcome::NotFound).await
             }
             Ok(None) => self.passthrough(session, ctx, &policy).await,
@@ -293,7 +293,7 @@ impl ProxyHttp for Guard {
             upstream_request.insert_header(http::header::HOST, authority)?;
         }
         if let Some(policy) = &ctx.policy {
-            let up = &policy.config.upstream;
+            let up = &policy.config.policy.upstream;
             if up.host_header == HostHeader::Upstream {
                 upstream_request.insert_header(http::header::HOST, up.authority.as_str())?;
             }

@@ -18,7 +18,7 @@ use http::header::EXPECT;
 use pingora::proxy::Session;
 
 use super::body::{Pace, read_body};
-use super::downstream::{Ctx, declared_length, respond, trusted_headers};
+use super::downstream::{Ctx, declared_length, respond};
 use crate::attempts;
 use crate::budget::Permit;
 use crate::config::SpoolMode;
@@ -160,7 +160,7 @@ async fn read_within_budget(
             .map_err(|_| Outcome::ClientError)?;
         session.req_header_mut().remove_header(&EXPECT);
     }
-    let deadline = tokio::time::Instant::now() + on.policy.config.body_timeout;
+    let deadline = tokio::time::Instant::now() + on.policy.config.policy.body_timeout;
     let body = read_body(session, max_body, Pace::Deadline(deadline), &mut permit).await?;
     Ok((body, permit))
 }
@@ -211,7 +211,7 @@ async fn claim(
     id: &str,
     log_id: Option<&str>,
 ) -> Result<Option<Lease>, Rejection> {
-    let replay = &on.policy.config.replay;
+    let replay = &on.policy.config.policy.replay;
     let store = shared.store();
     match replay::claim(&store, &on.route.normalized, id, replay.inflight_ttl).await {
         Ok(Claim::Claimed(lease)) => {
@@ -300,9 +300,8 @@ fn request<'b>(
     propagation: Option<&Propagation>,
     body: &'b [u8],
 ) -> pingora::Result<Wire<'b>> {
-    let mut trusted: Vec<_> = trusted_headers(&on.policy.config.headers)
-        .into_iter()
-        .filter_map(|(fact, name)| Some((name, facts.get(fact)?)))
+    let mut trusted: Vec<_> = (on.policy.config.policy.headers.iter())
+        .filter_map(|(fact, name)| Some((name, facts.get(*fact)?)))
         .collect();
     trusted.extend(propagation.iter().flat_map(|p| p.headers()));
     Wire::new(
@@ -417,7 +416,7 @@ impl Pending<'_> {
         } = self.keeper;
         if let Some(c) = self.claim.take() {
             if status.is_success() {
-                let (current, ttl) = (shared.store(), on.policy.config.replay.ttl);
+                let (current, ttl) = (shared.store(), on.policy.config.policy.replay.ttl);
                 c.commit_through(&current, &on.route.normalized, replay_id, ttl)
                     .await;
                 if let Some(spool) = spool {

@@ -30,15 +30,16 @@ pub(super) async fn attempt(
             route = route_path,
             "spool: the entry's route is no longer configured; the entry is kept"
         );
-        return Step::Deferred(cfg.spool.max_backoff);
+        return Step::Deferred(cfg.policy.spool.max_backoff);
     };
     let route = &compiled.route;
     let store = handle.store.as_ref();
     let age = Duration::from_millis(spool::now_ms().saturating_sub(record.live_since_ms));
-    if age > cfg.spool.max_age {
-        return bury(store, held, age, cfg.spool.max_backoff).await;
+    if age > cfg.policy.spool.max_age {
+        return bury(store, held, age, cfg.policy.spool.max_backoff).await;
     }
-    let (inflight_ttl, max_backoff) = (cfg.replay.inflight_ttl, cfg.spool.max_backoff);
+    let (inflight_ttl, max_backoff) =
+        (cfg.policy.replay.inflight_ttl, cfg.policy.spool.max_backoff);
     if let Some(step) = hold(
         shared,
         store,
@@ -54,7 +55,7 @@ pub(super) async fn attempt(
     if !send(connector, &compiled.peer, &held.entry.record).await {
         return Step::Failed;
     }
-    let ttl = cfg.replay.ttl;
+    let ttl = cfg.policy.replay.ttl;
     delivered(shared, store, held, &route.normalized, ttl).await
 }
 

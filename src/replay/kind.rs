@@ -8,13 +8,13 @@ use std::sync::Arc;
 use super::ReplayStore;
 use super::memory::{MemoryStore, SystemClock};
 use super::redis::RedisStore;
-use crate::config::{RedisSettings, Replay, StoreKind};
+use crate::config::{ProcessConfig, RedisSettings, StoreKind};
 
-/// The store `replay` names.
-pub fn build(replay: &Replay) -> Result<Arc<dyn ReplayStore>, String> {
-    Ok(match &replay.store {
+/// The store `replay.store` names, the memory one of `replay.capacity`.
+pub fn build(p: &ProcessConfig) -> Result<Arc<dyn ReplayStore>, String> {
+    Ok(match &p.store {
         StoreKind::Memory => Arc::new(MemoryStore::new(
-            replay.capacity,
+            p.capacity,
             Arc::new(SystemClock::default()),
         )),
         StoreKind::Redis(r) => redis(r).map_err(|e| format!("replay store: {e}"))?,

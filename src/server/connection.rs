@@ -73,12 +73,12 @@ where
             let policy = self.shared.policy.load();
             let c = &policy.config;
             let limits = Limits {
-                total: c.max_connections,
-                per_peer: c.max_connections_per_peer,
+                total: c.policy.max_connections,
+                per_peer: c.policy.max_connections_per_peer,
             };
             // A trusted proxy counts toward the total only.
-            let peer = peer_ip(&stream).filter(|ip| !c.trusted_proxies.contains(*ip));
-            (c.header_timeout, limits, peer)
+            let peer = peer_ip(&stream).filter(|ip| !c.policy.trusted_proxies.contains(*ip));
+            (c.policy.header_timeout, limits, peer)
         };
         // Held until this task ends: the connection is closed by then.
         let _slot = match self.connections.admit(peer, limits) {

@@ -20,7 +20,7 @@ use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::prelude::*;
 
 use crate::admin::Admin;
-use crate::config::{Config, LogFormat, ProcessConfig};
+use crate::config::{Config, LogFormat};
 use crate::metrics::Metrics;
 use crate::proxy::Guard;
 use crate::replay::kind;
@@ -86,14 +86,15 @@ enum SpoolStart {
 /// than a process that answers 202 it could not keep.
 fn build_spool(cfg: &Config) -> Result<SpoolStart, String> {
     if cfg
+        .policy
         .routes
         .iter()
         .all(|r| r.spool == crate::config::SpoolMode::Off)
     {
         return Ok(SpoolStart::None);
     }
-    let s = &cfg.spool;
-    let handle = match kind::spool(&cfg.replay.store) {
+    let s = &cfg.process.spool;
+    let handle = match kind::spool(&cfg.process.store) {
         kind::Spool::Redis(r) => spool::Handle::new(Arc::new(
             spool::redis::RedisSpool::new(r, s.max_bytes, s.key.clone())
                 .map_err(|e| format!("spool: {e}"))?,
@@ -120,7 +121,7 @@ fn open_dir_spool(
     dir: &Path,
     lock: spool::dir::DirLock,
 ) -> Result<spool::Handle, String> {
-    let s = &cfg.spool;
+    let s = &cfg.process.spool;
     let store = spool::dir::DirSpool::open(dir, s.max_bytes, s.key.clone())
         .map_err(|e| format!("spool.dir: {e}"))?;
     Ok(spool::Handle::with_lock(Arc::new(store), lock))
@@ -216,12 +217,13 @@ fn side_runtime(what: &str) -> Option<tokio::runtime::Runtime> {
 /// pingora's server, configured from the file's process settings.
 fn pingora_server(cfg: &Config) -> Server {
     let mut conf = ServerConf {
-        threads: cfg.threads,
+        threads: cfg.process.threads,
         ca_file: cfg
+            .process
             .upstream_ca_file
             .as_ref()
             .map(|p| p.display().to_string()),
-        grace_period_seconds: Some(cfg.grace_period.as_secs()),
+        grace_period_seconds: Some(cfg.process.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
@@ -234,7 +236,7 @@ fn pingora_server(cfg: &Config) -> Server {
 /// The listener's TLS acceptor and its replaceable certificate, from the
 /// key pair the configuration loaded; `(None, None)` for plain TCP.
 fn listener_tls(cfg: &Config) -> Result<(Option<Acceptor>, Option<Arc<ReloadableCert>>), String> {
-    let Some(loaded) = &cfg.listen_cert else {
+    let Some(loaded) = &cfg.process.listen_cert else {
         return Ok((None, None));
     };
     let checked = crate::tls::check_loaded(loaded.key()).map_err(|e| format!("listen.tls: {e}"))?;
@@ -289,12 +291,12 @@ pub fn run(config_path: Option<&Path>, cfg: Config) -> Result<(), String> {
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
-    let built = kind::build(&cfg.replay).and_then(|s| {
+    let built = kind::build(&cfg.process).and_then(|s| {
         Ok((
             s,
             listener_tls(&cfg)?,
             build_spool(&cfg)?,
-            Telemetry::start(&cfg.tracing)?,
+            Telemetry::start(&cfg.process.tracing)?,
         ))
     });
     let (store, (tls, cert), spool, telemetry) = match built {
@@ -304,10 +306,10 @@ pub fn run(config_path: Option<&Path>, cfg: Config) -> Result<(), String> {
             return Err(e);
         }
     };
-    let (listen, admin_addr, upstream) = (cfg.listen, cfg.admin, cfg.upstream.address);
-    let process = ProcessConfig::of(&cfg);
-    let idle_timeout = cfg.idle_timeout;
-    let routes: Vec<String> = cfg.routes.iter().map(|r| r.path.clone()).collect();
+    let process = cfg.process.clone();
+    let (listen, admin_addr, idle_timeout) = (process.listen, process.admin, process.idle_timeout);
+    let upstream = cfg.policy.upstream.address;
+    let routes: Vec<String> = cfg.policy.routes.iter().map(|r| r.path.clone()).collect();
     let shared = Arc::new(Shared::new(cfg, store, Metrics::new(), connector));
     if let Some(t) = telemetry {
         let _ = shared.telemetry.set(t);

@@ -65,7 +65,7 @@ fn reload(
         Ok(new) => new,
         Err(e) => return refused(&e),
     };
-    if let (Some(cert), Some(loaded)) = (cert, &new.listen_cert) {
+    if let (Some(cert), Some(loaded)) = (cert, &new.process.listen_cert) {
         match cert.replace(loaded.key()) {
             Ok(warnings) => {
                 for w in &warnings {
@@ -76,7 +76,7 @@ fn reload(
             Err(e) => return refused(&format_args!("listen.tls: {e}")),
         }
     }
-    for r in ProcessConfig::diff(start, &ProcessConfig::of(&new)) {
+    for r in ProcessConfig::diff(start, &new.process) {
         tracing::warn!(
             key = r.key.as_str(),
             "needs a restart to change; {}",
@@ -88,7 +88,7 @@ fn reload(
         ProcessConfig::keep(new, &running.config),
         shared.spool.get().is_some() || shared.spool_waiting.load(Ordering::SeqCst),
     );
-    let on_reload = OnReload::of(&running.config.replay.store, &kept.replay.store);
+    let on_reload = OnReload::of(&running.config.process.store, &kept.process.store);
     match on_reload.apply() {
         Ok(None) => {}
         Ok(Some(store)) => swap_store(shared, &on_reload, store),
@@ -97,14 +97,15 @@ fn reload(
                 key = "replay.redis_url",
                 "the new Redis settings cannot be applied, the running client stays: {e}"
             );
-            kept.replay.store = running.config.replay.store.clone();
+            kept.process.store = running.config.process.store.clone();
         }
     }
-    let routes: Vec<&str> = kept.routes.iter().map(|r| r.path.as_str()).collect();
+    let routes: Vec<&str> = kept.policy.routes.iter().map(|r| r.path.as_str()).collect();
     tracing::info!(?routes, "configuration reloaded");
-    shared
-        .budget
-        .set_limits(kept.max_buffered, kept.max_buffered_per_client);
+    shared.budget.set_limits(
+        kept.policy.max_buffered,
+        kept.policy.max_buffered_per_client,
+    );
     shared
         .policy
         .store(Arc::new(Policy::compile(kept, &shared.metrics)));
@@ -118,7 +119,7 @@ fn without_spool(mut cfg: Config, has_spool: bool) -> Config {
     if has_spool {
         return cfg;
     }
-    for (i, r) in cfg.routes.iter_mut().enumerate() {
+    for (i, r) in cfg.policy.routes.iter_mut().enumerate() {
         if r.spool != config::SpoolMode::Off {
             tracing::warn!(
                 key = format!("route[{i}].spool"),

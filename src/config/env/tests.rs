@@ -61,18 +61,25 @@ fn variables_override_each_kind_of_value() {
     ]);
     let file = format!("[replay]\nttl = \"80h\"\n{ROUTE}");
     let c: Config = load(&file, &env).unwrap().config;
-    assert_eq!(c.replay.ttl, std::time::Duration::from_secs(48 * 3600));
-    assert_eq!(c.threads, 3);
-    assert!(!c.upstream.verify);
-    assert_eq!(c.upstream.host_header, HostHeader::Upstream);
-    assert_eq!(c.replay.capacity, 1000);
-    assert_eq!(c.unmatched, super::super::Unmatched::Deny);
-    assert!(c.routes[0].allows("inquiry.approved"));
-    assert!(!c.routes[0].allows("case.created"));
-    let secrets: Vec<&[u8]> = c.routes[0].secrets.iter().map(|s| s.expose()).collect();
+    assert_eq!(
+        c.policy.replay.ttl,
+        std::time::Duration::from_secs(48 * 3600)
+    );
+    assert_eq!(c.process.threads, 3);
+    assert!(!c.policy.upstream.verify);
+    assert_eq!(c.policy.upstream.host_header, HostHeader::Upstream);
+    assert_eq!(c.process.capacity, 1000);
+    assert_eq!(c.policy.unmatched, super::super::Unmatched::Deny);
+    assert!(c.policy.routes[0].allows("inquiry.approved"));
+    assert!(!c.policy.routes[0].allows("case.created"));
+    let secrets: Vec<&[u8]> = c.policy.routes[0]
+        .secrets
+        .iter()
+        .map(|s| s.expose())
+        .collect();
     assert_eq!(secrets, vec![&b"wbhsec_abc"[..], b"wbhsec_other"]);
-    assert!(c.spool.key.is_some());
-    assert_eq!(c.routes[0].path, "/a");
+    assert!(c.process.spool.key.is_some());
+    assert_eq!(c.policy.routes[0].path, "/a");
 }
 
 #[test]
@@ -94,7 +101,10 @@ fn print_shows_where_each_value_came_from() {
     }
     // The printed configuration is TOML (comments aside) and loads back.
     let again = from_str(&printed, &vars(&[])).unwrap();
-    assert_eq!(again.replay.ttl, std::time::Duration::from_secs(48 * 3600));
+    assert_eq!(
+        again.policy.replay.ttl,
+        std::time::Duration::from_secs(48 * 3600)
+    );
 }
 
 #[test]
@@ -130,7 +140,15 @@ fn a_variable_an_env_reference_names_is_a_secret_not_a_setting() {
         "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
     )]);
     let file = format!("[spool]\nkey = \"env:PERSONA_GUARD_SPOOL_KEY\"\n{ROUTE}");
-    assert!(load(&file, &env).unwrap().config.spool.key.is_some());
+    assert!(
+        load(&file, &env)
+            .unwrap()
+            .config
+            .process
+            .spool
+            .key
+            .is_some()
+    );
     // Named by a reference a variable sets: also a secret.
     let env = vars(&[
         (
@@ -141,7 +159,7 @@ fn a_variable_an_env_reference_names_is_a_secret_not_a_setting() {
         ("PERSONA_GUARD_ROUTE_PATH", "/a"),
     ]);
     let c = load("", &env).unwrap().config;
-    assert_eq!(c.routes[0].secrets[0].expose(), b"wbhsec_x");
+    assert_eq!(c.policy.routes[0].secrets[0].expose(), b"wbhsec_x");
     // Not named by any reference: a literal in PERSONA_GUARD_SPOOL_KEY is refused.
     let env = vars(&[("PERSONA_GUARD_SPOOL_KEY", "LEAKCANARY0123")]);
     let p = load(ROUTE, &env).unwrap_err();
@@ -158,7 +176,7 @@ fn the_admin_token_comes_from_a_variable_as_a_reference() {
         ("ADMIN_TOKEN", "t0ken-by-reference"),
     ]);
     let effective = load(ROUTE, &env).unwrap();
-    let token = effective.config.admin_token.as_ref().unwrap();
+    let token = effective.config.policy.admin_token.as_ref().unwrap();
     assert_eq!(token.expose(), b"t0ken-by-reference");
     assert!(
         effective
@@ -176,7 +194,10 @@ fn the_admin_token_comes_from_a_variable_as_a_reference() {
     let env = vars(&[("PERSONA_GUARD_ADMIN_TOKEN", "t0ken-in-the-variable")]);
     let file = format!("[admin]\ntoken = \"env:PERSONA_GUARD_ADMIN_TOKEN\"\n{ROUTE}");
     let c = load(&file, &env).unwrap().config;
-    assert_eq!(c.admin_token.unwrap().expose(), b"t0ken-in-the-variable");
+    assert_eq!(
+        c.policy.admin_token.unwrap().expose(),
+        b"t0ken-in-the-variable"
+    );
 }
 
 #[test]
@@ -230,12 +251,12 @@ fn route_variables_and_the_number_of_routes() {
         ("PERSONA_GUARD_ROUTE_SECRETS", "env:SECRET"),
     ]);
     let c = load("", &env).unwrap().config;
-    assert_eq!(c.routes.len(), 1);
-    assert_eq!(c.routes[0].path, "/hooks");
+    assert_eq!(c.policy.routes.len(), 1);
+    assert_eq!(c.policy.routes[0].path, "/hooks");
     // One route: overridden.
     let c = load(ROUTE, &env).unwrap().config;
-    assert_eq!(c.routes.len(), 1);
-    assert_eq!(c.routes[0].path, "/hooks");
+    assert_eq!(c.policy.routes.len(), 1);
+    assert_eq!(c.policy.routes[0].path, "/hooks");
     // Two: each route variable is an error.
     let p = load(TWO_ROUTES, &env).unwrap_err();
     assert_eq!(
@@ -245,7 +266,10 @@ fn route_variables_and_the_number_of_routes() {
     assert!(p[0].message.contains("2 routes"));
     // Two routes and only non-route variables: fine.
     let env = vars(&[("PERSONA_GUARD_REPLAY_TTL", "48h")]);
-    assert_eq!(load(TWO_ROUTES, &env).unwrap().config.routes.len(), 2);
+    assert_eq!(
+        load(TWO_ROUTES, &env).unwrap().config.policy.routes.len(),
+        2
+    );
     // No route anywhere: the usual problem.
     assert!(load("", &vars(&[])).is_err());
 }

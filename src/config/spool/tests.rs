@@ -1,9 +1,9 @@
 use std::time::Duration;
 
 use super::super::tests::{SPOOL_KEY_BYTES, env, keys};
-use super::super::{
-    DEFAULT_SPOOL_MAX_AGE, DEFAULT_SPOOL_MAX_BACKOFF, DEFAULT_SPOOL_MAX_BYTES, from_str,
-};
+use std::path::Path;
+
+use super::super::{Redelivery, from_str};
 use super::*;
 
 const ROUTE: &str = "[[route]]\npath = \"/a\"\nsecrets = [\"env:SECRET\"]\n";
@@ -16,19 +16,21 @@ fn with_spool(spool: &str, route_extra: &str) -> String {
 fn defaults_spool_nothing() {
     let c = from_str(ROUTE, &env()).unwrap();
     assert_eq!(
-        c.spool,
+        c.process.spool,
         SpoolSettings {
             dir: None,
             max_bytes: 256 * 1024 * 1024,
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            max_backoff: Duration::from_secs(60),
             key: None,
         }
     );
-    assert_eq!(c.spool.max_bytes, DEFAULT_SPOOL_MAX_BYTES);
-    assert_eq!(c.spool.max_age, DEFAULT_SPOOL_MAX_AGE);
-    assert_eq!(c.spool.max_backoff, DEFAULT_SPOOL_MAX_BACKOFF);
-    assert_eq!(c.routes[0].spool, SpoolMode::Off);
+    assert_eq!(
+        c.policy.spool,
+        Redelivery {
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_backoff: Duration::from_secs(60),
+        }
+    );
+    assert_eq!(c.policy.routes[0].spool, SpoolMode::Off);
     assert!(c.warnings().is_empty(), "{:?}", c.warnings());
 }
 
@@ -39,11 +41,11 @@ fn settings_are_parsed() {
         "spool = \"always\"",
     );
     let c = from_str(&text, &env()).unwrap();
-    assert_eq!(c.spool.dir.as_deref(), Some(Path::new("./spool")));
-    assert_eq!(c.spool.max_bytes, 2 * 1024 * 1024 * 1024);
-    assert_eq!(c.spool.max_age, Duration::from_secs(2 * 24 * 3600));
-    assert_eq!(c.spool.max_backoff, Duration::from_secs(300));
-    assert_eq!(c.routes[0].spool, SpoolMode::Always);
+    assert_eq!(c.process.spool.dir.as_deref(), Some(Path::new("./spool")));
+    assert_eq!(c.process.spool.max_bytes, 2 * 1024 * 1024 * 1024);
+    assert_eq!(c.policy.spool.max_age, Duration::from_secs(2 * 24 * 3600));
+    assert_eq!(c.policy.spool.max_backoff, Duration::from_secs(300));
+    assert_eq!(c.policy.routes[0].spool, SpoolMode::Always);
 }
 
 #[test]
@@ -54,7 +56,10 @@ fn route_spool_words() {
         ("always", SpoolMode::Always),
     ] {
         let text = with_spool("dir = \"spool\"", &format!("spool = \"{word}\""));
-        assert_eq!(from_str(&text, &env()).unwrap().routes[0].spool, mode);
+        assert_eq!(
+            from_str(&text, &env()).unwrap().policy.routes[0].spool,
+            mode
+        );
     }
     let text =
         format!("{ROUTE}[[route]]\npath = \"/b\"\nsecrets = [\"x\"]\nspool = \"sometimes\"\n");
@@ -107,8 +112,8 @@ fn limits_are_checked_each_under_its_key() {
         "",
     );
     let c = from_str(&edge, &env()).unwrap();
-    assert_eq!(c.spool.max_bytes, 1024);
-    assert_eq!(c.spool.max_age, Duration::from_secs(1));
+    assert_eq!(c.process.spool.max_bytes, 1024);
+    assert_eq!(c.policy.spool.max_age, Duration::from_secs(1));
 }
 
 #[test]
@@ -127,7 +132,7 @@ fn dir_that_is_a_file_is_an_error_and_check_creates_nothing() {
         "spool = \"always\"",
     );
     let c = from_str(&text, &env()).unwrap();
-    assert_eq!(c.spool.dir.as_deref(), Some(missing.as_path()));
+    assert_eq!(c.process.spool.dir.as_deref(), Some(missing.as_path()));
     assert!(!missing.exists());
 }
 
@@ -143,7 +148,11 @@ fn key_from_env_hex_env_base64_and_a_raw_file() {
     for var in ["SPOOL_KEY", "SPOOL_KEY_B64"] {
         let text = with_spool(&format!("key = \"env:{var}\""), "");
         let c = from_str(&text, &env()).unwrap();
-        assert_eq!(c.spool.key, Some(SpoolKey(SPOOL_KEY_BYTES)), "{var}");
+        assert_eq!(
+            c.process.spool.key,
+            Some(SpoolKey(SPOOL_KEY_BYTES)),
+            "{var}"
+        );
         assert!(!format!("{c:?}").contains("0a0b0c"), "{var}");
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -154,7 +163,7 @@ fn key_from_env_hex_env_base64_and_a_raw_file() {
     std::fs::write(&path, raw).unwrap();
     let text = with_spool(&format!("key = \"file:{}\"", path.display()), "");
     assert_eq!(
-        from_str(&text, &env()).unwrap().spool.key,
+        from_str(&text, &env()).unwrap().process.spool.key,
         Some(SpoolKey(raw))
     );
     // Hex and base64 in a file, with a trailing newline.
@@ -169,7 +178,11 @@ fn key_from_env_hex_env_base64_and_a_raw_file() {
         std::fs::write(&path, content).unwrap();
         let text = with_spool(&format!("key = \"file:{}\"", path.display()), "");
         let c = from_str(&text, &env()).unwrap();
-        assert_eq!(c.spool.key, Some(SpoolKey(SPOOL_KEY_BYTES)), "{name}");
+        assert_eq!(
+            c.process.spool.key,
+            Some(SpoolKey(SPOOL_KEY_BYTES)),
+            "{name}"
+        );
     }
 }
 
@@ -239,10 +252,10 @@ fn keep_running_keeps_the_restart_only_keys() {
         "dir = \"a\"\nmax_bytes = \"1KiB\"\nmax_age = \"1s\"\nmax_backoff = \"1s\"\nkey = \"env:SPOOL_KEY\"",
     );
     let new = running("max_bytes = \"2KiB\"\nmax_age = \"2s\"\nmax_backoff = \"2s\"");
-    let kept = crate::config::ProcessConfig::keep(new, &old).spool;
-    assert_eq!(kept.dir, old.spool.dir);
-    assert_eq!(kept.key, old.spool.key);
-    assert_eq!(kept.max_bytes, 1024);
-    assert_eq!(kept.max_age, Duration::from_secs(2));
-    assert_eq!(kept.max_backoff, Duration::from_secs(2));
+    let kept = crate::config::ProcessConfig::keep(new, &old);
+    assert_eq!(kept.process.spool.dir, old.process.spool.dir);
+    assert_eq!(kept.process.spool.key, old.process.spool.key);
+    assert_eq!(kept.process.spool.max_bytes, 1024);
+    assert_eq!(kept.policy.spool.max_age, Duration::from_secs(2));
+    assert_eq!(kept.policy.spool.max_backoff, Duration::from_secs(2));
 }

@@ -125,17 +125,21 @@ fn renew_extends_only_the_tokens_own_mark() {
 
 #[test]
 fn a_retry_two_hours_later_is_a_duplicate_under_the_default_ttl() {
-    use crate::config::{DEFAULT_INFLIGHT_TTL, DEFAULT_TTL};
+    let default = |key| {
+        let text = crate::config::schema::default_str(key).unwrap();
+        humantime::parse_duration(text).unwrap()
+    };
+    let (inflight_ttl, ttl) = (default("replay.inflight_ttl"), default("replay.ttl"));
     let (s, clock) = store();
     let k = key(b"/r", "evt_1");
-    claimed(s.claim(&k, DEFAULT_INFLIGHT_TTL));
-    s.commit(&k, DEFAULT_TTL);
+    claimed(s.claim(&k, inflight_ttl));
+    s.commit(&k, ttl);
     // Persona's retries come ~3 s, 64 s, 729 s, 4096 s (68 min), ... after the
     // first attempt; the last of them ~51.3 h after it.
     clock.advance(Duration::from_secs(2 * 3600));
-    assert_eq!(s.claim(&k, DEFAULT_INFLIGHT_TTL), Claim::Duplicate);
+    assert_eq!(s.claim(&k, inflight_ttl), Claim::Duplicate);
     clock.advance(Duration::from_secs(184_822 - 2 * 3600));
-    assert_eq!(s.claim(&k, DEFAULT_INFLIGHT_TTL), Claim::Duplicate);
+    assert_eq!(s.claim(&k, inflight_ttl), Claim::Duplicate);
 }
 
 #[test]
