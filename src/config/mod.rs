@@ -15,18 +15,21 @@
 //! 2. `env.rs` lays the `PERSONA_GUARD_*` variables over it (one naming rule),
 //!    recording where each value came from for `check --print`; a file is
 //!    optional. Problems under a key a variable set are named by the variable.
-//! 3. Each section's file turns its values into typed ones through the
-//!    `Check` collector (`check.rs`), which records every problem under its
-//!    key instead of stopping: `server.rs` (`log_format`, `[listen]`,
-//!    `[admin]`, `[server]`), `upstream.rs`, `replay.rs`, `headers.rs`,
-//!    `spool.rs`, `tracing.rs`, `routes.rs` (`unmatched`, `[[route]]`), then
+//! 3. `load.rs` reads every key, in file order, through the `Check`
+//!    collector (`check.rs`): one typed accessor per kind (choice, count,
+//!    size, duration, address, header name, secret) with the schema's
+//!    default, each problem recorded under its key instead of stopping. The
+//!    section files hold what is more than a key's kind: `server.rs`
+//!    (listeners, TLS, admin token, CIDR lists), `upstream.rs`, `replay.rs`,
+//!    `headers.rs`, `spool.rs`, `tracing.rs`, `routes.rs` (`[[route]]`), and
 //!    `cross.rs` for the rules that relate two sections. Secrets are read
 //!    (`secret.rs`) and the listener's key pair loaded now: a missing secret
 //!    is a configuration error, never a runtime surprise.
 //!
-//! The restart-only keys of the schema make up [`ProcessConfig`]: what a
-//! SIGHUP reload cannot apply ([`ProcessConfig::diff`]) and keeps
-//! ([`ProcessConfig::keep`]); the rest is the policy a reload swaps.
+//! A [`Config`] is two parts: [`ProcessConfig`], the compiled restart-only
+//! keys of the schema (a SIGHUP reload names each one it cannot apply,
+//! [`ProcessConfig::diff`], and keeps the running part,
+//! [`ProcessConfig::keep`]), and [`PolicyConfig`], everything a reload swaps.
 //!
 //! # Error messages never quote the file
 //!

@@ -16,7 +16,9 @@ pub(super) fn compile(c: &mut Check) -> (StoreKind, u64, Replay) {
     let d = c.doc();
     let store = match c.choice("replay.store", [false, true]) {
         false => {
-            for key in REDIS_ONLY.into_iter().filter(|k| d.has(k)) {
+            // A misspelt store is reported alone.
+            let memory = d.str("replay.store").is_none_or(|w| w == "memory");
+            for key in REDIS_ONLY.into_iter().filter(|k| memory && d.has(k)) {
                 c.problem(key, "only applies to store = \"redis\"");
             }
             StoreKind::Memory
