@@ -28,6 +28,7 @@ pub mod bearer;
 pub mod header_token;
 pub mod jwks;
 pub mod jwt;
+pub mod keyring;
 
 use std::time::Duration;
 

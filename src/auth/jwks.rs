@@ -20,8 +20,8 @@ pub const KID_REFRESH_EVERY: Duration = Duration::from_secs(60);
 
 /// While no set was ever fetched: the first retry after a failure; the wait
 /// doubles up to [`FIRST_FETCH_MAX_WAIT`].
-const FIRST_FETCH_WAIT: Duration = Duration::from_millis(250);
-const FIRST_FETCH_MAX_WAIT: Duration = Duration::from_secs(30);
+pub(super) const FIRST_FETCH_WAIT: Duration = Duration::from_millis(250);
+pub(super) const FIRST_FETCH_MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// After a failed scheduled refresh, the next try comes after this long (or
 /// `jwks_refresh`, if shorter).
@@ -73,6 +73,8 @@ pub struct Jwks {
     /// before the first; guarded by `fetching` for the decision.
     kid_fetched_ms: AtomicU64,
     born: Instant,
+    /// Whether the last scheduled refresh failed (the next comes sooner).
+    failing: std::sync::atomic::AtomicBool,
     /// One fetch at a time: requests meeting the same unknown `kid` wait for
     /// one fetch and then look again.
     fetching: Mutex<()>,
@@ -95,6 +97,7 @@ impl Jwks {
             set: ArcSwapOption::empty(),
             kid_fetched_ms: AtomicU64::new(u64::MAX),
             born: Instant::now(),
+            failing: std::sync::atomic::AtomicBool::new(false),
             fetching: Mutex::new(()),
         })
     }
@@ -189,27 +192,19 @@ impl Jwks {
         self.born.elapsed().as_millis() as u64
     }
 
-    /// The background task: fetches until the first set arrives (retrying
-    /// with a growing wait, logging each failure), then every
-    /// `jwks_refresh` (after a failure, within a minute). Runs until the
-    /// runtime stops.
-    pub async fn run(self: Arc<Self>) {
-        let mut wait = FIRST_FETCH_WAIT;
-        while !self.is_ready() {
-            if self.refresh().await == Refreshed::Ok {
-                break;
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(FIRST_FETCH_MAX_WAIT);
+    /// How long until the next scheduled refresh: `jwks_refresh`, or
+    /// within a minute after a failed one.
+    pub fn next_refresh(&self) -> Duration {
+        match self.failing.load(Ordering::SeqCst) {
+            true => self.refresh.min(RETRY_AFTER_FAILURE),
+            false => self.refresh,
         }
-        let mut next = self.refresh;
-        loop {
-            tokio::time::sleep(next).await;
-            next = match self.refresh().await {
-                Refreshed::Ok => self.refresh,
-                Refreshed::Error => self.refresh.min(RETRY_AFTER_FAILURE),
-            };
-        }
+    }
+
+    /// A refresh on the schedule (see [`Jwks::next_refresh`]).
+    pub async fn scheduled_refresh(&self) {
+        let failed = self.refresh().await == Refreshed::Error;
+        self.failing.store(failed, Ordering::SeqCst);
     }
 }
 

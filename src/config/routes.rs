@@ -73,7 +73,11 @@ fn compile_one(
         None => default.clone(),
         Some(v) => upstream::for_route(c, &k("upstream"), v, default),
     };
+    let require_headers = super::auth::require_headers(c, i, base);
+    let oauth = super::auth::oauth(c, i);
     Route {
+        require_headers,
+        oauth,
         path,
         matcher: path::RoutePath::new(&normalized),
         normalized,

@@ -105,9 +105,11 @@ fn reload(
     shared
         .budget
         .set_limits(kept.max_buffered, kept.max_buffered_per_client);
-    shared
-        .policy
-        .store(Arc::new(Policy::compile(kept, &shared.metrics)));
+    shared.policy.store(Arc::new(Policy::compile(
+        kept,
+        &shared.metrics,
+        &shared.keyring,
+    )));
     shared.metrics.reloads.with_label_values(&["ok"]).inc();
 }
 

@@ -200,8 +200,14 @@ fn the_token_is_checked_after_the_signature_header_and_before_the_body() {
     p.post(ROUTE, &[("Content-Type", "application/json")], &body)
         .assert_error(401, "missing_signature");
     let forged = sign("wbhsec_not_the_secret", now(), &body);
-    p.post(ROUTE, &[("Persona-Signature", forged.as_str())], &body)
-        .assert_error(401, "missing_token");
+    let r = p.post(ROUTE, &[("Persona-Signature", forged.as_str())], &body);
+    r.assert_error(401, "missing_token");
+    // Decided before the body was read: the connection closes, so the
+    // unread body is never taken for a next request.
+    assert!(
+        r.connection_close(),
+        "a refusal before the body keeps the connection"
+    );
     up.assert_nothing_seen("refusals");
 }
 
@@ -253,11 +259,11 @@ fn with_the_jwks_down_at_start_the_proxy_is_not_ready_until_it_comes_up() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
         p.metric(
-            "persona_guard_jwks_refreshes_total{route=\"/webhooks/persona\",result=\"error\"}"
+            "persona_guard_jwks_refreshes_total{result=\"error\",route=\"/webhooks/persona\"}"
         ) >= 1.0
     );
     assert!(
-        p.metric("persona_guard_jwks_refreshes_total{route=\"/webhooks/persona\",result=\"ok\"}")
+        p.metric("persona_guard_jwks_refreshes_total{result=\"ok\",route=\"/webhooks/persona\"}")
             >= 1.0
     );
 }
@@ -269,7 +275,7 @@ fn a_failed_refresh_keeps_the_last_good_keys() {
     let p = oauth_proxy(&up, &jwks, "1s");
     wait_ready(&p);
     jwks.stop();
-    let errors = "persona_guard_jwks_refreshes_total{route=\"/webhooks/persona\",result=\"error\"}";
+    let errors = "persona_guard_jwks_refreshes_total{result=\"error\",route=\"/webhooks/persona\"}";
     wait_for("a failed refresh", W, || p.metric_or_zero(errors) >= 1.0);
     let token = jwt::mint(Algorithm::ES256, "ec1", &jwt::good_claims());
     let body = event_body(&event_id(), "inquiry.approved");
@@ -420,4 +426,138 @@ fn check_validates_and_fetches_the_jwks_once_unless_offline() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("oauth.jwks_url"));
+}
+
+/// `trigger --bearer` and `--header` try a route with both requirements end
+/// to end; without them the same command is refused.
+#[test]
+fn trigger_sends_a_bearer_token_and_required_headers() {
+    let (up, jwks) = (Upstream::start(), jwks_server(&["ed1"]));
+    let mut t = Table::new();
+    t.insert(HEADER.into(), "env:PERSONA_HEADER_TOKEN".into());
+    let p = Proxy::builder()
+        .upstream(&up)
+        .env("PERSONA_HEADER_TOKEN", HEADER_VALUE)
+        .route(|r| {
+            r.set("require_headers", Value::Table(t))
+                .set("oauth", oauth_table(&jwks, "1h"))
+        })
+        .start();
+    wait_ready(&p);
+    let url = format!("http://{}{ROUTE}", p.listen);
+    let token = jwt::mint(Algorithm::EdDSA, "ed1", &jwt::good_claims());
+    let header = format!("{HEADER}:{HEADER_VALUE}");
+    let env = [("PG_E2E_TRIGGER_SECRET", p.secret())];
+    let base = [
+        "trigger",
+        "inquiry.approved",
+        "--url",
+        &url,
+        "--secret-env",
+        "PG_E2E_TRIGGER_SECRET",
+    ];
+    let bare = run_cli(&base, &env, None);
+    assert!(String::from_utf8_lossy(&bare.stdout).contains("invalid_header_token"));
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--bearer", &token, "--header", &header]);
+    let out = run_cli(&args, &env, None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("HTTP/1.1 200"),
+        "{stdout}"
+    );
+    let rec = &up.wait_for_requests(1, W)[0];
+    assert!(rec.header_all("authorization").is_empty());
+    assert!(rec.header_all("x-webhook-token").is_empty());
+    assert!(!stdout.contains(&token) && !stdout.contains(HEADER_VALUE));
+}
+
+/// `check --print` never shows a header token written in the file, shows a
+/// reference as written, and shows `[route.oauth]`; the same requirement
+/// from a variable takes only references.
+#[test]
+fn check_print_redacts_header_tokens_and_variables_take_only_references() {
+    let jwks = jwks_server(&["rsa1"]);
+    let mut t = Table::new();
+    t.insert("X-Literal".into(), "hdr-literal-5e3c".into());
+    t.insert("X-Ref".into(), "env:PG_E2E_HDR".into());
+    let b = Proxy::builder().route(|r| {
+        r.set("require_headers", Value::Table(t))
+            .set("oauth", oauth_table(&jwks, "1h"))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("persona-guard.toml");
+    std::fs::write(&file, b.toml()).unwrap();
+    let env = [
+        ("PERSONA_WEBHOOK_SECRET", "wbhsec_check"),
+        ("PG_E2E_HDR", "hdr-ref-value"),
+    ];
+    let out = run_cli(
+        &[
+            "check",
+            "--print",
+            "--offline",
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        &env,
+        None,
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains("hdr-literal-5e3c") && !text.contains("hdr-ref-value"),
+        "{text}"
+    );
+    assert!(
+        text.contains("<redacted>") && text.contains("env:PG_E2E_HDR"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[route.oauth]") && text.contains(ISSUER),
+        "{text}"
+    );
+    // From the environment, with no file: a reference passes, a literal is refused unrepeated.
+    let ok = run_cli(
+        &["check", "--offline"],
+        &[
+            ("PERSONA_GUARD_ROUTE_PATH", "/webhooks/persona"),
+            ("PERSONA_GUARD_ROUTE_SECRETS", "env:PERSONA_WEBHOOK_SECRET"),
+            ("PERSONA_WEBHOOK_SECRET", "wbhsec_check"),
+            (
+                "PERSONA_GUARD_ROUTE_REQUIRE_HEADERS",
+                "X-Webhook-Token=env:PG_E2E_HDR",
+            ),
+            ("PG_E2E_HDR", "hdr-ref-value"),
+        ],
+        None,
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = run_cli(
+        &["check", "--offline"],
+        &[
+            ("PERSONA_GUARD_ROUTE_PATH", "/webhooks/persona"),
+            ("PERSONA_GUARD_ROUTE_SECRETS", "env:PERSONA_WEBHOOK_SECRET"),
+            ("PERSONA_WEBHOOK_SECRET", "wbhsec_check"),
+            (
+                "PERSONA_GUARD_ROUTE_REQUIRE_HEADERS",
+                "X-Webhook-Token=hdr-pasted-literal",
+            ),
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        err.contains("PERSONA_GUARD_ROUTE_REQUIRE_HEADERS") && !err.contains("hdr-pasted-literal"),
+        "{err}"
+    );
 }

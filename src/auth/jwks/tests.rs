@@ -63,7 +63,7 @@ fn kids(j: &Jwks) -> Vec<String> {
 #[tokio::test(start_paused = true)]
 async fn not_ready_until_a_first_fetch_succeeds_then_refreshed_on_schedule() {
     let (j, f, counts) = jwks(None, Duration::from_secs(3600));
-    tokio::spawn(j.clone().run());
+    tokio::spawn(crate::auth::keyring::run(Arc::downgrade(&j)));
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(!j.is_ready());
     let failed = f.fetches.load(Ordering::SeqCst);
@@ -87,7 +87,7 @@ async fn not_ready_until_a_first_fetch_succeeds_then_refreshed_on_schedule() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_refresh_keeps_the_last_good_set_and_tries_again_within_a_minute() {
     let (j, f, counts) = jwks(Some(set_of(&["ec1"])), Duration::from_secs(600));
-    tokio::spawn(j.clone().run());
+    tokio::spawn(crate::auth::keyring::run(Arc::downgrade(&j)));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(kids(&j), ["ec1"]);
     *f.body.lock().unwrap() = None;
