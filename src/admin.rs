@@ -179,6 +179,11 @@ impl Admin {
         if self.shared.store().ready().await.is_err() {
             return Err("the replay store (redis) does not answer");
         }
+        let policy = self.shared.policy.load();
+        let waiting = policy.routes.iter().filter_map(|r| r.auth.oauth.as_ref());
+        if waiting.clone().any(|(_, set)| !set.is_ready()) {
+            return Err("an OAuth route's JWKS (the issuer's keys) is not fetched yet");
+        }
         Ok(())
     }
 
@@ -205,6 +210,12 @@ impl Admin {
                 let m = &self.shared.metrics;
                 m.buffered_body_bytes.set(self.shared.budget.held() as i64);
                 self.spool_gauges().await;
+                for r in self.shared.policy.load().routes.iter() {
+                    if let Some(age) = r.auth.oauth.as_ref().and_then(|(_, s)| s.age_seconds()) {
+                        let g = m.auth.jwks_age.with_label_values(&[r.route.path.as_str()]);
+                        g.set(i64::try_from(age).unwrap_or(i64::MAX));
+                    }
+                }
                 if let Some(stats) = self.shared.store().local_stats() {
                     m.replay_entries.set(stats.entries as i64);
                     let evicted = stats.evicted_early;

@@ -39,6 +39,7 @@
 
 pub mod admin;
 pub mod attempts;
+pub mod auth;
 pub mod budget;
 pub mod clock;
 pub mod config;

@@ -39,6 +39,9 @@ enum Command {
         /// came from (file, environment variable, default); secrets redacted.
         #[arg(long)]
         print: bool,
+        /// Do not fetch the JWKS of OAuth routes (checked by default, once).
+        #[arg(long)]
+        offline: bool,
     },
     /// Print the Persona-Signature value (no header name) for a body.
     Sign {
@@ -89,6 +92,13 @@ struct TriggerArgs {
     /// The event id (default: a fresh random `evt_...`).
     #[arg(long)]
     id: Option<String>,
+    /// Send `Authorization: Bearer TOKEN` (a route with `[route.oauth]`).
+    #[arg(long)]
+    bearer: Option<String>,
+    /// Send this header too, `NAME:VALUE` (a route's `require_headers`);
+    /// repeatable.
+    #[arg(long = "header", value_name = "NAME:VALUE")]
+    headers: Vec<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -101,7 +111,11 @@ enum InflectionArg {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run { config } => cmd_run(config.as_deref()),
-        Command::Check { config, print } => cmd_check(config.as_deref(), print),
+        Command::Check {
+            config,
+            print,
+            offline,
+        } => cmd_check(config.as_deref(), print, offline),
         Command::Trigger(args) => cmd_trigger(args),
         Command::Echo { listen } => {
             server::init_logging(config::LogFormat::Text);
@@ -139,7 +153,7 @@ fn cmd_run(config: Option<&Path>) -> ExitCode {
 
 /// `check`: load the configuration, print its warnings (and with `print` the
 /// effective configuration) and a one-line verdict.
-fn cmd_check(config: Option<&Path>, print: bool) -> ExitCode {
+fn cmd_check(config: Option<&Path>, print: bool, offline: bool) -> ExitCode {
     match load(config) {
         Ok((cfg, warnings)) => {
             if print {
@@ -152,6 +166,9 @@ fn cmd_check(config: Option<&Path>, print: bool) -> ExitCode {
                 eprintln!("warning: {}: {}", w.key, w.message);
             }
             let cfg = cfg.config;
+            if !offline && !jwks_fetched(&cfg) {
+                return ExitCode::from(EXIT_CONFIG);
+            }
             let shown = config.map_or_else(|| config::NO_FILE.into(), |p| p.display().to_string());
             println!(
                 "{shown}: ok ({} route{}, every secret resolved)",
@@ -182,7 +199,16 @@ fn cmd_trigger(args: TriggerArgs) -> ExitCode {
         attempts_left,
         inflection,
         id,
+        bearer,
+        headers,
     } = args;
+    let extra = match extra_headers(bearer.as_deref(), &headers) {
+        Ok(extra) => extra,
+        Err(e) => {
+            eprintln!("persona-guard trigger: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let Some(secret) = std::env::var_os(&secret_env).filter(|s| !s.is_empty()) else {
         eprintln!("persona-guard trigger: environment variable `{secret_env}` is not set");
         return ExitCode::from(EXIT_CONFIG);
@@ -212,6 +238,7 @@ fn cmd_trigger(args: TriggerArgs) -> ExitCode {
             &body,
             attempts_made,
             attempts_left,
+            &extra,
         ) {
             Ok(answer) => {
                 println!("{}", answer.status_line);
@@ -224,6 +251,72 @@ fn cmd_trigger(args: TriggerArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `--bearer` and `--header NAME:VALUE` as headers. Messages name the flag,
+/// never the value (a token).
+fn extra_headers(
+    bearer: Option<&str>,
+    headers: &[String],
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, String> {
+    let mut out = Vec::new();
+    if let Some(token) = bearer {
+        let value = http::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| "--bearer: the token has characters a header cannot carry")?;
+        out.push((http::header::AUTHORIZATION, value));
+    }
+    for (i, h) in headers.iter().enumerate() {
+        let n = i + 1;
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| format!("--header #{n}: expected NAME:VALUE"))?;
+        let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("--header #{n}: not a valid header name"))?;
+        let value = http::HeaderValue::from_str(value.trim()).map_err(|_| {
+            format!("--header #{n}: the value has characters a header cannot carry")
+        })?;
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+/// `check` without `--offline`: fetches every OAuth route's JWKS once and
+/// says so; `false` (after printing why) when one cannot be fetched or holds
+/// no usable key.
+fn jwks_fetched(cfg: &config::Config) -> bool {
+    let client = persona_guard::outbound::Client::new(
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(10),
+    );
+    let mut ok = true;
+    for (i, r) in cfg.policy.routes.iter().enumerate() {
+        let Some(rule) = &r.oauth else { continue };
+        let key = format!("route[{i}].oauth.jwks_url");
+        match persona_guard::outbound::get(&client, &rule.jwks_url)
+            .and_then(|body| persona_guard::auth::jwt::keys_of(&body).map_err(str::to_string))
+        {
+            Ok((keys, _)) if !keys.is_empty() => {
+                println!(
+                    "{key}: JWKS fetched ({} usable key{})",
+                    keys.len(),
+                    if keys.len() == 1 { "" } else { "s" }
+                );
+            }
+            Ok(_) => {
+                eprintln!(
+                    "{key}: the JWKS holds no usable key (RSA, P-256 or Ed25519 signing keys); `check --offline` skips this fetch"
+                );
+                ok = false;
+            }
+            Err(why) => {
+                eprintln!(
+                    "{key}: cannot fetch the JWKS ({why}); `check --offline` skips this fetch"
+                );
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 /// `sign`: print the `Persona-Signature` value for the body in `file` (or

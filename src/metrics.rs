@@ -10,7 +10,9 @@ use prometheus::{
 
 use crate::outcome::Outcome;
 
+mod auth;
 mod connections;
+pub use auth::AuthMetrics;
 pub use connections::{CONNECTION_REFUSALS, ConnectionMetrics};
 
 /// The label used for requests under no route.
@@ -71,6 +73,8 @@ pub struct Metrics {
     pub admin_refused: IntCounterVec,
     /// Open and refused client connections ([`ConnectionMetrics`]).
     pub connections: ConnectionMetrics,
+    /// JWKS fetches and age ([`AuthMetrics`]).
+    pub auth: AuthMetrics,
 }
 
 /// The `result` of a redelivery from the spool: the app answered 2xx
@@ -365,6 +369,7 @@ impl Metrics {
             spool_fallbacks,
             admin_refused,
             connections: ConnectionMetrics::new(&r),
+            auth: AuthMetrics::new(&r),
             registry: r,
         }
     }

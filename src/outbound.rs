@@ -1,17 +1,19 @@
 //! persona-guard's own outgoing HTTP calls (the `trigger` command, the OTLP
-//! trace exporter): one blocking client on `ureq`. The client to the app is
+//! trace exporter, the JWKS of an OAuth route): one blocking client on
+//! `ureq`. The client to the app is
 //! another matter ([`crate::upstream`], on pingora's connector and pool).
 //!
 //! Every status is an answer, no redirect is followed, no proxy is read from
 //! the environment, no header is added beyond `Host` and the body's length,
 //! and an answer's body is read up to [`MAX_ANSWER`] bytes (the rest is
-//! dropped). Plain HTTP only: calls over HTTPS (with platform roots) need
-//! `ureq`'s `rustls` feature and a TLS config here.
+//! dropped). HTTPS is verified against the platform's trust roots (the
+//! system's certificate store, through `rustls-platform-verifier`).
 
 use std::io::Read;
 use std::time::Duration;
 
 use ureq::config::AutoHeaderValue;
+use ureq::tls::{RootCerts, TlsConfig};
 
 pub use ureq::Error;
 
@@ -36,6 +38,11 @@ impl Client {
             .timeout_connect(Some(connect))
             .timeout_per_read(Some(io))
             .timeout_per_write(Some(io))
+            .tls_config(
+                TlsConfig::builder()
+                    .root_certs(RootCerts::PlatformVerifier)
+                    .build(),
+            )
             .build();
         Client(config.into())
     }
@@ -46,6 +53,31 @@ impl Client {
         let mut kept = Vec::new();
         body.into_reader().take(MAX_ANSWER).read_to_end(&mut kept)?;
         Ok(http::Response::from_parts(head, kept))
+    }
+}
+
+/// A `GET` of `url`: the body of a 2xx answer (at most [`MAX_ANSWER`]
+/// bytes), else why not, in words that never quote the answer.
+pub fn get(client: &Client, url: &str) -> Result<Vec<u8>, String> {
+    let request = http::Request::get(url)
+        .body(&[][..])
+        .map_err(|_| "not a URL".to_string())?;
+    match client.send(request) {
+        Ok(answer) if answer.status().is_success() => Ok(answer.into_body()),
+        Ok(answer) => Err(format!("answered {}", answer.status().as_u16())),
+        Err(e) => Err(describe(&e)),
+    }
+}
+
+/// An error in a few words, without the URL's query or anything received.
+fn describe(e: &Error) -> String {
+    match e {
+        Error::Timeout(_) => "timed out".into(),
+        Error::HostNotFound => "host not found".into(),
+        Error::ConnectionFailed => "connection failed".into(),
+        Error::Io(io) => format!("I/O error ({:?})", io.kind()),
+        Error::Tls(_) | Error::Rustls(_) => "TLS handshake or certificate refused".into(),
+        _ => "request failed".into(),
     }
 }
 

@@ -59,6 +59,14 @@ pub enum Outcome {
     /// The delivery is kept in the delivery spool (`spool = "on_failure"` or
     /// `"always"`) and will reach the app from there: 202.
     Spooled,
+    /// A header the route requires (`require_headers`) is missing, repeated
+    /// or has another value.
+    InvalidHeaderToken,
+    /// The route requires a bearer token (`[route.oauth]`) and none came.
+    MissingToken,
+    /// The bearer token failed a check (its form, signature, time, issuer,
+    /// audience or scopes).
+    InvalidToken,
 }
 
 impl Outcome {
@@ -76,7 +84,10 @@ impl Outcome {
             Outcome::MissingSignature
             | Outcome::MalformedSignature
             | Outcome::InvalidSignature
-            | Outcome::TimestampOutOfTolerance => StatusCode::UNAUTHORIZED,
+            | Outcome::TimestampOutOfTolerance
+            | Outcome::InvalidHeaderToken
+            | Outcome::MissingToken
+            | Outcome::InvalidToken => StatusCode::UNAUTHORIZED,
             Outcome::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Outcome::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Outcome::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -129,6 +140,9 @@ impl Outcome {
             Outcome::Spooled => {
                 "The delivery is kept durably and will be delivered to the application."
             }
+            Outcome::InvalidHeaderToken => "A header this route requires is missing or wrong.",
+            Outcome::MissingToken => "This route requires a bearer token.",
+            Outcome::InvalidToken => "The bearer token is not valid for this route.",
         }
     }
 
@@ -160,6 +174,9 @@ impl Outcome {
                 | Outcome::NotFound
                 | Outcome::ClientError
                 | Outcome::SourceNotAllowed
+                | Outcome::InvalidHeaderToken
+                | Outcome::MissingToken
+                | Outcome::InvalidToken
         )
     }
 

@@ -13,6 +13,7 @@ use prometheus::{Histogram, IntCounter};
 use tokio::sync::Notify;
 
 use crate::attempts;
+use crate::auth::keyring::{Keyring, OutboundFetch};
 use crate::budget::BodyBudget;
 use crate::config::{Config, Route};
 use crate::metrics::{self, Metrics};
@@ -49,6 +50,8 @@ pub struct CompiledRoute {
     pub attempts: [IntCounter; attempts::LABELS.len()],
     /// `persona_guard_final_attempt_failures_total{route}`.
     pub final_failures: IntCounter,
+    /// What the route requires beside the signature, with its key set.
+    pub auth: crate::auth::RouteAuth,
 }
 
 /// `persona_guard_requests_total{route, outcome}` for one route, by outcome.
@@ -70,20 +73,30 @@ impl OutcomeCounters {
 
 impl Policy {
     /// Compiles `config` and pre-creates every series its routes report.
-    pub fn compile(config: Config, metrics: &Metrics) -> Policy {
+    /// Compiles `config`; an OAuth route's key set comes from `keyring`
+    /// (the running one when its rule is unchanged).
+    pub fn compile(config: Config, metrics: &Metrics, keyring: &Keyring) -> Policy {
         for r in &config.policy.routes {
             metrics.register_route(&r.path);
             if r.spool != crate::config::SpoolMode::Off {
                 metrics.register_spool_route(&r.path);
             }
+            if r.oauth.is_some() {
+                metrics.auth.register_route(&r.path);
+            }
         }
         metrics.register_no_route();
-        let routes = config
+        let routes: Vec<CompiledRoute> = config
             .policy
             .routes
             .iter()
-            .map(|r| CompiledRoute::new(r, metrics))
+            .map(|r| CompiledRoute::new(r, metrics, keyring))
             .collect();
+        let used: Vec<_> = routes
+            .iter()
+            .filter_map(|r| r.auth.oauth.as_ref().map(|(_, set)| set.clone()))
+            .collect();
+        keyring.keep_only(&used);
         Policy {
             passthrough: peer_for(&config.policy.upstream),
             no_route: OutcomeCounters::new(metrics, metrics::NO_ROUTE),
@@ -94,8 +107,15 @@ impl Policy {
 }
 
 impl CompiledRoute {
-    fn new(route: &Route, metrics: &Metrics) -> Self {
+    fn new(route: &Route, metrics: &Metrics, keyring: &Keyring) -> Self {
         let path = route.path.as_str();
+        let auth = crate::auth::RouteAuth {
+            headers: route.require_headers.clone(),
+            oauth: route
+                .oauth
+                .as_ref()
+                .map(|rule| (rule.clone(), keyring.set_for(path, rule))),
+        };
         let class = |c: &str| metrics.upstream_duration.with_label_values(&[path, c]);
         CompiledRoute {
             route: route.clone(),
@@ -119,6 +139,7 @@ impl CompiledRoute {
             attempts: attempts::LABELS
                 .map(|a| metrics.delivery_attempts.with_label_values(&[path, a])),
             final_failures: metrics.final_attempt_failures.with_label_values(&[path]),
+            auth,
         }
     }
 
@@ -155,6 +176,23 @@ pub struct Shared {
     /// process uses the spool): readiness is 503 and routes answer as if they
     /// had no spool until the lock is held and [`Shared::spool`] is set.
     pub spool_waiting: AtomicBool,
+    /// The key sets of OAuth routes, kept across reloads.
+    pub keyring: Keyring,
+}
+
+/// The keyring: JWKS fetched through the project's HTTP client (5 s to
+/// connect, 10 s per read), each fetch counted.
+fn keyring(metrics: &Metrics) -> Keyring {
+    let counter = metrics.auth.jwks_refreshes.clone();
+    Keyring::new(
+        Arc::new(OutboundFetch(crate::outbound::Client::new(
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(10),
+        ))),
+        Arc::new(move |route, result| {
+            counter.with_label_values(&[route, result.label()]).inc();
+        }),
+    )
 }
 
 impl Shared {
@@ -164,8 +202,10 @@ impl Shared {
         metrics: Metrics,
         connector: Connector,
     ) -> Self {
-        let policy = Policy::compile(config, &metrics);
+        let keyring = keyring(&metrics);
+        let policy = Policy::compile(config, &metrics, &keyring);
         Shared {
+            keyring,
             budget: BodyBudget::new(
                 policy.config.policy.max_buffered,
                 policy.config.policy.max_buffered_per_client,

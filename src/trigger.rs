@@ -214,13 +214,15 @@ pub enum SendError {
     Read(String, outbound::Error),
 }
 
-/// One signed delivery: POST `body` to `target` with Persona's headers.
+/// One signed delivery: POST `body` to `target` with Persona's headers and
+/// `extra` ones (a bearer token, a route's required headers).
 pub fn send(
     target: &Target,
     secret: &[u8],
     body: &[u8],
     attempts_made: u32,
     attempts_left: u32,
+    extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> Result<Answer, SendError> {
     let authority = &target.authority;
     let t = crate::clock::unix_now().as_secs() as i64;
@@ -229,7 +231,10 @@ pub fn send(
         .header("content-type", "application/json")
         .header("persona-signature", signature::sign(secret, t, body))
         .header("persona-webhook-attempts-made", attempts_made)
-        .header("persona-webhook-attempts-left", attempts_left)
+        .header("persona-webhook-attempts-left", attempts_left);
+    let request = extra
+        .iter()
+        .fold(request, |r, (name, value)| r.header(name, value))
         .body(body)
         .map_err(|e| SendError::Connect(authority.clone(), outbound::Error::Http(e)))?;
     let client = Client::new(Duration::from_secs(5), Duration::from_secs(60));

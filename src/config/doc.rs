@@ -21,6 +21,8 @@ pub(super) enum Val {
     Float(f64),
     Bool(bool),
     List(Vec<String>),
+    /// Names to strings, in the file's order.
+    Map(Vec<(String, String)>),
 }
 
 impl Val {
@@ -34,9 +36,20 @@ impl Val {
             Val::List(l) => {
                 toml::Value::Array(l.iter().cloned().map(toml::Value::String).collect())
             }
+            Val::Map(m) => {
+                return map_toml(m.iter().map(|(k, v)| (k, toml::Value::String(v.clone()))));
+            }
         };
         v.to_string()
     }
+}
+
+/// An inline table `{ "name" = value, ... }` of `entries`, in their order.
+pub(super) fn map_toml<'a>(entries: impl Iterator<Item = (&'a String, toml::Value)>) -> String {
+    let items: Vec<String> = entries
+        .map(|(k, v)| format!("{} = {v}", toml::Value::String(k.clone())))
+        .collect();
+    format!("{{ {} }}", items.join(", "))
 }
 
 /// A value and the line it is on (0: set by a variable).
@@ -84,6 +97,7 @@ impl Doc {
         float -> f64: Val::Float(f) => Some(*f);
         bool -> bool: Val::Bool(b) => Some(*b);
         list -> &[String]: Val::List(l) => Some(l.as_slice());
+        map -> &[(String, String)]: Val::Map(m) => Some(m.as_slice());
     }
 
     pub(super) fn has(&self, path: &str) -> bool {
@@ -209,6 +223,9 @@ impl Walk<'_> {
         span: Option<std::ops::Range<usize>>,
     ) -> Option<Val> {
         let ty = k.kind.ty();
+        if ty == Ty::Map {
+            return self.map(path, item, span);
+        }
         let Item::Value(v) = item else {
             self.bad(path.to_string(), expected(ty), Found::Item(item), span);
             return None;
@@ -245,6 +262,40 @@ impl Walk<'_> {
     }
 }
 
+impl Walk<'_> {
+    /// A table of strings (`[route.x]`, or inline `x = { "A" = "b" }`).
+    fn map(
+        &mut self,
+        path: &str,
+        item: &Item,
+        span: Option<std::ops::Range<usize>>,
+    ) -> Option<Val> {
+        let is_table = matches!(item, Item::Table(_) | Item::Value(Value::InlineTable(_)));
+        let tables = unknown::tables(item);
+        let ([entries], true) = (tables.as_slice(), is_table) else {
+            self.bad(path.to_string(), "a table", Found::Item(item), span);
+            return None;
+        };
+        let mut out = Vec::new();
+        for (key, value) in entries {
+            match value.as_str() {
+                Some(s) => out.push((key.get().to_string(), s.to_string())),
+                None => {
+                    let at = format!("{path}.{}", key.get());
+                    self.bad(
+                        at,
+                        "a string",
+                        Found::Item(value),
+                        value.span().or(span.clone()),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(Val::Map(out))
+    }
+}
+
 fn join(path: &str, name: &str) -> String {
     if path.is_empty() {
         name.to_string()
@@ -260,6 +311,7 @@ fn expected(ty: Ty) -> &'static str {
         Ty::Float => "a number",
         Ty::Bool => "a boolean",
         Ty::List => "a list",
+        Ty::Map => "a table",
     }
 }
 

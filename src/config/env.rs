@@ -40,7 +40,7 @@ use super::secret::Env;
 
 pub use super::schema::{Def, KEYS, Key, Kind, PREFIX};
 use Def::{Unset, Value as V};
-use Kind::{Bool, Float, Int, List, Secret, SecretList};
+use Kind::{Bool, Float, Int, List, Secret, SecretList, SecretMap};
 
 /// `PERSONA_GUARD_*` variables persona-guard documents for other uses.
 pub const RESERVED: &[&str] = &["PERSONA_GUARD_BIN"];
@@ -113,28 +113,7 @@ pub(super) fn overlay(doc: &mut Doc, env: &dyn Env) -> Result<Provenance, Vec<Pr
         .collect();
     let by_var: BTreeMap<String, &Key> = KEYS.iter().map(|k| (k.var(), k)).collect();
 
-    // Variables named by an `env:` reference (in the file, or in a
-    // reference a variable sets) hold secrets: never settings.
-    let mut referenced = BTreeSet::new();
-    let refs = doc.values.iter().filter_map(|(path, f)| {
-        let key = super::schema::key_at(path)?;
-        matches!(key.kind, Secret | SecretList).then_some(&f.val)
-    });
-    for val in refs {
-        match val {
-            Val::Str(s) => add_ref(s, &mut referenced),
-            Val::List(l) => l.iter().for_each(|s| add_ref(s, &mut referenced)),
-            _ => {}
-        }
-    }
-    for (name, value) in &vars {
-        if let Some(key) = by_var.get(name)
-            && matches!(key.kind, Secret | SecretList)
-            && !referenced.contains(name)
-        {
-            split(value).for_each(|s| add_ref(s, &mut referenced));
-        }
-    }
+    let referenced = referenced(doc, &vars, &by_var);
 
     let routes = doc.routes;
     let mut problems = Vec::new();
@@ -162,7 +141,7 @@ pub(super) fn overlay(doc: &mut Doc, env: &dyn Env) -> Result<Provenance, Vec<Pr
             Ok(val) => {
                 let path = if key.is_route() {
                     doc.routes = 1;
-                    format!("route[0].{}", key.name)
+                    key.route_path(0)
                 } else {
                     key.path()
                 };
@@ -177,6 +156,40 @@ pub(super) fn overlay(doc: &mut Doc, env: &dyn Env) -> Result<Provenance, Vec<Pr
     } else {
         Err(problems)
     }
+}
+
+/// Variables named by an `env:` reference (in the file, or in a reference
+/// a variable sets): they hold secrets, never settings.
+fn referenced(
+    doc: &Doc,
+    vars: &BTreeMap<String, String>,
+    by_var: &BTreeMap<String, &Key>,
+) -> BTreeSet<String> {
+    let mut referenced = BTreeSet::new();
+    let refs = doc.values.iter().filter_map(|(path, f)| {
+        let key = super::schema::key_at(path)?;
+        matches!(key.kind, Secret | SecretList | SecretMap).then_some(&f.val)
+    });
+    for val in refs {
+        match val {
+            Val::Str(s) => add_ref(s, &mut referenced),
+            Val::List(l) => l.iter().for_each(|s| add_ref(s, &mut referenced)),
+            Val::Map(m) => m.iter().for_each(|(_, s)| add_ref(s, &mut referenced)),
+            _ => {}
+        }
+    }
+    for (name, value) in vars {
+        if let Some(key) = by_var.get(name)
+            && matches!(key.kind, Secret | SecretList | SecretMap)
+            && !referenced.contains(name)
+        {
+            split(value)
+                .map(|s| s.split_once('=').map_or(s, |(_, v)| v.trim()))
+                .for_each(|s| add_ref(s, &mut referenced));
+        }
+    }
+
+    referenced
 }
 
 fn add_ref(spec: &str, out: &mut BTreeSet<String>) {
@@ -234,6 +247,21 @@ fn parse(kind: Kind, value: &str) -> Result<Val, &'static str> {
             }
             Val::List(items.into_iter().map(String::from).collect())
         }
+        SecretMap => {
+            let mut pairs = Vec::new();
+            for item in split(value) {
+                let Some((name, spec)) = item.split_once('=') else {
+                    return Err(
+                        "must be `Name=env:VAR` pairs, comma-separated (the value is not repeated here)",
+                    );
+                };
+                if !reference(spec.trim()) {
+                    return Err(NOT_A_REF);
+                }
+                pairs.push((name.trim().to_string(), spec.trim().to_string()));
+            }
+            Val::Map(pairs)
+        }
         _ => Val::Str(value.to_string()),
     })
 }
@@ -268,12 +296,35 @@ pub(super) fn render(doc: &Doc, prov: &Provenance, source: &str) -> String {
     }
     for i in 0..doc.routes {
         out.push_str("\n[[route]]\n");
+        let mut table = "";
         for key in KEYS.iter().filter(|k| k.is_route()) {
-            let path = format!("route[{i}].{}", key.name);
-            line(&mut out, key, doc.get(&path), prov.get(&path));
+            let path = key.route_path(i);
+            if key.route_table() != table {
+                table = key.route_table();
+                let set = doc.has_table(&format!("route[{i}].{table}"));
+                match set {
+                    true => out.push_str(&format!("[route.{table}]\n")),
+                    // A route's table not written is not shown key by key:
+                    // its defaults would turn it on.
+                    false => out.push_str(&format!("# [route.{table}] not set: {}\n", unset(key))),
+                }
+            }
+            let shown = key.route_table().is_empty()
+                || doc.has_table(&format!("route[{i}].{}", key.route_table()));
+            if shown {
+                line(&mut out, key, doc.get(&path), prov.get(&path));
+            }
         }
     }
     out
+}
+
+/// What leaving `key` unset means, from its schema default.
+fn unset(key: &Key) -> &'static str {
+    match key.default {
+        Unset(what) => what,
+        V(_) => "its defaults apply",
+    }
 }
 
 fn line(out: &mut String, key: &Key, value: Option<&Val>, origin: Option<&Origin>) {
@@ -312,6 +363,10 @@ fn shown(kind: Kind, v: &Val) -> String {
             format!("[{}]", items.join(", "))
         }
         (true, Val::Str(s)) if kind != Kind::Hidden => item(s),
+        (true, Val::Map(m)) => super::doc::map_toml(m.iter().map(|(k, v)| {
+            let shown = item(v);
+            (k, toml::Value::String(shown.trim_matches('"').to_string()))
+        })),
         _ => "\"<redacted>\"".into(),
     }
 }
@@ -327,9 +382,16 @@ pub fn readme_table() -> String {
             List => "comma-separated list",
             Secret => "`env:NAME` or `file:/path`",
             SecretList => "comma-separated `env:NAME` / `file:/path`",
+            SecretMap => "comma-separated `Name=env:NAME` / `Name=file:/path`",
             _ => "string",
         };
-        let path = if key.is_route() {
+        let path = if key.is_route() && !key.route_table().is_empty() {
+            format!(
+                "`[route.{}] {}` (the single route)",
+                key.route_table(),
+                key.name
+            )
+        } else if key.is_route() {
             format!("`[[route]] {}` (the single route)", key.name)
         } else if key.table.is_empty() {
             format!("`{}`", key.name)

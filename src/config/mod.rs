@@ -61,6 +61,7 @@ use crate::event::Fact;
 use crate::path;
 use crate::source::AllowList;
 
+mod auth;
 mod check;
 mod cross;
 mod doc;
@@ -250,6 +251,10 @@ pub struct Route {
     pub kind: RouteKind,
     /// `spool`: whether verified deliveries are kept in the delivery spool.
     pub spool: SpoolMode,
+    /// `require_headers`: headers every delivery must carry (values secret).
+    pub require_headers: Vec<crate::auth::RequiredHeader>,
+    /// `[route.oauth]`: the bearer token every delivery must carry.
+    pub oauth: Option<crate::auth::OAuthRule>,
 }
 
 /// A route's `kind`: Persona webhook events, or any signed body (Persona

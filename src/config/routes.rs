@@ -58,7 +58,11 @@ fn compile_one(c: &mut Check, i: usize, default: &Upstream, earlier: &[Route]) -
         None => default.clone(),
         Some(v) => upstream::for_route(c, &k("upstream"), v, default),
     };
+    let require_headers = super::auth::require_headers(c, i);
+    let oauth = super::auth::oauth(c, i);
     Route {
+        require_headers,
+        oauth,
         path,
         matcher: path::RoutePath::new(&normalized),
         normalized,

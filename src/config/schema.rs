@@ -38,6 +38,9 @@ pub enum Kind {
     Secret,
     /// A list of secret references (a literal is allowed in the file).
     SecretList,
+    /// A table of names to secret references (a literal is allowed in the
+    /// file); in a variable, `Name=env:VAR` pairs, comma-separated.
+    SecretMap,
 }
 
 /// A TOML type as the schema uses it.
@@ -48,6 +51,8 @@ pub enum Ty {
     Float,
     Bool,
     List,
+    /// A table of strings.
+    Map,
 }
 
 impl Kind {
@@ -57,13 +62,17 @@ impl Kind {
             Kind::Float => Ty::Float,
             Kind::Bool => Ty::Bool,
             Kind::List | Kind::SecretList => Ty::List,
+            Kind::SecretMap => Ty::Map,
             _ => Ty::Str,
         }
     }
 
     /// Whether `check --print` may not show the value as written.
     pub fn secret(self) -> bool {
-        matches!(self, Kind::Hidden | Kind::Secret | Kind::SecretList)
+        matches!(
+            self,
+            Kind::Hidden | Kind::Secret | Kind::SecretList | Kind::SecretMap
+        )
     }
 
     /// The kind in the docs' words.
@@ -85,6 +94,9 @@ impl Kind {
             Kind::List => "list of strings".into(),
             Kind::Secret => "`env:NAME` or `file:/path`".into(),
             Kind::SecretList => "list of secrets (`env:NAME`, `file:/path` or a literal)".into(),
+            Kind::SecretMap => {
+                "table of names to secrets (`env:NAME`, `file:/path` or a literal)".into()
+            }
         }
     }
 }
@@ -136,8 +148,23 @@ impl Key {
         format!("{PREFIX}{path}")
     }
 
+    /// A key of `[[route]]` or of one of its tables (`[route.oauth]`).
     pub fn is_route(&self) -> bool {
-        self.table == "route"
+        self.table == "route" || self.table.starts_with("route.")
+    }
+
+    /// The table below `[[route]]` a route key sits in (`"oauth"`), or `""`.
+    pub fn route_table(&self) -> &'static str {
+        self.table.strip_prefix("route.").unwrap_or_default()
+    }
+
+    /// The key of route `i` as problems name it: `route[0].path`,
+    /// `route[0].oauth.issuer`.
+    pub fn route_path(&self, i: usize) -> String {
+        match self.route_table() {
+            "" => format!("route[{i}].{}", self.name),
+            t => format!("route[{i}].{t}.{}", self.name),
+        }
     }
 }
 
@@ -148,7 +175,9 @@ pub fn key_at(path: &str) -> Option<&'static Key> {
         .and_then(|r| r.split_once("]."))
         .map(|(_, name)| name);
     match route {
-        Some(name) => KEYS.iter().find(|k| k.is_route() && k.name == name),
+        Some(rest) => KEYS
+            .iter()
+            .find(|k| k.is_route() && k.route_path(0).strip_prefix("route[0].") == Some(rest)),
         None => KEYS.iter().find(|k| !k.is_route() && k.path() == path),
     }
 }
@@ -314,6 +343,18 @@ schema! {
         "`kind = \"signature\"`: JSON pointer to the id deliveries are deduplicated on.";
     ["route"] spool: Choice(&["off", "on_failure", "always"]), V("\"off\""), None,
         "Whether verified deliveries are kept in the delivery spool.";
+    ["route"] require_headers: SecretMap, Unset("none"), None,
+        "Headers every delivery must carry, name to value; else 401 `invalid_header_token`.";
+    ["route.oauth"] jwks_url: Str, Unset("none: no bearer token required"), None,
+        "The JWKS of the issuer of Persona's bearer tokens (`https://`, or `http://` on loopback); requires a token.";
+    ["route.oauth"] issuer: Str, Unset("required with jwks_url"), None,
+        "The tokens' `iss`.";
+    ["route.oauth"] audience: Str, Unset("required with jwks_url"), None,
+        "The tokens' `aud` must be, or hold, this.";
+    ["route.oauth"] scopes: List, Unset("none"), None,
+        "Scopes every token must grant (in `scope` or `scp`).";
+    ["route.oauth"] jwks_refresh: Duration, V("\"1h\""), None,
+        "How often the JWKS is fetched again (at least 1s).";
 }
 
 /// `docs/config-keys.md`: the schema as a markdown table.
@@ -332,6 +373,7 @@ pub fn markdown() -> String {
         let key = match k.table {
             "" => format!("`{}`", k.name),
             "route" => format!("`[[route]] {}`", k.name),
+            t if k.is_route() => format!("`[{t}] {}` (per route)", k.name),
             t => format!("`[{t}] {}`", k.name),
         };
         let default = match k.default {

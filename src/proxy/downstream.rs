@@ -40,6 +40,9 @@ pub struct Ctx {
     pub streaming: Option<super::body::Streaming>,
     /// Why the proxy ended a streamed body (`overloaded`, `body_timeout`).
     pub cut: Option<Outcome>,
+    /// The check a refused token or header token failed (for the log line;
+    /// never the token).
+    pub failed_check: Option<&'static str>,
 }
 
 impl Ctx {

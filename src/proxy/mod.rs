@@ -202,6 +202,7 @@ impl ProxyHttp for Guard {
             trace: None,
             streaming: None,
             cut: None,
+            failed_check: None,
         }
     }
 
@@ -435,6 +436,7 @@ impl ProxyHttp for Guard {
                 upstream_status = ctx.upstream_status,
                 event_id = ctx.event_id.as_deref(),
                 event_type = ctx.event_type.as_deref(),
+                check = ctx.failed_check,
                 duration_ms = elapsed_ms,
                 "webhook"
             ),

@@ -67,6 +67,7 @@ pub async fn judge(
     on: &OnRoute<'_>,
 ) -> Result<Admitted, Rejection> {
     let parsed = signature_header(session)?;
+    authenticate(session, ctx, on).await?;
     let (body, permit) = read_within_budget(shared, session, on).await?;
     let span = ctx.trace.as_ref().map(|t| t.child("verify"));
     let verified = verify(&parsed, &body, on);
@@ -136,6 +137,37 @@ fn signature_header(session: &Session) -> Result<SignatureHeader, Rejection> {
         (Some(_), Some(_)) => Err(Outcome::MalformedSignature),
         (Some(v), None) => signature::parse(v.as_bytes()).map_err(|_| Outcome::MalformedSignature),
     }
+}
+
+/// The route's static header tokens and bearer token (the contract's §10),
+/// after the signature header's form and before the body. On a pass both are
+/// removed from the request, so neither reaches the app nor the spool.
+async fn authenticate(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    on: &OnRoute<'_>,
+) -> Result<(), Rejection> {
+    use crate::auth::Refusal;
+    let auth = &on.compiled.auth;
+    if !auth.is_required() {
+        return Ok(());
+    }
+    if let Err(refusal) = auth.check(&session.req_header().headers).await {
+        ctx.failed_check = Some(refusal.check());
+        return Err(match refusal {
+            Refusal::HeaderToken(_) => Outcome::InvalidHeaderToken,
+            Refusal::MissingToken => Outcome::MissingToken,
+            Refusal::InvalidToken(_) => Outcome::InvalidToken,
+        });
+    }
+    let req = session.req_header_mut();
+    for h in &auth.headers {
+        req.remove_header(&h.name);
+    }
+    if auth.oauth.is_some() {
+        req.remove_header(&http::header::AUTHORIZATION);
+    }
+    Ok(())
 }
 
 /// The body, within the route's `max_body`, `body_timeout` and the memory

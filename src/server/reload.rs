@@ -106,9 +106,11 @@ fn reload(
         kept.policy.max_buffered,
         kept.policy.max_buffered_per_client,
     );
-    shared
-        .policy
-        .store(Arc::new(Policy::compile(kept, &shared.metrics)));
+    shared.policy.store(Arc::new(Policy::compile(
+        kept,
+        &shared.metrics,
+        &shared.keyring,
+    )));
     shared.metrics.reloads.with_label_values(&["ok"]).inc();
 }
 

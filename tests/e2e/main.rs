@@ -28,6 +28,7 @@ mod limits;
 /// A secret written in the wrong place is never printed by `check`, `run` or a refused reload.
 mod misplaced_secrets;
 /// Logs, admin endpoints, metrics, and the timeouts on slow and idle clients.
+mod oauth;
 mod operations;
 /// The operator kit in `deploy/`: every metric the alert rules and the Grafana dashboard name is exported.
 mod operator_kit;

@@ -164,4 +164,9 @@ impl Route {
         self.0.insert(key.to_string(), value.into());
         self
     }
+
+    pub fn remove(mut self, key: &str) -> Self {
+        self.0.remove(key);
+        self
+    }
 }

@@ -18,6 +18,7 @@
 
 mod client;
 mod config;
+pub mod jwt;
 mod persona;
 mod proxy;
 mod redis;
