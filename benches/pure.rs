@@ -84,5 +84,61 @@ fn replay(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, verify, normalise, extract, replay);
+/// What `[route.oauth]` adds to a delivery: the bearer header read, the JWT's
+/// header, and its signature and claims checked with the JWKS key, per
+/// algorithm (the test keys of `tests/fixtures/jwt`).
+fn oauth(c: &mut Criterion) {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    use persona_guard::auth::{OAuthRule, bearer, jwt};
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt/");
+    let read = |f: &str| std::fs::read(format!("{dir}{f}")).unwrap();
+    let rule = OAuthRule {
+        jwks_url: "http://127.0.0.1:1/jwks".into(),
+        issuer: "https://auth.bench/".into(),
+        audience: "persona-webhooks".into(),
+        scopes: vec!["webhooks:deliver".into()],
+        jwks_refresh: Duration::from_secs(3600),
+    };
+    let now = persona_guard::clock::unix_now().as_secs();
+    let claims = serde_json::json!({
+        "iss": rule.issuer, "aud": rule.audience, "exp": now + 3600, "scope": "webhooks:deliver",
+    });
+    let mut g = c.benchmark_group("oauth_token_check");
+    for (alg, kid) in [
+        (Algorithm::RS256, "rsa1"),
+        (Algorithm::ES256, "ec1"),
+        (Algorithm::EdDSA, "ed1"),
+    ] {
+        let pem = read(&format!("{kid}.pem"));
+        let key = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
+            _ => EncodingKey::from_ed_pem(&pem).unwrap(),
+        };
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.into());
+        let token = encode(&h, &claims, &key).unwrap();
+        let jwk: serde_json::Value =
+            serde_json::from_slice(&read(&format!("{kid}.jwk.json"))).unwrap();
+        let set = serde_json::to_vec(&serde_json::json!({ "keys": [jwk] })).unwrap();
+        let (keys, _) = jwt::keys_of(&set).unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        g.bench_function(format!("{alg:?}"), |bench| {
+            bench.iter(|| {
+                let bearer::Bearer::Token(t) = bearer::parse(black_box(&headers)) else {
+                    panic!("no token")
+                };
+                let head = jwt::head(t).unwrap();
+                jwt::verify(t, &head, &keys, &rule).unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, verify, normalise, extract, replay, oauth);
 criterion_main!(benches);
