@@ -15,6 +15,7 @@ use pingora::connectors::http::v1::Connector;
 use crate::reconcile::{Fetch, Found, RouteRun, Scope, find_missing, run_result};
 
 pub mod backfill;
+pub mod cli;
 use crate::config::ReconcileMode;
 use crate::state::Shared;
 
@@ -184,11 +185,7 @@ fn account(
             "reconcile: an event Persona has never reached the app"
         );
     }
-    let error = found
-        .error
-        .as_ref()
-        .map(ToString::to_string)
-        .or(found.store_error.clone());
+    let error = (found.error.as_ref().map(ToString::to_string)).or(found.store_error.clone());
     if let Some(e) = &error {
         tracing::warn!(
             route = path,
@@ -211,15 +208,29 @@ fn account(
         events_seen: found.seen,
         events_judged: found.judged,
         missing: found.missing.iter().map(|m| m.event.id.clone()).collect(),
+        missing_events: found
+            .missing
+            .iter()
+            .map(|m| {
+                let e = &m.event;
+                (
+                    e.id.clone(),
+                    e.name.clone(),
+                    e.created_at.clone().unwrap_or_default(),
+                )
+            })
+            .collect(),
         backfilled: Vec::new(),
         error,
         last_success,
         resume_at: found.resume_at_ms.map(|ms| ms.div_ceil(1000)),
-        judged_since: since_ms.map(|ms| {
-            humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
-                .to_string()
-        }),
+        judged_since: since_ms.map(rfc3339),
     }
+}
+
+/// Unix milliseconds as an RFC 3339 time.
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// The event ids of the route's dead letters (not missing: kept for an operator).

@@ -45,6 +45,9 @@ pub struct RouteRun {
     pub events_seen: u64,
     pub events_judged: u64,
     pub missing: Vec<String>,
+    /// The missing events' id, type and created-at (the command's table).
+    #[serde(skip)]
+    pub missing_events: Vec<(String, String, String)>,
     /// Backfill only: what each missing event came to.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub backfilled: Vec<(String, &'static str)>,
