@@ -101,7 +101,9 @@ pub async fn run_route(
         grace: rule.grace,
         since_ms,
         max_pages: crate::reconcile::MAX_PAGES,
+        keep_objects: mode == ReconcileMode::Backfill,
     };
+    let started = std::time::Instant::now();
     let found = list(&api, scope, rule.webhook_id.as_deref()).await;
     let mut run = account(shared, path, &found, mode, since_ms);
     if mode == ReconcileMode::Backfill {
@@ -112,6 +114,7 @@ pub async fn run_route(
             run.backfilled.push((missing.event.id.clone(), r));
         }
     }
+    run.duration_ms = started.elapsed().as_millis() as u64;
     shared.reconcile.set(path, run.clone());
     run
 }
@@ -205,6 +208,7 @@ fn account(
             ReconcileMode::Backfill => "backfill",
         },
         at,
+        duration_ms: 0,
         events_seen: found.seen,
         events_judged: found.judged,
         missing: found.missing.iter().map(|m| m.event.id.clone()).collect(),

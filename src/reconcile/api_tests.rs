@@ -180,6 +180,7 @@ async fn a_run_finds_only_undelivered_accepted_events_in_the_window_past_grace()
         grace: Duration::from_secs(15 * 60),
         since_ms: None,
         max_pages: 10,
+        keep_objects: false,
     };
     let found = find_missing(&api(&fake), &scope).await;
     let ids: Vec<&str> = found.missing.iter().map(|m| m.event.id.as_str()).collect();

@@ -42,6 +42,8 @@ pub struct RouteRun {
     pub mode: &'static str,
     /// When the run ended (Unix seconds).
     pub at: u64,
+    /// How long the run took (listing, judging, backfilling).
+    pub duration_ms: u64,
     pub events_seen: u64,
     pub events_judged: u64,
     pub missing: Vec<String>,

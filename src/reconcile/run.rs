@@ -29,6 +29,9 @@ pub struct Scope<'a> {
     /// The memory store's start: older events are not judged.
     pub since_ms: Option<u64>,
     pub max_pages: usize,
+    /// Keep each missing event's object (backfill); a report keeps only
+    /// its id, type and created-at, so a long listing stays small.
+    pub keep_objects: bool,
 }
 
 /// A missing event.
@@ -152,7 +155,11 @@ async fn judge(
     let marks = scope.store.peek(&keys).await.map_err(|e| e.to_string())?;
     for (e, mark) in candidates.into_iter().zip(marks) {
         if mark == Mark::Absent && !scope.dead.contains(&e.id) {
-            missing.push(Missing { event: e });
+            let mut event = e;
+            if !scope.keep_objects {
+                event.object = serde_json::Value::Null;
+            }
+            missing.push(Missing { event });
         }
     }
     Ok(())

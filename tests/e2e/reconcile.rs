@@ -264,3 +264,58 @@ fn the_command_needs_a_redis_store_and_prints_a_table_with_its_exit_codes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("wrong"));
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A measurement, not a timed assertion: one run over 10,000 events (100
+/// pages) of the fake API, half of them missing; prints its duration and the
+/// proxy's RSS before and after. `cargo test --release --test e2e -- --ignored
+/// reconcile_10k --nocapture`.
+#[test]
+#[ignore]
+fn reconcile_10k_events_measurement() {
+    let (up, api) = (Upstream::start(), PersonaApi::start());
+    let p = proxy(&up, &api, "report", |b| {
+        b.route(|r| {
+            r.set("reconcile", {
+                let mut t = table(&api, "report");
+                t.as_table_mut()
+                    .unwrap()
+                    .insert("interval".into(), "5s".into());
+                t
+            })
+        })
+    });
+    // The first run (at start) finds nothing: the events come after it.
+    last_run(&p, 0);
+    let before = rss_kib(p.pid());
+    let created = now() + 1;
+    let events: Vec<_> = (0..10_000)
+        .map(|i| api_event(&format!("evt_m{i:05}"), NAME, created))
+        .collect();
+    api.set_events(events);
+    let run = poll(Duration::from_secs(60), || {
+        let run = p.admin_get("/reconcile").json()["routes"][0]["last_run"].clone();
+        (run["events_judged"].as_u64() == Some(10_000)).then_some(run)
+    })
+    .expect("a run over 10,000 events");
+    let after = rss_kib(p.pid());
+    println!(
+        "reconcile 10k: {} events seen, {} judged, {} missing, {} ms, {} pages asked; RSS {} KiB -> {} KiB ({:+} KiB)",
+        run["events_seen"],
+        run["events_judged"],
+        run["missing"].as_array().map_or(0, Vec::len),
+        run["duration_ms"],
+        api.event_requests(),
+        before,
+        after,
+        after as i64 - before as i64
+    );
+}
