@@ -319,3 +319,26 @@ fn reconcile_10k_events_measurement() {
         after as i64 - before as i64
     );
 }
+
+#[test]
+fn two_replicas_on_one_redis_backfill_each_missing_event_once() {
+    let (up, api, redis) = (Upstream::start(), PersonaApi::start(), RedisServer::start());
+    let created = now() - 120;
+    let ids: Vec<String> = (0..20).map(|_| event_id()).collect();
+    api.set_events(ids.iter().map(|id| api_event(id, NAME, created)).collect());
+    let a = proxy(&up, &api, "backfill", |b| b.redis(&redis.url()));
+    let b = proxy(&up, &api, "backfill", |b| b.redis(&redis.url()));
+    up.wait_for_requests(ids.len(), W);
+    // A few more runs of each: nothing more arrives.
+    last_run(&a, now() + 2);
+    last_run(&b, now() + 2);
+    let got = up.requests();
+    let mut seen: Vec<&str> = got
+        .iter()
+        .filter_map(|r| r.header("x-persona-event-id"))
+        .collect();
+    seen.sort();
+    let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(seen, want, "each event exactly once across both replicas");
+}
