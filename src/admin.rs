@@ -9,6 +9,9 @@
 //!   letters (the first [`DEAD_LISTED`] of them listed, and `dead_next` when
 //!   there are more); `GET /spool/dead?route=&after=&limit=`: one route's
 //!   dead letters a page at a time.
+//! * `GET /reconcile`: each reconciling route's last run against Persona's
+//!   Events API (when, events seen and judged, missing ids, the error if it
+//!   stopped early; with the memory store, since when events are judged).
 //! * `POST /spool/retry[?id=][&force=true]`: every dead letter back to live,
 //!   or only those whose event id (or entry id) is `id`; one first spooled
 //!   longer than `replay.ttl` ago only with `force=true` (see `spool.rs`).
@@ -93,17 +96,19 @@ enum Call {
     SpoolDeadPage,
     SpoolRetry,
     SpoolDelete,
+    Reconcile,
 }
 
 /// Every admin path and the methods it answers (its `Allow`); a unit test
 /// holds `route` to this table.
-const ENDPOINTS: [(&str, &str); 6] = [
+const ENDPOINTS: [(&str, &str); 7] = [
     ("/healthz", "GET"),
     ("/readyz", "GET"),
     ("/metrics", "GET"),
     ("/spool", "GET"),
     ("/spool/dead", "GET, DELETE"),
     ("/spool/retry", "POST"),
+    ("/reconcile", "GET"),
 ];
 
 /// Why a request names no call: the path is not on the map, or it does not
@@ -151,6 +156,7 @@ fn route(method: &Method, path: &str) -> Result<Call, Miss> {
             _ => None,
         },
         "/spool/retry" => (*method == Method::POST).then_some(Call::SpoolRetry),
+        "/reconcile" => (*method == Method::GET).then_some(Call::Reconcile),
         _ => return Err(Miss::NotFound),
     };
     call.ok_or_else(|| Miss::NotAllowed {
@@ -236,7 +242,40 @@ impl Admin {
                 ),
             },
             Call::SpoolDelete => self.spool_delete(id.as_deref()).await,
+            Call::Reconcile => self.reconcile(),
         }
+    }
+}
+
+impl Admin {
+    /// `GET /reconcile`: every reconciling route of the running policy,
+    /// with its last run (`null` before the first).
+    fn reconcile(&self) -> Response<Vec<u8>> {
+        let policy = self.shared.policy.load();
+        let routes: Vec<serde_json::Value> = policy
+            .config
+            .policy
+            .routes
+            .iter()
+            .filter(|r| r.reconcile.is_some())
+            .map(|r| {
+                let run = self.shared.reconcile.get(&r.path);
+                serde_json::json!({"route": r.path, "last_run": run})
+            })
+            .collect();
+        let since = self.shared.store().remembers_since_ms().map(|ms| {
+            humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+            )
+            .to_string()
+        });
+        json(
+            StatusCode::OK,
+            serde_json::json!({
+                "routes": routes,
+                "memory_store_judges_events_created_after": since,
+            }),
+        )
     }
 }
 

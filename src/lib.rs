@@ -53,6 +53,8 @@ pub mod outbound;
 pub mod outcome;
 pub mod path;
 pub mod proxy;
+pub mod reconcile;
+pub mod reconciler;
 pub mod redelivery;
 pub mod replay;
 pub mod server;

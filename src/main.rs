@@ -57,6 +57,22 @@ enum Command {
     /// Send a realistic, signed Persona event (like `stripe trigger`) and
     /// print the answer's status line and body.
     Trigger(TriggerArgs),
+    /// One reconciliation run against Persona's Events API (replay.store =
+    /// "redis" only): a table of the missing events; exit 0 none missing, 1
+    /// some missing, 2 the API could not be read.
+    Reconcile {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only the route with this path (default: every reconciling route).
+        #[arg(long)]
+        route: Option<String>,
+        /// How far back, instead of the route's `window` (`6h`, `7d`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Deliver the missing events (default: report them).
+        #[arg(long)]
+        backfill: bool,
+    },
     /// Run a tiny upstream that answers 200 and prints what it received (for trying it out).
     Echo {
         #[arg(long, default_value = "127.0.0.1:3000")]
@@ -117,6 +133,23 @@ fn main() -> ExitCode {
             offline,
         } => cmd_check(config.as_deref(), print, offline),
         Command::Trigger(args) => cmd_trigger(args),
+        Command::Reconcile {
+            config,
+            route,
+            since,
+            backfill,
+        } => match load(Some(&config)) {
+            Ok((cfg, _)) => ExitCode::from(persona_guard::reconciler::cli::run(
+                cfg.config,
+                route.as_deref(),
+                since,
+                backfill,
+            )),
+            Err(e) => {
+                eprintln!("persona-guard: invalid configuration\n{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Echo { listen } => {
             server::init_logging(config::LogFormat::Text);
             echo::run(&listen);

@@ -12,8 +12,10 @@ use crate::outcome::Outcome;
 
 mod auth;
 mod connections;
+mod reconcile;
 pub use auth::AuthMetrics;
 pub use connections::{CONNECTION_REFUSALS, ConnectionMetrics};
+pub use reconcile::ReconcileMetrics;
 
 /// The label used for requests under no route.
 pub const NO_ROUTE: &str = "(none)";
@@ -75,6 +77,8 @@ pub struct Metrics {
     pub connections: ConnectionMetrics,
     /// JWKS fetches and age ([`AuthMetrics`]).
     pub auth: AuthMetrics,
+    /// Reconciliation with Persona's Events API.
+    pub reconcile: ReconcileMetrics,
 }
 
 /// The `result` of a redelivery from the spool: the app answered 2xx
@@ -370,6 +374,7 @@ impl Metrics {
             admin_refused,
             connections: ConnectionMetrics::new(&r),
             auth: AuthMetrics::new(&r),
+            reconcile: ReconcileMetrics::new(&r),
             registry: r,
         }
     }

@@ -49,9 +49,19 @@ impl Client {
 
     /// Sends `request` and reads its answer.
     pub fn send(&self, request: http::Request<&[u8]>) -> Result<http::Response<Vec<u8>>, Error> {
+        self.send_up_to(request, MAX_ANSWER)
+    }
+
+    /// Sends `request` and reads its answer, keeping at most `max` bytes of
+    /// its body (a page of Persona's events can pass [`MAX_ANSWER`]).
+    pub fn send_up_to(
+        &self,
+        request: http::Request<&[u8]>,
+        max: u64,
+    ) -> Result<http::Response<Vec<u8>>, Error> {
         let (head, body) = self.0.run(request)?.into_parts();
         let mut kept = Vec::new();
-        body.into_reader().take(MAX_ANSWER).read_to_end(&mut kept)?;
+        body.into_reader().take(max).read_to_end(&mut kept)?;
         Ok(http::Response::from_parts(head, kept))
     }
 }
@@ -70,7 +80,7 @@ pub fn get(client: &Client, url: &str) -> Result<Vec<u8>, String> {
 }
 
 /// An error in a few words, without the URL's query or anything received.
-fn describe(e: &Error) -> String {
+pub fn describe(e: &Error) -> String {
     match e {
         Error::Timeout(_) => "timed out".into(),
         Error::HostNotFound => "host not found".into(),

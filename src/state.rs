@@ -84,6 +84,9 @@ impl Policy {
             if r.oauth.is_some() {
                 metrics.auth.register_route(&r.path);
             }
+            if r.reconcile.is_some() {
+                metrics.reconcile.register_route(&r.path);
+            }
         }
         metrics.register_no_route();
         let routes: Vec<CompiledRoute> = config
@@ -178,6 +181,8 @@ pub struct Shared {
     pub spool_waiting: AtomicBool,
     /// The key sets of OAuth routes, kept across reloads.
     pub keyring: Keyring,
+    /// Each reconciling route's last run (`GET /reconcile`).
+    pub reconcile: crate::reconcile::Status,
 }
 
 /// The keyring: JWKS fetched through the project's HTTP client (5 s to
@@ -221,6 +226,7 @@ impl Shared {
             started: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             spool_waiting: AtomicBool::new(false),
+            reconcile: crate::reconcile::Status::default(),
         }
     }
 

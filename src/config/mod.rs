@@ -70,6 +70,7 @@ mod error;
 mod headers;
 mod load;
 mod process;
+mod reconcile;
 mod replay;
 mod routes;
 pub mod schema;
@@ -89,6 +90,7 @@ pub use cross::PERSONA_RETRY_WINDOW;
 pub use error::{ConfigError, Problem};
 pub use load::{Effective, NO_FILE, from_str, load, load_with};
 pub use process::{ProcessConfig, RestartOnly};
+pub use reconcile::{Inflection, ReconcileMode, ReconcileRule};
 pub use secret::{Env, EnvSource, Secret};
 pub use spool::{Redelivery, SpoolKey, SpoolMode, SpoolSettings};
 
@@ -255,6 +257,8 @@ pub struct Route {
     pub require_headers: Vec<crate::auth::RequiredHeader>,
     /// `[route.oauth]`: the bearer token every delivery must carry.
     pub oauth: Option<crate::auth::OAuthRule>,
+    /// `[route.reconcile]`: the route's reconciliation with Persona's Events API.
+    pub reconcile: Option<ReconcileRule>,
 }
 
 /// A route's `kind`: Persona webhook events, or any signed body (Persona

@@ -60,7 +60,14 @@ fn compile_one(c: &mut Check, i: usize, default: &Upstream, earlier: &[Route]) -
     };
     let require_headers = super::auth::require_headers(c, i);
     let oauth = super::auth::oauth(c, i);
+    // Read quietly: a bad replay.ttl is reported by [replay] once.
+    let ttl = c
+        .text("replay.ttl")
+        .and_then(|v| super::check::parse_duration(v).ok())
+        .unwrap_or(std::time::Duration::MAX);
+    let reconcile = super::reconcile::reconcile(c, i, ttl);
     Route {
+        reconcile,
         require_headers,
         oauth,
         path,

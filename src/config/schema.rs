@@ -355,6 +355,22 @@ schema! {
         "Scopes every token must grant (in `scope` or `scp`).";
     ["route.oauth"] jwks_refresh: Duration, V("\"1h\""), None,
         "How often the JWKS is fetched again (at least 1s).";
+    ["route.reconcile"] api_key: Secret, Unset("none: no reconciliation"), None,
+        "Persona API key (`env:`/`file:` only) that lists the organisation's events; turns reconciliation on.";
+    ["route.reconcile"] mode: Choice(&["report", "backfill"]), V("\"report\""), None,
+        "What a missing event gets: logged and counted, or delivered to the app like a verified first-time delivery.";
+    ["route.reconcile"] api_base: Str, V("\"https://api.withpersona.com\""), None,
+        "Persona's API (`https://`, or `http://` on loopback).";
+    ["route.reconcile"] interval: Duration, V("\"15m\""), None,
+        "Time between two runs (at least 1s).";
+    ["route.reconcile"] window: Duration, V("\"48h\""), None,
+        "How far back a run looks; at most `replay.ttl`.";
+    ["route.reconcile"] grace: Duration, V("\"15m\""), None,
+        "Events younger than this are not judged (Persona may still be delivering them).";
+    ["route.reconcile"] webhook_id: Str, Unset("none: the route's `events` only"), None,
+        "The Persona webhook (`wbh_...`) whose enabled events are judged.";
+    ["route.reconcile"] inflection: Choice(&["kebab", "camel", "snake"]), V("\"kebab\""), None,
+        "`Key-Inflection` asked of the API (and how `created-at` is spelt in its answers).";
 }
 
 /// `docs/config-keys.md`: the schema as a markdown table.

@@ -114,7 +114,9 @@ pub fn strip_trusted(req: &mut RequestHeader, names: &TrustedHeaders) {
     let doomed: Vec<HeaderName> = req
         .headers
         .keys()
-        .filter(|k| names.iter().any(|(_, t)| same(k, t)))
+        .filter(|k| {
+            same(k, &crate::reconcile::SOURCE_HEADER) || names.iter().any(|(_, t)| same(k, t))
+        })
         .cloned()
         .collect();
     for name in doomed {
@@ -220,4 +222,29 @@ pub async fn answer_asterisk(session: &mut Session, ctx: &mut Ctx) -> pingora::R
     ctx.status = Some(StatusCode::NO_CONTENT.as_u16());
     session.write_response_header(Box::new(resp), true).await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_header_is_stripped_in_any_spelling_like_the_trusted_headers() {
+        let mut req = RequestHeader::build("POST", b"/w", None).unwrap();
+        for name in [
+            "X-Persona-Guard-Source",
+            "x_persona_guard_source",
+            "X-Persona-Event-Id",
+            "X-Other",
+        ] {
+            req.append_header(name, "forged").unwrap();
+        }
+        let names: TrustedHeaders = vec![(
+            crate::event::Fact::Id,
+            HeaderName::from_static("x-persona-event-id"),
+        )];
+        strip_trusted(&mut req, &names);
+        let left: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-other"]);
+    }
 }

@@ -18,7 +18,7 @@ use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use sha2::{Digest, Sha256};
 
-use super::{Claim, LocalStats, ReplayStore, StoreError, StoreKey};
+use super::{Claim, LocalStats, Mark, ReplayStore, StoreError, StoreKey};
 
 /// A fixed-size key: the first 16 bytes of SHA-256(len(route), route, event id).
 pub type Key = [u8; 16];
@@ -245,6 +245,18 @@ impl MemoryStore {
         outcome
     }
 
+    /// What `key` holds now, changing nothing.
+    pub fn peek(&self, key: &Key) -> Mark {
+        let now = self.clock.now();
+        match self.cache.get(key) {
+            Some(e) if !e.left(now).is_zero() => match e.token {
+                DELIVERED => Mark::Delivered,
+                _ => Mark::InFlight,
+            },
+            _ => Mark::Absent,
+        }
+    }
+
     /// Forgets `key` if, and only if, it is still this `token`'s in-flight mark.
     pub fn release(&self, key: &Key, token: u64) {
         self.cache
@@ -310,6 +322,12 @@ impl ReplayStore for MemoryStore {
             old,
             inflight_ttl,
         ))
+    }
+
+    async fn peek(&self, keys: &[StoreKey]) -> Result<Vec<Mark>, StoreError> {
+        keys.iter()
+            .map(|k| Ok(MemoryStore::peek(self, digest(k)?)))
+            .collect()
     }
 
     fn release_in_place(&self, key: &StoreKey, token: u64) -> bool {

@@ -76,6 +76,22 @@ pub enum StoreKey {
     Name(Box<[u8]>),
 }
 
+/// What a store holds for one key now ([`ReplayStore::peek`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// Nothing: never claimed, released, or expired.
+    Absent,
+    /// A delivery holds it (a request, the spool's worker, a backfill).
+    InFlight,
+    /// Delivered within `ttl`.
+    Delivered,
+}
+
+/// A store that cannot be read without claiming.
+#[derive(Debug, thiserror::Error)]
+#[error("this replay store cannot be read without claiming")]
+struct NoPeek;
+
 /// A replay store failure. Its message never carries a secret (such as a
 /// password in the Redis URL): each store describes its own failures.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +152,13 @@ pub trait ReplayStore: Send + Sync {
         old: u64,
         inflight_ttl: Duration,
     ) -> Result<Claim, StoreError>;
+
+    /// What the store holds for each of `keys` now, in order, changing
+    /// nothing: the reconciliation's read of which events were delivered or
+    /// are being delivered. One round trip for a store across the network.
+    async fn peek(&self, _keys: &[StoreKey]) -> Result<Vec<Mark>, StoreError> {
+        Err(StoreError::new(NoPeek))
+    }
 
     /// Releases as `release` does, without awaiting, when this store can do
     /// that in place; `false` when it cannot and `release` must be awaited.

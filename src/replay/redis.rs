@@ -111,7 +111,7 @@ use conn::Inner;
 pub use conn::RedisStoreError;
 
 use crate::config::RedisSettings;
-use crate::replay::{Claim, ReplayStore, StoreError, StoreKey};
+use crate::replay::{Claim, Mark, ReplayStore, StoreError, StoreKey};
 
 impl From<RedisStoreError> for StoreError {
     fn from(e: RedisStoreError) -> Self {
@@ -248,6 +248,16 @@ impl RedisStore {
             .await
     }
 
+    /// What each key holds now (one `MGET`), changing nothing.
+    pub async fn peek(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Mark>, RedisStoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inner
+            .on_runtime(|inner| async move { inner.peek(&keys).await })
+            .await
+    }
+
     pub async fn ping(&self) -> Result<(), RedisStoreError> {
         self.inner
             .on_runtime(|inner| async move { inner.ping().await })
@@ -296,6 +306,14 @@ impl ReplayStore for RedisStore {
     ) -> Result<Claim, StoreError> {
         let token = rand::random::<u64>();
         Ok(RedisStore::take_over(self, name(key)?, old, token, inflight_ttl).await?)
+    }
+
+    async fn peek(&self, keys: &[StoreKey]) -> Result<Vec<Mark>, StoreError> {
+        let names = keys
+            .iter()
+            .map(|k| name(k).map(<[u8]>::to_vec))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RedisStore::peek(self, names).await?)
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

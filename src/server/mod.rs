@@ -325,6 +325,8 @@ pub fn run(config_path: Option<&Path>, cfg: Config) -> Result<(), String> {
         SpoolStart::Open(spool) => start_spool(&shared, spool, worker_connector()),
         SpoolStart::Locked(dir) => wait_for_spool(&shared, dir, worker_connector()),
     }
+    // Its own thread, runtime and pool; it follows reloads.
+    crate::reconciler::spawn(shared.clone(), worker_connector());
 
     let mut proxy = proxy_service(&server, &shared, tls, idle_timeout);
     proxy.add_tcp(&listen.to_string());

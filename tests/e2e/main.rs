@@ -36,6 +36,8 @@ mod operator_kit;
 mod passthrough;
 /// Route matching and path normalisation (§ Paths and the route decision).
 mod paths;
+/// Reconciliation with Persona's Events API: report, backfill, 429, the command (§ Reconciliation).
+mod reconcile;
 /// The Redis replay store, shared by replicas; Redis down, slow or cutting connections (§ Replay memory).
 mod redis;
 /// Replays, concurrent deliveries and the in-flight claim on a webhook route.

@@ -95,7 +95,17 @@ impl Exported {
 #[test]
 fn every_metric_in_the_alert_rules_and_the_dashboard_is_exported() {
     let dir = tempfile::tempdir().unwrap();
-    let (_up, p) = rig_with(|b| spooling(b, dir.path(), "on_failure"));
+    // A reconciling route too (its API unreachable: the series exist anyway).
+    let mut reconcile = toml::Table::new();
+    reconcile.insert("api_key".into(), "env:PERSONA_API_KEY".into());
+    reconcile.insert("api_base".into(), "http://127.0.0.1:9".into());
+    reconcile.insert("window".into(), "10m".into());
+    reconcile.insert("grace".into(), "1m".into());
+    let (_up, p) = rig_with(|b| {
+        spooling(b, dir.path(), "on_failure")
+            .env("PERSONA_API_KEY", "persona_sandbox_k")
+            .route(|r| r.set("reconcile", toml::Value::Table(reconcile)))
+    });
     let scrape = p.metrics();
     let exported = Exported::parse(&scrape);
     let ours: BTreeSet<&String> = exported

@@ -108,7 +108,7 @@ fn a_suggestion_only_when_it_is_close() {
     let p = find(&format!("{ROUTE}colour = 1\n"));
     assert!(
         p[0].message
-            .ends_with("unknown key `colour` (line 4); the keys allowed here are `path`, `secrets`, `tolerance`, `max_body`, `events`, `upstream`, `allow_from`, `kind`, `id_pointer`, `spool`, `require_headers`, `oauth`"),
+            .ends_with("unknown key `colour` (line 4); the keys allowed here are `path`, `secrets`, `tolerance`, `max_body`, `events`, `upstream`, `allow_from`, `kind`, `id_pointer`, `spool`, `require_headers`, `oauth`, `reconcile`"),
         "{p:?}"
     );
 }

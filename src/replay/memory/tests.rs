@@ -455,3 +455,24 @@ fn take_over_swaps_only_the_old_tokens_mark_in_one_step() {
     assert_eq!(s.take_over(&k, old, INFLIGHT), Claim::Duplicate);
     assert_eq!(s.take_over(&k, DELIVERED, INFLIGHT), Claim::Duplicate);
 }
+
+#[test]
+fn peek_reads_each_state_and_changes_nothing() {
+    let (s, clock) = store();
+    let (a, b, c) = (key(b"/r", "a"), key(b"/r", "b"), key(b"/r", "c"));
+    let t = claimed(s.claim(&a, INFLIGHT));
+    s.claim(&b, INFLIGHT);
+    s.commit(&b, TTL);
+    assert_eq!(
+        [s.peek(&a), s.peek(&b), s.peek(&c)],
+        [Mark::InFlight, Mark::Delivered, Mark::Absent]
+    );
+    // Peeking claimed nothing: the absent id is still free, the mark still a's.
+    claimed(s.claim(&c, INFLIGHT));
+    assert!(s.renew(&a, t, INFLIGHT));
+    clock.advance(INFLIGHT * 2);
+    assert_eq!(s.peek(&a), Mark::Absent);
+    assert_eq!(s.peek(&b), Mark::Delivered);
+    clock.advance(TTL);
+    assert_eq!(s.peek(&b), Mark::Absent);
+}

@@ -10,6 +10,8 @@ use arc_swap::ArcSwap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisResult, Script, Value};
 
+use crate::replay::Mark;
+
 /// Why a Redis call failed. Never carries the URL (it may hold a password).
 #[derive(Debug, thiserror::Error)]
 pub enum RedisStoreError {
@@ -362,6 +364,29 @@ impl Inner {
             ))
             .await?;
         Ok(())
+    }
+
+    /// `MGET keys`: `delivered`, an in-flight mark, or nothing, per key.
+    pub(super) async fn peek(&self, keys: &[Vec<u8>]) -> Result<Vec<Mark>, RedisStoreError> {
+        let mut cmd = redis::cmd("MGET");
+        for k in keys {
+            cmd.arg(k.as_slice());
+        }
+        let cmd = &cmd;
+        let values: Vec<Option<Vec<u8>>> = self
+            .bounded(self.retrying(
+                || true,
+                |mut con| async move { cmd.query_async(&mut con).await },
+            ))
+            .await?;
+        Ok(values
+            .into_iter()
+            .map(|v| match v {
+                None => Mark::Absent,
+                Some(v) if v == DELIVERED.as_bytes() => Mark::Delivered,
+                Some(_) => Mark::InFlight,
+            })
+            .collect())
     }
 
     pub(super) async fn ping(&self) -> Result<(), RedisStoreError> {

@@ -462,3 +462,25 @@ fn a_closed_store_drops_its_connection_and_fails_its_calls_at_once() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn peek_reads_every_key_in_one_call_and_changes_nothing() {
+    let server = Server::start();
+    let a = RedisStore::open(&server.url(), None, "t:", Duration::from_secs(1)).unwrap();
+    rt().block_on(async {
+        let long = Duration::from_secs(60);
+        let route = b"/r".as_slice();
+        claimed(a.claim(&a.key(route, "in"), 1, long).await.unwrap());
+        claimed(a.claim(&a.key(route, "done"), 2, long).await.unwrap());
+        a.commit(&a.key(route, "done"), long).await.unwrap();
+        let keys = ["in", "done", "none"].map(|e| a.key(route, e)).to_vec();
+        let before = server.calls("mget");
+        assert_eq!(
+            a.peek(keys).await.unwrap(),
+            [Mark::InFlight, Mark::Delivered, Mark::Absent]
+        );
+        assert_eq!(server.calls("mget"), before + 1);
+        claimed(a.claim(&a.key(route, "none"), 3, long).await.unwrap());
+        assert!(a.peek(Vec::new()).await.unwrap().is_empty());
+    });
+}

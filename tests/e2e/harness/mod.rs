@@ -20,6 +20,7 @@ mod client;
 mod config;
 pub mod jwt;
 mod persona;
+pub mod persona_api;
 mod proxy;
 mod redis;
 mod rng;
