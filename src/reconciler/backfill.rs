@@ -61,6 +61,19 @@ pub async fn deliver(
         return "failed";
     };
     let facts = Facts::of(&ev);
+    // The facts become header lines written here: a value a header cannot
+    // carry (a line break from a damaged or hostile answer) is never sent.
+    if [&facts.id, &facts.event_type, &facts.created_at]
+        .into_iter()
+        .flatten()
+        .any(|v| !header_safe(v))
+    {
+        tracing::warn!(
+            route = route.path.as_str(),
+            "reconcile: a listed event's id, type or created-at cannot be a header value; not backfilled"
+        );
+        return "failed";
+    }
     let replay = &policy.config.policy.replay;
     let store = shared.store();
     let lease =
@@ -109,6 +122,12 @@ pub async fn deliver(
     }
 }
 
+/// Whether `v` can be written into a header line as it is: visible ASCII
+/// and spaces, nothing that could end the line.
+fn header_safe(v: &str) -> bool {
+    !v.is_empty() && v.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
 /// Keeps the delivery in the spool under the lease's mark (detached once
 /// durable, as the request path does); released when it cannot be kept.
 async fn keep(
@@ -142,6 +161,20 @@ async fn keep(
             tracing::warn!(route = route.path.as_str(), event_id = id, error = %e, "reconcile: cannot spool a backfilled event; released for the next run");
             lease.release().await;
             "failed"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_safe;
+
+    #[test]
+    fn only_values_a_header_line_can_carry_are_written() {
+        assert!(header_safe("evt_abc123"));
+        assert!(header_safe("2026-11-26T10:00:00.000Z"));
+        for bad in ["", "evt\r\nX-Injected: 1", "evt\n", "evt\u{7f}", "évt"] {
+            assert!(!header_safe(bad), "{bad:?}");
         }
     }
 }

@@ -375,11 +375,7 @@ fn check_validates_and_fetches_the_jwks_once_unless_offline() {
     std::fs::write(&file, b.toml()).unwrap();
     let env = [("PERSONA_WEBHOOK_SECRET", "wbhsec_check")];
     let out = run_cli(&["check", "--config", file.to_str().unwrap()], &env, None);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = crate::cli::both_streams(&out);
     assert!(out.status.success(), "{text}");
     assert!(
         text.contains("JWKS"),
@@ -503,11 +499,7 @@ fn check_print_redacts_header_tokens_and_variables_take_only_references() {
         &env,
         None,
     );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = crate::cli::both_streams(&out);
     assert!(out.status.success(), "{text}");
     assert!(
         !text.contains("hdr-literal-5e3c") && !text.contains("hdr-ref-value"),

@@ -342,3 +342,93 @@ fn two_replicas_on_one_redis_backfill_each_missing_event_once() {
     want.sort();
     assert_eq!(seen, want, "each event exactly once across both replicas");
 }
+
+/// Not missing: an event in the app's hands right now (in flight), one kept
+/// in the spool (the app answered 500), and, with `webhook_id`, one of a type
+/// the webhook does not send. Only the event that never arrived is.
+#[test]
+fn in_flight_spooled_and_unsubscribed_events_are_not_missing() {
+    let (up, api) = (Upstream::start(), PersonaApi::start());
+    api.set_enabled_events(&[NAME, "inquiry.completed"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = table(&api, "report");
+    t.as_table_mut()
+        .unwrap()
+        .insert("webhook_id".into(), "wbh_e2e".into());
+    let p = crate::spool::spooling(
+        Proxy::builder()
+            .upstream(&up)
+            .env("PERSONA_API_KEY", API_KEY)
+            .route(|r| r.set("reconcile", t)),
+        dir.path(),
+        "on_failure",
+    )
+    .start();
+    let start = now();
+    let (spooled, in_flight, unsubscribed, missing) =
+        (event_id(), event_id(), event_id(), event_id());
+    up.set_status(500);
+    p.deliver(&event_body(&spooled, NAME))
+        .assert_status_json(202, "spooled");
+    up.set_status(200);
+    up.hold();
+    let body = event_body(&in_flight, NAME);
+    let raw = delivery(ROUTE, &sign(p.secret(), now(), &body), &body);
+    let listen = p.listen;
+    let held = std::thread::spawn(move || try_one_shot(listen, &raw).map(|r| r.status));
+    wait_for("the in-flight event in the app's hands", W, || {
+        up.requests()
+            .iter()
+            .any(|r| r.header("x-persona-event-id") == Some(in_flight.as_str()))
+    });
+    api.set_events(vec![
+        api_event(&spooled, NAME, start + 1),
+        api_event(&in_flight, NAME, start + 1),
+        api_event(&unsubscribed, "inquiry.created", start + 1),
+        api_event(&missing, NAME, start + 1),
+    ]);
+    // Past `grace` (1 s) for every event, while the app still holds one.
+    std::thread::sleep(Duration::from_secs(3));
+    let run = last_run(&p, now());
+    assert_eq!(ids(&run), [missing], "{run}");
+    up.release();
+    assert_eq!(held.join().unwrap(), Some(200));
+}
+
+/// The API key is never shown by `check --print`, and a literal key is
+/// refused without being repeated.
+#[test]
+fn check_never_shows_the_api_key() {
+    let api = PersonaApi::start();
+    let b = Proxy::builder().route(|r| r.set("reconcile", table(&api, "report")));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("persona-guard.toml");
+    std::fs::write(&file, b.toml()).unwrap();
+    let env = [
+        ("PERSONA_WEBHOOK_SECRET", "wbhsec_check"),
+        ("PERSONA_API_KEY", API_KEY),
+    ];
+    let path = file.to_str().unwrap();
+    let out = run_cli(&["check", "--print", "--config", path], &env, None);
+    let text = crate::cli::both_streams(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("env:PERSONA_API_KEY") && !text.contains(API_KEY),
+        "{text}"
+    );
+    let literal = b.route(|r| {
+        let mut t = table(&api, "report");
+        t.as_table_mut()
+            .unwrap()
+            .insert("api_key".into(), API_KEY.into());
+        r.set("reconcile", t)
+    });
+    std::fs::write(&file, literal.toml()).unwrap();
+    let out = run_cli(&["check", "--print", "--config", path], &env, None);
+    let text = crate::cli::both_streams(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("reconcile.api_key") && !text.contains(API_KEY),
+        "{text}"
+    );
+}
