@@ -22,6 +22,39 @@ CONNS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 SECRET = "wbhsec_bench_secret"
 
 
+LUA_DIR = os.path.join(ROOT, "bench/nginx_lua")
+LUA_PACKAGES = ("libnginx-mod-http-lua", "lua-resty-core", "lua-luaossl", "lua-cjson")
+NGINX_MODULES = ("/usr/lib/nginx/modules", "/usr/share/nginx/modules")
+
+
+def lua_main():
+    """(the `load_module` and `env` lines of the nginx + Lua peer, what is
+    missing or ""): the Lua module from Debian's libnginx-mod-http-lua (with
+    its NDK), and the Lua libraries it requires, tried with `nginx -t`."""
+    mods = ("ndk_http_module.so", "ngx_http_lua_module.so")
+    where = next((d for d in NGINX_MODULES
+                  if all(os.path.exists(os.path.join(d, m)) for m in mods)), None)
+    if not where:
+        return "", "nginx's Lua module (" + ", ".join(mods) + ")"
+    main = "".join(f"load_module {where}/{m};\n" for m in mods) + "env PERSONA_WEBHOOK_SECRET;\n"
+    work = tempfile.mkdtemp(prefix="pg-lua-check.")
+    try:
+        conf = os.path.join(work, "t.conf")
+        with open(conf, "w") as f:
+            f.write(f"""{main}pid {work}/t.pid; error_log stderr warn;
+events {{}}
+http {{ lua_package_path "{LUA_DIR}/?.lua;;";
+  init_by_lua_block {{ require "resty.core"; require "openssl.hmac"; require "cjson.safe"; require "persona_verify" }} }}
+""")
+        t = subprocess.run(["nginx", "-t", "-q", "-e", "stderr", "-c", conf, "-p", work],
+                           capture_output=True, text=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if t.returncode != 0:
+        return main, "Lua libraries nginx could not load:\n" + t.stderr.strip()
+    return main, ""
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -96,11 +129,12 @@ class Bench:
         self.procs.append(p)
         return p
 
-    def nginx(self, name, port, body):
-        """nginx with one worker on CPU 1; `body` goes in its `http` block."""
+    def nginx(self, name, port, body, main="", env=None):
+        """nginx with one worker on CPU 1; `body` goes in its `http` block,
+        `main` (load_module, env) before it."""
         conf = self.path(f"{name}.conf")
         with open(conf, "w") as f:
-            f.write(f"""
+            f.write(f"""{main}
 worker_processes 1;
 daemon off;
 pid {self.work}/{name}.pid;
@@ -114,9 +148,37 @@ http {{
   {body}
 }}
 """)
-        p = self.start(["nginx", "-c", conf, "-p", self.work], 1)
+        p = self.start(["nginx", "-c", conf, "-p", self.work], 1, env=env)
         wait_port(port)
         return p
+
+    def nginx_lua(self, name, port, up):
+        """The nginx + Lua verifier (bench/nginx_lua/persona_verify.lua) on
+        `port`: `/webhooks/persona` verified, then proxy_pass with keep-alive
+        to 127.0.0.1:`up` (`/webhooks/persona-fail` to the upstream's `/fail`,
+        for the correctness check); everything else proxied as is."""
+        main, missing = lua_main()
+        if missing:
+            sys.exit(f"bench: the nginx + Lua peer needs {missing}\n"
+                     f"  apt-get install -y {' '.join(LUA_PACKAGES)}   (or BENCH_NGINX_LUA=0 to skip it)")
+        hooks = """
+      access_by_lua_block        { require("persona_verify").access() }
+      header_filter_by_lua_block { require("persona_verify").header_filter() }
+      log_by_lua_block           { require("persona_verify").log() }"""
+        proxy = 'proxy_http_version 1.1; proxy_set_header Connection "";'
+        body = f"""
+  lua_package_path "{LUA_DIR}/?.lua;;";
+  lua_shared_dict persona_replay 128m;
+  init_by_lua_block {{ require("persona_verify").init(os.getenv("PERSONA_WEBHOOK_SECRET")) }}
+  upstream app {{ server 127.0.0.1:{up}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{port};
+    location = /webhooks/persona {{ {hooks}
+      proxy_pass http://app; {proxy} }}
+    location = /webhooks/persona-fail {{ {hooks}
+      proxy_pass http://app/fail; {proxy} }}
+    location / {{ proxy_pass http://app; {proxy} }} }}"""
+        return self.nginx(name, port, body, main=main,
+                          env=dict(os.environ, PERSONA_WEBHOOK_SECRET=SECRET))
 
     def persona_guard(self, name, up, route_extra="", extra=""):
         """persona-guard (1 thread, on CPU 1) in front of 127.0.0.1:`up`, one

@@ -10,6 +10,11 @@ Rows (every one driven by examples/loadgen.rs, ~4 KiB bodies):
                 the same plain POSTs: the floor of pingora itself
   pg-pass       persona-guard, passthrough path
   nginx-signed  nginx proxy_pass of signed deliveries (it does not verify)
+  nginx-lua-signed  nginx + Lua (bench/nginx_lua/persona_verify.lua): the same
+                deliveries verified like persona-guard does (signature, 300 s
+                tolerance, data.id replay in an ngx.shared dict), then
+                proxy_pass; checked to verify before it is measured
+                (skip with BENCH_NGINX_LUA=0)
   bare-signed   the bare pingora proxy forwarding the same signed bodies
   pg-signed     persona-guard, signed deliveries verified and forwarded
   pg-spool-onfail  persona-guard, the same, on a route with spool = "on_failure"
@@ -29,6 +34,9 @@ CPU 0, proxies and upstream to CPU 1.
                                           each row also takes 2 s of warm-up and
                                           2 x max(BENCH_SECONDS/2, 3) s at fixed rates)
 """
+import hashlib
+import hmac
+import http.client
 import json
 import os
 import shutil
@@ -42,6 +50,7 @@ from benchlib import (BARE, BIN, CONNS, LOADGEN, SECRET, Bench, free_port,  # no
 
 SECS = int(os.environ.get("BENCH_SECONDS", "8"))
 SPOOL = os.environ.get("BENCH_SPOOL", "1") != "0"
+LUA = os.environ.get("BENCH_NGINX_LUA", "1") != "0"
 TCK = os.sysconf("SC_CLK_TCK")
 B = Bench("pg-bench.")
 WORK = B.work
@@ -103,6 +112,63 @@ def drained(admin, timeout=int(os.environ.get("BENCH_SPOOL_DRAIN", "60"))):
     return first, time.monotonic() - t0
 
 
+def post(port, path, body, t=None, sig=None):
+    """One POST on a new connection: (status, body)."""
+    t = int(time.time()) if t is None else t
+    mac = hmac.new(SECRET.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    headers = {"Content-Type": "application/json"}
+    if sig != "":  # "": no header at all
+        headers["Persona-Signature"] = sig if sig is not None else f"t={t},v1={mac}"
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("POST", path, body=body, headers=headers)
+        r = c.getresponse()
+        return r.status, r.read().decode(errors="replace")
+    finally:
+        c.close()
+
+
+def check_verifier(port):
+    """The nginx + Lua peer must verify, not just forward: exits unless every
+    case gets persona-guard's answer."""
+    run = f"{os.getpid()}_{time.time_ns()}"
+
+    def event(n):
+        return json.dumps({"data": {"type": "event", "id": f"evt_check_{run}_{n}",
+                                    "attributes": {"name": "inquiry.approved"}}}).encode()
+    good, now = event(1), int(time.time())
+    mac = hmac.new(SECRET.encode(), f"{now}.".encode() + good, hashlib.sha256).hexdigest()
+    other = "0" * 64
+    cases = [
+        ("good delivery (the upstream's 200)", post(port, "/webhooks/persona", good), 200, "ok"),
+        ("the same again", post(port, "/webhooks/persona", good), 200, '{"status":"duplicate"}'),
+        ("tampered body", post(port, "/webhooks/persona", good[:-1] + b" }",
+                               sig=f"t={now},v1={mac}"), 401, "invalid_signature"),
+        ("stale timestamp (301 s)", post(port, "/webhooks/persona", event(2), t=now - 301),
+         401, "timestamp_out_of_tolerance"),
+        ("future timestamp (301 s)", post(port, "/webhooks/persona", event(2), t=now + 301),
+         401, "timestamp_out_of_tolerance"),
+        ("no signature", post(port, "/webhooks/persona", event(2), sig=""), 401, "missing_signature"),
+        ("two sets, the second genuine", post(
+            port, "/webhooks/persona", event(3),
+            sig=f"t={now},v1={other} t={now},v1="
+                + hmac.new(SECRET.encode(), f"{now}.".encode() + event(3),
+                           hashlib.sha256).hexdigest().upper()), 200, "ok"),
+        ("no data.id", post(port, "/webhooks/persona", b'{"data":{"attributes":{"name":"x"}}}'),
+         400, "invalid_event"),
+        ("app answers 503", post(port, "/webhooks/persona-fail", event(4)), 503, "down"),
+        ("the same again: released, not duplicate", post(port, "/webhooks/persona-fail", event(4)),
+         503, "down"),
+    ]
+    bad = [f"{what}: got {st} {body!r}, want {want} {text!r}"
+           for what, (st, body), want, text in cases if st != want or text not in body]
+    if bad:
+        sys.exit("bench: the nginx + Lua peer does not verify like persona-guard:\n  "
+                 + "\n  ".join(bad))
+    print(f"nginx + Lua peer check passed: {len(cases)} cases (good 200, duplicate, tampered 401,"
+          f" stale 401, released on non-2xx, ...)", flush=True)
+
+
 def measure(name, port, pid, mode, path, admin=None):
     loadgen(port, mode, path, secs=2)  # warm up pools and caches
     if admin:
@@ -147,12 +213,17 @@ def main():
             sys.exit(f"bench: {exe} is missing (cargo build --release --bin persona-guard"
                      " --example loadgen --example bare_proxy)")
     up, ngx, bare = free_port(), free_port(), free_port()
-    nginx("upstream", up, f"server {{ listen 127.0.0.1:{up}; location / {{ return 200 'ok'; }} }}")
+    nginx("upstream", up, f"server {{ listen 127.0.0.1:{up}; location / {{ return 200 'ok'; }}"
+                          f" location = /fail {{ return 503 'down'; }} }}")
     proxy_block = f"""
   upstream app {{ server 127.0.0.1:{up}; keepalive 64; }}
   server {{ listen 127.0.0.1:{{port}};
     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}"""
     nx = nginx("nginx", ngx, proxy_block.replace("{port}", str(ngx)))
+    if LUA:
+        lua = free_port()
+        nxl = B.nginx_lua("nginx-lua", lua, up)
+        check_verifier(lua)
     pgp, pg, _ = persona_guard("pg", up)
     idle_rss = peak_rss_kib(pgp.pid)
     bp = start([BARE, f"127.0.0.1:{bare}", f"127.0.0.1:{up}"], 1)
@@ -164,6 +235,7 @@ def main():
         measure("bare-pass", bare, bp.pid, "plain", "/x"),
         measure("pg-pass", pg, pgp.pid, "plain", "/x"),
         measure("nginx-signed", ngx, nx.pid, "signed", "/webhooks/persona"),
+    ] + ([measure("nginx-lua-signed", lua, nxl.pid, "signed", "/webhooks/persona")] if LUA else []) + [
         measure("bare-signed", bare, bp.pid, "signed", "/webhooks/persona"),
         measure("pg-signed", pg, pgp.pid, "signed", "/webhooks/persona"),
     ]
@@ -179,7 +251,7 @@ def main():
     print(f"persona-guard bench: {SECS}s closed loop x {CONNS} connections, then 500 and 5000 req/s;"
           f" ~4 KiB bodies; loadgen on CPU 0, proxy + upstream on CPU 1; nginx 1 worker,"
           f" persona-guard and the bare pingora proxy 1 thread")
-    print(f"{'row':<16}{'req/s':>9}{'p50 us':>9}{'p99 us':>9}{'p99@500':>9}{'p99@5k':>9}{'rps@5k':>8}"
+    print(f"{'row':<17}{'req/s':>9}{'p50 us':>9}{'p99 us':>9}{'p99@500':>9}{'p99@5k':>9}{'rps@5k':>8}"
           f"{'cpu us/req':>11}{'peak RSS':>10}{'x direct':>9}{'x nginx':>8}{'x bare':>7}")
     for r in rows:
         signed = r["mode"] == "signed"
@@ -187,7 +259,7 @@ def main():
         floor = by["bare-signed"] if signed else by["bare-pass"]
         cpu = f"{r['cpu_us']:.1f}" if r["cpu_us"] is not None else "-"
         rss = f"{r['rss_kib'] / 1024:.1f}M" if r["rss_kib"] else "-"
-        print(f"{r['name']:<16}{r['rps']:>9.0f}{r['p50']:>9}{r['p99']:>9}{r['p99@500']:>9}{r['p99@5000']:>9}"
+        print(f"{r['name']:<17}{r['rps']:>9.0f}{r['p50']:>9}{r['p99']:>9}{r['p99@500']:>9}{r['p99@5000']:>9}"
               f"{r['rps@5000']:>8.0f}{cpu:>11}{rss:>10}{r['rps'] / by['direct']['rps']:>9.2f}"
               f"{r['rps'] / base['rps']:>8.2f}{r['rps'] / floor['rps']:>7.2f}")
     print("(x direct, x nginx, x bare: req/s against the row's counterpart of the same mode)")
@@ -206,6 +278,16 @@ def main():
     print(f"  passthrough CPU/req vs nginx: {p['cpu_us'] / npl['cpu_us']:.2f}x (target <= 0.8)")
     print(f"  p99 at 5000 req/s, signed vs nginx: {s['p99@5000'] / n['p99@5000']:.2f}x (target <= 1.2)")
     print(f"  idle RSS: {idle_rss / 1024:.1f} MiB (target <= 16)")
+    if LUA:
+        lu = by["nginx-lua-signed"]
+        print("nginx + Lua verifier, the same checks (ratios of this run):")
+        print(f"  persona-guard verified / nginx+Lua verified: CPU/req {s['cpu_us'] / lu['cpu_us']:.2f}x"
+              f" ({s['cpu_us']:.1f} against {lu['cpu_us']:.1f} us); req/s {s['rps'] / lu['rps']:.2f}x;"
+              f" p99@5000 {s['p99@5000'] / lu['p99@5000']:.2f}x")
+        print(f"  nginx+Lua verified / bare pingora forwarding the same body: CPU/req"
+              f" {lu['cpu_us'] / bs['cpu_us']:.2f}x; req/s {lu['rps'] / bs['rps']:.2f}x")
+        print(f"  nginx+Lua verified / nginx proxy_pass of the same body: CPU/req"
+              f" {lu['cpu_us'] / n['cpu_us']:.2f}x; req/s {lu['rps'] / n['rps']:.2f}x")
     if SPOOL:
         print("delivery spool, against pg-signed (spool off) in this run:")
         for name in ("pg-spool-onfail", "pg-spool-always"):
