@@ -315,7 +315,11 @@ fn kill_9_while_redelivering_loses_nothing_and_repeats_only_what_the_app_had_tak
         Duration::from_secs(15),
         || up.count() >= 5,
     );
-    let conns = up.open_peers();
+    let conns = connections_to(p.pid(), up.addr);
+    assert!(
+        !conns.is_empty(),
+        "redeliveries in the app's hands, but no connection to it"
+    );
     kill("KILL", p.pid());
     p.wait_exit(Duration::from_secs(5)).expect("killed");
     // What the dead process wrote may still sit in the app's socket buffers.

@@ -138,7 +138,7 @@ fn one_run(seed: u64, run: u64) -> Run {
             65..=79 => {
                 *target.lock().unwrap() = None;
                 killed.insert(p.listen);
-                let conns = up.open_peers();
+                let conns = connections_to(p.pid(), up.addr);
                 kill("KILL", p.pid());
                 p.wait_exit(Duration::from_secs(5)).expect("killed");
                 // What the dead process wrote to the app may still sit in

@@ -130,8 +130,8 @@ fn a_replica_killed_mid_redelivery_is_taken_over_by_the_other() {
         Duration::from_secs(10),
         || up.count() >= 5,
     );
-    // B has sent nothing yet: the app's open connections are A's.
-    let a_conns = up.open_peers();
+    // A's own connections to the app (B may hold some too).
+    let a_conns = connections_to(a.pid(), up.addr);
     kill("KILL", a.pid());
     a.wait_exit(Duration::from_secs(5)).expect("killed");
     let killed_at = Instant::now();

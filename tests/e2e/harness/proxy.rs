@@ -106,6 +106,41 @@ impl ProxyBuilder {
     }
 }
 
+/// The socket inodes process `pid` holds.
+fn socket_inodes(pid: u32) -> std::collections::HashSet<String> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// The local addresses of process `pid`'s established connections to
+/// `to` (127.0.0.1): as the server at `to` sees them, its peers.
+pub fn connections_to(pid: u32, to: SocketAddr) -> std::collections::HashSet<SocketAddr> {
+    let inodes = socket_inodes(pid);
+    let remote = format!("0100007F:{:04X}", to.port());
+    let tcp = fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    tcp.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() <= 9 || f[2] != remote || f[3] != "01" || !inodes.contains(f[9]) {
+                return None;
+            }
+            let port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+            Some(SocketAddr::from(([127, 0, 0, 1], port)))
+        })
+        .collect()
+}
+
 /// Whether process `pid` holds the listening socket on 127.0.0.1:`port`
 /// (another test's process may have taken a port between its choice and the bind).
 fn listens_on(pid: u32, port: u16) -> bool {

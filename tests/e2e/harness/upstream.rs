@@ -398,8 +398,7 @@ impl Upstream {
         conns.iter().filter(|(_, c)| !c.is_finished()).count()
     }
 
-    /// The peers of the connections open now: taken just before a proxy is
-    /// killed, they are its connections (see [`Upstream::wait_closed`]).
+    /// The peers of the connections open now.
     pub fn open_peers(&self) -> HashSet<SocketAddr> {
         let conns = self.state.conns.lock().unwrap();
         conns
@@ -409,9 +408,10 @@ impl Upstream {
             .collect()
     }
 
-    /// Waits until none of `peers`' connections is open: the app has read
-    /// everything a killed proxy wrote to them (what sat in the socket
-    /// buffers included) and answered or dropped it.
+    /// Waits until none of `peers`' connections is open: given a killed
+    /// proxy's connections (`harness::connections_to`, taken before the
+    /// kill), the app has read everything it wrote to them (what sat in the
+    /// socket buffers included) and answered or dropped it.
     pub fn wait_closed(&self, peers: &HashSet<SocketAddr>) {
         wait_for(
             "the app's connections from the killed proxy to close",
