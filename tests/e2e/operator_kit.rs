@@ -101,11 +101,25 @@ fn every_metric_in_the_alert_rules_and_the_dashboard_is_exported() {
     reconcile.insert("api_base".into(), "http://127.0.0.1:9".into());
     reconcile.insert("window".into(), "10m".into());
     reconcile.insert("grace".into(), "1m".into());
+    // An OAuth route's JWKS, so that its series exist (the age once fetched).
+    let jwks = Upstream::start();
+    jwks.set_body(&crate::harness::jwt::jwks(&["rsa1"]));
+    let mut oauth = toml::Table::new();
+    oauth.insert(
+        "jwks_url".into(),
+        format!("http://{}/jwks", jwks.addr).into(),
+    );
+    oauth.insert("issuer".into(), "https://issuer.e2e/".into());
+    oauth.insert("audience".into(), "persona-webhooks".into());
     let (_up, p) = rig_with(|b| {
         spooling(b, dir.path(), "on_failure")
             .env("PERSONA_API_KEY", "persona_sandbox_k")
-            .route(|r| r.set("reconcile", toml::Value::Table(reconcile)))
+            .route(|r| {
+                r.set("reconcile", toml::Value::Table(reconcile))
+                    .set("oauth", toml::Value::Table(oauth))
+            })
     });
+    wait_for("the JWKS fetched (/readyz 200)", W, || p.readyz() == 200);
     let scrape = p.metrics();
     let exported = Exported::parse(&scrape);
     let ours: BTreeSet<&String> = exported
