@@ -350,7 +350,8 @@ fn both_requirements_follow_a_reload() {
     // OAuth added by SIGHUP: a delivery without a token is refused after it.
     p.edit_config(|b| b.route(|r| r.set("oauth", oauth_table(&jwks, "1h"))));
     p.reload_ok();
-    wait_for("the JWKS fetched after the reload", W, || jwks.count() >= 1);
+    // Until the new route's JWKS is in, /readyz is 503 (and tokens 401).
+    wait_ready(&p);
     deliver_with(&p, &body, &[(HEADER, HEADER_VALUE)]).assert_error(401, "missing_token");
     let r = deliver_with(
         &p,
