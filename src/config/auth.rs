@@ -139,6 +139,13 @@ pub(super) fn oauth(c: &mut Check, i: usize) -> Option<OAuthRule> {
 
 /// `https://`, or `http://` on a loopback address, with a host.
 fn jwks_url(url: &str) -> Result<(), &'static str> {
+    https_or_loopback(url).map(drop)
+}
+
+/// An outgoing call's URL (a JWKS, Persona's API): `https://`, or `http://`
+/// on a loopback address, with a host and no user info. Messages never
+/// repeat the value.
+pub(super) fn https_or_loopback(url: &str) -> Result<http::Uri, &'static str> {
     let uri: http::Uri = url
         .parse()
         .map_err(|_| "is not a URL (the value is not repeated here)")?;
@@ -149,16 +156,17 @@ fn jwks_url(url: &str) -> Result<(), &'static str> {
         return Err("must not carry credentials (user info); the value is not repeated here");
     }
     match uri.scheme_str() {
-        Some("https") => Ok(()),
-        Some("http") if is_loopback(host) => Ok(()),
+        Some("https") => {}
+        Some("http") if is_loopback(host) => {}
         Some("http") => {
-            Err("must be https:// (http:// only on a loopback address, such as 127.0.0.1)")
+            return Err("must be https:// (http:// only on a loopback address, such as 127.0.0.1)");
         }
-        _ => Err("must be an https:// URL (the value is not repeated here)"),
+        _ => return Err("must be an https:// URL (the value is not repeated here)"),
     }
+    Ok(uri)
 }
 
-pub(super) fn is_loopback(host: &str) -> bool {
+fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || host

@@ -133,25 +133,9 @@ pub(super) fn reconcile(c: &mut Check, i: usize, ttl: Duration) -> Option<Reconc
 /// `https://`, or `http://` on a loopback address, with a host, no user
 /// info, no query.
 pub(super) fn api_base_ok(url: &str) -> Result<(), &'static str> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| "is not a URL (the value is not repeated here)")?;
-    let host = uri
-        .host()
-        .ok_or("has no host (the value is not repeated here)")?;
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err("must not carry credentials (user info); the value is not repeated here");
-    }
-    if uri.query().is_some() {
-        return Err("must not have a query");
-    }
-    match uri.scheme_str() {
-        Some("https") => Ok(()),
-        Some("http") if super::auth::is_loopback(host) => Ok(()),
-        Some("http") => {
-            Err("must be https:// (http:// only on a loopback address, such as 127.0.0.1)")
-        }
-        _ => Err("must be an https:// URL (the value is not repeated here)"),
+    match super::auth::https_or_loopback(url)?.query() {
+        Some(_) => Err("must not have a query"),
+        None => Ok(()),
     }
 }
 
