@@ -1,6 +1,8 @@
 //! The in-memory replay store (one process).
 //!
-//! Entries live in a bounded `moka` cache. Its admission policy is set to LRU
+//! Delivered ids live in a bounded `moka` cache; the few in-flight marks of
+//! deliveries in the app's hands live beside it ([`inflight`]), so that a
+//! delivery is one cache write. The cache's admission policy is set to LRU
 //! on purpose: moka's default (TinyLFU) may refuse to admit a new key when the
 //! cache is full, which here would let a replay through. With LRU a new id is
 //! always remembered; at capacity the least recently used entry (in practice
@@ -8,12 +10,13 @@
 //! operators can size `capacity` (delivery rate x `ttl`).
 //! Expiry is decided on the store's own [`Clock`], so tests can drive time.
 
+mod inflight;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use sha2::{Digest, Sha256};
@@ -55,16 +58,8 @@ impl Clock for SystemClock {
     }
 }
 
-/// One remembered id in 16 bytes (moka adds its own per-entry bookkeeping).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    /// The in-flight claim's token, or [`DELIVERED`].
-    token: u64,
-    /// Clock time, in nanoseconds, after which the entry no longer counts.
-    expires_ns: u64,
-}
-
-/// The token of a delivered entry (never a claim's: see [`fresh_token`]).
+/// The token no claim ever gets (see [`fresh_token`]): a claim is a
+/// take-over from it, and it never matches a live mark.
 const DELIVERED: u64 = 0;
 
 /// A claim's token: 64 random bits, never [`DELIVERED`]. Random rather than a
@@ -86,10 +81,17 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// A delivered id, remembered in 8 bytes (moka adds its own per-entry
+/// bookkeeping): the store-clock time, in nanoseconds, after which it no
+/// longer counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    expires_ns: u64,
+}
+
 impl Entry {
-    fn new(token: u64, now: Duration, lifetime: Duration) -> Self {
+    fn new(now: Duration, lifetime: Duration) -> Self {
         Entry {
-            token,
             expires_ns: nanos(now).saturating_add(nanos(lifetime)),
         }
     }
@@ -148,7 +150,10 @@ pub struct StoreStats {
 
 /// The in-memory store (one process).
 pub struct MemoryStore {
+    /// Delivered ids.
     cache: Cache<Key, Entry, DigestState>,
+    /// In-flight marks; their shard locks serialise every change to a key.
+    inflight: inflight::Inflight,
     clock: Arc<dyn Clock>,
     stats: Arc<StoreStats>,
     /// When the store was made (Unix milliseconds): it knows nothing older.
@@ -172,6 +177,7 @@ impl MemoryStore {
             .build_with_hasher(DigestState::default());
         MemoryStore {
             cache,
+            inflight: inflight::Inflight::default(),
             clock,
             stats,
             started_ms: crate::clock::unix_now().as_millis() as u64,
@@ -182,9 +188,10 @@ impl MemoryStore {
         self.stats.clone()
     }
 
-    /// Entries currently held (approximate: moka settles counts lazily).
+    /// Ids currently remembered, delivered or in flight (approximate: moka
+    /// settles its count lazily).
     pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
+        self.cache.entry_count() + self.inflight.live_count(self.clock.now())
     }
 
     /// Runs moka's pending maintenance (eviction); tests call it for exact counts.
@@ -198,73 +205,81 @@ impl MemoryStore {
         self.take_over(key, DELIVERED, inflight_ttl)
     }
 
-    /// Marks `key` delivered for `ttl` (the upstream answered 2xx).
+    /// The delivered mark of `key`, if it still counts at `now`.
+    fn delivered(&self, key: &Key, now: Duration) -> Option<Entry> {
+        self.cache.get(key).filter(|e| !e.left(now).is_zero())
+    }
+
+    /// Marks `key` delivered for `ttl` (the upstream answered 2xx); its
+    /// in-flight mark, whoever's, goes.
     pub fn commit(&self, key: &Key, ttl: Duration) {
+        let mut shard = self.inflight.lock(key);
         let now = self.clock.now();
-        self.cache.insert(*key, Entry::new(DELIVERED, now, ttl));
+        self.cache.insert(*key, Entry::new(now, ttl));
+        shard.remove(key);
     }
 
     /// Extends `key`'s in-flight mark to `inflight_ttl` from now if, and only
     /// if, it is still this `token`'s and has not expired; whether it was.
     pub fn renew(&self, key: &Key, token: u64, inflight_ttl: Duration) -> bool {
+        let mut shard = self.inflight.lock(key);
         let now = self.clock.now();
-        let mut renewed = false;
-        self.cache.entry(*key).and_compute_with(|existing| {
-            match existing.map(|e| e.into_value()) {
-                Some(e) if token != DELIVERED && e.token == token && !e.left(now).is_zero() => {
-                    renewed = true;
-                    Op::Put(Entry::new(token, now, inflight_ttl))
-                }
-                _ => Op::Nop,
+        match shard.live(key, nanos(now)) {
+            Some(m) if token != DELIVERED && m.token == token => {
+                shard.put(*key, mark(token, now, inflight_ttl), nanos(now));
+                true
             }
-        });
-        renewed
+            _ => false,
+        }
     }
 
     /// Gives `key` a new token's in-flight mark for `inflight_ttl` when it is
     /// absent, expired or still `old`'s mark; otherwise `Duplicate` (delivered) or
     /// `InFlight` (another's mark). One atomic step: no other claim can come between.
     pub fn take_over(&self, key: &Key, old: u64, inflight_ttl: Duration) -> Claim {
+        let mut shard = self.inflight.lock(key);
         let now = self.clock.now();
+        if self.delivered(key, now).is_some() {
+            return Claim::Duplicate;
+        }
+        if let Some(m) = shard.live(key, nanos(now))
+            && (m.token != old || old == DELIVERED)
+        {
+            return Claim::InFlight {
+                retry_after: Duration::from_nanos(m.expires_ns - nanos(now)),
+            };
+        }
         let token = fresh_token();
-        let mut outcome = Claim::Claimed(token);
-        self.cache.entry(*key).and_compute_with(|existing| {
-            match existing.map(|e| e.into_value()) {
-                Some(e) if !e.left(now).is_zero() && (e.token != old || old == DELIVERED) => {
-                    outcome = match e.token {
-                        DELIVERED => Claim::Duplicate,
-                        _ => Claim::InFlight {
-                            retry_after: e.left(now),
-                        },
-                    };
-                    Op::Nop
-                }
-                _ => Op::Put(Entry::new(token, now, inflight_ttl)),
-            }
-        });
-        outcome
+        shard.put(*key, mark(token, now, inflight_ttl), nanos(now));
+        Claim::Claimed(token)
     }
 
     /// What `key` holds now, changing nothing.
     pub fn peek(&self, key: &Key) -> Mark {
+        let shard = self.inflight.lock(key);
         let now = self.clock.now();
-        match self.cache.get(key) {
-            Some(e) if !e.left(now).is_zero() => match e.token {
-                DELIVERED => Mark::Delivered,
-                _ => Mark::InFlight,
-            },
-            _ => Mark::Absent,
+        if self.delivered(key, now).is_some() {
+            Mark::Delivered
+        } else if shard.live(key, nanos(now)).is_some() {
+            Mark::InFlight
+        } else {
+            Mark::Absent
         }
     }
 
     /// Forgets `key` if, and only if, it is still this `token`'s in-flight mark.
     pub fn release(&self, key: &Key, token: u64) {
-        self.cache
-            .entry(*key)
-            .and_compute_with(|existing| match existing {
-                Some(e) if token != DELIVERED && e.value().token == token => Op::Remove,
-                _ => Op::Nop,
-            });
+        if token != DELIVERED {
+            self.inflight.lock(key).remove_if(key, token);
+        }
+    }
+}
+
+/// An in-flight mark of `token` living `lifetime` from `now`.
+fn mark(token: u64, now: Duration, lifetime: Duration) -> inflight::Mark {
+    inflight::Mark {
+        token,
+        expires_ns: nanos(now).saturating_add(nanos(lifetime)),
     }
 }
 

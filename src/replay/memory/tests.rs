@@ -476,3 +476,24 @@ fn peek_reads_each_state_and_changes_nothing() {
     clock.advance(TTL);
     assert_eq!(s.peek(&b), Mark::Absent);
 }
+
+#[test]
+fn in_flight_marks_nobody_settles_are_swept_not_kept() {
+    let (s, clock) = store();
+    for i in 0..5000 {
+        claimed(s.claim(&key(b"/r", &format!("left_{i}")), INFLIGHT));
+    }
+    assert_eq!(s.entry_count(), 5000);
+    clock.advance(INFLIGHT);
+    assert_eq!(s.entry_count(), 0, "expired marks are not counted");
+    // New claims sweep the expired marks out as the shards fill again.
+    for i in 0..5000 {
+        claimed(s.claim(&key(b"/r", &format!("new_{i}")), INFLIGHT));
+    }
+    assert!(s.inflight.held() < 7500, "held {}", s.inflight.held());
+    // A commit takes the mark out of the in-flight map: one place per id.
+    let k = key(b"/r", "new_0");
+    s.commit(&k, TTL);
+    assert_eq!(s.peek(&k), Mark::Delivered);
+    assert!(s.inflight.lock(&k).live(&k, 0).is_none());
+}
