@@ -24,10 +24,10 @@ def functions(lines):
             continue
         indent, name = m.group(1), m.group(2)
         j = i
-        while j < len(lines) and not lines[j].rstrip().endswith(("{", ";")):
+        while j < len(lines) and not lines[j].rstrip().endswith(("{", ";", "{}")):
             j += 1
-        if j == len(lines) or lines[j].rstrip().endswith(";"):
-            continue  # a declaration in a trait, or a one-line body
+        if j == len(lines) or lines[j].rstrip().endswith((";", "{}")):
+            continue  # a declaration in a trait, or an empty or one-line body
         end = next((k for k in range(j + 1, len(lines)) if lines[k] == indent + "}"), None)
         if end is not None:
             yield name, i + 1, end - i + 1

@@ -1,6 +1,6 @@
 //! The [`Lease`] a winning claim hands to the request (see "In-flight
-//! leases" in the parent module): its store, its key and its token; the task
-//! renewing its mark; and exactly one settlement (commit, release, or a
+//! leases" in the parent module): its store, its key and its token; its place
+//! in the renewer of its thread ([`renewer`]); and exactly one settlement (commit, release, or a
 //! release when it is dropped unsettled).
 
 use std::fmt;
@@ -72,17 +72,11 @@ pub async fn adopt(
     })
 }
 
-/// A lease on `key`'s mark held by `token`, renewing it from now on.
+/// A lease on `key`'s mark held by `token`, renewing it from now on (by its
+/// thread's [`renewer`], not a task of its own).
 fn hold(store: &Arc<dyn ReplayStore>, key: StoreKey, token: u64, inflight_ttl: Duration) -> Lease {
     let on_error = Arc::new(OnceLock::new());
-    let renewal = tokio::spawn(renew(
-        store.clone(),
-        key.clone(),
-        token,
-        inflight_ttl,
-        on_error.clone(),
-    ))
-    .abort_handle();
+    let renewal = renewer::register(store, &key, token, inflight_ttl, &on_error);
     Lease {
         store: store.clone(),
         key,
@@ -90,35 +84,12 @@ fn hold(store: &Arc<dyn ReplayStore>, key: StoreKey, token: u64, inflight_ttl: D
         inflight_ttl,
         armed: true,
         on_error,
-        renewal: Some(renewal),
+        renewal,
     }
 }
 
-/// Renews `key`'s mark every [`renew_every`] while it is `token`'s. Stops when
-/// it no longer is (settled, or expired after renewals failed) or when the
-/// lease aborts it. A failure is reported and the next tick tries again.
-async fn renew(
-    store: Arc<dyn ReplayStore>,
-    key: StoreKey,
-    token: u64,
-    inflight_ttl: Duration,
-    on_error: Arc<OnceLock<OnError>>,
-) {
-    let every = renew_every(inflight_ttl);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        match store.renew(&key, token, inflight_ttl).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => report(&on_error, "renew", &e),
-        }
-    }
-}
-
-/// A won claim: its store, key and token, and the task renewing its in-flight
-/// mark. Settle it with [`Lease::commit`] or
+/// A won claim: its store, key and token, and its in-flight mark's
+/// renewal. Settle it with [`Lease::commit`] or
 /// [`Lease::release`] (either stops the renewal); dropped unsettled (the client went away, the task was
 /// cancelled) it releases itself: in place when the store can, else in a task
 /// on the current tokio runtime. A failure to settle changes nothing for the
@@ -135,9 +106,9 @@ pub struct Lease {
     armed: bool,
     /// Set at most once, by [`Lease::on_error`]; shared with the renewal.
     on_error: Arc<OnceLock<OnError>>,
-    /// The renewal task, aborted when the lease is settled or dropped
-    /// (or handed to [`commit_later`] when a commit fails).
-    renewal: Option<tokio::task::AbortHandle>,
+    /// Its place in the renewer, dropped when the lease is settled or
+    /// dropped (or handed to [`commit_later`] when a commit fails).
+    renewal: Option<renewer::Registration>,
 }
 
 impl fmt::Debug for Lease {
@@ -203,9 +174,7 @@ impl Lease {
     }
 
     fn stop_renewal(&mut self) {
-        if let Some(r) = self.renewal.take() {
-            r.abort();
-        }
+        self.renewal = None;
     }
 
     /// Marks the event delivered for `ttl` through `current`, the store now,
@@ -296,12 +265,9 @@ fn commit_later(
     key: StoreKey,
     ttl: Duration,
     inflight_ttl: Duration,
-    renewal: Option<tokio::task::AbortHandle>,
+    renewal: Option<renewer::Registration>,
 ) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        if let Some(r) = renewal {
-            r.abort();
-        }
         return;
     };
     runtime.spawn(async move {
@@ -331,9 +297,7 @@ fn commit_later(
                 Err(_) => wait = (wait * 2).min(COMMIT_RETRY_MAX_WAIT),
             }
         }
-        if let Some(r) = renewal {
-            r.abort();
-        }
+        drop(renewal);
     });
 }
 
@@ -343,6 +307,8 @@ fn report(on_error: &OnceLock<OnError>, op: &'static str, e: &StoreError) {
         None => tracing::warn!(op, error = %e, "replay store error"),
     }
 }
+
+mod renewer;
 
 #[cfg(test)]
 mod tests;

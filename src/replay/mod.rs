@@ -19,8 +19,9 @@
 //!
 //! An in-flight mark lives `inflight_ttl`, and the instance delivering the
 //! event renews it every `inflight_ttl / 3` ([`RENEW_EVERY`]) for as long as
-//! the delivery lives: a [`Lease`] runs the renewal as a task from the claim
-//! until it is settled or dropped. So a delivery to a slow application keeps
+//! the delivery lives: a [`Lease`] is renewed from the claim until it is
+//! settled or dropped (by one task per worker thread for all the leases the
+//! thread took, not a task per lease). So a delivery to a slow application keeps
 //! its mark however long it takes (Persona's retries meanwhile get 409), and an
 //! instance that dies (SIGKILL, a lost node) stops renewing: its mark expires
 //! within `inflight_ttl` and the next retry is delivered. A third of the

@@ -187,3 +187,46 @@ async fn a_commit_that_never_lands_is_given_up_after_its_retry_window() {
     assert_eq!(store.commits.load(SeqCst), tried);
     assert_eq!(store.renewals.load(SeqCst), renewed);
 }
+
+/// One renewer per thread: many leases are renewed on their schedule by it,
+/// a settled one stops at once, and a thread whose runtime ended (the
+/// renewer's task dropped with it) renews again on its next runtime.
+#[test]
+fn leases_are_renewed_by_their_threads_renewer_across_runtimes() {
+    use std::sync::atomic::Ordering::SeqCst;
+    for round in 0..3 {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (a, b) = (Arc::new(Flaky::default()), Arc::new(Flaky::default()));
+            let inflight = Duration::from_secs(3);
+            let take = |s: &Arc<Flaky>| {
+                let s: Arc<dyn ReplayStore> = s.clone();
+                async move {
+                    match claim(&s, b"/r", "evt_1", inflight).await {
+                        Ok(Claim::Claimed(lease)) => lease,
+                        other => panic!("{other:?}"),
+                    }
+                }
+            };
+            let (held, settled) = (take(&a).await, take(&b).await);
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            settled.release().await;
+            // Every second (a third of 3 s) for 10 s: 10 renewals; the
+            // released lease had one (at 1 s) and no more.
+            tokio::time::sleep(Duration::from_millis(8600)).await;
+            assert_eq!(a.renewals.load(SeqCst), 10, "round {round}");
+            assert_eq!(b.renewals.load(SeqCst), 1, "round {round}");
+            drop(held);
+            tokio::time::sleep(inflight * 2).await;
+            assert_eq!(
+                a.renewals.load(SeqCst),
+                10,
+                "round {round}: dropped, it stops"
+            );
+        });
+    }
+}
