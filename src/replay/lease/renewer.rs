@@ -21,15 +21,10 @@ use tokio::time::Instant;
 use super::{OnError, renew_every, report};
 use crate::replay::{ReplayStore, StoreKey};
 
-/// One held lease's mark, as its renewal needs it.
+/// One held lease's mark.
 struct Held {
-    store: Arc<dyn ReplayStore>,
-    key: StoreKey,
-    token: u64,
-    inflight_ttl: Duration,
-    on_error: Arc<OnceLock<OnError>>,
-    due: Instant,
-    /// A renewal of it is under way (its task resets `due` when done).
+    call: Renewal,
+    /// A renewal of it is under way (its task resets `call.due` when done).
     busy: bool,
 }
 
@@ -103,18 +98,15 @@ pub(super) fn register(
     let due = Instant::now() + renew_every(inflight_ttl);
     let earlier = {
         let mut inner = renewer.lock();
-        inner.held.insert(
-            id,
-            Held {
-                store: store.clone(),
-                key: key.clone(),
-                token,
-                inflight_ttl,
-                on_error: on_error.clone(),
-                due,
-                busy: false,
-            },
-        );
+        let call = Renewal {
+            store: store.clone(),
+            key: key.clone(),
+            token,
+            inflight_ttl,
+            on_error: on_error.clone(),
+            due,
+        };
+        inner.held.insert(id, Held { call, busy: false });
         inner.wake_at.is_none_or(|w| due < w)
     };
     if earlier {
@@ -142,14 +134,14 @@ async fn run(renewer: Arc<Renewer>) {
             let mut inner = renewer.lock();
             let now = Instant::now();
             for (id, held) in inner.held.iter_mut() {
-                if !held.busy && held.due <= now {
+                if !held.busy && held.call.due <= now {
                     held.busy = true;
-                    tokio::spawn(renew_one(renewer.clone(), *id, Renewal::of(held)));
+                    tokio::spawn(renew_one(renewer.clone(), *id, held.call.clone()));
                 }
             }
             let next = (inner.held.values())
                 .filter(|h| !h.busy)
-                .map(|h| h.due)
+                .map(|h| h.call.due)
                 .min();
             inner.wake_at = next;
             next
@@ -166,7 +158,8 @@ async fn run(renewer: Arc<Renewer>) {
     }
 }
 
-/// What one renewal call needs, taken out from under the lock.
+/// What one renewal call needs (cloned out from under the lock to run it).
+#[derive(Clone)]
 struct Renewal {
     store: Arc<dyn ReplayStore>,
     key: StoreKey,
@@ -174,19 +167,6 @@ struct Renewal {
     inflight_ttl: Duration,
     on_error: Arc<OnceLock<OnError>>,
     due: Instant,
-}
-
-impl Renewal {
-    fn of(h: &Held) -> Self {
-        Renewal {
-            store: h.store.clone(),
-            key: h.key.clone(),
-            token: h.token,
-            inflight_ttl: h.inflight_ttl,
-            on_error: h.on_error.clone(),
-            due: h.due,
-        }
-    }
 }
 
 /// Renews one mark. Still this lease's: the next renewal is due
@@ -208,7 +188,7 @@ async fn renew_one(renewer: Arc<Renewer>, id: u64, r: Renewal) {
         } else if let Some(h) = inner.held.get_mut(&id) {
             let every = renew_every(r.inflight_ttl);
             let now = Instant::now();
-            h.due = Some(r.due + every)
+            h.call.due = Some(r.due + every)
                 .filter(|d| *d > now)
                 .unwrap_or(now + every);
             h.busy = false;
