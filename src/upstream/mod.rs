@@ -383,7 +383,10 @@ async fn exchange_h1(
     };
     written.map_err(|e| Error::because(ErrorType::WriteError, "writing the request", e))?;
     let mut h1 = Http1Session::new_with_options(stream, peer);
-    h1.read_timeout = peer.options.read_timeout;
+    // The heads are read under the one timer below, not also under
+    // pingora's per-read timer (a second timer set and cleared for every
+    // answer); the body's reads get `read_timeout` back after them.
+    h1.read_timeout = None;
     h1.write_timeout = peer.options.write_timeout;
     // The final head must come within one read_timeout however many interim
     // answers come first, and after at most MAX_INTERIM of them: an app that
@@ -418,6 +421,7 @@ async fn exchange_h1(
         })??,
         None => heads.await?,
     }
+    h1.read_timeout = peer.options.read_timeout;
     Ok(h1)
 }
 
