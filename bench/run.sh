@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The load benchmark (see bench/run.py): builds the release binary and the load
 # generator, installs nginx and the nginx + Lua peer's Debian packages when
-# missing, prints the table. ~4 minutes.
+# missing, prints the table. ~8 minutes (5 interleaved rounds per peer for the CPU figures).
 #   bench/run.sh                     (BENCH_SECONDS=8 BENCH_CONNECTIONS=64 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
