@@ -1,7 +1,7 @@
 //! The [`Lease`] a winning claim hands to the request (see "In-flight
-//! leases" in the parent module): its store, its key and its token; its place
-//! in the renewer of its thread ([`renewer`]); and exactly one settlement (commit, release, or a
-//! release when it is dropped unsettled).
+//! leases" in the parent module): its store, its key and its token; its
+//! place in the renewer of its thread ([`renewer`]); and exactly one
+//! settlement (commit, release, or a release when it is dropped unsettled).
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -89,8 +89,8 @@ fn hold(store: &Arc<dyn ReplayStore>, key: StoreKey, token: u64, inflight_ttl: D
 }
 
 /// A won claim: its store, key and token, and its in-flight mark's
-/// renewal. Settle it with [`Lease::commit`] or
-/// [`Lease::release`] (either stops the renewal); dropped unsettled (the client went away, the task was
+/// renewal. Settle it with [`Lease::commit`] or [`Lease::release`] (either
+/// stops the renewal); dropped unsettled (the client went away, the task was
 /// cancelled) it releases itself: in place when the store can, else in a task
 /// on the current tokio runtime. A failure to settle changes nothing for the
 /// request (its answer is decided): it is reported (see [`Lease::on_error`]).

@@ -81,17 +81,17 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// A delivered id, remembered in 8 bytes (moka adds its own per-entry
-/// bookkeeping): the store-clock time, in nanoseconds, after which it no
-/// longer counts.
+/// When a mark stops counting: the store-clock time, in nanoseconds. A
+/// delivered id is remembered as this alone, 8 bytes (moka adds its own
+/// per-entry bookkeeping); an in-flight mark carries one beside its token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
+struct Expiry {
     expires_ns: u64,
 }
 
-impl Entry {
+impl Expiry {
     fn new(now: Duration, lifetime: Duration) -> Self {
-        Entry {
+        Expiry {
             expires_ns: nanos(now).saturating_add(nanos(lifetime)),
         }
     }
@@ -106,14 +106,14 @@ impl Entry {
 /// off the entry against the store's clock, so moka and `claim` agree.
 struct Lifetime(Arc<dyn Clock>);
 
-impl moka::Expiry<Key, Entry> for Lifetime {
-    fn expire_after_create(&self, _: &Key, v: &Entry, _: Instant) -> Option<Duration> {
+impl moka::Expiry<Key, Expiry> for Lifetime {
+    fn expire_after_create(&self, _: &Key, v: &Expiry, _: Instant) -> Option<Duration> {
         Some(v.left(self.0.now()))
     }
     fn expire_after_update(
         &self,
         _: &Key,
-        v: &Entry,
+        v: &Expiry,
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
@@ -151,7 +151,7 @@ pub struct StoreStats {
 /// The in-memory store (one process).
 pub struct MemoryStore {
     /// Delivered ids.
-    cache: Cache<Key, Entry, DigestState>,
+    cache: Cache<Key, Expiry, DigestState>,
     /// In-flight marks; their shard locks serialise every change to a key.
     inflight: inflight::Inflight,
     clock: Arc<dyn Clock>,
@@ -206,7 +206,7 @@ impl MemoryStore {
     }
 
     /// The delivered mark of `key`, if it still counts at `now`.
-    fn delivered(&self, key: &Key, now: Duration) -> Option<Entry> {
+    fn delivered(&self, key: &Key, now: Duration) -> Option<Expiry> {
         self.cache.get(key).filter(|e| !e.left(now).is_zero())
     }
 
@@ -215,7 +215,7 @@ impl MemoryStore {
     pub fn commit(&self, key: &Key, ttl: Duration) {
         let mut shard = self.inflight.lock(key);
         let now = self.clock.now();
-        self.cache.insert(*key, Entry::new(now, ttl));
+        self.cache.insert(*key, Expiry::new(now, ttl));
         shard.remove(key);
     }
 
@@ -224,9 +224,9 @@ impl MemoryStore {
     pub fn renew(&self, key: &Key, token: u64, inflight_ttl: Duration) -> bool {
         let mut shard = self.inflight.lock(key);
         let now = self.clock.now();
-        match shard.live(key, nanos(now)) {
+        match shard.live(key, now) {
             Some(m) if token != DELIVERED && m.token == token => {
-                shard.put(*key, mark(token, now, inflight_ttl), nanos(now));
+                shard.put(*key, mark(token, now, inflight_ttl), now);
                 true
             }
             _ => false,
@@ -242,15 +242,15 @@ impl MemoryStore {
         if self.delivered(key, now).is_some() {
             return Claim::Duplicate;
         }
-        if let Some(m) = shard.live(key, nanos(now))
+        if let Some(m) = shard.live(key, now)
             && (m.token != old || old == DELIVERED)
         {
             return Claim::InFlight {
-                retry_after: Duration::from_nanos(m.expires_ns - nanos(now)),
+                retry_after: m.until.left(now),
             };
         }
         let token = fresh_token();
-        shard.put(*key, mark(token, now, inflight_ttl), nanos(now));
+        shard.put(*key, mark(token, now, inflight_ttl), now);
         Claim::Claimed(token)
     }
 
@@ -260,7 +260,7 @@ impl MemoryStore {
         let now = self.clock.now();
         if self.delivered(key, now).is_some() {
             Mark::Delivered
-        } else if shard.live(key, nanos(now)).is_some() {
+        } else if shard.live(key, now).is_some() {
             Mark::InFlight
         } else {
             Mark::Absent
@@ -279,7 +279,7 @@ impl MemoryStore {
 fn mark(token: u64, now: Duration, lifetime: Duration) -> inflight::Mark {
     inflight::Mark {
         token,
-        expires_ns: nanos(now).saturating_add(nanos(lifetime)),
+        until: Expiry::new(now, lifetime),
     }
 }
 

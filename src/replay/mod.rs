@@ -21,8 +21,8 @@
 //! event renews it every `inflight_ttl / 3` ([`RENEW_EVERY`]) for as long as
 //! the delivery lives: a [`Lease`] is renewed from the claim until it is
 //! settled or dropped (by one task per worker thread for all the leases the
-//! thread took, not a task per lease). So a delivery to a slow application keeps
-//! its mark however long it takes (Persona's retries meanwhile get 409), and an
+//! thread took, not a task per lease). So a delivery to a slow application
+//! keeps its mark however long it takes (Persona's retries meanwhile get 409), and an
 //! instance that dies (SIGKILL, a lost node) stops renewing: its mark expires
 //! within `inflight_ttl` and the next retry is delivered. A third of the
 //! lifetime leaves room for one renewal to fail or be late (a store timeout,

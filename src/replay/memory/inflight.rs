@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{DigestState, Key};
+use super::{DigestState, Expiry, Key};
 
 /// Shards of the in-flight marks (by the key's first byte): concurrent
 /// claims of different ids rarely wait on each other.
@@ -29,8 +29,13 @@ const FIRST_SWEEP: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Mark {
     pub token: u64,
-    /// Store-clock time, in nanoseconds, after which the mark no longer counts.
-    pub expires_ns: u64,
+    pub until: Expiry,
+}
+
+impl Mark {
+    fn live(&self, now: Duration) -> bool {
+        !self.until.left(now).is_zero()
+    }
 }
 
 pub(super) struct Shard {
@@ -39,18 +44,15 @@ pub(super) struct Shard {
 }
 
 impl Shard {
-    /// The live mark of `key` at `now_ns`, if any.
-    pub fn live(&self, key: &Key, now_ns: u64) -> Option<Mark> {
-        self.marks
-            .get(key)
-            .copied()
-            .filter(|m| m.expires_ns > now_ns)
+    /// The live mark of `key` at `now`, if any.
+    pub fn live(&self, key: &Key, now: Duration) -> Option<Mark> {
+        self.marks.get(key).copied().filter(|m| m.live(now))
     }
 
-    pub fn put(&mut self, key: Key, mark: Mark, now_ns: u64) {
+    pub fn put(&mut self, key: Key, mark: Mark, now: Duration) {
         self.marks.insert(key, mark);
         if self.marks.len() >= self.sweep_at {
-            self.marks.retain(|_, m| m.expires_ns > now_ns);
+            self.marks.retain(|_, m| m.live(now));
             self.sweep_at = (self.marks.len() * 2).max(FIRST_SWEEP);
         }
     }
@@ -59,20 +61,15 @@ impl Shard {
         self.marks.remove(key);
     }
 
-    /// Removes `key`'s mark if it is `token`'s; whether it was.
-    pub fn remove_if(&mut self, key: &Key, token: u64) -> bool {
-        let mine = self.marks.get(key).is_some_and(|m| m.token == token);
-        if mine {
+    /// Removes `key`'s mark if it is `token`'s.
+    pub fn remove_if(&mut self, key: &Key, token: u64) {
+        if self.marks.get(key).is_some_and(|m| m.token == token) {
             self.marks.remove(key);
         }
-        mine
     }
 
-    fn live_count(&self, now_ns: u64) -> u64 {
-        self.marks
-            .values()
-            .filter(|m| m.expires_ns > now_ns)
-            .count() as u64
+    fn live_count(&self, now: Duration) -> u64 {
+        self.marks.values().filter(|m| m.live(now)).count() as u64
     }
 }
 
@@ -98,32 +95,25 @@ impl Default for Inflight {
 impl Inflight {
     /// `key`'s shard, locked: the lock every change to `key` is made under.
     pub fn lock(&self, key: &Key) -> MutexGuard<'_, Shard> {
-        let shard = &self.shards[usize::from(key[0]) % SHARDS];
-        // A panic while a shard was held cannot leave a mark half-written
-        // (each change is one map operation), so the data is still good.
-        shard.lock().unwrap_or_else(|p| p.into_inner())
+        locked(&self.shards[usize::from(key[0]) % SHARDS])
     }
 
     /// Live marks across the shards.
     pub fn live_count(&self, now: Duration) -> u64 {
-        let now_ns = super::nanos(now);
-        (self.shards.iter())
-            .map(|s| {
-                s.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .live_count(now_ns)
-            })
-            .sum()
+        self.shards.iter().map(|s| locked(s).live_count(now)).sum()
     }
+}
+
+/// A shard, locked. A panic while a shard was held cannot leave a mark
+/// half-written (each change is one map operation), so the data is still good.
+fn locked(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
 impl Inflight {
     /// Marks held, live or expired (what a sweep bounds).
     pub fn held(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap().marks.len())
-            .sum()
+        self.shards.iter().map(|s| locked(s).marks.len()).sum()
     }
 }

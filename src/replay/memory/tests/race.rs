@@ -41,7 +41,7 @@ fn in_flight_marks_nobody_settles_are_swept_not_kept() {
     let k = key(b"/r", "new_0");
     s.commit(&k, TTL);
     assert_eq!(s.peek(&k), Mark::Delivered);
-    assert!(s.inflight.lock(&k).live(&k, 0).is_none());
+    assert!(s.inflight.lock(&k).live(&k, Duration::ZERO).is_none());
 }
 
 /// Claims, commits and releases of the same ids from many threads at once:
