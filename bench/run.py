@@ -195,6 +195,7 @@ def measure(name, port, pid, mode, path, admin=None):
         "cpu_us": (after - before) * 1e6 / max(closed["requests"], 1) if pid else None,
         "rss_kib": peak_rss_kib(pid) if pid else None,
         "mode": mode,
+        "load": (port, pid, mode, path),
         "backlog": backlog,
         "drain_s": drain_s,
     }
@@ -214,24 +215,23 @@ def measure(name, port, pid, mode, path, admin=None):
     return row
 
 
-def rounds(rows, targets):
+def rounds(rows):
     """CPU per request again, in ROUNDS interleaved rounds of ROUND_SECS
     closed-loop seconds per peer (peer A, B, C, then A, B, C again...), so a
     neighbour's burst on this shared machine lands on every peer alike; each
-    row's `cpu_us` becomes the median of its rounds (its spread is kept)."""
-    seen = {r["name"]: [] for r in rows if r["name"] in targets}
+    row with a process (`direct` has none) gets as `cpu_us` the median of its
+    rounds (their spread is kept)."""
+    peers = [r for r in rows if r["load"][1]]
+    seen = {r["name"]: [] for r in peers}
     for _ in range(ROUNDS):
-        for r in rows:
-            if r["name"] not in seen:
-                continue
-            port, pid, mode, path = targets[r["name"]]
+        for r in peers:
+            port, pid, mode, path = r["load"]
             before = cpu_seconds(pid)
             got = loadgen(port, mode, path, secs=ROUND_SECS)
             seen[r["name"]].append((cpu_seconds(pid) - before) * 1e6 / max(got["requests"], 1))
-    for r in rows:
-        if r["name"] in seen:
-            r["cpu_rounds"] = sorted(seen[r["name"]])
-            r["cpu_us"] = statistics.median(seen[r["name"]])
+    for r in peers:
+        r["cpu_rounds"] = sorted(seen[r["name"]])
+        r["cpu_us"] = statistics.median(seen[r["name"]])
 
 
 def main():
@@ -268,18 +268,8 @@ def main():
         measure("bare-signed", bare, bp.pid, "signed", "/webhooks/persona"),
         measure("pg-signed", pg, pgp.pid, "signed", "/webhooks/persona"),
     ]
-    targets = {
-        "nginx": (ngx, nx.pid, "plain", "/x"),
-        "bare-pass": (bare, bp.pid, "plain", "/x"),
-        "pg-pass": (pg, pgp.pid, "plain", "/x"),
-        "nginx-signed": (ngx, nx.pid, "signed", "/webhooks/persona"),
-        "bare-signed": (bare, bp.pid, "signed", "/webhooks/persona"),
-        "pg-signed": (pg, pgp.pid, "signed", "/webhooks/persona"),
-    }
-    if LUA:
-        targets["nginx-lua-signed"] = (lua, nxl.pid, "signed", "/webhooks/persona")
     if ROUNDS:
-        rounds(rows, targets)
+        rounds(rows)
     if SPOOL:
         for name, mode in (("pg-spool-onfail", "on_failure"), ("pg-spool-always", "always")):
             spool_dir = os.path.join(WORK, f"{name}.spool")  # fresh, created by persona-guard
