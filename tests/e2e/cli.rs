@@ -255,11 +255,7 @@ fn sign_output_verifies_independently() {
         &env,
         None,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
         stdout,
@@ -279,11 +275,7 @@ fn sign_output_verifies_independently() {
         &env,
         Some(&body),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
         format!("t=1700000000,v1={}\n", hmac_hex(&s, 1700000000, &body))

@@ -388,11 +388,7 @@ fn check_validates_and_fetches_the_jwks_once_unless_offline() {
         &env,
         None,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     assert_eq!(jwks.count(), 1, "--offline fetches nothing");
     // A JWKS that cannot be fetched fails `check` (online), naming the key.
     let bad = b.clone().route(|r| {

@@ -393,6 +393,16 @@ pub fn requests_series(route: &str, outcome: &str) -> String {
     format!("persona_guard_requests_total{{outcome=\"{outcome}\",route=\"{route}\"}}")
 }
 
+/// Asserts that a subcommand run by [`run_cli`] exited 0, showing its stderr
+/// when it did not.
+pub fn assert_succeeded(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs another subcommand (`check`, `sign`, ...) to its end, within 30 s.
 pub fn run_cli(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
     let mut cmd = Command::new(bin());
